@@ -98,7 +98,7 @@ class ArmStats(_message.Message):
     def __init__(self, arm: _Optional[str] = ..., pulls: _Optional[int] = ..., drafted_tokens: _Optional[int] = ..., accepted_tokens: _Optional[int] = ..., mean_reward: _Optional[float] = ..., wall_seconds: _Optional[float] = ...) -> None: ...
 
 class GenerationStats(_message.Message):
-    __slots__ = ("rounds", "generated_tokens", "wall_seconds", "tokens_per_second", "arms", "policy", "prompt_tokens", "prefill_seconds", "controller_overhead_seconds")
+    __slots__ = ("rounds", "generated_tokens", "wall_seconds", "tokens_per_second", "arms", "policy", "prompt_tokens", "prefill_seconds", "controller_overhead_seconds", "controller_overhead_median_seconds", "seed")
     ROUNDS_FIELD_NUMBER: _ClassVar[int]
     GENERATED_TOKENS_FIELD_NUMBER: _ClassVar[int]
     WALL_SECONDS_FIELD_NUMBER: _ClassVar[int]
@@ -108,6 +108,8 @@ class GenerationStats(_message.Message):
     PROMPT_TOKENS_FIELD_NUMBER: _ClassVar[int]
     PREFILL_SECONDS_FIELD_NUMBER: _ClassVar[int]
     CONTROLLER_OVERHEAD_SECONDS_FIELD_NUMBER: _ClassVar[int]
+    CONTROLLER_OVERHEAD_MEDIAN_SECONDS_FIELD_NUMBER: _ClassVar[int]
+    SEED_FIELD_NUMBER: _ClassVar[int]
     rounds: int
     generated_tokens: int
     wall_seconds: float
@@ -117,7 +119,9 @@ class GenerationStats(_message.Message):
     prompt_tokens: int
     prefill_seconds: float
     controller_overhead_seconds: float
-    def __init__(self, rounds: _Optional[int] = ..., generated_tokens: _Optional[int] = ..., wall_seconds: _Optional[float] = ..., tokens_per_second: _Optional[float] = ..., arms: _Optional[_Iterable[_Union[ArmStats, _Mapping]]] = ..., policy: _Optional[str] = ..., prompt_tokens: _Optional[int] = ..., prefill_seconds: _Optional[float] = ..., controller_overhead_seconds: _Optional[float] = ...) -> None: ...
+    controller_overhead_median_seconds: float
+    seed: int
+    def __init__(self, rounds: _Optional[int] = ..., generated_tokens: _Optional[int] = ..., wall_seconds: _Optional[float] = ..., tokens_per_second: _Optional[float] = ..., arms: _Optional[_Iterable[_Union[ArmStats, _Mapping]]] = ..., policy: _Optional[str] = ..., prompt_tokens: _Optional[int] = ..., prefill_seconds: _Optional[float] = ..., controller_overhead_seconds: _Optional[float] = ..., controller_overhead_median_seconds: _Optional[float] = ..., seed: _Optional[int] = ...) -> None: ...
 
 class GenerateResponse(_message.Message):
     __slots__ = ("request_id", "text", "token_ids", "finish_reason", "stats")
@@ -134,7 +138,7 @@ class GenerateResponse(_message.Message):
     def __init__(self, request_id: _Optional[str] = ..., text: _Optional[str] = ..., token_ids: _Optional[_Iterable[int]] = ..., finish_reason: _Optional[_Union[FinishReason, str]] = ..., stats: _Optional[_Union[GenerationStats, _Mapping]] = ...) -> None: ...
 
 class RoundUpdate(_message.Message):
-    __slots__ = ("round", "arm", "drafted", "accepted", "token_ids", "text", "wall_seconds")
+    __slots__ = ("round", "arm", "drafted", "accepted", "token_ids", "text", "wall_seconds", "service_seconds")
     ROUND_FIELD_NUMBER: _ClassVar[int]
     ARM_FIELD_NUMBER: _ClassVar[int]
     DRAFTED_FIELD_NUMBER: _ClassVar[int]
@@ -142,6 +146,7 @@ class RoundUpdate(_message.Message):
     TOKEN_IDS_FIELD_NUMBER: _ClassVar[int]
     TEXT_FIELD_NUMBER: _ClassVar[int]
     WALL_SECONDS_FIELD_NUMBER: _ClassVar[int]
+    SERVICE_SECONDS_FIELD_NUMBER: _ClassVar[int]
     round: int
     arm: str
     drafted: int
@@ -149,7 +154,8 @@ class RoundUpdate(_message.Message):
     token_ids: _containers.RepeatedScalarFieldContainer[int]
     text: str
     wall_seconds: float
-    def __init__(self, round: _Optional[int] = ..., arm: _Optional[str] = ..., drafted: _Optional[int] = ..., accepted: _Optional[int] = ..., token_ids: _Optional[_Iterable[int]] = ..., text: _Optional[str] = ..., wall_seconds: _Optional[float] = ...) -> None: ...
+    service_seconds: float
+    def __init__(self, round: _Optional[int] = ..., arm: _Optional[str] = ..., drafted: _Optional[int] = ..., accepted: _Optional[int] = ..., token_ids: _Optional[_Iterable[int]] = ..., text: _Optional[str] = ..., wall_seconds: _Optional[float] = ..., service_seconds: _Optional[float] = ...) -> None: ...
 
 class GenerateStreamResponse(_message.Message):
     __slots__ = ("round", "final")

@@ -1,0 +1,309 @@
+"""`banditspec`: run the services, the local stack, and the client."""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import os
+import sys
+import time
+
+os.environ.setdefault("HF_HUB_OFFLINE", "1")
+
+SAMPLE_PROMPT = "Explain in three sentences why the sky is blue."
+
+
+def _ints(text: str) -> list[int]:
+    return [int(x) for x in text.split(",") if x.strip()] if text else []
+
+
+def _service_args(parser: argparse.ArgumentParser, port: int) -> None:
+    parser.add_argument("--host", default="127.0.0.1")
+    parser.add_argument("--port", type=int, default=port, help="0 picks a free port")
+    parser.add_argument("--ready-file", help="write the bound address here once SERVING")
+    parser.add_argument("--log-level", default=None)
+
+
+def cmd_serve_target(args: argparse.Namespace) -> None:
+    from services.target.server import TargetConfig, serve
+
+    if args.threads:
+        import torch
+
+        torch.set_num_threads(args.threads)
+    asyncio.run(
+        serve(
+            TargetConfig(
+                model=args.model,
+                device=args.device,
+                dtype=args.dtype,
+                max_sessions=args.max_sessions,
+                host=args.host,
+                port=args.port,
+                ready_file=args.ready_file,
+            )
+        )
+    )
+
+
+def cmd_serve_draft(args: argparse.Namespace) -> None:
+    from services.draft.server import DraftConfig, serve
+
+    asyncio.run(
+        serve(
+            DraftConfig(
+                drafters=args.drafter or ["pld=prompt_lookup"],
+                device=args.device,
+                dtype=args.dtype,
+                max_sessions=args.max_sessions,
+                host=args.host,
+                port=args.port,
+                ready_file=args.ready_file,
+            )
+        )
+    )
+
+
+def _parse_drafts(values: list[str]) -> dict[str, str]:
+    drafts = {}
+    for value in values:
+        name, sep, address = value.partition("=")
+        if not sep:
+            name, address = f"draft{len(drafts)}", value
+        drafts[name] = address
+    return drafts
+
+
+def cmd_serve_controller(args: argparse.Namespace) -> None:
+    from services.controller.server import ControllerConfig, serve
+
+    asyncio.run(
+        serve(
+            ControllerConfig(
+                target=args.target,
+                drafts=_parse_drafts(args.draft or []),
+                tokenizer=args.tokenizer,
+                policy=args.policy,
+                pld_gammas=_ints(args.pld_gammas),
+                model_gammas=_ints(args.model_gammas),
+                rpc_timeout=args.rpc_timeout,
+                host=args.host,
+                port=args.port,
+                metrics_port=args.metrics_port,
+                ready_file=args.ready_file,
+            )
+        )
+    )
+
+
+def _stack(args: argparse.Namespace):
+    from banditspec.launcher import LocalStack
+
+    target_args = ["--dtype", args.dtype] if args.dtype else []
+    return LocalStack(
+        model=args.model,
+        drafters=args.drafter or ["pld=prompt_lookup"],
+        controller_port=args.port,
+        extra_target_args=target_args,
+        extra_controller_args=["--policy", args.policy],
+    )
+
+
+def cmd_up(args: argparse.Namespace) -> None:
+    import signal
+
+    stack = _stack(args)
+    print("starting target, draft service and controller (the first run converts the default model)...", flush=True)
+    stack.start()
+    for service in stack.services:
+        print(f"  {service.name:<10} {service.address}  (pid {service.process.pid})", flush=True)
+    print(f"ready: banditspec generate --controller {stack.address('controller')} 'your prompt'   (Ctrl-C stops)", flush=True)
+    stopping = []
+    signal.signal(signal.SIGTERM, lambda *_: stopping.append(True))
+    try:
+        while not stopping and all(s.process.poll() is None for s in stack.services):
+            time.sleep(0.5)
+    except KeyboardInterrupt:
+        pass
+    print("stopping...", flush=True)
+    stack.stop()
+
+
+def cmd_demo(args: argparse.Namespace) -> None:
+    stack = _stack(args)
+    print("starting target, draft service and controller (the first run converts the default model)...", flush=True)
+    with stack:
+        args.controller = stack.address("controller")
+        args.prompt = args.prompt or SAMPLE_PROMPT
+        args.chat = True
+        print(f"prompt: {args.prompt}\n", flush=True)
+        _generate(args)
+
+
+def cmd_generate(args: argparse.Namespace) -> None:
+    _generate(args)
+
+
+def _generate(args: argparse.Namespace) -> None:
+    import grpc
+    from google.protobuf import json_format
+
+    from banditspec.v1 import generation_pb2, generation_pb2_grpc
+
+    request = generation_pb2.GenerateRequest(max_new_tokens=args.max_new_tokens, stop=args.stop or [])
+    if args.chat:
+        request.chat.messages.add(role="user", content=args.prompt)
+    else:
+        request.text = args.prompt
+    if args.temperature is not None:
+        request.temperature = args.temperature
+    if args.top_p is not None:
+        request.top_p = args.top_p
+    if args.top_k:
+        request.top_k = args.top_k
+    if args.seed is not None:
+        request.seed = args.seed
+    if args.policy_override:
+        request.policy = generation_pb2.Policy.Value(f"POLICY_{args.policy_override.upper()}")
+    request.allowed_arms.extend(args.arm or [])
+    with grpc.insecure_channel(args.controller) as channel:
+        stub = generation_pb2_grpc.GenerationServiceStub(channel)
+        try:
+            if args.json:
+                response = stub.Generate(request, timeout=args.timeout)
+                print(json_format.MessageToJson(response, preserving_proto_field_name=True))
+                return
+            final = None
+            for message in stub.GenerateStream(request, timeout=args.timeout):
+                if message.HasField("round"):
+                    print(message.round.text, end="", flush=True)
+                else:
+                    final = message.final
+        except grpc.RpcError as error:
+            sys.exit(f"error: {error.code().name}: {error.details()}")
+    _print_stats(final)
+
+
+def _print_stats(response) -> None:
+    from banditspec.v1 import generation_pb2
+
+    stats = response.stats
+    reason = generation_pb2.FinishReason.Name(response.finish_reason).removeprefix("FINISH_REASON_").lower()
+    print(
+        f"\n\n{stats.generated_tokens} tokens in {stats.wall_seconds:.2f}s = {stats.tokens_per_second:.1f} tok/s; "
+        f"{stats.rounds} rounds, policy {stats.policy}, finish {reason}, "
+        f"controller overhead median {stats.controller_overhead_median_seconds * 1e3:.2f} ms/round"
+    )
+    print(f"{'arm':<22}{'pulls':>7}{'drafted':>9}{'accepted':>10}{'accept%':>9}{'tok/s':>9}")
+    for arm in stats.arms:
+        rate = 100 * arm.accepted_tokens / arm.drafted_tokens if arm.drafted_tokens else 0.0
+        print(f"{arm.arm:<22}{arm.pulls:>7}{arm.drafted_tokens:>9}{arm.accepted_tokens:>10}{rate:>8.0f}%{arm.mean_reward:>9.1f}")
+
+
+def cmd_drafters(args: argparse.Namespace) -> None:
+    import grpc
+
+    from banditspec.v1 import draft_pb2, draft_pb2_grpc
+    from services.draft.specs import DrafterSpec
+
+    with grpc.insecure_channel(args.draft) as channel:
+        stub = draft_pb2_grpc.DraftServiceStub(channel)
+        try:
+            if args.action == "list":
+                for d in stub.ListDrafters(draft_pb2.ListDraftersRequest(), timeout=args.timeout).drafters:
+                    print(f"{d.name:<16}{draft_pb2.DrafterKind.Name(d.kind):<30}{d.device:<8}{d.source}")
+            elif args.action == "load":
+                spec = DrafterSpec.parse(args.spec)
+                response = stub.LoadDrafter(spec.to_pb(replace=args.replace), timeout=args.timeout)
+                print(f"loaded {response.drafter.name} in {response.load_seconds:.2f}s")
+            else:
+                stub.UnloadDrafter(draft_pb2.UnloadDrafterRequest(name=args.spec), timeout=args.timeout)
+                print(f"unloaded {args.spec}")
+        except grpc.RpcError as error:
+            sys.exit(f"error: {error.code().name}: {error.details()}")
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(prog="banditspec", description=__doc__)
+    sub = parser.add_subparsers(dest="command", required=True)
+
+    target = sub.add_parser("serve-target", help="run the target (verifier) service")
+    target.add_argument("--model", default="default", help="HF model directory, or 'default' (SmolLM2-135M-Instruct)")
+    target.add_argument("--device", default="auto")
+    target.add_argument("--dtype", default="auto", help="float32 | bfloat16 | float16 (auto: float32 on CPU, bfloat16 on CUDA)")
+    target.add_argument("--max-sessions", type=int, default=64)
+    target.add_argument("--threads", type=int, default=0, help="torch CPU threads (0: torch's default)")
+    _service_args(target, 50051)
+    target.set_defaults(func=cmd_serve_target)
+
+    draft = sub.add_parser("serve-draft", help="run a draft service")
+    draft.add_argument("--drafter", action="append", help="NAME=prompt_lookup[:MIN-MAX] or NAME=model:PATH[@DTYPE]; repeatable")
+    draft.add_argument("--device", default="auto")
+    draft.add_argument("--dtype", default="auto")
+    draft.add_argument("--max-sessions", type=int, default=256)
+    _service_args(draft, 50052)
+    draft.set_defaults(func=cmd_serve_draft)
+
+    controller = sub.add_parser("serve-controller", help="run the controller clients call")
+    controller.add_argument("--target", default="127.0.0.1:50051")
+    controller.add_argument("--draft", action="append", help="NAME=HOST:PORT of a draft service; repeatable")
+    controller.add_argument("--tokenizer", help="tokenizer directory (default: the target's model directory)")
+    controller.add_argument("--policy", default="ucbspec", choices=["ucbspec", "exp3spec", "fixed"])
+    controller.add_argument("--pld-gammas", default="3,6", help="γ values for prompt-lookup drafters")
+    controller.add_argument("--model-gammas", default="2,4", help="γ values for model drafters")
+    controller.add_argument("--rpc-timeout", type=float, default=60.0)
+    controller.add_argument("--metrics-port", type=int, help="serve Prometheus metrics on this port")
+    _service_args(controller, 50050)
+    controller.set_defaults(func=cmd_serve_controller)
+
+    for name, func, help_text in (
+        ("up", cmd_up, "start target, draft service and controller locally until Ctrl-C"),
+        ("demo", cmd_demo, "start the stack, answer a sample prompt, print statistics, stop"),
+    ):
+        stack = sub.add_parser(name, help=help_text)
+        stack.add_argument("--port", type=int, default=50050, help="controller port")
+        stack.add_argument("--model", default="default")
+        stack.add_argument("--dtype", default=None)
+        stack.add_argument("--drafter", action="append")
+        stack.add_argument("--policy", default="ucbspec", choices=["ucbspec", "exp3spec", "fixed"])
+        stack.set_defaults(func=func)
+
+    generate = sub.add_parser("generate", help="call the controller")
+    generate.add_argument("prompt")
+    sub_demo = sub.choices["demo"]
+    sub_demo.add_argument("prompt", nargs="?", default=None)
+    for p in (generate, sub_demo):
+        p.add_argument("--max-new-tokens", type=int, default=128)
+        p.add_argument("--temperature", type=float)
+        p.add_argument("--top-p", type=float)
+        p.add_argument("--top-k", type=int, default=0)
+        p.add_argument("--seed", type=int)
+        p.add_argument("--stop", action="append")
+        p.add_argument("--arm", action="append", help="allow only these arms (repeatable)")
+        p.add_argument("--policy-override", dest="policy_override", choices=["ucbspec", "exp3spec", "fixed"])
+        p.add_argument("--json", action="store_true", help="print the whole response as JSON")
+        p.add_argument("--timeout", type=float, default=600.0)
+    generate.add_argument("--controller", default="127.0.0.1:50050")
+    generate.add_argument("--chat", action="store_true", help="wrap the prompt in the model's chat template")
+    generate.set_defaults(func=cmd_generate)
+
+    drafters = sub.add_parser("drafters", help="list, load or unload drafters on a running draft service")
+    drafters.add_argument("action", choices=["list", "load", "unload"])
+    drafters.add_argument("spec", nargs="?", help="load: NAME=KIND[:ARG]; unload: NAME")
+    drafters.add_argument("--draft", default="127.0.0.1:50052")
+    drafters.add_argument("--replace", action="store_true", help="swap out a drafter of the same name")
+    drafters.add_argument("--timeout", type=float, default=300.0)
+    drafters.set_defaults(func=cmd_drafters)
+    return parser
+
+
+def main(argv: list[str] | None = None) -> None:
+    from banditspec import logs
+
+    args = build_parser().parse_args(argv)
+    logs.configure(getattr(args, "log_level", None))
+    args.func(args)
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,131 @@
+"""Start the three services as separate local processes and wait until they are healthy."""
+
+from __future__ import annotations
+
+import json
+import os
+import signal
+import subprocess
+import sys
+import tempfile
+import time
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import grpc
+from grpc_health.v1 import health_pb2, health_pb2_grpc
+
+
+@dataclass
+class Service:
+    name: str
+    process: subprocess.Popen
+    ready_file: Path
+    address: str = ""
+
+
+@dataclass
+class LocalStack:
+    """target + one draft service + controller, each its own process, on loopback."""
+
+    model: str = "default"
+    drafters: list[str] = field(default_factory=lambda: ["pld=prompt_lookup"])
+    controller_port: int = 50050
+    extra_target_args: list[str] = field(default_factory=list)
+    extra_draft_args: list[str] = field(default_factory=list)
+    extra_controller_args: list[str] = field(default_factory=list)
+    log_dir: Path | None = None
+    startup_timeout: float = 600.0
+    services: list[Service] = field(default_factory=list)
+
+    def _spawn(self, name: str, args: list[str]) -> Service:
+        workdir = Path(tempfile.mkdtemp(prefix=f"banditspec-{name}-"))
+        ready = workdir / "ready.json"
+        log_target = subprocess.DEVNULL
+        if self.log_dir is not None:
+            self.log_dir.mkdir(parents=True, exist_ok=True)
+            log_target = open(self.log_dir / f"{name}.log", "w")
+        env = dict(os.environ, HF_HUB_OFFLINE="1", PYTHONUNBUFFERED="1")
+        process = subprocess.Popen(
+            [sys.executable, "-m", "banditspec.cli", *args, "--ready-file", str(ready)],
+            stdout=log_target,
+            stderr=subprocess.STDOUT if self.log_dir is not None else None,
+            env=env,
+        )
+        service = Service(name, process, ready)
+        self.services.append(service)
+        return service
+
+    def _wait(self, service: Service) -> str:
+        deadline = time.monotonic() + self.startup_timeout
+        while time.monotonic() < deadline:
+            if service.process.poll() is not None:
+                raise RuntimeError(f"{service.name} exited with status {service.process.returncode} while starting")
+            if service.ready_file.exists():
+                service.address = json.loads(service.ready_file.read_text())["address"]
+                wait_healthy(service.address, timeout=30)
+                return service.address
+            time.sleep(0.1)
+        raise TimeoutError(f"{service.name} did not become ready in {self.startup_timeout:.0f}s")
+
+    def start(self) -> LocalStack:
+        try:
+            target = self._spawn("target", ["serve-target", "--model", self.model, "--port", "0", *self.extra_target_args])
+            draft = self._spawn(
+                "draft",
+                ["serve-draft", "--port", "0", *[f"--drafter={d}" for d in self.drafters], *self.extra_draft_args],
+            )
+            target_address, draft_address = self._wait(target), self._wait(draft)
+            controller = self._spawn(
+                "controller",
+                [
+                    "serve-controller",
+                    "--target", target_address,
+                    "--draft", f"local={draft_address}",
+                    "--port", str(self.controller_port),
+                    *self.extra_controller_args,
+                ],
+            )
+            self._wait(controller)
+        except BaseException:
+            self.stop()
+            raise
+        return self
+
+    def address(self, name: str) -> str:
+        return next(s.address for s in self.services if s.name == name)
+
+    def stop(self, timeout: float = 20.0) -> None:
+        """SIGTERM each service (controller first), then wait; they drain and exit on their own."""
+        for service in reversed(self.services):
+            if service.process.poll() is None:
+                service.process.send_signal(signal.SIGTERM)
+        for service in reversed(self.services):
+            try:
+                service.process.wait(timeout)
+            except subprocess.TimeoutExpired:
+                service.process.kill()
+                service.process.wait()
+        self.services.clear()
+
+    def __enter__(self) -> LocalStack:
+        return self.start()
+
+    def __exit__(self, *exc) -> None:
+        self.stop()
+
+
+def wait_healthy(address: str, timeout: float) -> None:
+    deadline = time.monotonic() + timeout
+    with grpc.insecure_channel(address) as channel:
+        stub = health_pb2_grpc.HealthStub(channel)
+        while True:
+            try:
+                status = stub.Check(health_pb2.HealthCheckRequest(), timeout=2).status
+                if status == health_pb2.HealthCheckResponse.SERVING:
+                    return
+            except grpc.RpcError:
+                pass
+            if time.monotonic() > deadline:
+                raise TimeoutError(f"{address} is not SERVING after {timeout:.0f}s")
+            time.sleep(0.1)

@@ -1,0 +1,110 @@
+"""Loading Hugging Face causal LMs and identifying their vocabulary."""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import time
+from dataclasses import dataclass
+from pathlib import Path
+
+import torch
+from transformers import AutoModelForCausalLM, AutoTokenizer, DynamicCache, PreTrainedTokenizerBase
+
+DTYPES = {"float32": torch.float32, "bfloat16": torch.bfloat16, "float16": torch.float16}
+
+
+def resolve_device(device: str | None) -> torch.device:
+    if device in (None, "", "auto"):
+        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
+    return torch.device(device)
+
+
+def resolve_dtype(dtype: str | None, device: torch.device) -> torch.dtype:
+    """float32 on CPU and bfloat16 on CUDA unless asked otherwise."""
+    if dtype in (None, "", "auto"):
+        return torch.bfloat16 if device.type == "cuda" else torch.float32
+    if dtype not in DTYPES:
+        raise ValueError(f"unknown dtype {dtype!r}; choose one of {', '.join(DTYPES)}")
+    return DTYPES[dtype]
+
+
+def vocab_fingerprint(tokenizer: PreTrainedTokenizerBase) -> str:
+    """SHA-256 over (id, token) pairs: equal fingerprints mean token ids mean the same text."""
+    pairs = sorted((index, token) for token, index in tokenizer.get_vocab().items())
+    return hashlib.sha256(json.dumps(pairs, ensure_ascii=False).encode()).hexdigest()[:16]
+
+
+def load_tokenizer(path: str | Path) -> PreTrainedTokenizerBase:
+    try:
+        return AutoTokenizer.from_pretrained(str(path))
+    except (OSError, ValueError) as error:
+        raise ValueError(f"no usable tokenizer in {path}: {error}") from error
+
+
+@dataclass
+class LoadedModel:
+    model: torch.nn.Module
+    tokenizer: PreTrainedTokenizerBase
+    path: str
+    device: torch.device
+    dtype: torch.dtype
+    fingerprint: str
+    max_context: int
+    vocab_size: int
+    eos_token_ids: list[int]
+
+    def new_cache(self) -> DynamicCache:
+        return DynamicCache(config=self.model.config)
+
+    @torch.inference_mode()
+    def forward(self, input_ids: list[int], cache: DynamicCache) -> torch.Tensor:
+        """Feed tokens after the cached ones; logits [len(input_ids), V] as float32."""
+        ids = torch.tensor([input_ids], dtype=torch.long, device=self.device)
+        out = self.model(input_ids=ids, cache=cache, use_cache=True)
+        return out.logits[0].float()
+
+    @torch.inference_mode()
+    def measure_decode_step(self, repeats: int = 5) -> float:
+        """Median seconds of a one-token cached forward; also warms up kernels."""
+        cache = self.new_cache()
+        self.forward([0] * 8, cache)
+        times = []
+        for _ in range(repeats):
+            start = time.perf_counter()
+            self.forward([0], cache)
+            if self.device.type == "cuda":
+                torch.cuda.synchronize()
+            times.append(time.perf_counter() - start)
+        return sorted(times)[len(times) // 2]
+
+
+def _eos_ids(model: torch.nn.Module, tokenizer: PreTrainedTokenizerBase) -> list[int]:
+    eos = getattr(getattr(model, "generation_config", None), "eos_token_id", None)
+    if eos is None:
+        eos = tokenizer.eos_token_id
+    if eos is None:
+        return []
+    return [eos] if isinstance(eos, int) else list(eos)
+
+
+def load_causal_lm(path: str | Path, device: str | None = None, dtype: str | None = None) -> LoadedModel:
+    path = Path(path)
+    if not (path / "config.json").exists():
+        raise ValueError(f"{path} is not a Hugging Face model directory (no config.json)")
+    torch_device = resolve_device(device)
+    torch_dtype = resolve_dtype(dtype, torch_device)
+    tokenizer = load_tokenizer(path)
+    model = AutoModelForCausalLM.from_pretrained(str(path), dtype=torch_dtype).to(torch_device).eval()
+    config = model.config
+    return LoadedModel(
+        model=model,
+        tokenizer=tokenizer,
+        path=str(path),
+        device=torch_device,
+        dtype=torch_dtype,
+        fingerprint=vocab_fingerprint(tokenizer),
+        max_context=int(getattr(config, "max_position_embeddings", 2048)),
+        vocab_size=int(config.vocab_size),
+        eos_token_ids=_eos_ids(model, tokenizer),
+    )

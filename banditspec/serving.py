@@ -1,0 +1,80 @@
+"""What every banditspec server shares: health, reflection, readiness, graceful shutdown."""
+
+from __future__ import annotations
+
+import asyncio
+import json
+import signal
+from pathlib import Path
+from typing import Awaitable, Callable, Iterable
+
+import grpc
+import structlog
+from grpc_health.v1 import health_pb2, health_pb2_grpc
+from grpc_health.v1._async import HealthServicer
+from grpc_reflection.v1alpha import reflection
+
+log = structlog.get_logger()
+
+MAX_MESSAGE_BYTES = 64 * 1024 * 1024
+CHANNEL_OPTIONS = [
+    ("grpc.max_send_message_length", MAX_MESSAGE_BYTES),
+    ("grpc.max_receive_message_length", MAX_MESSAGE_BYTES),
+]
+
+
+async def run_server(
+    *,
+    name: str,
+    host: str,
+    port: int,
+    service_names: Iterable[str],
+    register: Callable[[grpc.aio.Server], None],
+    load: Callable[[], Awaitable[None]],
+    close: Callable[[], Awaitable[None]] | None = None,
+    ready_file: str | None = None,
+    grace_seconds: float = 10.0,
+) -> None:
+    """Bind first and report NOT_SERVING while `load` runs, then SERVING until SIGINT/SIGTERM."""
+    service_names = list(service_names)
+    server = grpc.aio.server(options=CHANNEL_OPTIONS)
+    health = HealthServicer()
+    health_pb2_grpc.add_HealthServicer_to_server(health, server)
+    register(server)
+    reflection.enable_server_reflection(
+        [*service_names, health_pb2.DESCRIPTOR.services_by_name["Health"].full_name, reflection.SERVICE_NAME],
+        server,
+    )
+    bound = server.add_insecure_port(f"{host}:{port}")
+    if bound == 0:
+        raise SystemExit(f"{name}: cannot bind {host}:{port}")
+    for service in ["", *service_names]:
+        await health.set(service, health_pb2.HealthCheckResponse.NOT_SERVING)
+    await server.start()
+    address = f"{host}:{bound}"
+    log.info("listening, loading", server=name, address=address)
+
+    stop = asyncio.Event()
+    loop = asyncio.get_running_loop()
+    for sig in (signal.SIGINT, signal.SIGTERM):
+        loop.add_signal_handler(sig, stop.set)
+
+    try:
+        await load()
+    except Exception:
+        log.exception("load failed", server=name)
+        await server.stop(0)
+        raise
+    for service in ["", *service_names]:
+        await health.set(service, health_pb2.HealthCheckResponse.SERVING)
+    if ready_file:
+        Path(ready_file).write_text(json.dumps({"address": address, "port": bound}))
+    log.info("serving", server=name, address=address)
+
+    await stop.wait()
+    log.info("draining", server=name, grace_seconds=grace_seconds)
+    await health.enter_graceful_shutdown()  # every service NOT_SERVING
+    await server.stop(grace_seconds)
+    if close is not None:
+        await close()
+    log.info("stopped", server=name)

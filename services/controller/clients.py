@@ -1,0 +1,73 @@
+"""Connections from the controller to the target and the draft services, with deadlines on every call."""
+
+from __future__ import annotations
+
+import asyncio
+
+import grpc
+import structlog
+
+from banditspec.serving import CHANNEL_OPTIONS
+from banditspec.v1 import draft_pb2, draft_pb2_grpc, target_pb2, target_pb2_grpc
+from services.controller.arms import Arm
+
+log = structlog.get_logger()
+
+DRAFTER_KINDS = {
+    draft_pb2.DRAFTER_KIND_PROMPT_LOOKUP: "prompt_lookup",
+    draft_pb2.DRAFTER_KIND_MODEL: "model",
+}
+
+
+class TargetClient:
+    def __init__(self, address: str) -> None:
+        self.address = address
+        self.channel = grpc.aio.insecure_channel(address, options=CHANNEL_OPTIONS)
+        self.stub = target_pb2_grpc.TargetServiceStub(self.channel)
+        self.info: target_pb2.TargetInfoResponse | None = None
+
+    async def connect(self, timeout: float) -> target_pb2.TargetInfoResponse:
+        await asyncio.wait_for(self.channel.channel_ready(), timeout)
+        self.info = await self.stub.Info(target_pb2.TargetInfoRequest(), timeout=timeout)
+        return self.info
+
+    async def close(self) -> None:
+        await self.channel.close()
+
+
+class DraftClient:
+    """One draft service; remembers its drafters and which of them the target accepts."""
+
+    def __init__(self, name: str, address: str) -> None:
+        self.name = name
+        self.address = address
+        self.channel = grpc.aio.insecure_channel(address, options=CHANNEL_OPTIONS)
+        self.stub = draft_pb2_grpc.DraftServiceStub(self.channel)
+        self.drafters: list[draft_pb2.DrafterInfo] = []
+        self.refused: dict[str, str] = {}  # drafter name → why the controller will not use it
+
+    async def refresh(self, target_fingerprint: str, timeout: float) -> None:
+        response = await self.stub.ListDrafters(draft_pb2.ListDraftersRequest(), timeout=timeout)
+        usable, refused = [], {}
+        for drafter in response.drafters:
+            if drafter.vocab_fingerprint and drafter.vocab_fingerprint != target_fingerprint:
+                refused[drafter.name] = (
+                    f"drafter {drafter.name!r} on draft service {self.name!r} ({self.address}) has vocabulary "
+                    f"fingerprint {drafter.vocab_fingerprint}, the target has {target_fingerprint}: its token ids "
+                    "would not mean the same text, so it is not used"
+                )
+                if drafter.name not in self.refused:
+                    log.warning("drafter refused", reason=refused[drafter.name])
+            else:
+                usable.append(drafter)
+        self.drafters, self.refused = usable, refused
+
+    def arms(self, gammas_by_kind: dict[str, list[int]]) -> list[Arm]:
+        return [
+            Arm.drafted(self.name, drafter.name, gamma)
+            for drafter in self.drafters
+            for gamma in gammas_by_kind.get(DRAFTER_KINDS.get(drafter.kind, ""), [])
+        ]
+
+    async def close(self) -> None:
+        await self.channel.close()

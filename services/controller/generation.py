@@ -1,0 +1,279 @@
+"""One request's bandit loop: pick an arm, draft, verify, reward; repeat until done.
+
+Sessions sync incrementally: the target sees only drafts, each draft service only the context it
+has not seen. A lost session is reopened once with the full context; a drafter that fails takes
+its arms out of this request and the round falls back to the target alone.
+"""
+
+from __future__ import annotations
+
+import statistics
+import time
+import uuid
+from dataclasses import dataclass, field
+from typing import AsyncIterator
+
+import grpc
+import numpy as np
+import structlog
+
+from banditspec.errors import OutOfRange, is_session_lost
+from banditspec.sampling import SamplingParams
+from banditspec.v1 import common_pb2, draft_pb2, target_pb2
+from services.controller import metrics
+from services.controller.arms import TARGET_ONLY_ARM, Arm
+from services.controller.clients import DraftClient, TargetClient
+from services.controller.policies import make_policy
+from services.controller.reward import RewardScale, StepTimeEstimate
+from services.controller.text import TextStream
+
+log = structlog.get_logger()
+
+
+@dataclass(frozen=True)
+class GenerationRequest:
+    prompt_ids: list[int]
+    max_new_tokens: int
+    sampling: SamplingParams
+    seed: int
+    stop: list[str]
+    policy: str
+    arms: list[Arm]
+    request_id: str
+
+
+@dataclass(frozen=True)
+class RoundEvent:
+    round: int
+    arm: str
+    drafted: int
+    accepted: int
+    token_ids: list[int]
+    text: str
+    wall_seconds: float
+    service_seconds: float
+
+
+@dataclass
+class ArmTally:
+    pulls: int = 0
+    drafted: int = 0
+    accepted: int = 0
+    reward_sum: float = 0.0
+    wall_seconds: float = 0.0
+
+
+@dataclass
+class GenerationResult:
+    text: str = ""
+    token_ids: list[int] = field(default_factory=list)
+    finish_reason: str = "length"
+    rounds: int = 0
+    wall_seconds: float = 0.0
+    prefill_seconds: float = 0.0
+    overheads: list[float] = field(default_factory=list)
+    tallies: dict[str, ArmTally] = field(default_factory=dict)
+
+
+class DrafterFailed(Exception):
+    pass
+
+
+class Deadline:
+    def __init__(self, seconds: float | None, rpc_timeout: float) -> None:
+        self.expires = None if seconds is None else time.monotonic() + seconds
+        self.rpc_timeout = rpc_timeout
+
+    def timeout(self) -> float:
+        if self.expires is None:
+            return self.rpc_timeout
+        return max(0.001, min(self.rpc_timeout, self.expires - time.monotonic()))
+
+
+class Generation:
+    def __init__(
+        self,
+        request: GenerationRequest,
+        target: TargetClient,
+        drafts: dict[str, DraftClient],
+        tokenizer,
+        step_estimate: StepTimeEstimate,
+        deadline: Deadline,
+    ) -> None:
+        self.request = request
+        self.target = target
+        self.drafts = drafts
+        self.step_estimate = step_estimate
+        self.deadline = deadline
+        self.session_id = uuid.uuid4().hex
+        self.context = list(request.prompt_ids)
+        self.synced: dict[str, int] = {}  # draft service → context tokens it holds
+        self.text = TextStream(tokenizer, request.stop)
+        self.result = GenerationResult(tallies={arm.name: ArmTally() for arm in request.arms})
+        self.policy = make_policy(request.policy, len(request.arms), np.random.default_rng(request.seed))
+        self.scale = RewardScale(step_estimate.seconds, max(arm.gamma for arm in request.arms))
+        self.max_context = target.info.max_context
+        self.eos = set(target.info.eos_token_ids)
+        self.sampling_pb = request.sampling.to_pb()
+        self.log = log.bind(request_id=request.request_id)
+
+    # target ------------------------------------------------------------------------------------
+    async def _open_target(self) -> float:
+        response = await self.target.stub.OpenSession(
+            target_pb2.OpenSessionRequest(
+                session_id=self.session_id,
+                context_ids=self.context,
+                sampling=self.sampling_pb,
+                seed=self.request.seed,
+            ),
+            timeout=self.deadline.timeout(),
+        )
+        return response.compute_seconds
+
+    async def _verify(self, draft_ids: list[int], draft_probs: list[common_pb2.TokenDistribution]):
+        request = target_pb2.VerifyRequest(
+            session_id=self.session_id,
+            context_length=len(self.context),
+            draft_ids=draft_ids,
+            draft_probs=draft_probs,
+        )
+        try:
+            return await self.target.stub.Verify(request, timeout=self.deadline.timeout())
+        except grpc.aio.AioRpcError as error:
+            if not is_session_lost(error):
+                raise
+            self.log.warning("target lost the session; reopening with the full context", tokens=len(self.context))
+            await self._open_target()
+            return await self.target.stub.Verify(request, timeout=self.deadline.timeout())
+
+    # drafts ------------------------------------------------------------------------------------
+    async def _propose(self, arm: Arm, gamma: int) -> draft_pb2.ProposeResponse:
+        client = self.drafts.get(arm.service)
+        if client is None:
+            raise DrafterFailed(f"draft service {arm.service!r} is gone")
+        for attempt in range(2):
+            synced = self.synced.get(arm.service, 0)
+            request = draft_pb2.ProposeRequest(
+                session_id=self.session_id,
+                drafter=arm.drafter,
+                num_tokens=gamma,
+                context_length=synced,
+                new_context_ids=self.context[synced:],
+                sampling=self.sampling_pb,
+                seed=self.request.seed,
+            )
+            try:
+                response = await client.stub.Propose(request, timeout=self.deadline.timeout())
+            except grpc.aio.AioRpcError as error:
+                if is_session_lost(error) and attempt == 0:
+                    self.synced[arm.service] = 0  # resend the full context
+                    continue
+                if error.code() == grpc.StatusCode.DEADLINE_EXCEEDED and self.deadline.timeout() <= 0.001:
+                    raise
+                raise DrafterFailed(f"{error.code().name}: {error.details()}") from error
+            self.synced[arm.service] = len(self.context)
+            return response
+        raise DrafterFailed("draft session could not be reopened")
+
+    def _drop_drafter(self, arm: Arm, reason: str) -> None:
+        self.log.warning("drafter failed; its arms leave this request", arm=arm.name, reason=reason)
+        for index, other in enumerate(self.request.arms):
+            if other.service == arm.service and other.drafter == arm.drafter:
+                self.policy.disable(index)
+
+    # the loop ----------------------------------------------------------------------------------
+    async def run(self) -> AsyncIterator[RoundEvent]:
+        request = self.request
+        start = time.perf_counter()
+        if len(self.context) + 1 > self.max_context:
+            raise OutOfRange(f"prompt of {len(self.context)} tokens fills the target's context of {self.max_context}")
+        try:
+            self.result.prefill_seconds = await self._open_target()
+            generated = 0
+            while True:
+                room = min(request.max_new_tokens - generated, self.max_context - len(self.context))
+                if room <= 0:
+                    self.result.finish_reason = "length" if generated >= request.max_new_tokens else "context"
+                    break
+                try:
+                    index = self.policy.select()
+                    arm = request.arms[index]
+                except RuntimeError:  # every drafter failed: the target alone
+                    index, arm = -1, TARGET_ONLY_ARM
+                gamma = min(arm.gamma, room - 1)
+                round_start = time.perf_counter()
+                draft_ids: list[int] = []
+                draft_probs: list[common_pb2.TokenDistribution] = []
+                service_seconds = 0.0
+                if gamma > 0:
+                    try:
+                        proposal = await self._propose(arm, gamma)
+                    except DrafterFailed as error:
+                        self._drop_drafter(arm, str(error))
+                        continue
+                    draft_ids = list(proposal.draft_ids[:gamma])
+                    draft_probs = list(proposal.draft_probs[: len(draft_ids)])
+                    service_seconds += proposal.compute_seconds
+                verdict = await self._verify(draft_ids, draft_probs)
+                wall = time.perf_counter() - round_start
+                service_seconds += verdict.compute_seconds
+                self.context.extend(verdict.token_ids)
+
+                tokens = list(verdict.token_ids)
+                for position, token in enumerate(tokens):
+                    if token in self.eos:
+                        tokens = tokens[: position + 1]
+                        self.result.finish_reason = "eos"
+                        break
+                kept, text = self.text.add(tokens)
+                if self.text.stopped:
+                    self.result.finish_reason = "stop"
+                generated += len(kept)
+                self._record(index, arm, len(draft_ids), verdict.accepted, len(verdict.token_ids), wall)
+                self.result.overheads.append(max(0.0, wall - service_seconds))
+                self.result.rounds += 1
+                yield RoundEvent(
+                    self.result.rounds, arm.name, len(draft_ids), verdict.accepted, kept, text, wall, service_seconds
+                )
+                if self.result.finish_reason in ("eos", "stop"):
+                    break
+            tail = self.text.finish()
+            if tail:
+                yield RoundEvent(self.result.rounds, "", 0, 0, [], tail, 0.0, 0.0)
+            self.result.token_ids = self.text.ids
+            self.result.text = self.text.text
+        finally:
+            self.result.wall_seconds = time.perf_counter() - start
+
+    def _record(self, index: int, arm: Arm, drafted: int, accepted: int, verified: int, wall: float) -> None:
+        tokens_per_second = verified / wall
+        if index >= 0:
+            self.policy.update(index, self.scale.normalise(tokens_per_second))
+        if arm.gamma == 0:
+            self.step_estimate.observe(wall)
+        tally = self.result.tallies.setdefault(arm.name, ArmTally())
+        tally.pulls += 1
+        tally.drafted += drafted
+        tally.accepted += accepted
+        tally.reward_sum += tokens_per_second
+        tally.wall_seconds += wall
+        metrics.record_round(arm.name, drafted, accepted, verified, wall)
+        self.log.debug("round", arm=arm.name, round=self.result.rounds + 1, drafted=drafted, accepted=accepted)
+
+    async def release(self) -> None:
+        """Free the session everywhere; failures only cost memory until eviction."""
+        calls = [self.target.stub.ReleaseSession(target_pb2.ReleaseSessionRequest(session_id=self.session_id), timeout=5)]
+        for service in self.synced:
+            client = self.drafts.get(service)
+            if client is not None:
+                calls.append(
+                    client.stub.ReleaseSession(draft_pb2.ReleaseDraftSessionRequest(session_id=self.session_id), timeout=5)
+                )
+        for call in calls:
+            try:
+                await call
+            except grpc.aio.AioRpcError as error:
+                self.log.info("release failed", code=error.code().name)
+
+    def overhead_median(self) -> float:
+        return statistics.median(self.result.overheads) if self.result.overheads else 0.0

@@ -1,0 +1,25 @@
+"""Bandit policies over arms, one module each. All take rewards normalised to [0, 1]."""
+
+from __future__ import annotations
+
+import numpy as np
+
+from services.controller.policies.base import Policy
+from services.controller.policies.exp3 import EXP3Spec
+from services.controller.policies.fixed import FixedArm
+from services.controller.policies.ucb import UCBSpec
+
+POLICIES = ("ucbspec", "exp3spec", "fixed")
+
+
+def make_policy(name: str, num_arms: int, rng: np.random.Generator) -> Policy:
+    if name == "ucbspec":
+        return UCBSpec(num_arms)
+    if name == "exp3spec":
+        return EXP3Spec(num_arms, rng)
+    if name == "fixed":
+        return FixedArm(num_arms, arm=0)
+    raise ValueError(f"unknown policy {name!r}; choose one of {', '.join(POLICIES)}")
+
+
+__all__ = ["POLICIES", "EXP3Spec", "FixedArm", "Policy", "UCBSpec", "make_policy"]

@@ -1,0 +1,25 @@
+"""Always the same arm: the baseline every adaptive policy is measured against."""
+
+from __future__ import annotations
+
+
+class FixedArm:
+    name = "fixed"
+
+    def __init__(self, num_arms: int, arm: int = 0) -> None:
+        if not 0 <= arm < num_arms:
+            raise ValueError(f"arm {arm} out of range for {num_arms} arms")
+        self.arm = arm
+        self.disabled = False
+
+    def select(self) -> int:
+        if self.disabled:
+            raise RuntimeError("the fixed arm is disabled")
+        return self.arm
+
+    def update(self, arm: int, reward: float) -> None:
+        pass
+
+    def disable(self, arm: int) -> None:
+        if arm == self.arm:
+            self.disabled = True

@@ -1,0 +1,137 @@
+"""GenerateRequest (protobuf) → validated GenerationRequest, and results → protobuf."""
+
+from __future__ import annotations
+
+import math
+import secrets
+import uuid
+
+from banditspec.errors import InvalidArgument
+from banditspec.sampling import SamplingParams
+from banditspec.v1 import generation_pb2
+from services.controller.arms import Arm, choose_arms
+from services.controller.generation import GenerationRequest, GenerationResult
+
+POLICY_NAMES = {
+    generation_pb2.POLICY_UCBSPEC: "ucbspec",
+    generation_pb2.POLICY_EXP3SPEC: "exp3spec",
+    generation_pb2.POLICY_FIXED: "fixed",
+}
+FINISH_REASONS = {
+    "length": generation_pb2.FINISH_REASON_LENGTH,
+    "eos": generation_pb2.FINISH_REASON_EOS,
+    "stop": generation_pb2.FINISH_REASON_STOP,
+    "context": generation_pb2.FINISH_REASON_CONTEXT,
+}
+
+
+def prompt_ids(pb: generation_pb2.GenerateRequest, tokenizer, vocab_size: int) -> list[int]:
+    which = pb.WhichOneof("prompt")
+    if which == "text":
+        if not pb.text.strip():
+            raise InvalidArgument("prompt text is empty")
+        return tokenizer.encode(pb.text)
+    if which == "token_ids":
+        ids = list(pb.token_ids.ids)
+        if not ids:
+            raise InvalidArgument("prompt token_ids is empty")
+        if any(not 0 <= token < vocab_size for token in ids):
+            raise InvalidArgument(f"prompt token ids must lie in [0, {vocab_size})")
+        return ids
+    if which == "chat":
+        messages = [{"role": m.role, "content": m.content} for m in pb.chat.messages]
+        if not messages or not any(m["content"].strip() for m in messages):
+            raise InvalidArgument("chat prompt has no message with content")
+        if any(not m["role"] for m in messages):
+            raise InvalidArgument("every chat message needs a role")
+        if not getattr(tokenizer, "chat_template", None):
+            raise InvalidArgument("the target's tokenizer has no chat template; send text or token_ids")
+        add_prompt = pb.chat.add_generation_prompt if pb.chat.HasField("add_generation_prompt") else True
+        encoded = tokenizer.apply_chat_template(messages, add_generation_prompt=add_prompt, tokenize=True)
+        return list(encoded["input_ids"] if hasattr(encoded, "keys") else encoded)
+    raise InvalidArgument("the request has no prompt: set text, token_ids or chat")
+
+
+def from_pb(
+    pb: generation_pb2.GenerateRequest,
+    *,
+    tokenizer,
+    vocab_size: int,
+    max_context: int,
+    available_arms: list[Arm],
+    default_policy: str,
+) -> GenerationRequest:
+    temperature = pb.temperature if pb.HasField("temperature") else 0.0
+    top_p = pb.top_p if pb.HasField("top_p") else 1.0
+    if not (math.isfinite(temperature) and temperature >= 0):
+        raise InvalidArgument(f"temperature must be a finite number >= 0, got {temperature}")
+    if not 0 < top_p <= 1:
+        raise InvalidArgument(f"top_p must be in (0, 1], got {top_p}")
+    if pb.top_k < 0:
+        raise InvalidArgument(f"top_k must be >= 0, got {pb.top_k}")
+    if pb.max_new_tokens <= 0:
+        raise InvalidArgument(f"max_new_tokens must be > 0, got {pb.max_new_tokens}")
+    ids = prompt_ids(pb, tokenizer, vocab_size)
+    if len(ids) >= max_context:
+        raise InvalidArgument(f"prompt of {len(ids)} tokens does not fit the target's context of {max_context} tokens")
+    if len(ids) + pb.max_new_tokens > max_context:
+        raise InvalidArgument(
+            f"prompt ({len(ids)} tokens) + max_new_tokens ({pb.max_new_tokens}) exceeds the target's context of "
+            f"{max_context} tokens"
+        )
+    if pb.policy not in (generation_pb2.POLICY_UNSPECIFIED, *POLICY_NAMES):
+        raise InvalidArgument(f"unknown policy {pb.policy}")
+    policy = POLICY_NAMES.get(pb.policy, default_policy)
+    try:
+        arms = choose_arms(available_arms, list(pb.allowed_arms))
+    except ValueError as error:
+        raise InvalidArgument(str(error)) from error
+    if not arms:
+        raise InvalidArgument("no arm is available")
+    if policy == "fixed":
+        arms = arms[:1]
+    return GenerationRequest(
+        prompt_ids=ids,
+        max_new_tokens=pb.max_new_tokens,
+        sampling=SamplingParams(temperature=temperature, top_p=top_p, top_k=pb.top_k),
+        seed=pb.seed if pb.HasField("seed") else secrets.randbits(63),
+        stop=list(pb.stop),
+        policy=policy,
+        arms=arms,
+        request_id=pb.request_id or uuid.uuid4().hex[:16],
+    )
+
+
+def result_to_pb(request: GenerationRequest, result: GenerationResult, overhead_median: float) -> generation_pb2.GenerateResponse:
+    generated = len(result.token_ids)
+    arms = [
+        generation_pb2.ArmStats(
+            arm=name,
+            pulls=t.pulls,
+            drafted_tokens=t.drafted,
+            accepted_tokens=t.accepted,
+            mean_reward=t.reward_sum / t.pulls if t.pulls else 0.0,
+            wall_seconds=t.wall_seconds,
+        )
+        for name, t in result.tallies.items()
+    ]
+    stats = generation_pb2.GenerationStats(
+        rounds=result.rounds,
+        generated_tokens=generated,
+        wall_seconds=result.wall_seconds,
+        tokens_per_second=generated / result.wall_seconds if result.wall_seconds else 0.0,
+        arms=arms,
+        policy=request.policy,
+        prompt_tokens=len(request.prompt_ids),
+        prefill_seconds=result.prefill_seconds,
+        controller_overhead_seconds=sum(result.overheads),
+        controller_overhead_median_seconds=overhead_median,
+        seed=request.seed,
+    )
+    return generation_pb2.GenerateResponse(
+        request_id=request.request_id,
+        text=result.text,
+        token_ids=result.token_ids,
+        finish_reason=FINISH_REASONS[result.finish_reason],
+        stats=stats,
+    )

@@ -1,0 +1,215 @@
+"""The controller's gRPC edge: clients call Generate / GenerateStream; it runs the bandit loop."""
+
+from __future__ import annotations
+
+import asyncio
+from dataclasses import dataclass, field
+
+import grpc
+import structlog
+from prometheus_client import start_http_server
+
+from banditspec.errors import InvalidArgument, ServiceError, Unavailable, grpc_errors
+from banditspec.models import load_tokenizer, vocab_fingerprint
+from banditspec.serving import run_server
+from banditspec.v1 import generation_pb2, generation_pb2_grpc
+from services.controller import metrics
+from services.controller.arms import TARGET_ONLY_ARM, Arm
+from services.controller.clients import DraftClient, TargetClient
+from services.controller.generation import Deadline, Generation, GenerationRequest
+from services.controller.requests import from_pb, result_to_pb
+from services.controller.reward import StepTimeEstimate
+
+log = structlog.get_logger()
+
+
+@dataclass
+class ControllerConfig:
+    target: str = "127.0.0.1:50051"
+    drafts: dict[str, str] = field(default_factory=lambda: {"local": "127.0.0.1:50052"})
+    tokenizer: str | None = None  # a directory; default: the target's model directory
+    policy: str = "ucbspec"
+    pld_gammas: list[int] = field(default_factory=lambda: [3, 6])
+    model_gammas: list[int] = field(default_factory=lambda: [2, 4])
+    rpc_timeout: float = 60.0
+    refresh_seconds: float = 2.0
+    host: str = "127.0.0.1"
+    port: int = 50050
+    metrics_port: int | None = None
+    ready_file: str | None = None
+
+
+class Controller:
+    """Connections, the tokenizer, and the current arms; one `Generation` per request."""
+
+    def __init__(self, config: ControllerConfig) -> None:
+        self.config = config
+        self.target = TargetClient(config.target)
+        self.drafts = {name: DraftClient(name, address) for name, address in config.drafts.items()}
+        self.tokenizer = None
+        self.step_estimate: StepTimeEstimate | None = None
+        self.arms: list[Arm] = [TARGET_ONLY_ARM]
+        self._refresher: asyncio.Task | None = None
+
+    async def connect(self) -> None:
+        info = await self.target.connect(self.config.rpc_timeout)
+        path = self.config.tokenizer or info.model_name
+        self.tokenizer = load_tokenizer(path)
+        fingerprint = vocab_fingerprint(self.tokenizer)
+        if fingerprint != info.vocab_fingerprint:
+            raise SystemExit(
+                f"tokenizer {path} has vocabulary fingerprint {fingerprint}, the target has {info.vocab_fingerprint}"
+            )
+        # One target step plus about a millisecond of RPC, until target-only rounds refine it.
+        self.step_estimate = StepTimeEstimate(info.decode_step_seconds + 0.001)
+        await self.refresh_arms()
+        self._refresher = asyncio.create_task(self._refresh_forever())
+        log.info("controller connected", target=self.config.target, model=info.model_name, arms=[a.name for a in self.arms])
+
+    async def refresh_arms(self) -> None:
+        """Re-list each draft service's drafters, so arms follow runtime loads and unloads."""
+        gammas = {"prompt_lookup": self.config.pld_gammas, "model": self.config.model_gammas}
+        arms = [TARGET_ONLY_ARM]
+        for client in self.drafts.values():
+            try:
+                await client.refresh(self.target.info.vocab_fingerprint, timeout=min(5.0, self.config.rpc_timeout))
+            except grpc.aio.AioRpcError as error:
+                if client.drafters:
+                    log.warning("draft service unreachable; its arms are withdrawn", service=client.name, code=error.code().name)
+                client.drafters = []
+            arms.extend(client.arms(gammas))
+        self.arms = arms
+
+    async def _refresh_forever(self) -> None:
+        while True:
+            await asyncio.sleep(self.config.refresh_seconds)
+            await self.refresh_arms()
+
+    def refused_reason(self, allowed: list[str]) -> str | None:
+        for client in self.drafts.values():
+            for drafter, reason in client.refused.items():
+                if any(name.startswith(f"{client.name}/{drafter}/") for name in allowed):
+                    return reason
+        return None
+
+    def request(self, pb: generation_pb2.GenerateRequest) -> GenerationRequest:
+        if self.tokenizer is None:
+            raise Unavailable("the controller is still connecting")
+        try:
+            return from_pb(
+                pb,
+                tokenizer=self.tokenizer,
+                vocab_size=self.target.info.vocab_size,
+                max_context=self.target.info.max_context,
+                available_arms=self.arms,
+                default_policy=self.config.policy,
+            )
+        except InvalidArgument as error:
+            reason = self.refused_reason(list(pb.allowed_arms))
+            raise InvalidArgument(f"{error}; {reason}" if reason else str(error)) from error
+
+    def generation(self, request: GenerationRequest, context: grpc.aio.ServicerContext) -> Generation:
+        deadline = Deadline(context.time_remaining(), self.config.rpc_timeout)
+        return Generation(request, self.target, self.drafts, self.tokenizer, self.step_estimate, deadline)
+
+    async def close(self) -> None:
+        if self._refresher is not None:
+            self._refresher.cancel()
+        await self.target.close()
+        for client in self.drafts.values():
+            await client.close()
+
+
+class GenerationServicer(generation_pb2_grpc.GenerationServiceServicer):
+    def __init__(self, controller: Controller) -> None:
+        self.controller = controller
+        self._background: set[asyncio.Task] = set()
+
+    async def _finish(self, generation: Generation) -> generation_pb2.GenerateResponse:
+        metrics.REQUESTS.labels(generation.result.finish_reason).inc()
+        response = result_to_pb(generation.request, generation.result, generation.overhead_median())
+        log.info(
+            "generated",
+            request_id=generation.request.request_id,
+            policy=generation.request.policy,
+            tokens=response.stats.generated_tokens,
+            rounds=response.stats.rounds,
+            tokens_per_second=round(response.stats.tokens_per_second, 2),
+        )
+        return response
+
+    async def _released(self, generation: Generation) -> None:
+        # Release in the background: the client need not wait for it.
+        task = asyncio.create_task(generation.release())
+        self._background.add(task)
+        task.add_done_callback(self._background.discard)
+
+    @grpc_errors
+    async def Generate(self, request, context):
+        generation = self.controller.generation(self.controller.request(request), context)
+        try:
+            async for _ in generation.run():
+                pass
+        except grpc.aio.AioRpcError as error:
+            raise _upstream(error) from error
+        finally:
+            await self._released(generation)
+        return await self._finish(generation)
+
+    @grpc_errors
+    async def GenerateStream(self, request, context):
+        generation = self.controller.generation(self.controller.request(request), context)
+        try:
+            async for event in generation.run():
+                yield generation_pb2.GenerateStreamResponse(
+                    round=generation_pb2.RoundUpdate(
+                        round=event.round,
+                        arm=event.arm,
+                        drafted=event.drafted,
+                        accepted=event.accepted,
+                        token_ids=event.token_ids,
+                        text=event.text,
+                        wall_seconds=event.wall_seconds,
+                        service_seconds=event.service_seconds,
+                    )
+                )
+        except grpc.aio.AioRpcError as error:
+            raise _upstream(error) from error
+        finally:
+            await self._released(generation)
+        yield generation_pb2.GenerateStreamResponse(final=await self._finish(generation))
+
+    @grpc_errors
+    async def ListArms(self, request, context):
+        return generation_pb2.ListArmsResponse(
+            arms=[
+                generation_pb2.ArmInfo(name=a.name, draft_service=a.service, drafter=a.drafter, num_tokens=a.gamma)
+                for a in self.controller.arms
+            ]
+        )
+
+
+def _upstream(error: grpc.aio.AioRpcError) -> Exception:
+    """A failed call to the target: the client sees which service failed and why."""
+    wrapped = ServiceError(f"target service: {error.code().name}: {error.details()}")
+    wrapped.code = error.code() if error.code() != grpc.StatusCode.FAILED_PRECONDITION else grpc.StatusCode.UNAVAILABLE
+    return wrapped
+
+
+async def serve(config: ControllerConfig) -> None:
+    controller = Controller(config)
+    if config.metrics_port is not None:
+        start_http_server(config.metrics_port, addr=config.host)
+
+    await run_server(
+        name="controller",
+        host=config.host,
+        port=config.port,
+        service_names=[generation_pb2.DESCRIPTOR.services_by_name["GenerationService"].full_name],
+        register=lambda server: generation_pb2_grpc.add_GenerationServiceServicer_to_server(
+            GenerationServicer(controller), server
+        ),
+        load=controller.connect,
+        close=controller.close,
+        ready_file=config.ready_file,
+    )

@@ -1,0 +1,1 @@
+"""Drafter kinds, one module each, behind the `Drafter` interface in base.py."""

@@ -1,0 +1,93 @@
+"""A small causal LM as drafter, with its own per-session KV cache.
+
+Greedy requests get a deterministic (argmax) draft; sampled ones draw from q after the request's
+temperature/top-k/top-p, and ship q so the target can apply the speculative-sampling rule.
+"""
+
+from __future__ import annotations
+
+import zlib
+from dataclasses import dataclass, field
+
+import torch
+from transformers import DynamicCache
+
+from banditspec.models import LoadedModel, load_causal_lm
+from banditspec.sampling import probabilities
+from services.draft.drafters.base import DraftSession, Proposal
+
+
+@dataclass
+class _ModelState:
+    cache: DynamicCache
+    generator: torch.Generator | None
+    cached_ids: list[int] = field(default_factory=list)  # tokens whose keys/values are in the cache
+
+
+def _common_prefix(a: list[int], b: list[int]) -> int:
+    n = min(len(a), len(b))
+    i = 0
+    while i < n and a[i] == b[i]:
+        i += 1
+    return i
+
+
+class ModelDrafter:
+    kind = "model"
+
+    def __init__(self, name: str, loaded: LoadedModel) -> None:
+        self.name = name
+        self.loaded = loaded
+        self.vocab_fingerprint = loaded.fingerprint
+        self.source = loaded.path
+        self.device = str(loaded.device)
+
+    @classmethod
+    def load(cls, name: str, path: str, device: str | None = None, dtype: str | None = None) -> ModelDrafter:
+        return cls(name, load_causal_lm(path, device=device, dtype=dtype))
+
+    def _state(self, session: DraftSession) -> _ModelState:
+        state = session.state.get(self.name)
+        if state is None:
+            generator = None
+            if not session.sampling.greedy:
+                # Seeded from the request and the drafter's name: reproducible, independent of other drafters.
+                generator = torch.Generator(device=self.loaded.device)
+                generator.manual_seed((session.seed ^ zlib.crc32(self.name.encode())) & 0xFFFF_FFFF_FFFF_FFFF)
+            state = session.state[self.name] = _ModelState(self.loaded.new_cache(), generator)
+        return state
+
+    @torch.inference_mode()
+    def propose(self, session: DraftSession, num_tokens: int) -> Proposal:
+        context = session.context
+        room = self.loaded.max_context - len(context)
+        num_tokens = min(num_tokens, room)
+        if num_tokens <= 0:
+            return Proposal([])
+        state = self._state(session)
+        # Keep the cached prefix the context still agrees with; feed at least one token for logits.
+        keep = min(_common_prefix(state.cached_ids, context), len(context) - 1)
+        if len(state.cached_ids) > keep:
+            state.cache.crop(-(len(state.cached_ids) - keep))
+        del state.cached_ids[keep:]
+        feed = context[keep:]
+        sampling = session.sampling
+        draft: list[int] = []
+        rows: list[torch.Tensor] = []
+        for step in range(num_tokens):
+            logits = self.loaded.forward(feed, state.cache)[-1]
+            state.cached_ids.extend(feed)
+            if sampling.greedy:
+                token = int(torch.argmax(logits))
+            else:
+                q = probabilities(logits, sampling)
+                token = int(torch.multinomial(q, 1, generator=state.generator))
+                rows.append(q)
+            draft.append(token)
+            feed = [token]
+        return Proposal(draft, torch.stack(rows) if rows else None)
+
+    def close(self) -> None:
+        del self.loaded
+        if torch.cuda.is_available():
+            torch.cuda.empty_cache()

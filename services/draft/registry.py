@@ -1,0 +1,99 @@
+"""The drafters a draft service hosts, and the sessions they share. No gRPC here."""
+
+from __future__ import annotations
+
+import time
+from collections import OrderedDict
+
+from banditspec.errors import AlreadyExists, InvalidArgument, NotFound, OutOfSync, SessionLost
+from banditspec.sampling import SamplingParams
+from services.draft.drafters.base import Drafter, DraftSession, Proposal
+
+
+class DrafterRegistry:
+    def __init__(self, max_sessions: int = 256) -> None:
+        self.max_sessions = max_sessions
+        self.drafters: dict[str, Drafter] = {}
+        self.sessions: OrderedDict[str, DraftSession] = OrderedDict()
+
+    # drafters -----------------------------------------------------------------------------------
+    def add(self, drafter: Drafter, replace: bool = False) -> Drafter | None:
+        """Register a drafter; with replace, returns the one it swapped out (to be closed by the caller)."""
+        old = self.drafters.get(drafter.name)
+        if old is not None and not replace:
+            raise AlreadyExists(f"drafter {drafter.name!r} is already loaded; pass replace to swap it")
+        self.drafters[drafter.name] = drafter
+        if old is not None:
+            self._forget_state(drafter.name)
+        return old
+
+    def remove(self, name: str) -> Drafter:
+        drafter = self.drafters.pop(name, None)
+        if drafter is None:
+            raise NotFound(f"no drafter named {name!r}; loaded: {', '.join(sorted(self.drafters)) or 'none'}")
+        self._forget_state(name)
+        return drafter
+
+    def get(self, name: str) -> Drafter:
+        drafter = self.drafters.get(name)
+        if drafter is None:
+            raise NotFound(f"no drafter named {name!r}; loaded: {', '.join(sorted(self.drafters)) or 'none'}")
+        return drafter
+
+    def _forget_state(self, name: str) -> None:
+        for session in self.sessions.values():
+            session.state.pop(name, None)
+
+    # sessions -----------------------------------------------------------------------------------
+    def sync(
+        self,
+        session_id: str,
+        context_length: int,
+        new_ids: list[int],
+        sampling: SamplingParams,
+        seed: int,
+    ) -> DraftSession:
+        """Bring a session's context up to date; context_length 0 (re)opens it."""
+        if not session_id:
+            raise InvalidArgument("session_id is required")
+        if context_length == 0:
+            if not new_ids:
+                raise InvalidArgument("opening a session needs its context in new_context_ids")
+            session = DraftSession(list(new_ids), sampling, seed)
+            self.sessions.pop(session_id, None)
+            self.sessions[session_id] = session
+            while len(self.sessions) > self.max_sessions:
+                self.sessions.popitem(last=False)
+            return session
+        session = self.sessions.get(session_id)
+        if session is None:
+            raise SessionLost(f"session {session_id!r} is not held by this draft service; resend the full context")
+        if context_length != len(session.context):
+            raise OutOfSync(
+                f"session {session_id!r} holds {len(session.context)} tokens, caller expected {context_length}"
+            )
+        self.sessions.move_to_end(session_id)
+        session.context.extend(new_ids)
+        return session
+
+    def propose(
+        self,
+        session_id: str,
+        drafter_name: str,
+        num_tokens: int,
+        context_length: int,
+        new_ids: list[int],
+        sampling: SamplingParams,
+        seed: int,
+    ) -> tuple[Proposal, int, float]:
+        """Returns the proposal, the session's context length after the sync, and compute seconds."""
+        if num_tokens < 0:
+            raise InvalidArgument(f"num_tokens must be >= 0, got {num_tokens}")
+        drafter = self.get(drafter_name)
+        session = self.sync(session_id, context_length, new_ids, sampling, seed)
+        start = time.perf_counter()
+        proposal = drafter.propose(session, num_tokens)
+        return proposal, len(session.context), time.perf_counter() - start
+
+    def release(self, session_id: str) -> bool:
+        return self.sessions.pop(session_id, None) is not None

@@ -1,0 +1,148 @@
+"""The draft service's gRPC edge: several drafters in one process, loaded and unloaded at runtime."""
+
+from __future__ import annotations
+
+import asyncio
+import time
+from concurrent.futures import ThreadPoolExecutor
+from dataclasses import dataclass, field
+
+import structlog
+
+from banditspec import distributions
+from banditspec.default_model import resolve_model_path
+from banditspec.errors import AlreadyExists, grpc_errors
+from banditspec.sampling import SamplingParams
+from banditspec.serving import run_server
+from banditspec.v1 import draft_pb2, draft_pb2_grpc
+from services.draft.drafters.base import Drafter
+from services.draft.drafters.model import ModelDrafter
+from services.draft.drafters.prompt_lookup import PromptLookupDrafter
+from services.draft.registry import DrafterRegistry
+from services.draft.specs import KINDS, DrafterSpec
+
+log = structlog.get_logger()
+
+
+@dataclass
+class DraftConfig:
+    drafters: list[str] = field(default_factory=lambda: ["pld=prompt_lookup"])
+    device: str | None = None
+    dtype: str | None = None
+    max_sessions: int = 256
+    host: str = "127.0.0.1"
+    port: int = 50052
+    ready_file: str | None = None
+
+
+def build_drafter(spec: DrafterSpec, device: str | None, default_dtype: str | None) -> Drafter:
+    if spec.kind == "prompt_lookup":
+        return PromptLookupDrafter(spec.name, spec.min_ngram or 1, spec.max_ngram or 3)
+    path = str(resolve_model_path(spec.model_path))
+    return ModelDrafter.load(spec.name, path, device=device, dtype=spec.dtype or default_dtype)
+
+
+def drafter_info(drafter: Drafter) -> draft_pb2.DrafterInfo:
+    return draft_pb2.DrafterInfo(
+        name=drafter.name,
+        kind=KINDS[drafter.kind],
+        vocab_fingerprint=drafter.vocab_fingerprint,
+        source=drafter.source,
+        device=drafter.device,
+    )
+
+
+class DraftServicer(draft_pb2_grpc.DraftServiceServicer):
+    def __init__(self, config: DraftConfig) -> None:
+        self.config = config
+        self.registry = DrafterRegistry(config.max_sessions)
+        # Proposals and session updates run on one thread, in order; loading runs on another so a
+        # hot swap does not stall traffic.
+        self.worker = ThreadPoolExecutor(max_workers=1, thread_name_prefix="draft-model")
+        self.loader = ThreadPoolExecutor(max_workers=1, thread_name_prefix="draft-loader")
+
+    async def _on(self, executor, fn, *args):
+        return await asyncio.get_running_loop().run_in_executor(executor, fn, *args)
+
+    async def load(self, spec: DrafterSpec, replace: bool = False) -> tuple[Drafter, float]:
+        start = time.perf_counter()
+        if not replace and spec.name in self.registry.drafters:  # fail fast, before a costly load
+            raise AlreadyExists(f"drafter {spec.name!r} is already loaded; pass replace to swap it")
+        drafter = await self._on(self.loader, build_drafter, spec, self.config.device, self.config.dtype)
+        old = await self._on(self.worker, self.registry.add, drafter, replace)
+        if old is not None:
+            old.close()
+        seconds = time.perf_counter() - start
+        log.info("drafter loaded", drafter=spec.name, kind=spec.kind, source=drafter.source, seconds=round(seconds, 2))
+        return drafter, seconds
+
+    @grpc_errors
+    async def Info(self, request, context):
+        return draft_pb2.DraftInfoResponse(
+            drafters=[drafter_info(d) for d in self.registry.drafters.values()],
+            sessions=len(self.registry.sessions),
+        )
+
+    @grpc_errors
+    async def ListDrafters(self, request, context):
+        return draft_pb2.ListDraftersResponse(drafters=[drafter_info(d) for d in self.registry.drafters.values()])
+
+    @grpc_errors
+    async def Propose(self, request, context):
+        sampling = SamplingParams.from_pb(request.sampling)
+        proposal, length, seconds = await self._on(
+            self.worker,
+            self.registry.propose,
+            request.session_id,
+            request.drafter,
+            request.num_tokens,
+            request.context_length,
+            list(request.new_context_ids),
+            sampling,
+            request.seed,
+        )
+        probs = [] if proposal.probs is None else [distributions.encode(row) for row in proposal.probs]
+        return draft_pb2.ProposeResponse(
+            draft_ids=proposal.token_ids, draft_probs=probs, context_length=length, compute_seconds=seconds
+        )
+
+    @grpc_errors
+    async def ReleaseSession(self, request, context):
+        released = await self._on(self.worker, self.registry.release, request.session_id)
+        return draft_pb2.ReleaseDraftSessionResponse(released=released)
+
+    @grpc_errors
+    async def LoadDrafter(self, request, context):
+        drafter, seconds = await self.load(DrafterSpec.from_pb(request), replace=request.replace)
+        return draft_pb2.LoadDrafterResponse(drafter=drafter_info(drafter), load_seconds=seconds)
+
+    @grpc_errors
+    async def UnloadDrafter(self, request, context):
+        drafter = await self._on(self.worker, self.registry.remove, request.name)
+        drafter.close()
+        log.info("drafter unloaded", drafter=request.name)
+        return draft_pb2.UnloadDrafterResponse(unloaded=True)
+
+
+async def serve(config: DraftConfig) -> None:
+    servicer = DraftServicer(config)
+    specs = [DrafterSpec.parse(text) for text in config.drafters]
+
+    async def load() -> None:
+        for spec in specs:
+            await servicer.load(spec)
+
+    async def close() -> None:
+        servicer.worker.shutdown(wait=True)
+        servicer.loader.shutdown(wait=True)
+
+    await run_server(
+        name="draft",
+        host=config.host,
+        port=config.port,
+        service_names=[draft_pb2.DESCRIPTOR.services_by_name["DraftService"].full_name],
+        register=lambda server: draft_pb2_grpc.add_DraftServiceServicer_to_server(servicer, server),
+        load=load,
+        close=close,
+        ready_file=config.ready_file,
+    )

@@ -1,0 +1,62 @@
+"""Drafter specifications: `NAME=prompt_lookup[:MIN-MAX]` or `NAME=model:PATH[@DTYPE]`."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+from banditspec.v1 import draft_pb2
+
+KINDS = {
+    "prompt_lookup": draft_pb2.DRAFTER_KIND_PROMPT_LOOKUP,
+    "model": draft_pb2.DRAFTER_KIND_MODEL,
+}
+
+
+@dataclass(frozen=True)
+class DrafterSpec:
+    name: str
+    kind: str
+    model_path: str = ""
+    dtype: str = ""
+    min_ngram: int = 0
+    max_ngram: int = 0
+
+    @classmethod
+    def parse(cls, text: str) -> DrafterSpec:
+        name, sep, rest = text.partition("=")
+        if not sep or not name or not rest:
+            raise ValueError(f"drafter spec {text!r}: expected NAME=prompt_lookup[:MIN-MAX] or NAME=model:PATH[@DTYPE]")
+        kind, _, arg = rest.partition(":")
+        if kind == "prompt_lookup":
+            if not arg:
+                return cls(name, kind)
+            low, _, high = arg.partition("-")
+            return cls(name, kind, min_ngram=int(low), max_ngram=int(high or low))
+        if kind == "model":
+            if not arg:
+                raise ValueError(f"drafter spec {text!r}: a model drafter needs a path")
+            path, _, dtype = arg.partition("@")
+            return cls(name, kind, model_path=path, dtype=dtype)
+        raise ValueError(f"drafter spec {text!r}: unknown kind {kind!r}; choose prompt_lookup or model")
+
+    def to_pb(self, replace: bool = False) -> draft_pb2.LoadDrafterRequest:
+        return draft_pb2.LoadDrafterRequest(
+            name=self.name,
+            kind=KINDS[self.kind],
+            model_path=self.model_path,
+            dtype=self.dtype,
+            min_ngram=self.min_ngram,
+            max_ngram=self.max_ngram,
+            replace=replace,
+        )
+
+    @classmethod
+    def from_pb(cls, pb: draft_pb2.LoadDrafterRequest) -> DrafterSpec:
+        kinds = {value: key for key, value in KINDS.items()}
+        if pb.kind not in kinds:
+            raise ValueError("LoadDrafter needs kind DRAFTER_KIND_PROMPT_LOOKUP or DRAFTER_KIND_MODEL")
+        if not pb.name:
+            raise ValueError("LoadDrafter needs a name")
+        if pb.kind == draft_pb2.DRAFTER_KIND_MODEL and not pb.model_path:
+            raise ValueError("a model drafter needs model_path")
+        return cls(pb.name, kinds[pb.kind], pb.model_path, pb.dtype, pb.min_ngram, pb.max_ngram)

@@ -1,0 +1,50 @@
+"""Per-session context and KV cache of the target, with least-recently-used eviction."""
+
+from __future__ import annotations
+
+from collections import OrderedDict
+from dataclasses import dataclass, field
+
+import torch
+from transformers import DynamicCache
+
+from banditspec.errors import SessionLost
+from banditspec.sampling import SamplingParams
+
+
+@dataclass
+class TargetSession:
+    context: list[int]
+    cache: DynamicCache
+    sampling: SamplingParams
+    generator: torch.Generator | None
+    # The cache always holds context[:-1]: the last token is fed with the next draft.
+    stats: dict[str, float] = field(default_factory=dict)
+
+
+class SessionStore:
+    def __init__(self, max_sessions: int) -> None:
+        self.max_sessions = max_sessions
+        self._sessions: OrderedDict[str, TargetSession] = OrderedDict()
+
+    def __len__(self) -> int:
+        return len(self._sessions)
+
+    def put(self, session_id: str, session: TargetSession) -> list[str]:
+        """Store a session; returns the ids evicted to make room."""
+        self._sessions.pop(session_id, None)
+        self._sessions[session_id] = session
+        evicted = []
+        while len(self._sessions) > self.max_sessions:
+            evicted.append(self._sessions.popitem(last=False)[0])
+        return evicted
+
+    def get(self, session_id: str) -> TargetSession:
+        session = self._sessions.get(session_id)
+        if session is None:
+            raise SessionLost(f"session {session_id!r} is not held by this target; reopen it with the full context")
+        self._sessions.move_to_end(session_id)
+        return session
+
+    def pop(self, session_id: str) -> bool:
+        return self._sessions.pop(session_id, None) is not None
