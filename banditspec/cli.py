@@ -99,8 +99,11 @@ def cmd_serve_controller(args: argparse.Namespace) -> None:
 def _stack(args: argparse.Namespace):
     from banditspec.launcher import LocalStack
 
+    from banditspec.default_model import cache_dir
+
     target_args = ["--dtype", args.dtype] if args.dtype else []
     return LocalStack(
+        log_dir=cache_dir() / "logs",
         model=args.model,
         drafters=args.drafter or ["pld=prompt_lookup"],
         controller_port=args.port,
@@ -114,6 +117,7 @@ def cmd_up(args: argparse.Namespace) -> None:
 
     stack = _stack(args)
     print("starting target, draft service and controller (the first run converts the default model)...", flush=True)
+    print(f"service logs: {stack.log_dir}/", flush=True)
     stack.start()
     for service in stack.services:
         print(f"  {service.name:<10} {service.address}  (pid {service.process.pid})", flush=True)
@@ -132,6 +136,7 @@ def cmd_up(args: argparse.Namespace) -> None:
 def cmd_demo(args: argparse.Namespace) -> None:
     stack = _stack(args)
     print("starting target, draft service and controller (the first run converts the default model)...", flush=True)
+    print(f"service logs: {stack.log_dir}/", flush=True)
     with stack:
         args.controller = stack.address("controller")
         args.prompt = args.prompt or SAMPLE_PROMPT

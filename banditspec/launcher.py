@@ -44,7 +44,7 @@ class LocalStack:
         log_target = subprocess.DEVNULL
         if self.log_dir is not None:
             self.log_dir.mkdir(parents=True, exist_ok=True)
-            log_target = open(self.log_dir / f"{name}.log", "w")
+            log_target = open(self.log_dir / f"{name}.log", "w")  # noqa: SIM115 - the child keeps its own copy
         env = dict(os.environ, HF_HUB_OFFLINE="1", PYTHONUNBUFFERED="1")
         process = subprocess.Popen(
             [sys.executable, "-m", "banditspec.cli", *args, "--ready-file", str(ready)],

@@ -76,24 +76,13 @@ class DrafterRegistry:
         session.context.extend(new_ids)
         return session
 
-    def propose(
-        self,
-        session_id: str,
-        drafter_name: str,
-        num_tokens: int,
-        context_length: int,
-        new_ids: list[int],
-        sampling: SamplingParams,
-        seed: int,
-    ) -> tuple[Proposal, int, float]:
-        """Returns the proposal, the session's context length after the sync, and compute seconds."""
+    def propose(self, drafter: Drafter, session: DraftSession, num_tokens: int) -> tuple[Proposal, float]:
+        """Returns the proposal and its compute seconds."""
         if num_tokens < 0:
             raise InvalidArgument(f"num_tokens must be >= 0, got {num_tokens}")
-        drafter = self.get(drafter_name)
-        session = self.sync(session_id, context_length, new_ids, sampling, seed)
         start = time.perf_counter()
         proposal = drafter.propose(session, num_tokens)
-        return proposal, len(session.context), time.perf_counter() - start
+        return proposal, time.perf_counter() - start
 
     def release(self, session_id: str) -> bool:
         return self.sessions.pop(session_id, None) is not None

@@ -56,8 +56,8 @@ class DraftServicer(draft_pb2_grpc.DraftServiceServicer):
     def __init__(self, config: DraftConfig) -> None:
         self.config = config
         self.registry = DrafterRegistry(config.max_sessions)
-        # Proposals and session updates run on one thread, in order; loading runs on another so a
-        # hot swap does not stall traffic.
+        # Session and registry updates run on the event loop; model forwards on one worker thread,
+        # loading on another so that a hot swap does not stall traffic.
         self.worker = ThreadPoolExecutor(max_workers=1, thread_name_prefix="draft-model")
         self.loader = ThreadPoolExecutor(max_workers=1, thread_name_prefix="draft-loader")
 
@@ -69,9 +69,9 @@ class DraftServicer(draft_pb2_grpc.DraftServiceServicer):
         if not replace and spec.name in self.registry.drafters:  # fail fast, before a costly load
             raise AlreadyExists(f"drafter {spec.name!r} is already loaded; pass replace to swap it")
         drafter = await self._on(self.loader, build_drafter, spec, self.config.device, self.config.dtype)
-        old = await self._on(self.worker, self.registry.add, drafter, replace)
-        if old is not None:
-            old.close()
+        old = self.registry.add(drafter, replace)
+        if old is not None:  # on the worker: after any proposal still using it
+            await self._on(self.worker, old.close)
         seconds = time.perf_counter() - start
         log.info("drafter loaded", drafter=spec.name, kind=spec.kind, source=drafter.source, seconds=round(seconds, 2))
         return drafter, seconds
@@ -89,26 +89,29 @@ class DraftServicer(draft_pb2_grpc.DraftServiceServicer):
 
     @grpc_errors
     async def Propose(self, request, context):
-        sampling = SamplingParams.from_pb(request.sampling)
-        proposal, length, seconds = await self._on(
-            self.worker,
-            self.registry.propose,
+        drafter = self.registry.get(request.drafter)
+        session = self.registry.sync(
             request.session_id,
-            request.drafter,
-            request.num_tokens,
             request.context_length,
             list(request.new_context_ids),
-            sampling,
+            SamplingParams.from_pb(request.sampling),
             request.seed,
         )
+        if drafter.kind == "model":
+            proposal, seconds = await self._on(self.worker, self.registry.propose, drafter, session, request.num_tokens)
+        else:  # model-free drafters cost microseconds: a thread hop would cost more than the work
+            proposal, seconds = self.registry.propose(drafter, session, request.num_tokens)
         probs = [] if proposal.probs is None else [distributions.encode(row) for row in proposal.probs]
         return draft_pb2.ProposeResponse(
-            draft_ids=proposal.token_ids, draft_probs=probs, context_length=length, compute_seconds=seconds
+            draft_ids=proposal.token_ids,
+            draft_probs=probs,
+            context_length=len(session.context),
+            compute_seconds=seconds,
         )
 
     @grpc_errors
     async def ReleaseSession(self, request, context):
-        released = await self._on(self.worker, self.registry.release, request.session_id)
+        released = self.registry.release(request.session_id)
         return draft_pb2.ReleaseDraftSessionResponse(released=released)
 
     @grpc_errors
@@ -118,8 +121,8 @@ class DraftServicer(draft_pb2_grpc.DraftServiceServicer):
 
     @grpc_errors
     async def UnloadDrafter(self, request, context):
-        drafter = await self._on(self.worker, self.registry.remove, request.name)
-        drafter.close()
+        drafter = self.registry.remove(request.name)
+        await self._on(self.worker, drafter.close)  # after any proposal still using it
         log.info("drafter unloaded", drafter=request.name)
         return draft_pb2.UnloadDrafterResponse(unloaded=True)
 

@@ -1,0 +1,208 @@
+"""Shared fixtures: tiny random Llama models with a tiny word-level tokenizer, and one local stack.
+
+Nothing is downloaded: the models are built from a config with random weights and saved with
+save_pretrained next to a tokenizer made with the `tokenizers` library, so the services load them
+exactly as they would load a real checkpoint.
+"""
+
+from __future__ import annotations
+
+import os
+import time
+from dataclasses import dataclass
+from pathlib import Path
+
+import grpc
+import pytest
+
+os.environ.setdefault("HF_HUB_OFFLINE", "1")
+os.environ.setdefault("TRANSFORMERS_NO_ADVISORY_WARNINGS", "1")
+
+RPC_TIMEOUT = 60.0
+
+EOS_ID = 0
+WORDS = (
+    "the cat sat on a mat dog ran to big red sun is hot and cold sky blue sea fish swim up down left "
+    "right one two three four five six seven eight nine ten yes no we you they it go stop end start fast "
+    "slow hello world foo bar baz qux zip zap"
+).split()
+# A second vocabulary of the same size whose ids mean different text: a different fingerprint.
+ALIEN_WORDS = [f"x{i}" for i in range(len(WORDS))]
+
+
+@dataclass(frozen=True)
+class TinyModels:
+    target: Path  # the target checkpoint
+    other: Path  # same tokenizer, different random weights (low agreement with the target)
+    alien: Path  # a different tokenizer (different vocabulary fingerprint)
+    vocab_size: int
+
+
+def build_tokenizer(words: list[str]):
+    from tokenizers import Tokenizer, models, pre_tokenizers
+    from transformers import PreTrainedTokenizerFast
+
+    vocab = {"<eos>": EOS_ID, "<unk>": 1, "<pad>": 2}
+    for word in words:
+        vocab[word] = len(vocab)
+    tokenizer = Tokenizer(models.WordLevel(vocab, unk_token="<unk>"))
+    tokenizer.pre_tokenizer = pre_tokenizers.WhitespaceSplit()
+    return PreTrainedTokenizerFast(
+        tokenizer_object=tokenizer,
+        eos_token="<eos>",
+        unk_token="<unk>",
+        pad_token="<pad>",
+        clean_up_tokenization_spaces=False,
+    )
+
+
+def build_model(directory: Path, words: list[str], seed: int) -> Path:
+    import torch
+    from transformers import LlamaConfig, LlamaForCausalLM
+
+    tokenizer = build_tokenizer(words)
+    config = LlamaConfig(
+        vocab_size=len(tokenizer.get_vocab()),
+        hidden_size=64,
+        intermediate_size=128,
+        num_hidden_layers=2,
+        num_attention_heads=4,
+        num_key_value_heads=2,
+        max_position_embeddings=256,
+        # Larger than the usual 0.02 so logits are spread out: argmax ties (and flaky greedy
+        # comparisons from float noise) become practically impossible.
+        initializer_range=0.2,
+        bos_token_id=None,
+        eos_token_id=EOS_ID,
+        pad_token_id=2,
+        tie_word_embeddings=False,
+    )
+    torch.manual_seed(seed)
+    model = LlamaForCausalLM(config).eval()
+    model.generation_config.eos_token_id = EOS_ID
+    model.generation_config.pad_token_id = 2
+    directory.mkdir(parents=True, exist_ok=True)
+    model.save_pretrained(str(directory))
+    tokenizer.save_pretrained(str(directory))
+    return directory
+
+
+@pytest.fixture(scope="session")
+def tiny_models(tmp_path_factory) -> TinyModels:
+    root = tmp_path_factory.mktemp("tiny-models")
+    return TinyModels(
+        target=build_model(root / "target", WORDS, seed=0),
+        other=build_model(root / "other", WORDS, seed=1),
+        alien=build_model(root / "alien", ALIEN_WORDS, seed=2),
+        vocab_size=len(WORDS) + 3,
+    )
+
+
+@pytest.fixture(scope="session")
+def tiny_tokenizer(tiny_models):
+    from transformers import AutoTokenizer
+
+    return AutoTokenizer.from_pretrained(str(tiny_models.target))
+
+
+@pytest.fixture(scope="session")
+def target_model(tiny_models):
+    """The target checkpoint loaded in this process, for reference outputs."""
+    import torch
+    from transformers import AutoModelForCausalLM
+
+    torch.manual_seed(0)
+    return AutoModelForCausalLM.from_pretrained(str(tiny_models.target), dtype=torch.float32).eval()
+
+
+# the stack -------------------------------------------------------------------------------------
+
+CPU_ARGS = ["--device", "cpu", "--dtype", "float32"]
+
+
+@pytest.fixture(scope="session")
+def stack(tiny_models, tmp_path_factory):
+    """target + draft service (pld, same = copy of the target, other = random model, alien = other
+    tokenizer) + controller, each its own process on loopback, controller on a free port."""
+    from banditspec.launcher import LocalStack
+
+    log_dir = tmp_path_factory.mktemp("stack-logs")
+    stack = LocalStack(
+        model=str(tiny_models.target),
+        drafters=[
+            "pld=prompt_lookup",
+            f"same=model:{tiny_models.target}",
+            f"other=model:{tiny_models.other}",
+            f"alien=model:{tiny_models.alien}",
+        ],
+        controller_port=0,
+        extra_target_args=CPU_ARGS,
+        extra_draft_args=CPU_ARGS,
+        extra_controller_args=["--policy", "ucbspec"],
+        log_dir=log_dir,
+        startup_timeout=300,
+    )
+    try:
+        stack.start()
+    except Exception:
+        for log in sorted(log_dir.glob("*.log")):
+            print(f"--- {log.name} ---\n{log.read_text()[-4000:]}")
+        raise
+    yield stack
+    stack.stop()
+
+
+@pytest.fixture(scope="session")
+def controller_channel(stack):
+    with grpc.insecure_channel(stack.address("controller")) as channel:
+        yield channel
+
+
+@pytest.fixture(scope="session")
+def generation_stub(controller_channel):
+    from banditspec.v1 import generation_pb2_grpc
+
+    return generation_pb2_grpc.GenerationServiceStub(controller_channel)
+
+
+@pytest.fixture(scope="session")
+def target_stub(stack):
+    from banditspec.v1 import target_pb2_grpc
+
+    with grpc.insecure_channel(stack.address("target")) as channel:
+        yield target_pb2_grpc.TargetServiceStub(channel)
+
+
+@pytest.fixture(scope="session")
+def draft_stub(stack):
+    from banditspec.v1 import draft_pb2_grpc
+
+    with grpc.insecure_channel(stack.address("draft")) as channel:
+        yield draft_pb2_grpc.DraftServiceStub(channel)
+
+
+def list_arm_names(generation_stub) -> list[str]:
+    from banditspec.v1 import generation_pb2
+
+    return [a.name for a in generation_stub.ListArms(generation_pb2.ListArmsRequest(), timeout=RPC_TIMEOUT).arms]
+
+
+def wait_for(predicate, timeout: float = 20.0, interval: float = 0.2):
+    """Poll until predicate() is truthy (returns its value) or fail after `timeout` seconds."""
+    deadline = time.monotonic() + timeout
+    while True:
+        value = predicate()
+        if value:
+            return value
+        if time.monotonic() > deadline:
+            raise AssertionError(f"condition not met within {timeout}s (last value {value!r})")
+        time.sleep(interval)
+
+
+def reference_greedy(model, prompt_ids: list[int], max_new_tokens: int) -> list[int]:
+    """The target alone, through transformers generate()."""
+    import torch
+
+    with torch.inference_mode():
+        out = model.generate(torch.tensor([prompt_ids]), do_sample=False, max_new_tokens=max_new_tokens)
+    return out[0, len(prompt_ids):].tolist()
