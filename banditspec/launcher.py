@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import json
 import os
+import shutil
 import signal
 import subprocess
 import sys
@@ -37,10 +38,12 @@ class LocalStack:
     log_dir: Path | None = None
     startup_timeout: float = 600.0
     services: list[Service] = field(default_factory=list)
+    _workdir: Path | None = None
 
     def _spawn(self, name: str, args: list[str]) -> Service:
-        workdir = Path(tempfile.mkdtemp(prefix=f"banditspec-{name}-"))
-        ready = workdir / "ready.json"
+        if self._workdir is None:
+            self._workdir = Path(tempfile.mkdtemp(prefix="banditspec-stack-"))
+        ready = self._workdir / f"{name}.ready.json"
         log_target = subprocess.DEVNULL
         if self.log_dir is not None:
             self.log_dir.mkdir(parents=True, exist_ok=True)
@@ -107,6 +110,9 @@ class LocalStack:
                 service.process.kill()
                 service.process.wait()
         self.services.clear()
+        if self._workdir is not None:
+            shutil.rmtree(self._workdir, ignore_errors=True)
+            self._workdir = None
 
     def __enter__(self) -> LocalStack:
         return self.start()
