@@ -45,6 +45,7 @@ import platform
 import statistics
 import subprocess
 import sys
+import tempfile
 import time
 from collections import defaultdict
 from dataclasses import asdict, dataclass, field
@@ -502,7 +503,7 @@ def run_dtype(dtype: str, model_path: Path, prompts: list[Prompt], args: argpars
         controller_port=0,
         extra_target_args=["--dtype", dtype, "--device", args.device],
         extra_draft_args=["--dtype", dtype, "--device", args.device],
-        log_dir=Path(args.log_dir) / dtype if args.log_dir else None,
+        log_dir=Path(args.log_dir) / dtype,
     )
     with stack, grpc.insecure_channel(stack.address("controller")) as channel:
         stub = generation_pb2_grpc.GenerationServiceStub(channel)
@@ -563,7 +564,7 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     parser.add_argument("--drafter", action="append", help="draft service drafter spec (default pld=prompt_lookup)")
     parser.add_argument("--seed", type=int, default=0, help="request seed (bandit tie-breaking / EXP3 draws)")
     parser.add_argument("--timeout", type=float, default=600.0, help="seconds per Generate RPC")
-    parser.add_argument("--log-dir", help="write the services' logs under DIR/DTYPE/")
+    parser.add_argument("--log-dir", help="write the services' logs under DIR/DTYPE/ (default: a new temp dir)")
     args = parser.parse_args(argv)
     if args.quick:
         args.limit, args.max_new_tokens, args.dtypes = QUICK["limit"], QUICK["max_new_tokens"], ",".join(QUICK["dtypes"])
@@ -571,6 +572,8 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     args.kinds = [k.strip() for k in args.kinds.split(",") if k.strip()] if args.kinds else None
     if args.device == "auto":
         args.device = "cuda" if torch.cuda.is_available() else "cpu"
+    if not args.log_dir:
+        args.log_dir = tempfile.mkdtemp(prefix="banditspec-bench-logs-")
     if args.repeats < 1 or args.max_new_tokens < 1:
         parser.error("--repeats and --max-new-tokens must be >= 1")
     return args
@@ -586,7 +589,7 @@ def main(argv: list[str] | None = None) -> int:
     prompts = load_prompts(Path(args.prompts), args.kinds, args.limit)
     render_prompts(prompts, AutoTokenizer.from_pretrained(str(model_path)))
     log(f"{len(prompts)} prompts, {args.max_new_tokens} new tokens, dtypes {', '.join(args.dtypes)}, "
-        f"{args.repeats} repeat(s), device {args.device}")
+        f"{args.repeats} repeat(s), device {args.device}; service logs in {args.log_dir}")
     results = [run_dtype(dtype, model_path, prompts, args, log) for dtype in args.dtypes]
     for result in results:
         report(result)
