@@ -40,6 +40,10 @@ class Unavailable(ServiceError):
     code = grpc.StatusCode.UNAVAILABLE
 
 
+class DeadlineExceeded(ServiceError):
+    code = grpc.StatusCode.DEADLINE_EXCEEDED
+
+
 class SessionLost(ServiceError):
     """The service does not hold this session (restart, eviction): the caller resends the full context."""
 

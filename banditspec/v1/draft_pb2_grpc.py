@@ -52,6 +52,11 @@ class DraftServiceStub:
                 request_serializer=banditspec_dot_v1_dot_draft__pb2.ProposeRequest.SerializeToString,
                 response_deserializer=banditspec_dot_v1_dot_draft__pb2.ProposeResponse.FromString,
                 _registered_method=True)
+        self.ProposeStream = channel.stream_stream(
+                '/banditspec.v1.DraftService/ProposeStream',
+                request_serializer=banditspec_dot_v1_dot_draft__pb2.ProposeRequest.SerializeToString,
+                response_deserializer=banditspec_dot_v1_dot_draft__pb2.ProposeResponse.FromString,
+                _registered_method=True)
         self.ReleaseSession = channel.unary_unary(
                 '/banditspec.v1.DraftService/ReleaseSession',
                 request_serializer=banditspec_dot_v1_dot_draft__pb2.ReleaseDraftSessionRequest.SerializeToString,
@@ -93,6 +98,13 @@ class DraftServiceServicer:
         context.set_details('Method not implemented!')
         raise NotImplementedError('Method not implemented!')
 
+    def ProposeStream(self, request_iterator, context):
+        """Propose, one message per round on one stream per session: a message costs less than a call.
+        """
+        context.set_code(grpc.StatusCode.UNIMPLEMENTED)
+        context.set_details('Method not implemented!')
+        raise NotImplementedError('Method not implemented!')
+
     def ReleaseSession(self, request, context):
         """Missing associated documentation comment in .proto file."""
         context.set_code(grpc.StatusCode.UNIMPLEMENTED)
@@ -126,6 +138,11 @@ def add_DraftServiceServicer_to_server(servicer, server):
             ),
             'Propose': grpc.unary_unary_rpc_method_handler(
                     servicer.Propose,
+                    request_deserializer=banditspec_dot_v1_dot_draft__pb2.ProposeRequest.FromString,
+                    response_serializer=banditspec_dot_v1_dot_draft__pb2.ProposeResponse.SerializeToString,
+            ),
+            'ProposeStream': grpc.stream_stream_rpc_method_handler(
+                    servicer.ProposeStream,
                     request_deserializer=banditspec_dot_v1_dot_draft__pb2.ProposeRequest.FromString,
                     response_serializer=banditspec_dot_v1_dot_draft__pb2.ProposeResponse.SerializeToString,
             ),
@@ -227,6 +244,33 @@ class DraftService:
             request,
             target,
             '/banditspec.v1.DraftService/Propose',
+            banditspec_dot_v1_dot_draft__pb2.ProposeRequest.SerializeToString,
+            banditspec_dot_v1_dot_draft__pb2.ProposeResponse.FromString,
+            options,
+            channel_credentials,
+            insecure,
+            call_credentials,
+            compression,
+            wait_for_ready,
+            timeout,
+            metadata,
+            _registered_method=True)
+
+    @staticmethod
+    def ProposeStream(request_iterator,
+            target,
+            options=(),
+            channel_credentials=None,
+            call_credentials=None,
+            insecure=False,
+            compression=None,
+            wait_for_ready=None,
+            timeout=None,
+            metadata=None):
+        return grpc.experimental.stream_stream(
+            request_iterator,
+            target,
+            '/banditspec.v1.DraftService/ProposeStream',
             banditspec_dot_v1_dot_draft__pb2.ProposeRequest.SerializeToString,
             banditspec_dot_v1_dot_draft__pb2.ProposeResponse.FromString,
             options,

@@ -52,6 +52,11 @@ class TargetServiceStub:
                 request_serializer=banditspec_dot_v1_dot_target__pb2.VerifyRequest.SerializeToString,
                 response_deserializer=banditspec_dot_v1_dot_target__pb2.VerifyResponse.FromString,
                 _registered_method=True)
+        self.VerifyStream = channel.stream_stream(
+                '/banditspec.v1.TargetService/VerifyStream',
+                request_serializer=banditspec_dot_v1_dot_target__pb2.VerifyRequest.SerializeToString,
+                response_deserializer=banditspec_dot_v1_dot_target__pb2.VerifyResponse.FromString,
+                _registered_method=True)
         self.ReleaseSession = channel.unary_unary(
                 '/banditspec.v1.TargetService/ReleaseSession',
                 request_serializer=banditspec_dot_v1_dot_target__pb2.ReleaseSessionRequest.SerializeToString,
@@ -83,6 +88,13 @@ class TargetServiceServicer:
         context.set_details('Method not implemented!')
         raise NotImplementedError('Method not implemented!')
 
+    def VerifyStream(self, request_iterator, context):
+        """Verify, one message per round on one stream per session: a message costs less than a call.
+        """
+        context.set_code(grpc.StatusCode.UNIMPLEMENTED)
+        context.set_details('Method not implemented!')
+        raise NotImplementedError('Method not implemented!')
+
     def ReleaseSession(self, request, context):
         """Missing associated documentation comment in .proto file."""
         context.set_code(grpc.StatusCode.UNIMPLEMENTED)
@@ -104,6 +116,11 @@ def add_TargetServiceServicer_to_server(servicer, server):
             ),
             'Verify': grpc.unary_unary_rpc_method_handler(
                     servicer.Verify,
+                    request_deserializer=banditspec_dot_v1_dot_target__pb2.VerifyRequest.FromString,
+                    response_serializer=banditspec_dot_v1_dot_target__pb2.VerifyResponse.SerializeToString,
+            ),
+            'VerifyStream': grpc.stream_stream_rpc_method_handler(
+                    servicer.VerifyStream,
                     request_deserializer=banditspec_dot_v1_dot_target__pb2.VerifyRequest.FromString,
                     response_serializer=banditspec_dot_v1_dot_target__pb2.VerifyResponse.SerializeToString,
             ),
@@ -195,6 +212,33 @@ class TargetService:
             request,
             target,
             '/banditspec.v1.TargetService/Verify',
+            banditspec_dot_v1_dot_target__pb2.VerifyRequest.SerializeToString,
+            banditspec_dot_v1_dot_target__pb2.VerifyResponse.FromString,
+            options,
+            channel_credentials,
+            insecure,
+            call_credentials,
+            compression,
+            wait_for_ready,
+            timeout,
+            metadata,
+            _registered_method=True)
+
+    @staticmethod
+    def VerifyStream(request_iterator,
+            target,
+            options=(),
+            channel_credentials=None,
+            call_credentials=None,
+            insecure=False,
+            compression=None,
+            wait_for_ready=None,
+            timeout=None,
+            metadata=None):
+        return grpc.experimental.stream_stream(
+            request_iterator,
+            target,
+            '/banditspec.v1.TargetService/VerifyStream',
             banditspec_dot_v1_dot_target__pb2.VerifyRequest.SerializeToString,
             banditspec_dot_v1_dot_target__pb2.VerifyResponse.FromString,
             options,

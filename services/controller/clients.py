@@ -71,3 +71,48 @@ class DraftClient:
 
     async def close(self) -> None:
         await self.channel.close()
+
+
+class RoundStream:
+    """One bidirectional stream per session and service: a round is one message each way.
+
+    A failed stream is dropped and the error re-raised; the next exchange opens a new one.
+    """
+
+    def __init__(self, method: grpc.aio.StreamStreamMultiCallable, stream_timeout: float) -> None:
+        self.method = method
+        self.stream_timeout = stream_timeout
+        self.call: grpc.aio.StreamStreamCall | None = None
+
+    async def exchange(self, request, timeout: float):
+        if self.call is None:
+            self.call = self.method(timeout=self.stream_timeout)
+        try:
+            async with asyncio.timeout(timeout):
+                await self.call.write(request)
+                response = await self.call.read()
+        except (grpc.aio.AioRpcError, asyncio.CancelledError, TimeoutError):
+            self.abandon()
+            raise
+        if response is grpc.aio.EOF:  # the server closed the stream without an answer
+            call, self.call = self.call, None
+            raise grpc.aio.AioRpcError(
+                grpc.StatusCode.UNAVAILABLE,
+                await call.initial_metadata(),
+                await call.trailing_metadata(),
+                "the service closed the round stream",
+            )
+        return response
+
+    def abandon(self) -> None:
+        if self.call is not None:
+            self.call.cancel()
+            self.call = None
+
+    async def close(self) -> None:
+        if self.call is not None:
+            call, self.call = self.call, None
+            try:
+                await call.done_writing()
+            except grpc.aio.AioRpcError:
+                pass

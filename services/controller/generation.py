@@ -22,7 +22,7 @@ from banditspec.sampling import SamplingParams
 from banditspec.v1 import common_pb2, draft_pb2, target_pb2
 from services.controller import metrics
 from services.controller.arms import TARGET_ONLY_ARM, Arm
-from services.controller.clients import DraftClient, TargetClient
+from services.controller.clients import DraftClient, RoundStream, TargetClient
 from services.controller.policies import make_policy
 from services.controller.reward import RewardScale, StepTimeEstimate
 from services.controller.text import TextStream
@@ -75,6 +75,9 @@ class GenerationResult:
     tallies: dict[str, ArmTally] = field(default_factory=dict)
 
 
+MAX_REQUEST_SECONDS = 3600.0  # a request without a deadline still gets one
+
+
 class DrafterFailed(Exception):
     pass
 
@@ -85,9 +88,16 @@ class Deadline:
         self.rpc_timeout = rpc_timeout
 
     def timeout(self) -> float:
+        """For one call or one round: the RPC timeout, cut to what is left of the request's deadline."""
         if self.expires is None:
             return self.rpc_timeout
         return max(0.001, min(self.rpc_timeout, self.expires - time.monotonic()))
+
+    def stream_timeout(self) -> float:
+        """For a stream that lives as long as the request; each round on it still has `timeout()`."""
+        if self.expires is None:
+            return MAX_REQUEST_SECONDS
+        return max(0.001, self.expires - time.monotonic())
 
 
 class Generation:
@@ -108,6 +118,11 @@ class Generation:
         self.session_id = uuid.uuid4().hex
         self.context = list(request.prompt_ids)
         self.synced: dict[str, int] = {}  # draft service → context tokens it holds
+        stream_timeout = deadline.stream_timeout()
+        self.verify_stream = RoundStream(target.stub.VerifyStream, stream_timeout)
+        self.propose_streams = {
+            name: RoundStream(client.stub.ProposeStream, stream_timeout) for name, client in drafts.items()
+        }
         self.text = TextStream(tokenizer, request.stop)
         self.result = GenerationResult(tallies={arm.name: ArmTally() for arm in request.arms})
         self.policy = make_policy(request.policy, len(request.arms), np.random.default_rng(request.seed))
@@ -138,19 +153,19 @@ class Generation:
             draft_probs=draft_probs,
         )
         try:
-            return await self.target.stub.Verify(request, timeout=self.deadline.timeout())
+            return await self.verify_stream.exchange(request, self.deadline.timeout())
         except grpc.aio.AioRpcError as error:
             if not is_session_lost(error):
                 raise
             self.log.warning("target lost the session; reopening with the full context", tokens=len(self.context))
             await self._open_target()
-            return await self.target.stub.Verify(request, timeout=self.deadline.timeout())
+            return await self.verify_stream.exchange(request, self.deadline.timeout())
 
     # drafts ------------------------------------------------------------------------------------
     async def _propose(self, arm: Arm, gamma: int) -> draft_pb2.ProposeResponse:
-        client = self.drafts.get(arm.service)
-        if client is None:
-            raise DrafterFailed(f"draft service {arm.service!r} is gone")
+        stream = self.propose_streams.get(arm.service)
+        if stream is None:
+            raise DrafterFailed(f"draft service {arm.service!r} is not configured")
         for attempt in range(2):
             synced = self.synced.get(arm.service, 0)
             request = draft_pb2.ProposeRequest(
@@ -163,7 +178,9 @@ class Generation:
                 seed=self.request.seed,
             )
             try:
-                response = await client.stub.Propose(request, timeout=self.deadline.timeout())
+                response = await stream.exchange(request, self.deadline.timeout())
+            except TimeoutError as error:
+                raise DrafterFailed("no proposal within the round deadline") from error
             except grpc.aio.AioRpcError as error:
                 if is_session_lost(error) and attempt == 0:
                     self.synced[arm.service] = 0  # resend the full context
@@ -262,6 +279,9 @@ class Generation:
 
     async def release(self) -> None:
         """Free the session everywhere; failures only cost memory until eviction."""
+        await self.verify_stream.close()
+        for stream in self.propose_streams.values():
+            await stream.close()
         calls = [self.target.stub.ReleaseSession(target_pb2.ReleaseSessionRequest(session_id=self.session_id), timeout=5)]
         for service in self.synced:
             client = self.drafts.get(service)

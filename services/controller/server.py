@@ -9,7 +9,7 @@ import grpc
 import structlog
 from prometheus_client import start_http_server
 
-from banditspec.errors import InvalidArgument, ServiceError, Unavailable, grpc_errors
+from banditspec.errors import DeadlineExceeded, InvalidArgument, ServiceError, Unavailable, grpc_errors
 from banditspec.models import load_tokenizer, vocab_fingerprint
 from banditspec.serving import run_server
 from banditspec.v1 import generation_pb2, generation_pb2_grpc
@@ -152,6 +152,8 @@ class GenerationServicer(generation_pb2_grpc.GenerationServiceServicer):
                 pass
         except grpc.aio.AioRpcError as error:
             raise _upstream(error) from error
+        except TimeoutError as error:
+            raise DeadlineExceeded("the target did not answer a round in time") from error
         finally:
             await self._released(generation)
         return await self._finish(generation)
@@ -175,6 +177,8 @@ class GenerationServicer(generation_pb2_grpc.GenerationServiceServicer):
                 )
         except grpc.aio.AioRpcError as error:
             raise _upstream(error) from error
+        except TimeoutError as error:
+            raise DeadlineExceeded("the target did not answer a round in time") from error
         finally:
             await self._released(generation)
         yield generation_pb2.GenerateStreamResponse(final=await self._finish(generation))

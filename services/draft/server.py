@@ -89,6 +89,14 @@ class DraftServicer(draft_pb2_grpc.DraftServiceServicer):
 
     @grpc_errors
     async def Propose(self, request, context):
+        return await self._propose(request)
+
+    @grpc_errors
+    async def ProposeStream(self, request_iterator, context):
+        async for request in request_iterator:
+            yield await self._propose(request)
+
+    async def _propose(self, request: draft_pb2.ProposeRequest) -> draft_pb2.ProposeResponse:
         drafter = self.registry.get(request.drafter)
         session = self.registry.sync(
             request.session_id,

@@ -85,8 +85,7 @@ class TargetServicer(target_pb2_grpc.TargetServiceServicer):
         seconds = await self._run(engine.open, request.session_id, list(request.context_ids), sampling, request.seed)
         return target_pb2.OpenSessionResponse(context_length=len(request.context_ids), compute_seconds=seconds)
 
-    @grpc_errors
-    async def Verify(self, request, context):
+    async def _verify(self, request: target_pb2.VerifyRequest) -> target_pb2.VerifyResponse:
         engine = self._engine()
         draft_probs = None
         if request.draft_probs:
@@ -105,6 +104,15 @@ class TargetServicer(target_pb2_grpc.TargetServiceServicer):
             context_length=result.context_length,
             compute_seconds=result.compute_seconds,
         )
+
+    @grpc_errors
+    async def Verify(self, request, context):
+        return await self._verify(request)
+
+    @grpc_errors
+    async def VerifyStream(self, request_iterator, context):
+        async for request in request_iterator:
+            yield await self._verify(request)
 
     @grpc_errors
     async def ReleaseSession(self, request, context):
