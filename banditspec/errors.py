@@ -82,7 +82,7 @@ def grpc_errors(method: Callable[..., Any]) -> Callable[..., Any]:
             try:
                 async for item in method(self, request, context):
                     yield item
-            except (ServiceError, ValueError, RuntimeError) as error:
+            except Exception as error:  # noqa: BLE001 - every failure becomes a status, never a crash
                 await _abort(context, error)
 
         return stream_wrapper
@@ -91,7 +91,7 @@ def grpc_errors(method: Callable[..., Any]) -> Callable[..., Any]:
     async def unary_wrapper(self: Any, request: Any, context: grpc.aio.ServicerContext) -> Any:
         try:
             return await method(self, request, context)
-        except (ServiceError, ValueError, RuntimeError) as error:
+        except Exception as error:  # noqa: BLE001 - every failure becomes a status, never a crash
             await _abort(context, error)
 
     return unary_wrapper

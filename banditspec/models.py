@@ -95,7 +95,10 @@ def load_causal_lm(path: str | Path, device: str | None = None, dtype: str | Non
     torch_device = resolve_device(device)
     torch_dtype = resolve_dtype(dtype, torch_device)
     tokenizer = load_tokenizer(path)
-    model = AutoModelForCausalLM.from_pretrained(str(path), dtype=torch_dtype).to(torch_device).eval()
+    try:
+        model = AutoModelForCausalLM.from_pretrained(str(path), dtype=torch_dtype).to(torch_device).eval()
+    except (OSError, ValueError) as error:
+        raise ValueError(f"cannot load a causal LM from {path}: {error}") from error
     config = model.config
     return LoadedModel(
         model=model,

@@ -8,15 +8,21 @@ exactly as they would load a real checkpoint.
 from __future__ import annotations
 
 import os
+import tempfile
 import time
 from dataclasses import dataclass
 from pathlib import Path
+from typing import Iterator
 
 import grpc
 import pytest
 
 os.environ.setdefault("HF_HUB_OFFLINE", "1")
 os.environ.setdefault("TRANSFORMERS_NO_ADVISORY_WARNINGS", "1")
+# Three service processes and this one share the machine's cores; with torch's default threads the
+# OpenMP workers spin-wait against each other and a tiny model's round takes ~5x longer. One thread
+# each (inherited by the stack's processes) keeps the suite fast on small CI machines.
+os.environ.setdefault("OMP_NUM_THREADS", "1")
 
 RPC_TIMEOUT = 60.0
 
@@ -33,7 +39,8 @@ ALIEN_WORDS = [f"x{i}" for i in range(len(WORDS))]
 @dataclass(frozen=True)
 class TinyModels:
     target: Path  # the target checkpoint
-    other: Path  # same tokenizer, different random weights (low agreement with the target)
+    near: Path  # the target with noise on its weights: agrees with it about half the time
+    other: Path  # same tokenizer, independent random weights: rarely agrees
     alien: Path  # a different tokenizer (different vocabulary fingerprint)
     vocab_size: int
 
@@ -87,15 +94,36 @@ def build_model(directory: Path, words: list[str], seed: int) -> Path:
     return directory
 
 
+def build_perturbed(directory: Path, source: Path, noise: float, seed: int) -> Path:
+    """A copy of `source` with Gaussian noise of `noise` × each weight matrix's std added."""
+    import torch
+    from transformers import AutoModelForCausalLM, AutoTokenizer
+
+    model = AutoModelForCausalLM.from_pretrained(str(source), dtype=torch.float32).eval()
+    generator = torch.Generator().manual_seed(seed)
+    with torch.no_grad():
+        for parameter in model.parameters():
+            if parameter.dim() >= 2:
+                parameter.add_(torch.randn(parameter.shape, generator=generator) * noise * parameter.std())
+    model.save_pretrained(str(directory))
+    AutoTokenizer.from_pretrained(str(source)).save_pretrained(str(directory))
+    return directory
+
+
 @pytest.fixture(scope="session")
-def tiny_models(tmp_path_factory) -> TinyModels:
-    root = tmp_path_factory.mktemp("tiny-models")
-    return TinyModels(
-        target=build_model(root / "target", WORDS, seed=0),
-        other=build_model(root / "other", WORDS, seed=1),
-        alien=build_model(root / "alien", ALIEN_WORDS, seed=2),
-        vocab_size=len(WORDS) + 3,
-    )
+def tiny_models() -> Iterator[TinyModels]:
+    # Outside pytest's basetemp: another pytest session's basetemp rotation must not delete
+    # checkpoints that running services still read.
+    with tempfile.TemporaryDirectory(prefix="banditspec-tiny-models-") as tmp:
+        root = Path(tmp)
+        target = build_model(root / "target", WORDS, seed=0)
+        yield TinyModels(
+            target=target,
+            near=build_perturbed(root / "near", target, noise=0.1, seed=3),
+            other=build_model(root / "other", WORDS, seed=1),
+            alien=build_model(root / "alien", ALIEN_WORDS, seed=2),
+            vocab_size=len(WORDS) + 3,
+        )
 
 
 @pytest.fixture(scope="session")
@@ -122,8 +150,10 @@ CPU_ARGS = ["--device", "cpu", "--dtype", "float32"]
 
 @pytest.fixture(scope="session")
 def stack(tiny_models, tmp_path_factory):
-    """target + draft service (pld, same = copy of the target, other = random model, alien = other
-    tokenizer) + controller, each its own process on loopback, controller on a free port."""
+    """target + draft service + controller, each its own process on loopback, controller on a free
+    port. Drafters: pld (prompt lookup), same (a copy of the target: always agrees), near (a noisy
+    copy: agrees about half the time), other (an independent random model), alien (another
+    vocabulary: refused by the controller)."""
     from banditspec.launcher import LocalStack
 
     log_dir = tmp_path_factory.mktemp("stack-logs")
@@ -132,6 +162,7 @@ def stack(tiny_models, tmp_path_factory):
         drafters=[
             "pld=prompt_lookup",
             f"same=model:{tiny_models.target}",
+            f"near=model:{tiny_models.near}",
             f"other=model:{tiny_models.other}",
             f"alien=model:{tiny_models.alien}",
         ],

@@ -25,6 +25,8 @@ STATIC_ARMS = {
     "local/pld/6",
     "local/same/2",
     "local/same/4",
+    "local/near/2",
+    "local/near/4",
     "local/other/2",
     "local/other/4",
 }
@@ -108,13 +110,13 @@ def test_copy_of_target_drafter_is_always_accepted(generation_stub, references):
 
 
 def test_ucb_warm_up_tries_every_allowed_arm_in_order(generation_stub):
-    arms = ["local/other/2", "target-only", "local/pld/3", "local/same/2"]
+    arms = ["local/other/2", "target-only", "local/pld/3", "local/near/2", "local/same/2"]
     prompt = PROMPTS[0]
     stream = generation_stub.GenerateStream(
         request(prompt, max_new_tokens=40, policy=generation_pb2.POLICY_UCBSPEC, arms=arms), timeout=RPC_TIMEOUT
     )
     rounds = [m.round.arm for m in stream if m.HasField("round") and m.round.arm]
-    assert rounds[:4] == arms
+    assert rounds[: len(arms)] == arms
 
 
 def test_generate_stream_rounds_concatenate_to_the_result(generation_stub, references, tiny_tokenizer):
@@ -157,6 +159,15 @@ def test_text_prompt_and_stop_string(generation_stub, target_model, tiny_tokeniz
     assert response.finish_reason == generation_pb2.FINISH_REASON_STOP
     assert list(response.token_ids) == reference[:cut]
     assert response.text == full[: full.find(stop)]
+
+    # Streamed, the rounds' text never includes the stop string and adds up to the final text.
+    messages = list(generation_stub.GenerateStream(request(text, stop=[stop]), timeout=RPC_TIMEOUT))
+    final = messages[-1].final
+    assert final.finish_reason == generation_pb2.FINISH_REASON_STOP
+    assert list(final.token_ids) == reference[:cut]
+    streamed = "".join(m.round.text for m in messages[:-1])
+    assert streamed == final.text == response.text
+    assert [t for m in messages[:-1] for t in m.round.token_ids] == reference[:cut]
 
 
 def test_finish_reason_length_and_request_id(generation_stub, references):
@@ -273,6 +284,7 @@ def test_drafter_with_another_vocabulary_is_refused(generation_stub, draft_stub,
     assert alien and alien != target_fingerprint
     assert drafters["same"].vocab_fingerprint == target_fingerprint
     assert drafters["other"].vocab_fingerprint == target_fingerprint
+    assert drafters["near"].vocab_fingerprint == target_fingerprint
     assert drafters["pld"].vocab_fingerprint == ""
 
     names = list_arm_names(generation_stub)

@@ -1,0 +1,77 @@
+"""The default checkpoint (SmolLM2-135M-Instruct) through the stack: greedy output equals
+transformers generate() token for token on chat prompts, under UCBSpec."""
+
+from __future__ import annotations
+
+import grpc
+import pytest
+
+from banditspec.v1 import generation_pb2, generation_pb2_grpc
+from conftest import CPU_ARGS, reference_greedy
+
+pytestmark = pytest.mark.real_model
+
+MAX_NEW = 48
+CHATS = [
+    "What is the capital of France? Answer in one sentence.",
+    "List three colours of the rainbow.",
+    "Write a haiku about the sea. The sea is blue, the sea is deep, the sea is wide.",
+]
+
+
+@pytest.fixture(scope="module")
+def default_model():
+    from banditspec.default_model import ensure_default_model
+
+    return ensure_default_model()
+
+
+@pytest.fixture(scope="module")
+def real_stack(default_model, tmp_path_factory):
+    from banditspec.launcher import LocalStack
+
+    log_dir = tmp_path_factory.mktemp("real-stack-logs")
+    stack = LocalStack(
+        model=str(default_model),
+        drafters=["pld=prompt_lookup"],
+        controller_port=0,
+        extra_target_args=CPU_ARGS,
+        extra_draft_args=CPU_ARGS,
+        extra_controller_args=["--policy", "ucbspec"],
+        log_dir=log_dir,
+        startup_timeout=600,
+    )
+    try:
+        stack.start()
+    except Exception:
+        for log in sorted(log_dir.glob("*.log")):
+            print(f"--- {log.name} ---\n{log.read_text()[-4000:]}")
+        raise
+    yield stack
+    stack.stop()
+
+
+def test_greedy_chat_output_equals_transformers(real_stack, default_model):
+    import torch
+    from transformers import AutoModelForCausalLM, AutoTokenizer
+
+    tokenizer = AutoTokenizer.from_pretrained(str(default_model))
+    model = AutoModelForCausalLM.from_pretrained(str(default_model), dtype=torch.float32).eval()
+    with grpc.insecure_channel(real_stack.address("controller")) as channel:
+        stub = generation_pb2_grpc.GenerationServiceStub(channel)
+        for content in CHATS:
+            messages = [{"role": "user", "content": content}]
+            encoded = tokenizer.apply_chat_template(messages, add_generation_prompt=True, tokenize=True)
+            prompt = list(encoded["input_ids"] if hasattr(encoded, "keys") else encoded)
+            expected = reference_greedy(model, prompt, MAX_NEW)
+            assert len(expected) >= 8, "the reference answer is too short to compare meaningfully"
+
+            request = generation_pb2.GenerateRequest(max_new_tokens=MAX_NEW, policy=generation_pb2.POLICY_UCBSPEC)
+            request.chat.messages.add(role="user", content=content)
+            response = stub.Generate(request, timeout=300)
+
+            assert response.stats.prompt_tokens == len(prompt)
+            assert list(response.token_ids) == expected, content
+            assert response.text == tokenizer.decode(expected, skip_special_tokens=True)
+            assert response.stats.policy == "ucbspec"
+            assert sum(a.pulls for a in response.stats.arms) == response.stats.rounds
