@@ -23,7 +23,7 @@ class PromptLookupDrafter:
     vocab_fingerprint = ""
     device = "cpu"
 
-    def __init__(self, name: str = "pld", min_ngram: int = 1, max_ngram: int = 3) -> None:
+    def __init__(self, name: str = "pld", min_ngram: int = 2, max_ngram: int = 4) -> None:
         if not 1 <= min_ngram <= max_ngram:
             raise ValueError(f"need 1 <= min_ngram <= max_ngram, got {min_ngram}, {max_ngram}")
         self.name = name
