@@ -1,8 +1,9 @@
 """One request's bandit loop: pick an arm, draft, verify, reward; repeat until done.
 
 Sessions sync incrementally: the target sees only drafts, each draft service only the context it
-has not seen. A lost session is reopened once with the full context; a drafter that fails takes
-its arms out of this request and the round falls back to the target alone.
+has not seen. A target that lost the session gets the full context with the retried round and
+reopens it in the same step; a draft service gets it on the next proposal. A drafter that fails
+takes its arms out of this request, and the round goes on without it.
 """
 
 from __future__ import annotations
@@ -133,16 +134,21 @@ class Generation:
         self.log = log.bind(request_id=request.request_id)
 
     # target ------------------------------------------------------------------------------------
-    async def _open_target(self) -> float:
-        response = await self.target.stub.OpenSession(
-            target_pb2.OpenSessionRequest(
-                session_id=self.session_id,
-                context_ids=self.context,
-                sampling=self.sampling_pb,
-                seed=self.request.seed,
-            ),
-            timeout=self.deadline.timeout(),
+    def _session_seed(self) -> int:
+        """A session (re)opened at another context length gets fresh random streams: replaying the
+        request's stream from its start would correlate new draws with tokens already in the context."""
+        return (self.request.seed * 0x9E3779B97F4A7C15 + len(self.context)) & 0x7FFF_FFFF_FFFF_FFFF
+
+    def _open_request(self) -> target_pb2.OpenSessionRequest:
+        return target_pb2.OpenSessionRequest(
+            session_id=self.session_id,
+            context_ids=self.context,
+            sampling=self.sampling_pb,
+            seed=self._session_seed(),
         )
+
+    async def _open_target(self) -> float:
+        response = await self.target.stub.OpenSession(self._open_request(), timeout=self.deadline.timeout())
         return response.compute_seconds
 
     async def _verify(self, draft_ids: list[int], draft_probs: list[common_pb2.TokenDistribution]):
@@ -158,7 +164,7 @@ class Generation:
             if not is_session_lost(error):
                 raise
             self.log.warning("target lost the session; reopening with the full context", tokens=len(self.context))
-            await self._open_target()
+            request.reopen.CopyFrom(self._open_request())
             return await self.verify_stream.exchange(request, self.deadline.timeout())
 
     # drafts ------------------------------------------------------------------------------------
@@ -175,7 +181,7 @@ class Generation:
                 context_length=synced,
                 new_context_ids=self.context[synced:],
                 sampling=self.sampling_pb,
-                seed=self.request.seed,
+                seed=self._session_seed(),
             )
             try:
                 response = await stream.exchange(request, self.deadline.timeout())

@@ -59,7 +59,11 @@ class TargetEngine:
         context_length: int,
         draft_ids: list[int],
         draft_probs: torch.Tensor | None,
+        reopen: tuple[list[int], SamplingParams, int] | None = None,
     ) -> VerifyResult:
+        """reopen: (context, sampling, seed) to open the session with first if it is not held."""
+        if reopen is not None and session_id not in self.sessions:
+            self.open(session_id, *reopen)
         session = self.sessions.get(session_id)
         if context_length != len(session.context):
             raise OutOfSync(

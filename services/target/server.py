@@ -95,8 +95,15 @@ class TargetServicer(target_pb2_grpc.TargetServiceServicer):
                 )
             vocab = engine.loaded.vocab_size
             draft_probs = torch.stack([distributions.decode(d, vocab) for d in request.draft_probs])
+        reopen = None
+        if request.HasField("reopen"):
+            reopen = (
+                list(request.reopen.context_ids),
+                SamplingParams.from_pb(request.reopen.sampling),
+                request.reopen.seed,
+            )
         result = await self._run(
-            engine.verify, request.session_id, request.context_length, list(request.draft_ids), draft_probs
+            engine.verify, request.session_id, request.context_length, list(request.draft_ids), draft_probs, reopen
         )
         return target_pb2.VerifyResponse(
             accepted=result.verdict.accepted,

@@ -30,6 +30,9 @@ class SessionStore:
     def __len__(self) -> int:
         return len(self._sessions)
 
+    def __contains__(self, session_id: str) -> bool:
+        return session_id in self._sessions
+
     def put(self, session_id: str, session: TargetSession) -> list[str]:
         """Store a session; returns the ids evicted to make room."""
         self._sessions.pop(session_id, None)
