@@ -65,18 +65,22 @@ class LoadedModel:
         return out.logits[0].float()
 
     @torch.inference_mode()
-    def measure_decode_step(self, repeats: int = 5) -> float:
-        """Median seconds of a one-token cached forward; also warms up kernels."""
+    def measure_forwards(self, max_tokens: int = 16, repeats: int = 3) -> list[float]:
+        """Median seconds of a cached forward of k = 1..max_tokens tokens; also warms up kernels."""
         cache = self.new_cache()
-        self.forward([0] * 8, cache)
-        times = []
-        for _ in range(repeats):
-            start = time.perf_counter()
-            self.forward([0], cache)
-            if self.device.type == "cuda":
-                torch.cuda.synchronize()
-            times.append(time.perf_counter() - start)
-        return sorted(times)[len(times) // 2]
+        self.forward([0] * 32, cache)
+        medians = []
+        for k in range(1, max_tokens + 1):
+            times = []
+            for _ in range(repeats):
+                start = time.perf_counter()
+                self.forward([0] * k, cache)
+                if self.device.type == "cuda":
+                    torch.cuda.synchronize()
+                times.append(time.perf_counter() - start)
+                cache.crop(-k)
+            medians.append(sorted(times)[len(times) // 2])
+        return medians
 
 
 def _eos_ids(model: torch.nn.Module, tokenizer: PreTrainedTokenizerBase) -> list[int]:

@@ -127,7 +127,13 @@ class Generation:
         self.text = TextStream(tokenizer, request.stop)
         self.result = GenerationResult(tallies={arm.name: ArmTally() for arm in request.arms})
         self.policy = make_policy(request.policy, len(request.arms), np.random.default_rng(request.seed))
-        self.scale = RewardScale(step_estimate.seconds, max(arm.gamma for arm in request.arms))
+        info = target.info
+        self.scale = RewardScale.for_arms(
+            max_gamma=max(arm.gamma for arm in request.arms),
+            forward_seconds=list(info.forward_seconds),
+            round_overhead_seconds=max(0.0, step_estimate.seconds - info.decode_step_seconds),
+            step_seconds=step_estimate.seconds,
+        )
         self.max_context = target.info.max_context
         self.eos = set(target.info.eos_token_ids)
         self.sampling_pb = request.sampling.to_pb()

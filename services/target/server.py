@@ -37,7 +37,7 @@ class TargetConfig:
 class TargetServicer(target_pb2_grpc.TargetServiceServicer):
     def __init__(self) -> None:
         self.engine: TargetEngine | None = None
-        self.decode_step_seconds = 0.0
+        self.forward_seconds: list[float] = []
         # One thread: model work is serialised and stays off the event loop.
         self.executor = ThreadPoolExecutor(max_workers=1, thread_name_prefix="target-model")
 
@@ -52,14 +52,14 @@ class TargetServicer(target_pb2_grpc.TargetServiceServicer):
     def load(self, config: TargetConfig) -> None:
         path = resolve_model_path(config.model)
         loaded = load_causal_lm(path, device=config.device, dtype=config.dtype)
-        self.decode_step_seconds = loaded.measure_decode_step()
+        self.forward_seconds = loaded.measure_forwards()
         self.engine = TargetEngine(loaded, max_sessions=config.max_sessions)
         log.info(
             "target model loaded",
             path=str(path),
             device=str(loaded.device),
             dtype=str(loaded.dtype).removeprefix("torch."),
-            decode_step_ms=round(self.decode_step_seconds * 1e3, 2),
+            forward_ms=[round(t * 1e3, 1) for t in self.forward_seconds[:8]],
         )
 
     @grpc_errors
@@ -74,7 +74,8 @@ class TargetServicer(target_pb2_grpc.TargetServiceServicer):
             dtype=str(loaded.dtype).removeprefix("torch."),
             max_context=loaded.max_context,
             eos_token_ids=loaded.eos_token_ids,
-            decode_step_seconds=self.decode_step_seconds,
+            decode_step_seconds=self.forward_seconds[0],
+            forward_seconds=self.forward_seconds,
             max_sessions=engine.sessions.max_sessions,
         )
 
