@@ -176,7 +176,7 @@ def _generate(args: argparse.Namespace) -> None:
         try:
             if args.json:
                 response = stub.Generate(request, timeout=args.timeout)
-                print(json_format.MessageToJson(response, preserving_proto_field_name=True))
+                print(json_format.MessageToJson(response, preserving_proto_field_name=True, always_print_fields_with_no_presence=True))
                 return
             final = None
             for message in stub.GenerateStream(request, timeout=args.timeout):
