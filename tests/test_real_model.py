@@ -75,3 +75,26 @@ def test_greedy_chat_output_equals_transformers(real_stack, default_model):
             assert response.text == tokenizer.decode(expected, skip_special_tokens=True)
             assert response.stats.policy == "ucbspec"
             assert sum(a.pulls for a in response.stats.arms) == response.stats.rounds
+
+
+def test_long_text_streams_like_a_whole_decode(default_model):
+    """With SmolLM2's byte-level tokenizer the stream settles its prefix and decodes only the tail."""
+    import random
+
+    from transformers import AutoTokenizer
+
+    from services.controller.text import TextStream
+
+    tokenizer = AutoTokenizer.from_pretrained(str(default_model))
+    text = " ".join(f"Ünïcode line {i}: naïve café — 数据 {i * i} ✓." for i in range(150))
+    token_ids = tokenizer.encode(text, add_special_tokens=False)
+    rng = random.Random(0)
+    stream, released, position = TextStream(tokenizer, []), "", 0
+    while position < len(token_ids):
+        step = rng.randint(1, 7)
+        _, delta = stream.add(token_ids[position : position + step])
+        released += delta
+        position += step
+    released += stream.finish()
+    assert stream.settled > len(token_ids) // 2
+    assert released == stream.text == tokenizer.decode(token_ids, skip_special_tokens=True)

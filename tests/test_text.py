@@ -166,3 +166,19 @@ def test_stream_properties(tok, words, cuts, stop_words, trim):
         assert stop in tok.decode(kept_all)
         assert stop not in tok.decode(kept_all[:-1])
         assert kept_all == all_ids[: len(kept_all)]
+
+
+@settings(max_examples=30, deadline=None, suppress_health_check=[HealthCheck.function_scoped_fixture])
+@given(
+    words=st.lists(st.sampled_from(["the", "cat", "sat", "on", "a", "mat", "stop", "end"]), min_size=150, max_size=400),
+    chunk=st.integers(min_value=1, max_value=7),
+)
+def test_long_answers_decode_the_same_as_a_whole(tok, words, chunk):
+    """Whether or not the tokenizer lets the stream settle a prefix (this word-level one joins words
+    with spaces, so it never does), the text must equal decoding everything."""
+    token_ids = ids(tok, " ".join(words))
+    stream = TextStream(tok, ["cat sat on a mat stop end the"])  # a long stop string, rarely hit
+    kept, text = feed(stream, [token_ids[i : i + chunk] for i in range(0, len(token_ids), chunk)])
+    expected = tok.decode(kept, skip_special_tokens=True)
+    if not stream.stopped:
+        assert stream.text == text == expected

@@ -17,6 +17,10 @@ class TextStream:
         self.text = ""
         self.emitted = 0
         self.stopped = False
+        # ids[:settled] decode to settled_text, and later tokens never change it: each round decodes
+        # only the tail, not the whole answer.
+        self.settled = 0
+        self.settled_text = ""
 
     def _decode(self, ids: list[int]) -> str:
         return self.tokenizer.decode(ids, skip_special_tokens=True)
@@ -25,7 +29,8 @@ class TextStream:
         """Append verified tokens; returns the ones kept (a stop string cuts the rest) and new text."""
         before = len(self.ids)
         self.ids.extend(new_ids)
-        self.text = self._decode(self.ids)
+        self.text = self.settled_text + self._decode(self.ids[self.settled :])
+        self._settle()
         hit = self._find_stop()
         if hit is not None:
             self.stopped = True
@@ -37,6 +42,15 @@ class TextStream:
             self.text = self.text[:hit]
         kept = self.ids[before:]
         return kept, self._release(final=self.stopped)
+
+    def _settle(self, window: int = 64, margin: int = 8) -> None:
+        """Move the settled point forward once the tail is long, where the split decodes cleanly."""
+        if len(self.ids) - self.settled < window:
+            return
+        split = len(self.ids) - margin
+        head = self._decode(self.ids[self.settled : split])
+        if self.settled_text + head + self._decode(self.ids[split:]) == self.text:
+            self.settled, self.settled_text = split, self.settled_text + head
 
     def finish(self) -> str:
         return self._release(final=True)
