@@ -242,7 +242,7 @@ def build_parser() -> argparse.ArgumentParser:
     target.set_defaults(func=cmd_serve_target)
 
     draft = sub.add_parser("serve-draft", help="run a draft service")
-    draft.add_argument("--drafter", action="append", help="NAME=prompt_lookup[:MIN-MAX] or NAME=model:PATH[@DTYPE]; repeatable")
+    draft.add_argument("--drafter", action="append", help="NAME=prompt_lookup[:MIN-MAX][:fixed] or NAME=model:PATH[@DTYPE]; repeatable")
     draft.add_argument("--device", default="auto")
     draft.add_argument("--dtype", default="auto")
     draft.add_argument("--max-sessions", type=int, default=256)

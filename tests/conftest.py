@@ -160,7 +160,7 @@ def stack(tiny_models, tmp_path_factory):
     stack = LocalStack(
         model=str(tiny_models.target),
         drafters=[
-            "pld=prompt_lookup:1-3",  # 1-grams: the toy prompts are short
+            "pld=prompt_lookup:1-3:fixed",  # 1-grams, always γ: the toy prompts are short
             f"same=model:{tiny_models.target}",
             f"near=model:{tiny_models.near}",
             f"other=model:{tiny_models.other}",

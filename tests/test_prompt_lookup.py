@@ -16,7 +16,7 @@ def session(context: list[int]) -> DraftSession:
 
 
 def propose(context: list[int], num_tokens: int, min_ngram: int = 1, max_ngram: int = 3) -> list[int]:
-    drafter = PromptLookupDrafter("pld", min_ngram, max_ngram)
+    drafter = PromptLookupDrafter("pld", min_ngram, max_ngram, scaled=False)
     proposal = drafter.propose(session(context), num_tokens)
     assert proposal.probs is None  # deterministic draft
     return proposal.token_ids
@@ -90,7 +90,7 @@ def test_invalid_ngram_range():
 
 
 def test_incremental_growth_matches_a_fresh_index():
-    drafter = PromptLookupDrafter("pld", 1, 3)
+    drafter = PromptLookupDrafter("pld", 1, 3, scaled=False)
     growing = session([1, 2, 3])
     steps = [[4, 1, 2], [3], [5, 1, 2, 3], [4], [9, 9, 9, 1]]
     for new in steps:
@@ -118,8 +118,23 @@ def test_matches_brute_force_reference(context, num_tokens, ngrams):
     num_tokens=st.integers(1, 5),
 )
 def test_incremental_context_matches_reference_after_every_chunk(chunks, num_tokens):
-    drafter = PromptLookupDrafter("pld", 1, 3)
+    drafter = PromptLookupDrafter("pld", 1, 3, scaled=False)
     growing = session([])
     for chunk in chunks:
         growing.context.extend(chunk)
         assert drafter.propose(growing, num_tokens).token_ids == reference(growing.context, num_tokens, 1, 3)
+
+
+def test_draft_length_scales_with_the_matched_ngram():
+    """A match of n < max_ngram tokens proposes at most max(1, 2(n - 1)); a max_ngram match up to γ."""
+    drafter = PromptLookupDrafter("pld", 1, 4)
+    continuation = [20, 21, 22, 23, 24, 25, 26, 27]
+
+    def proposal(context: list[int]) -> list[int]:
+        return drafter.propose(DraftSession(context, SamplingParams(), 0), 8).token_ids
+
+    assert proposal([1, *continuation, 1]) == [20]  # 1-gram match
+    assert proposal([2, 1, *continuation, 3, 1]) == [20]
+    assert proposal([2, 1, *continuation, 2, 1]) == [20, 21]  # 2-gram
+    assert proposal([3, 2, 1, *continuation, 3, 2, 1]) == [20, 21, 22, 23]  # 3-gram
+    assert proposal([4, 3, 2, 1, *continuation, 4, 3, 2, 1]) == continuation  # 4-gram = max: up to γ

@@ -96,7 +96,7 @@ class ReleaseDraftSessionResponse(_message.Message):
     def __init__(self, released: _Optional[bool] = ...) -> None: ...
 
 class LoadDrafterRequest(_message.Message):
-    __slots__ = ("name", "kind", "model_path", "dtype", "min_ngram", "max_ngram", "replace")
+    __slots__ = ("name", "kind", "model_path", "dtype", "min_ngram", "max_ngram", "replace", "fixed_length")
     NAME_FIELD_NUMBER: _ClassVar[int]
     KIND_FIELD_NUMBER: _ClassVar[int]
     MODEL_PATH_FIELD_NUMBER: _ClassVar[int]
@@ -104,6 +104,7 @@ class LoadDrafterRequest(_message.Message):
     MIN_NGRAM_FIELD_NUMBER: _ClassVar[int]
     MAX_NGRAM_FIELD_NUMBER: _ClassVar[int]
     REPLACE_FIELD_NUMBER: _ClassVar[int]
+    FIXED_LENGTH_FIELD_NUMBER: _ClassVar[int]
     name: str
     kind: DrafterKind
     model_path: str
@@ -111,7 +112,8 @@ class LoadDrafterRequest(_message.Message):
     min_ngram: int
     max_ngram: int
     replace: bool
-    def __init__(self, name: _Optional[str] = ..., kind: _Optional[_Union[DrafterKind, str]] = ..., model_path: _Optional[str] = ..., dtype: _Optional[str] = ..., min_ngram: _Optional[int] = ..., max_ngram: _Optional[int] = ..., replace: _Optional[bool] = ...) -> None: ...
+    fixed_length: bool
+    def __init__(self, name: _Optional[str] = ..., kind: _Optional[_Union[DrafterKind, str]] = ..., model_path: _Optional[str] = ..., dtype: _Optional[str] = ..., min_ngram: _Optional[int] = ..., max_ngram: _Optional[int] = ..., replace: _Optional[bool] = ..., fixed_length: _Optional[bool] = ...) -> None: ...
 
 class LoadDrafterResponse(_message.Message):
     __slots__ = ("drafter", "load_seconds")

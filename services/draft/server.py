@@ -37,7 +37,9 @@ class DraftConfig:
 
 def build_drafter(spec: DrafterSpec, device: str | None, default_dtype: str | None) -> Drafter:
     if spec.kind == "prompt_lookup":
-        return PromptLookupDrafter(spec.name, spec.min_ngram or 2, spec.max_ngram or 4)
+        return PromptLookupDrafter(
+            spec.name, spec.min_ngram or 2, spec.max_ngram or 4, scaled=not spec.fixed_length
+        )
     path = str(resolve_model_path(spec.model_path))
     return ModelDrafter.load(spec.name, path, device=device, dtype=spec.dtype or default_dtype)
 

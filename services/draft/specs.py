@@ -1,4 +1,4 @@
-"""Drafter specifications: `NAME=prompt_lookup[:MIN-MAX]` or `NAME=model:PATH[@DTYPE]`."""
+"""Drafter specifications: `NAME=prompt_lookup[:MIN-MAX][:fixed]` or `NAME=model:PATH[@DTYPE]`."""
 
 from __future__ import annotations
 
@@ -20,18 +20,24 @@ class DrafterSpec:
     dtype: str = ""
     min_ngram: int = 0
     max_ngram: int = 0
+    fixed_length: bool = False
 
     @classmethod
     def parse(cls, text: str) -> DrafterSpec:
         name, sep, rest = text.partition("=")
         if not sep or not name or not rest:
-            raise ValueError(f"drafter spec {text!r}: expected NAME=prompt_lookup[:MIN-MAX] or NAME=model:PATH[@DTYPE]")
+            raise ValueError(f"drafter spec {text!r}: expected NAME=prompt_lookup[:MIN-MAX][:fixed] or NAME=model:PATH[@DTYPE]")
         kind, _, arg = rest.partition(":")
         if kind == "prompt_lookup":
-            if not arg:
-                return cls(name, kind)
-            low, _, high = arg.partition("-")
-            return cls(name, kind, min_ngram=int(low), max_ngram=int(high or low))
+            sizes, _, flag = arg.partition(":")
+            if sizes == "fixed" and not flag:
+                sizes, flag = "", "fixed"
+            if flag not in ("", "fixed"):
+                raise ValueError(f"drafter spec {text!r}: unknown prompt_lookup option {flag!r}")
+            if not sizes:
+                return cls(name, kind, fixed_length=bool(flag))
+            low, _, high = sizes.partition("-")
+            return cls(name, kind, min_ngram=int(low), max_ngram=int(high or low), fixed_length=bool(flag))
         if kind == "model":
             if not arg:
                 raise ValueError(f"drafter spec {text!r}: a model drafter needs a path")
@@ -48,6 +54,7 @@ class DrafterSpec:
             min_ngram=self.min_ngram,
             max_ngram=self.max_ngram,
             replace=replace,
+            fixed_length=self.fixed_length,
         )
 
     @classmethod
@@ -59,4 +66,4 @@ class DrafterSpec:
             raise ValueError("LoadDrafter needs a name")
         if pb.kind == draft_pb2.DRAFTER_KIND_MODEL and not pb.model_path:
             raise ValueError("a model drafter needs model_path")
-        return cls(pb.name, kinds[pb.kind], pb.model_path, pb.dtype, pb.min_ngram, pb.max_ngram)
+        return cls(pb.name, kinds[pb.kind], pb.model_path, pb.dtype, pb.min_ngram, pb.max_ngram, pb.fixed_length)
