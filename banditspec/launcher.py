@@ -47,7 +47,7 @@ class LocalStack:
         log_target = subprocess.DEVNULL
         if self.log_dir is not None:
             self.log_dir.mkdir(parents=True, exist_ok=True)
-            log_target = open(self.log_dir / f"{name}.log", "w")  # noqa: SIM115 - the child keeps its own copy
+            log_target = open(self.log_dir / f"{name}.log", "w")  # noqa: SIM115 - closed below
         env = dict(os.environ, HF_HUB_OFFLINE="1", PYTHONUNBUFFERED="1")
         process = subprocess.Popen(
             [sys.executable, "-m", "banditspec.cli", *args, "--ready-file", str(ready)],
@@ -55,6 +55,8 @@ class LocalStack:
             stderr=subprocess.STDOUT if self.log_dir is not None else None,
             env=env,
         )
+        if log_target is not subprocess.DEVNULL:
+            log_target.close()  # the child has its own descriptor
         service = Service(name, process, ready)
         self.services.append(service)
         return service

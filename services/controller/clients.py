@@ -10,13 +10,10 @@ import structlog
 from banditspec.serving import CHANNEL_OPTIONS
 from banditspec.v1 import draft_pb2, draft_pb2_grpc, target_pb2, target_pb2_grpc
 from services.controller.arms import Arm
+from services.draft.specs import KIND_NAMES
 
 log = structlog.get_logger()
 
-DRAFTER_KINDS = {
-    draft_pb2.DRAFTER_KIND_PROMPT_LOOKUP: "prompt_lookup",
-    draft_pb2.DRAFTER_KIND_MODEL: "model",
-}
 
 
 class TargetClient:
@@ -66,7 +63,7 @@ class DraftClient:
         return [
             Arm.drafted(self.name, drafter.name, gamma)
             for drafter in self.drafters
-            for gamma in gammas_by_kind.get(DRAFTER_KINDS.get(drafter.kind, ""), [])
+            for gamma in gammas_by_kind.get(KIND_NAMES.get(drafter.kind, ""), [])
         ]
 
     async def close(self) -> None:

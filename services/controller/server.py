@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import asyncio
+from contextlib import aclosing
 from dataclasses import dataclass, field
 
 import grpc
@@ -144,25 +145,32 @@ class GenerationServicer(generation_pb2_grpc.GenerationServiceServicer):
         self._background.add(task)
         task.add_done_callback(self._background.discard)
 
-    @grpc_errors
-    async def Generate(self, request, context):
-        generation = self.controller.generation(self.controller.request(request), context)
+    async def _events(self, generation: Generation):
+        """The request's round events; upstream failures become statuses, the session is released."""
         try:
-            async for _ in generation.run():
-                pass
+            async for event in generation.run():
+                yield event
         except grpc.aio.AioRpcError as error:
             raise _upstream(error) from error
         except TimeoutError as error:
             raise DeadlineExceeded("the target did not answer a round in time") from error
         finally:
             await self._released(generation)
+
+    @grpc_errors
+    async def Generate(self, request, context):
+        generation = self.controller.generation(self.controller.request(request), context)
+        async with aclosing(self._events(generation)) as events:
+            async for _ in events:
+                pass
         return await self._finish(generation)
 
     @grpc_errors
     async def GenerateStream(self, request, context):
         generation = self.controller.generation(self.controller.request(request), context)
-        try:
-            async for event in generation.run():
+        # aclosing: a client that hangs up still gets its sessions released at once, not at GC.
+        async with aclosing(self._events(generation)) as events:
+            async for event in events:
                 yield generation_pb2.GenerateStreamResponse(
                     round=generation_pb2.RoundUpdate(
                         round=event.round,
@@ -175,12 +183,6 @@ class GenerationServicer(generation_pb2_grpc.GenerationServiceServicer):
                         service_seconds=event.service_seconds,
                     )
                 )
-        except grpc.aio.AioRpcError as error:
-            raise _upstream(error) from error
-        except TimeoutError as error:
-            raise DeadlineExceeded("the target did not answer a round in time") from error
-        finally:
-            await self._released(generation)
         yield generation_pb2.GenerateStreamResponse(final=await self._finish(generation))
 
     @grpc_errors

@@ -10,6 +10,7 @@ KINDS = {
     "prompt_lookup": draft_pb2.DRAFTER_KIND_PROMPT_LOOKUP,
     "model": draft_pb2.DRAFTER_KIND_MODEL,
 }
+KIND_NAMES = {value: key for key, value in KINDS.items()}
 
 
 @dataclass(frozen=True)
@@ -59,11 +60,10 @@ class DrafterSpec:
 
     @classmethod
     def from_pb(cls, pb: draft_pb2.LoadDrafterRequest) -> DrafterSpec:
-        kinds = {value: key for key, value in KINDS.items()}
-        if pb.kind not in kinds:
+        if pb.kind not in KIND_NAMES:
             raise ValueError("LoadDrafter needs kind DRAFTER_KIND_PROMPT_LOOKUP or DRAFTER_KIND_MODEL")
         if not pb.name:
             raise ValueError("LoadDrafter needs a name")
         if pb.kind == draft_pb2.DRAFTER_KIND_MODEL and not pb.model_path:
             raise ValueError("a model drafter needs model_path")
-        return cls(pb.name, kinds[pb.kind], pb.model_path, pb.dtype, pb.min_ngram, pb.max_ngram, pb.fixed_length)
+        return cls(pb.name, KIND_NAMES[pb.kind], pb.model_path, pb.dtype, pb.min_ngram, pb.max_ngram, pb.fixed_length)

@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 from collections import OrderedDict
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 
 import torch
 from transformers import DynamicCache
@@ -19,7 +19,6 @@ class TargetSession:
     sampling: SamplingParams
     generator: torch.Generator | None
     # The cache always holds context[:-1]: the last token is fed with the next draft.
-    stats: dict[str, float] = field(default_factory=dict)
 
 
 class SessionStore:
