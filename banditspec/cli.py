@@ -228,6 +228,32 @@ def cmd_drafters(args: argparse.Namespace) -> None:
             sys.exit(f"error: {error.code().name}: {error.details()}")
 
 
+def cmd_datastore(args: argparse.Namespace) -> None:
+    from banditspec.datastore import build_datastore, recorded_outputs, text_files
+    from banditspec.default_model import resolve_model_path
+    from banditspec.models import load_tokenizer, vocab_fingerprint
+
+    if not args.text and not args.outputs:
+        sys.exit("error: give --text and/or --outputs")
+    start = time.perf_counter()
+    try:
+        tokenizer = load_tokenizer(resolve_model_path(args.tokenizer))
+        files = text_files(args.text or [], args.glob)
+        documents = [tokenizer.encode(f.read_text(errors="replace"), add_special_tokens=False) for f in files]
+        for path in args.outputs or []:
+            documents.extend(recorded_outputs(path))
+        names = [*(args.text or []), *(args.outputs or [])]
+        source = f"{len(files)} text files, {len(args.outputs or [])} output files: " + ", ".join(names)
+        datastore = build_datastore(documents, vocab_fingerprint(tokenizer), source[:500])
+        datastore.save(args.out)
+    except (OSError, ValueError) as error:
+        sys.exit(f"error: {error}")
+    print(
+        f"{datastore.num_tokens} tokens, {datastore.num_documents} documents, "
+        f"{time.perf_counter() - start:.2f} seconds -> {args.out}"
+    )
+
+
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog="banditspec", description=__doc__)
     sub = parser.add_subparsers(dest="command", required=True)
@@ -254,7 +280,7 @@ def build_parser() -> argparse.ArgumentParser:
     controller.add_argument("--draft", action="append", help="NAME=HOST:PORT of a draft service; repeatable")
     controller.add_argument("--tokenizer", help="tokenizer directory (default: the target's model directory)")
     controller.add_argument("--policy", default="ucbspec", choices=["ucbspec", "exp3spec", "fixed"])
-    controller.add_argument("--pld-gammas", default="3,6", help="γ values for prompt-lookup drafters")
+    controller.add_argument("--pld-gammas", default="3,6", help="γ values for model-free drafters (prompt lookup, suffix, retrieval)")
     controller.add_argument("--model-gammas", default="2,4", help="γ values for model drafters")
     controller.add_argument("--rpc-timeout", type=float, default=60.0)
     controller.add_argument("--metrics-port", type=int, help="serve Prometheus metrics on this port")
@@ -299,6 +325,16 @@ def build_parser() -> argparse.ArgumentParser:
     drafters.add_argument("--replace", action="store_true", help="swap out a drafter of the same name")
     drafters.add_argument("--timeout", type=float, default=300.0)
     drafters.set_defaults(func=cmd_drafters)
+
+    datastore = sub.add_parser("datastore", help="build a token datastore for retrieval drafters")
+    datastore_sub = datastore.add_subparsers(dest="action", required=True)
+    build = datastore_sub.add_parser("build", help="index text files and/or recorded outputs into one .npz file")
+    build.add_argument("--tokenizer", required=True, help="model or tokenizer directory, or 'default'; must be the target's")
+    build.add_argument("--out", required=True, help="the datastore file to write (.npz)")
+    build.add_argument("--text", action="append", help="a text file (one document) or a directory of them; repeatable")
+    build.add_argument("--outputs", action="append", help="JSON lines with top-level token_ids (generate --json); repeatable")
+    build.add_argument("--glob", default="*.txt", help="which files to take from --text directories (default *.txt)")
+    build.set_defaults(func=cmd_datastore)
     return parser
 
 

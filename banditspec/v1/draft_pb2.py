@@ -25,15 +25,15 @@ _sym_db = _symbol_database.Default()
 from banditspec.v1 import common_pb2 as banditspec_dot_v1_dot_common__pb2
 
 
-DESCRIPTOR = _descriptor_pool.Default().AddSerializedFile(b'\n\x19\x62\x61nditspec/v1/draft.proto\x12\rbanditspec.v1\x1a\x1a\x62\x61nditspec/v1/common.proto\"\x80\x01\n\x0b\x44rafterInfo\x12\x0c\n\x04name\x18\x01 \x01(\t\x12(\n\x04kind\x18\x02 \x01(\x0e\x32\x1a.banditspec.v1.DrafterKind\x12\x19\n\x11vocab_fingerprint\x18\x03 \x01(\t\x12\x0e\n\x06source\x18\x04 \x01(\t\x12\x0e\n\x06\x64\x65vice\x18\x05 \x01(\t\"\x12\n\x10\x44raftInfoRequest\"S\n\x11\x44raftInfoResponse\x12,\n\x08\x64rafters\x18\x01 \x03(\x0b\x32\x1a.banditspec.v1.DrafterInfo\x12\x10\n\x08sessions\x18\x02 \x01(\x05\"\x15\n\x13ListDraftersRequest\"D\n\x14ListDraftersResponse\x12,\n\x08\x64rafters\x18\x01 \x03(\x0b\x32\x1a.banditspec.v1.DrafterInfo\"\xb9\x01\n\x0eProposeRequest\x12\x12\n\nsession_id\x18\x01 \x01(\t\x12\x0f\n\x07\x64rafter\x18\x02 \x01(\t\x12\x12\n\nnum_tokens\x18\x03 \x01(\x05\x12\x16\n\x0e\x63ontext_length\x18\x04 \x01(\x05\x12\x17\n\x0fnew_context_ids\x18\x05 \x03(\x05\x12/\n\x08sampling\x18\x06 \x01(\x0b\x32\x1d.banditspec.v1.SamplingParams\x12\x0c\n\x04seed\x18\x07 \x01(\x04\"\x8c\x01\n\x0fProposeResponse\x12\x11\n\tdraft_ids\x18\x01 \x03(\x05\x12\x35\n\x0b\x64raft_probs\x18\x02 \x03(\x0b\x32 .banditspec.v1.TokenDistribution\x12\x16\n\x0e\x63ontext_length\x18\x03 \x01(\x05\x12\x17\n\x0f\x63ompute_seconds\x18\x04 \x01(\x01\"0\n\x1aReleaseDraftSessionRequest\x12\x12\n\nsession_id\x18\x01 \x01(\t\"/\n\x1bReleaseDraftSessionResponse\x12\x10\n\x08released\x18\x01 \x01(\x08\"\xbc\x01\n\x12LoadDrafterRequest\x12\x0c\n\x04name\x18\x01 \x01(\t\x12(\n\x04kind\x18\x02 \x01(\x0e\x32\x1a.banditspec.v1.DrafterKind\x12\x12\n\nmodel_path\x18\x03 \x01(\t\x12\r\n\x05\x64type\x18\x04 \x01(\t\x12\x11\n\tmin_ngram\x18\x05 \x01(\x05\x12\x11\n\tmax_ngram\x18\x06 \x01(\x05\x12\x0f\n\x07replace\x18\x07 \x01(\x08\x12\x14\n\x0c\x66ixed_length\x18\x08 \x01(\x08\"X\n\x13LoadDrafterResponse\x12+\n\x07\x64rafter\x18\x01 \x01(\x0b\x32\x1a.banditspec.v1.DrafterInfo\x12\x14\n\x0cload_seconds\x18\x02 \x01(\x01\"$\n\x14UnloadDrafterRequest\x12\x0c\n\x04name\x18\x01 \x01(\t\")\n\x15UnloadDrafterResponse\x12\x10\n\x08unloaded\x18\x01 \x01(\x08*c\n\x0b\x44rafterKind\x12\x1c\n\x18\x44RAFTER_KIND_UNSPECIFIED\x10\x00\x12\x1e\n\x1a\x44RAFTER_KIND_PROMPT_LOOKUP\x10\x01\x12\x16\n\x12\x44RAFTER_KIND_MODEL\x10\x02\x32\xeb\x04\n\x0c\x44raftService\x12I\n\x04Info\x12\x1f.banditspec.v1.DraftInfoRequest\x1a .banditspec.v1.DraftInfoResponse\x12W\n\x0cListDrafters\x12\".banditspec.v1.ListDraftersRequest\x1a#.banditspec.v1.ListDraftersResponse\x12H\n\x07Propose\x12\x1d.banditspec.v1.ProposeRequest\x1a\x1e.banditspec.v1.ProposeResponse\x12R\n\rProposeStream\x12\x1d.banditspec.v1.ProposeRequest\x1a\x1e.banditspec.v1.ProposeResponse(\x01\x30\x01\x12g\n\x0eReleaseSession\x12).banditspec.v1.ReleaseDraftSessionRequest\x1a*.banditspec.v1.ReleaseDraftSessionResponse\x12T\n\x0bLoadDrafter\x12!.banditspec.v1.LoadDrafterRequest\x1a\".banditspec.v1.LoadDrafterResponse\x12Z\n\rUnloadDrafter\x12#.banditspec.v1.UnloadDrafterRequest\x1a$.banditspec.v1.UnloadDrafterResponseb\x06proto3')
+DESCRIPTOR = _descriptor_pool.Default().AddSerializedFile(b'\n\x19\x62\x61nditspec/v1/draft.proto\x12\rbanditspec.v1\x1a\x1a\x62\x61nditspec/v1/common.proto\"\x80\x01\n\x0b\x44rafterInfo\x12\x0c\n\x04name\x18\x01 \x01(\t\x12(\n\x04kind\x18\x02 \x01(\x0e\x32\x1a.banditspec.v1.DrafterKind\x12\x19\n\x11vocab_fingerprint\x18\x03 \x01(\t\x12\x0e\n\x06source\x18\x04 \x01(\t\x12\x0e\n\x06\x64\x65vice\x18\x05 \x01(\t\"\x12\n\x10\x44raftInfoRequest\"S\n\x11\x44raftInfoResponse\x12,\n\x08\x64rafters\x18\x01 \x03(\x0b\x32\x1a.banditspec.v1.DrafterInfo\x12\x10\n\x08sessions\x18\x02 \x01(\x05\"\x15\n\x13ListDraftersRequest\"D\n\x14ListDraftersResponse\x12,\n\x08\x64rafters\x18\x01 \x03(\x0b\x32\x1a.banditspec.v1.DrafterInfo\"\xb9\x01\n\x0eProposeRequest\x12\x12\n\nsession_id\x18\x01 \x01(\t\x12\x0f\n\x07\x64rafter\x18\x02 \x01(\t\x12\x12\n\nnum_tokens\x18\x03 \x01(\x05\x12\x16\n\x0e\x63ontext_length\x18\x04 \x01(\x05\x12\x17\n\x0fnew_context_ids\x18\x05 \x03(\x05\x12/\n\x08sampling\x18\x06 \x01(\x0b\x32\x1d.banditspec.v1.SamplingParams\x12\x0c\n\x04seed\x18\x07 \x01(\x04\"\x8c\x01\n\x0fProposeResponse\x12\x11\n\tdraft_ids\x18\x01 \x03(\x05\x12\x35\n\x0b\x64raft_probs\x18\x02 \x03(\x0b\x32 .banditspec.v1.TokenDistribution\x12\x16\n\x0e\x63ontext_length\x18\x03 \x01(\x05\x12\x17\n\x0f\x63ompute_seconds\x18\x04 \x01(\x01\"x\n\x1aReleaseDraftSessionRequest\x12\x12\n\nsession_id\x18\x01 \x01(\t\x12\x16\n\x0e\x63ontext_length\x18\x02 \x01(\x05\x12\x17\n\x0fnew_context_ids\x18\x03 \x03(\x05\x12\x15\n\rprompt_length\x18\x04 \x01(\x05\"/\n\x1bReleaseDraftSessionResponse\x12\x10\n\x08released\x18\x01 \x01(\x08\"\xfe\x01\n\x12LoadDrafterRequest\x12\x0c\n\x04name\x18\x01 \x01(\t\x12(\n\x04kind\x18\x02 \x01(\x0e\x32\x1a.banditspec.v1.DrafterKind\x12\x12\n\nmodel_path\x18\x03 \x01(\t\x12\r\n\x05\x64type\x18\x04 \x01(\t\x12\x11\n\tmin_ngram\x18\x05 \x01(\x05\x12\x11\n\tmax_ngram\x18\x06 \x01(\x05\x12\x0f\n\x07replace\x18\x07 \x01(\x08\x12\x14\n\x0c\x66ixed_length\x18\x08 \x01(\x08\x12\x16\n\x0e\x64\x61tastore_path\x18\t \x01(\t\x12\x11\n\tmax_depth\x18\n \x01(\x05\x12\x15\n\rmemory_tokens\x18\x0b \x01(\x03\"X\n\x13LoadDrafterResponse\x12+\n\x07\x64rafter\x18\x01 \x01(\x0b\x32\x1a.banditspec.v1.DrafterInfo\x12\x14\n\x0cload_seconds\x18\x02 \x01(\x01\"$\n\x14UnloadDrafterRequest\x12\x0c\n\x04name\x18\x01 \x01(\t\")\n\x15UnloadDrafterResponse\x12\x10\n\x08unloaded\x18\x01 \x01(\x08*\x98\x01\n\x0b\x44rafterKind\x12\x1c\n\x18\x44RAFTER_KIND_UNSPECIFIED\x10\x00\x12\x1e\n\x1a\x44RAFTER_KIND_PROMPT_LOOKUP\x10\x01\x12\x16\n\x12\x44RAFTER_KIND_MODEL\x10\x02\x12\x17\n\x13\x44RAFTER_KIND_SUFFIX\x10\x03\x12\x1a\n\x16\x44RAFTER_KIND_RETRIEVAL\x10\x04\x32\xeb\x04\n\x0c\x44raftService\x12I\n\x04Info\x12\x1f.banditspec.v1.DraftInfoRequest\x1a .banditspec.v1.DraftInfoResponse\x12W\n\x0cListDrafters\x12\".banditspec.v1.ListDraftersRequest\x1a#.banditspec.v1.ListDraftersResponse\x12H\n\x07Propose\x12\x1d.banditspec.v1.ProposeRequest\x1a\x1e.banditspec.v1.ProposeResponse\x12R\n\rProposeStream\x12\x1d.banditspec.v1.ProposeRequest\x1a\x1e.banditspec.v1.ProposeResponse(\x01\x30\x01\x12g\n\x0eReleaseSession\x12).banditspec.v1.ReleaseDraftSessionRequest\x1a*.banditspec.v1.ReleaseDraftSessionResponse\x12T\n\x0bLoadDrafter\x12!.banditspec.v1.LoadDrafterRequest\x1a\".banditspec.v1.LoadDrafterResponse\x12Z\n\rUnloadDrafter\x12#.banditspec.v1.UnloadDrafterRequest\x1a$.banditspec.v1.UnloadDrafterResponseb\x06proto3')
 
 _globals = globals()
 _builder.BuildMessageAndEnumDescriptors(DESCRIPTOR, _globals)
 _builder.BuildTopDescriptorsAndMessages(DESCRIPTOR, 'banditspec.v1.draft_pb2', _globals)
 if not _descriptor._USE_C_DESCRIPTORS:
   DESCRIPTOR._loaded_options = None
-  _globals['_DRAFTERKIND']._serialized_start=1193
-  _globals['_DRAFTERKIND']._serialized_end=1292
+  _globals['_DRAFTERKIND']._serialized_start=1332
+  _globals['_DRAFTERKIND']._serialized_end=1484
   _globals['_DRAFTERINFO']._serialized_start=73
   _globals['_DRAFTERINFO']._serialized_end=201
   _globals['_DRAFTINFOREQUEST']._serialized_start=203
@@ -49,17 +49,17 @@ if not _descriptor._USE_C_DESCRIPTORS:
   _globals['_PROPOSERESPONSE']._serialized_start=590
   _globals['_PROPOSERESPONSE']._serialized_end=730
   _globals['_RELEASEDRAFTSESSIONREQUEST']._serialized_start=732
-  _globals['_RELEASEDRAFTSESSIONREQUEST']._serialized_end=780
-  _globals['_RELEASEDRAFTSESSIONRESPONSE']._serialized_start=782
-  _globals['_RELEASEDRAFTSESSIONRESPONSE']._serialized_end=829
-  _globals['_LOADDRAFTERREQUEST']._serialized_start=832
-  _globals['_LOADDRAFTERREQUEST']._serialized_end=1020
-  _globals['_LOADDRAFTERRESPONSE']._serialized_start=1022
-  _globals['_LOADDRAFTERRESPONSE']._serialized_end=1110
-  _globals['_UNLOADDRAFTERREQUEST']._serialized_start=1112
-  _globals['_UNLOADDRAFTERREQUEST']._serialized_end=1148
-  _globals['_UNLOADDRAFTERRESPONSE']._serialized_start=1150
-  _globals['_UNLOADDRAFTERRESPONSE']._serialized_end=1191
-  _globals['_DRAFTSERVICE']._serialized_start=1295
-  _globals['_DRAFTSERVICE']._serialized_end=1914
+  _globals['_RELEASEDRAFTSESSIONREQUEST']._serialized_end=852
+  _globals['_RELEASEDRAFTSESSIONRESPONSE']._serialized_start=854
+  _globals['_RELEASEDRAFTSESSIONRESPONSE']._serialized_end=901
+  _globals['_LOADDRAFTERREQUEST']._serialized_start=904
+  _globals['_LOADDRAFTERREQUEST']._serialized_end=1158
+  _globals['_LOADDRAFTERRESPONSE']._serialized_start=1160
+  _globals['_LOADDRAFTERRESPONSE']._serialized_end=1248
+  _globals['_UNLOADDRAFTERREQUEST']._serialized_start=1250
+  _globals['_UNLOADDRAFTERREQUEST']._serialized_end=1286
+  _globals['_UNLOADDRAFTERRESPONSE']._serialized_start=1288
+  _globals['_UNLOADDRAFTERRESPONSE']._serialized_end=1329
+  _globals['_DRAFTSERVICE']._serialized_start=1487
+  _globals['_DRAFTSERVICE']._serialized_end=2106
 # @@protoc_insertion_point(module_scope)

@@ -13,9 +13,13 @@ class DrafterKind(int, metaclass=_enum_type_wrapper.EnumTypeWrapper):
     DRAFTER_KIND_UNSPECIFIED: _ClassVar[DrafterKind]
     DRAFTER_KIND_PROMPT_LOOKUP: _ClassVar[DrafterKind]
     DRAFTER_KIND_MODEL: _ClassVar[DrafterKind]
+    DRAFTER_KIND_SUFFIX: _ClassVar[DrafterKind]
+    DRAFTER_KIND_RETRIEVAL: _ClassVar[DrafterKind]
 DRAFTER_KIND_UNSPECIFIED: DrafterKind
 DRAFTER_KIND_PROMPT_LOOKUP: DrafterKind
 DRAFTER_KIND_MODEL: DrafterKind
+DRAFTER_KIND_SUFFIX: DrafterKind
+DRAFTER_KIND_RETRIEVAL: DrafterKind
 
 class DrafterInfo(_message.Message):
     __slots__ = ("name", "kind", "vocab_fingerprint", "source", "device")
@@ -84,10 +88,16 @@ class ProposeResponse(_message.Message):
     def __init__(self, draft_ids: _Optional[_Iterable[int]] = ..., draft_probs: _Optional[_Iterable[_Union[_common_pb2.TokenDistribution, _Mapping]]] = ..., context_length: _Optional[int] = ..., compute_seconds: _Optional[float] = ...) -> None: ...
 
 class ReleaseDraftSessionRequest(_message.Message):
-    __slots__ = ("session_id",)
+    __slots__ = ("session_id", "context_length", "new_context_ids", "prompt_length")
     SESSION_ID_FIELD_NUMBER: _ClassVar[int]
+    CONTEXT_LENGTH_FIELD_NUMBER: _ClassVar[int]
+    NEW_CONTEXT_IDS_FIELD_NUMBER: _ClassVar[int]
+    PROMPT_LENGTH_FIELD_NUMBER: _ClassVar[int]
     session_id: str
-    def __init__(self, session_id: _Optional[str] = ...) -> None: ...
+    context_length: int
+    new_context_ids: _containers.RepeatedScalarFieldContainer[int]
+    prompt_length: int
+    def __init__(self, session_id: _Optional[str] = ..., context_length: _Optional[int] = ..., new_context_ids: _Optional[_Iterable[int]] = ..., prompt_length: _Optional[int] = ...) -> None: ...
 
 class ReleaseDraftSessionResponse(_message.Message):
     __slots__ = ("released",)
@@ -96,7 +106,7 @@ class ReleaseDraftSessionResponse(_message.Message):
     def __init__(self, released: _Optional[bool] = ...) -> None: ...
 
 class LoadDrafterRequest(_message.Message):
-    __slots__ = ("name", "kind", "model_path", "dtype", "min_ngram", "max_ngram", "replace", "fixed_length")
+    __slots__ = ("name", "kind", "model_path", "dtype", "min_ngram", "max_ngram", "replace", "fixed_length", "datastore_path", "max_depth", "memory_tokens")
     NAME_FIELD_NUMBER: _ClassVar[int]
     KIND_FIELD_NUMBER: _ClassVar[int]
     MODEL_PATH_FIELD_NUMBER: _ClassVar[int]
@@ -105,6 +115,9 @@ class LoadDrafterRequest(_message.Message):
     MAX_NGRAM_FIELD_NUMBER: _ClassVar[int]
     REPLACE_FIELD_NUMBER: _ClassVar[int]
     FIXED_LENGTH_FIELD_NUMBER: _ClassVar[int]
+    DATASTORE_PATH_FIELD_NUMBER: _ClassVar[int]
+    MAX_DEPTH_FIELD_NUMBER: _ClassVar[int]
+    MEMORY_TOKENS_FIELD_NUMBER: _ClassVar[int]
     name: str
     kind: DrafterKind
     model_path: str
@@ -113,7 +126,10 @@ class LoadDrafterRequest(_message.Message):
     max_ngram: int
     replace: bool
     fixed_length: bool
-    def __init__(self, name: _Optional[str] = ..., kind: _Optional[_Union[DrafterKind, str]] = ..., model_path: _Optional[str] = ..., dtype: _Optional[str] = ..., min_ngram: _Optional[int] = ..., max_ngram: _Optional[int] = ..., replace: _Optional[bool] = ..., fixed_length: _Optional[bool] = ...) -> None: ...
+    datastore_path: str
+    max_depth: int
+    memory_tokens: int
+    def __init__(self, name: _Optional[str] = ..., kind: _Optional[_Union[DrafterKind, str]] = ..., model_path: _Optional[str] = ..., dtype: _Optional[str] = ..., min_ngram: _Optional[int] = ..., max_ngram: _Optional[int] = ..., replace: _Optional[bool] = ..., fixed_length: _Optional[bool] = ..., datastore_path: _Optional[str] = ..., max_depth: _Optional[int] = ..., memory_tokens: _Optional[int] = ...) -> None: ...
 
 class LoadDrafterResponse(_message.Message):
     __slots__ = ("drafter", "load_seconds")

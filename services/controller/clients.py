@@ -59,6 +59,10 @@ class DraftClient:
                 usable.append(drafter)
         self.drafters, self.refused = usable, refused
 
+    @property
+    def learns_from_outputs(self) -> bool:
+        return any(drafter.kind == draft_pb2.DRAFTER_KIND_SUFFIX for drafter in self.drafters)
+
     def arms(self, gammas_by_kind: dict[str, list[int]]) -> list[Arm]:
         return [
             Arm.drafted(self.name, drafter.name, gamma)

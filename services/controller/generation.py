@@ -295,12 +295,20 @@ class Generation:
         for stream in self.propose_streams.values():
             await stream.close()
         calls = [self.target.stub.ReleaseSession(target_pb2.ReleaseSessionRequest(session_id=self.session_id), timeout=5)]
-        for service in self.synced:
-            client = self.drafts.get(service)
-            if client is not None:
-                calls.append(
-                    client.stub.ReleaseSession(draft_pb2.ReleaseDraftSessionRequest(session_id=self.session_id), timeout=5)
-                )
+        prompt_length = len(self.request.prompt_ids)
+        for service, client in self.drafts.items():
+            synced = self.synced.get(service)
+            if synced is None and not client.learns_from_outputs:
+                continue
+            # Finish sync: drafters that learn from outputs (suffix) see the whole answer, even from
+            # a service this request never drafted with.
+            release = draft_pb2.ReleaseDraftSessionRequest(
+                session_id=self.session_id,
+                context_length=synced or 0,
+                new_context_ids=self.context[synced or 0 :] if client.learns_from_outputs else [],
+                prompt_length=prompt_length,
+            )
+            calls.append(client.stub.ReleaseSession(release, timeout=5))
         for call in calls:
             try:
                 await call

@@ -69,7 +69,8 @@ class Controller:
 
     async def refresh_arms(self) -> None:
         """Re-list each draft service's drafters, so arms follow runtime loads and unloads."""
-        gammas = {"prompt_lookup": self.config.pld_gammas, "model": self.config.model_gammas}
+        model_free = self.config.pld_gammas
+        gammas = {"prompt_lookup": model_free, "suffix": model_free, "retrieval": model_free, "model": self.config.model_gammas}
         arms = [TARGET_ONLY_ARM]
         for client in self.drafts.values():
             try:

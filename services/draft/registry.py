@@ -59,7 +59,7 @@ class DrafterRegistry:
         if context_length == 0:
             if not new_ids:
                 raise InvalidArgument("opening a session needs its context in new_context_ids")
-            session = DraftSession(list(new_ids), sampling, seed)
+            session = DraftSession(list(new_ids), sampling, seed, prompt_length=len(new_ids))
             self.sessions.pop(session_id, None)
             self.sessions[session_id] = session
             while len(self.sessions) > self.max_sessions:
@@ -84,5 +84,21 @@ class DrafterRegistry:
         proposal = drafter.propose(session, num_tokens)
         return proposal, time.perf_counter() - start
 
-    def release(self, session_id: str) -> bool:
-        return self.sessions.pop(session_id, None) is not None
+    def release(self, session_id: str, context_length: int = 0, new_ids: list[int] | None = None, prompt_length: int = 0) -> bool:
+        """Drop a session; with new_ids, first bring it up to date so learning drafters see the whole answer."""
+        session = self.sessions.pop(session_id, None)
+        released = session is not None
+        if new_ids:
+            if session is None and context_length == 0:  # a finished context this service never held
+                session = DraftSession(list(new_ids), SamplingParams(), 0)
+            elif session is not None and context_length == len(session.context):
+                session.context.extend(new_ids)
+        if session is None:
+            return False
+        if prompt_length > 0:
+            session.prompt_length = min(prompt_length, len(session.context))
+        for drafter in self.drafters.values():
+            finish = getattr(drafter, "finish", None)
+            if finish is not None:  # drafters that learn from finished outputs
+                finish(session)
+        return released

@@ -11,13 +11,15 @@ import structlog
 
 from banditspec import distributions
 from banditspec.default_model import resolve_model_path
-from banditspec.errors import AlreadyExists, grpc_errors
+from banditspec.errors import AlreadyExists, InvalidArgument, grpc_errors
 from banditspec.sampling import SamplingParams
 from banditspec.serving import run_server
 from banditspec.v1 import draft_pb2, draft_pb2_grpc
 from services.draft.drafters.base import Drafter
 from services.draft.drafters.model import ModelDrafter
 from services.draft.drafters.prompt_lookup import PromptLookupDrafter
+from services.draft.drafters.retrieval import RetrievalDrafter
+from services.draft.drafters.suffix import SuffixDrafter
 from services.draft.registry import DrafterRegistry
 from services.draft.specs import KINDS, DrafterSpec
 
@@ -40,6 +42,11 @@ def build_drafter(spec: DrafterSpec, device: str | None, default_dtype: str | No
         return PromptLookupDrafter(
             spec.name, spec.min_ngram or 2, spec.max_ngram or 4, scaled=not spec.fixed_length
         )
+    if spec.kind == "suffix":
+        return SuffixDrafter(spec.name, **({"max_depth": spec.max_depth} if spec.max_depth else {}),
+                             **({"memory_tokens": spec.memory_tokens} if spec.memory_tokens else {}))
+    if spec.kind == "retrieval":
+        return RetrievalDrafter.load(spec.name, spec.datastore_path, **({"max_depth": spec.max_depth} if spec.max_depth else {}))
     path = str(resolve_model_path(spec.model_path))
     return ModelDrafter.load(spec.name, path, device=device, dtype=spec.dtype or default_dtype)
 
@@ -121,7 +128,11 @@ class DraftServicer(draft_pb2_grpc.DraftServiceServicer):
 
     @grpc_errors
     async def ReleaseSession(self, request, context):
-        released = self.registry.release(request.session_id)
+        if not request.session_id:
+            raise InvalidArgument("session_id is required")
+        released = self.registry.release(
+            request.session_id, request.context_length, list(request.new_context_ids), request.prompt_length
+        )
         return draft_pb2.ReleaseDraftSessionResponse(released=released)
 
     @grpc_errors

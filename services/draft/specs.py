@@ -1,4 +1,10 @@
-"""Drafter specifications: `NAME=prompt_lookup[:MIN-MAX][:fixed]` or `NAME=model:PATH[@DTYPE]`."""
+"""Drafter specifications, one string per drafter (CLI flags, `drafters load`):
+
+    NAME=prompt_lookup[:MIN-MAX][:fixed]
+    NAME=model:PATH[@DTYPE]
+    NAME=suffix[:DEPTH[:MEMORY_TOKENS]]
+    NAME=retrieval:DATASTORE_PATH[:DEPTH]
+"""
 
 from __future__ import annotations
 
@@ -9,7 +15,13 @@ from banditspec.v1 import draft_pb2
 KINDS = {
     "prompt_lookup": draft_pb2.DRAFTER_KIND_PROMPT_LOOKUP,
     "model": draft_pb2.DRAFTER_KIND_MODEL,
+    "suffix": draft_pb2.DRAFTER_KIND_SUFFIX,
+    "retrieval": draft_pb2.DRAFTER_KIND_RETRIEVAL,
 }
+USAGE = (
+    "NAME=prompt_lookup[:MIN-MAX][:fixed], NAME=model:PATH[@DTYPE], NAME=suffix[:DEPTH[:MEMORY_TOKENS]] "
+    "or NAME=retrieval:DATASTORE_PATH[:DEPTH]"
+)
 KIND_NAMES = {value: key for key, value in KINDS.items()}
 
 
@@ -22,12 +34,15 @@ class DrafterSpec:
     min_ngram: int = 0
     max_ngram: int = 0
     fixed_length: bool = False
+    datastore_path: str = ""
+    max_depth: int = 0
+    memory_tokens: int = 0
 
     @classmethod
     def parse(cls, text: str) -> DrafterSpec:
         name, sep, rest = text.partition("=")
         if not sep or not name or not rest:
-            raise ValueError(f"drafter spec {text!r}: expected NAME=prompt_lookup[:MIN-MAX][:fixed] or NAME=model:PATH[@DTYPE]")
+            raise ValueError(f"drafter spec {text!r}: expected {USAGE}")
         kind, _, arg = rest.partition(":")
         if kind == "prompt_lookup":
             sizes, _, flag = arg.partition(":")
@@ -44,7 +59,15 @@ class DrafterSpec:
                 raise ValueError(f"drafter spec {text!r}: a model drafter needs a path")
             path, _, dtype = arg.partition("@")
             return cls(name, kind, model_path=path, dtype=dtype)
-        raise ValueError(f"drafter spec {text!r}: unknown kind {kind!r}; choose prompt_lookup or model")
+        if kind == "suffix":
+            depth, _, memory = arg.partition(":")
+            return cls(name, kind, max_depth=_int(text, depth), memory_tokens=_int(text, memory))
+        if kind == "retrieval":
+            path, _, depth = arg.rpartition(":") if arg.rpartition(":")[2].isdigit() else (arg, "", "")
+            if not path:
+                raise ValueError(f"drafter spec {text!r}: a retrieval drafter needs a datastore path")
+            return cls(name, kind, datastore_path=path, max_depth=_int(text, depth))
+        raise ValueError(f"drafter spec {text!r}: unknown kind {kind!r}; expected {USAGE}")
 
     def to_pb(self, replace: bool = False) -> draft_pb2.LoadDrafterRequest:
         return draft_pb2.LoadDrafterRequest(
@@ -56,14 +79,40 @@ class DrafterSpec:
             max_ngram=self.max_ngram,
             replace=replace,
             fixed_length=self.fixed_length,
+            datastore_path=self.datastore_path,
+            max_depth=self.max_depth,
+            memory_tokens=self.memory_tokens,
         )
 
     @classmethod
     def from_pb(cls, pb: draft_pb2.LoadDrafterRequest) -> DrafterSpec:
         if pb.kind not in KIND_NAMES:
-            raise ValueError("LoadDrafter needs kind DRAFTER_KIND_PROMPT_LOOKUP or DRAFTER_KIND_MODEL")
+            raise ValueError(f"LoadDrafter needs a kind, one of {', '.join(draft_pb2.DrafterKind.keys()[1:])}")
         if not pb.name:
             raise ValueError("LoadDrafter needs a name")
         if pb.kind == draft_pb2.DRAFTER_KIND_MODEL and not pb.model_path:
             raise ValueError("a model drafter needs model_path")
-        return cls(pb.name, KIND_NAMES[pb.kind], pb.model_path, pb.dtype, pb.min_ngram, pb.max_ngram, pb.fixed_length)
+        if pb.kind == draft_pb2.DRAFTER_KIND_RETRIEVAL and not pb.datastore_path:
+            raise ValueError("a retrieval drafter needs datastore_path")
+        if pb.max_depth < 0 or pb.memory_tokens < 0:
+            raise ValueError("max_depth and memory_tokens must be >= 0")
+        return cls(
+            pb.name,
+            KIND_NAMES[pb.kind],
+            pb.model_path,
+            pb.dtype,
+            pb.min_ngram,
+            pb.max_ngram,
+            pb.fixed_length,
+            pb.datastore_path,
+            pb.max_depth,
+            pb.memory_tokens,
+        )
+
+
+def _int(text: str, value: str) -> int:
+    if not value:
+        return 0
+    if not value.isdigit():
+        raise ValueError(f"drafter spec {text!r}: {value!r} is not a non-negative integer")
+    return int(value)

@@ -2,7 +2,9 @@
 
 A drafter keeps whatever per-session state it needs in `DraftSession.state[drafter name]`, so
 releasing a session or unloading a drafter frees it. A proposal's `probs` is None for a
-deterministic draft (the verifier then treats it as a point mass).
+deterministic draft (the verifier then treats it as a point mass). A drafter that learns across
+requests implements `finish(session)`: the registry calls it when a session is released, with the
+finished text at `session.context[session.prompt_length:]`.
 """
 
 from __future__ import annotations
@@ -21,6 +23,7 @@ class DraftSession:
     sampling: SamplingParams
     seed: int
     state: dict[str, Any] = field(default_factory=dict)
+    prompt_length: int = 0  # context tokens present when the session opened
 
 
 @dataclass(frozen=True)
@@ -31,7 +34,7 @@ class Proposal:
 
 class Drafter(Protocol):
     name: str
-    kind: str  # "prompt_lookup" | "model"
+    kind: str  # "prompt_lookup" | "model" | "suffix" | "retrieval"
     vocab_fingerprint: str  # "" for a model-free drafter
     source: str
     device: str

@@ -1,0 +1,95 @@
+"""Retrieval drafting (REST, He et al., NAACL 2024): continue the context the way a datastore does.
+
+The longest suffix of the context (max_depth tokens down to min_depth) that occurs in the datastore
+picks a set of occurrences; up to `max_occurrences` of them, spread evenly over the suffix-array range,
+vote on the continuation. REST builds a trie of the continuations and verifies it as a tree; this
+project verifies one sequence per round, so the draft is the trie's most frequent path, followed while
+each next token holds at least `min_share` of its parent's occurrences (weak guesses cost a verified
+position and are rarely accepted). Model-free and deterministic; the vocabulary fingerprint is the
+datastore's, since its token ids are only meaningful under the tokenizer that built it.
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import numpy as np
+
+from banditspec.datastore import SEPARATOR, Datastore
+from services.draft.drafters.base import DraftSession, Proposal
+
+
+class RetrievalDrafter:
+    kind = "retrieval"
+    device = "cpu"
+
+    def __init__(
+        self,
+        name: str,
+        datastore: Datastore,
+        max_depth: int = 16,
+        min_depth: int = 2,
+        max_occurrences: int = 64,
+        min_share: float = 0.3,
+        label: str = "",
+    ) -> None:
+        if not 1 <= min_depth <= max_depth:
+            raise ValueError(f"retrieval drafter needs 1 <= min_depth <= max_depth, got {min_depth}, {max_depth}")
+        if max_occurrences < 1 or not 0.0 <= min_share <= 1.0:
+            raise ValueError("retrieval drafter needs max_occurrences >= 1 and 0 <= min_share <= 1")
+        self.name = name
+        self.datastore = datastore
+        self.max_depth = max_depth
+        self.min_depth = min_depth
+        self.max_occurrences = max_occurrences
+        self.min_share = min_share
+        self.vocab_fingerprint = datastore.vocab_fingerprint
+        self.source = f"{label or 'datastore'} ({datastore.num_tokens:,} tokens, depth {min_depth}..{max_depth})"
+
+    @classmethod
+    def load(cls, name: str, path: str | Path, max_depth: int = 16, **options) -> RetrievalDrafter:
+        return cls(name, Datastore.load(path), max_depth=max_depth, label=str(path), **options)
+
+    def _match(self, context: list[int]) -> tuple[int, int, int]:
+        """(length, lo, hi) of the longest context suffix in the datastore; length 0 when none.
+
+        Occurrence is monotone in the length (a suffix of an occurring query occurs too), so a binary
+        search over lengths needs about log2(max_depth) lookups."""
+        best = (0, 0, 0)
+        low, high = self.min_depth, min(self.max_depth, len(context))
+        while low <= high:
+            length = (low + high) // 2
+            lo, hi = self.datastore.find(context[-length:])
+            if hi > lo:
+                best, low = (length, lo, hi), length + 1
+            else:
+                high = length - 1
+        return best
+
+    def propose(self, session: DraftSession, num_tokens: int) -> Proposal:
+        if num_tokens <= 0:
+            return Proposal([])
+        length, lo, hi = self._match(session.context)
+        if length == 0:
+            return Proposal([])
+        # Evenly spaced in suffix-array order: the range is sorted by continuation, so the first k
+        # would favour small token ids; an even spread keeps each continuation's share.
+        picks = np.unique(np.linspace(lo, hi - 1, min(hi - lo, self.max_occurrences)).astype(np.int64))
+        starts = self.datastore.suffixes[picks].astype(np.int64) + length
+        # Every document ends with a separator, so reading on past one only needs clipping at the end.
+        columns = np.minimum(starts[:, None] + np.arange(num_tokens), len(self.datastore.tokens) - 1)
+        continuations = self.datastore.tokens[columns]
+        draft: list[int] = []
+        rows = continuations
+        for depth in range(num_tokens):
+            values, counts = np.unique(rows[:, depth], return_counts=True)
+            best = int(np.argmax(counts))  # ties: the smallest id, so the draft is deterministic
+            token = int(values[best])
+            if token == SEPARATOR or counts[best] < self.min_share * len(rows):
+                break
+            draft.append(token)
+            rows = rows[rows[:, depth] == token]
+        return Proposal(draft)
+
+    def close(self) -> None:
+        pass
