@@ -7,6 +7,9 @@ import asyncio
 import os
 import sys
 import time
+from pathlib import Path
+
+from services.draft.specs import USAGE
 
 os.environ.setdefault("HF_HUB_OFFLINE", "1")
 
@@ -254,6 +257,29 @@ def cmd_datastore(args: argparse.Namespace) -> None:
     )
 
 
+def cmd_pydocs(argv: list[str]) -> None:
+    from banditspec.pydocs import build
+
+    if argv[:1] == ["verify"]:
+        problems = build.verify(Path(argv[1]) if len(argv) > 1 else build.PYDOCS_DIR)
+        if problems:
+            sys.exit("error: " + "; ".join(problems))
+        print("all files match MANIFEST.json")
+    elif argv[:1] == ["build"]:
+        build.main(["all", *argv[1:]], prog="banditspec pydocs build")
+    else:
+        sys.exit("usage: banditspec pydocs build [--help] | banditspec pydocs verify [DIR]")
+
+
+def cmd_distill(argv: list[str]) -> None:
+    from banditspec.pydocs import distill
+
+    distill.main(argv)
+
+
+TRAINING_COMMANDS = {"pydocs": cmd_pydocs, "distill": cmd_distill}
+
+
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog="banditspec", description=__doc__)
     sub = parser.add_subparsers(dest="command", required=True)
@@ -268,7 +294,7 @@ def build_parser() -> argparse.ArgumentParser:
     target.set_defaults(func=cmd_serve_target)
 
     draft = sub.add_parser("serve-draft", help="run a draft service")
-    draft.add_argument("--drafter", action="append", help="NAME=prompt_lookup[:MIN-MAX][:fixed] or NAME=model:PATH[@DTYPE]; repeatable")
+    draft.add_argument("--drafter", action="append", help=f"{USAGE}; repeatable")
     draft.add_argument("--device", default="auto")
     draft.add_argument("--dtype", default="auto")
     draft.add_argument("--max-sessions", type=int, default=256)
@@ -335,12 +361,20 @@ def build_parser() -> argparse.ArgumentParser:
     build.add_argument("--outputs", action="append", help="JSON lines with top-level token_ids (generate --json); repeatable")
     build.add_argument("--glob", default="*.txt", help="which files to take from --text directories (default *.txt)")
     build.set_defaults(func=cmd_datastore)
+
+    # Training commands parse their own arguments (main() hands them over); listed here for --help.
+    sub.add_parser("pydocs", help="build (or verify) the pydocs model family: banditspec pydocs build --help")
+    sub.add_parser("distill", help="distil a draft model from any target: banditspec distill --help")
     return parser
 
 
 def main(argv: list[str] | None = None) -> None:
     from banditspec import logs
 
+    argv = sys.argv[1:] if argv is None else argv
+    if argv and argv[0] in TRAINING_COMMANDS:  # they parse their own arguments, --help included
+        TRAINING_COMMANDS[argv[0]](argv[1:])
+        return
     args = build_parser().parse_args(argv)
     logs.configure(getattr(args, "log_level", None))
     args.func(args)

@@ -33,10 +33,19 @@ def default_model_dir() -> Path:
     return cache_dir() / "models" / MODEL_NAME
 
 
+PYDOCS_DIR = Path(__file__).resolve().parents[1] / "models" / "pydocs"
+
+
 def resolve_model_path(path: str | None) -> Path:
-    """`default` (or nothing) → the default checkpoint, converted on first use; else the path as given."""
+    """`default` (or nothing) → the default checkpoint, converted on first use; `pydocs[:MEMBER]` → a
+    shipped pydocs model (target, draft-m, draft-s); else the path as given."""
     if path in (None, "", DEFAULT):
         return ensure_default_model()
+    if path == "pydocs" or path.startswith("pydocs:"):
+        member = path.partition(":")[2] or "target"
+        if not (PYDOCS_DIR / member / "config.json").exists():
+            raise ValueError(f"no pydocs model {member!r} in {PYDOCS_DIR}; members: target, draft-m, draft-s")
+        return PYDOCS_DIR / member
     return Path(path)
 
 

@@ -37,6 +37,7 @@ ARCHITECTURES = {
     "draft-s": dict(hidden_size=192, intermediate_size=512, num_hidden_layers=1, num_attention_heads=3),
 }
 SEQ_LEN = 512
+PYDOCS_DIR = Path(__file__).resolve().parents[2] / "models" / "pydocs"  # the shipped artifacts
 
 
 def prepare(data_dir: Path, cache_dir: Path) -> dict:
@@ -142,8 +143,23 @@ def write_manifest(out_dir: Path, data: dict, reports: dict, recipe: dict) -> di
     return manifest
 
 
-def main(argv: list[str] | None = None) -> None:
-    parser = argparse.ArgumentParser(prog="python -m banditspec.pydocs.build", description=__doc__.splitlines()[0])
+def verify(out_dir: Path) -> list[str]:
+    """Problems with the artifacts in out_dir against their MANIFEST.json; empty when all match."""
+    manifest_path = out_dir / "MANIFEST.json"
+    if not manifest_path.exists():
+        return [f"{manifest_path} is missing"]
+    problems = []
+    for name, digest in json.loads(manifest_path.read_text())["sha256"].items():
+        path = out_dir / name
+        if not path.exists():
+            problems.append(f"{name} is missing")
+        elif hashlib.sha256(path.read_bytes()).hexdigest() != digest:
+            problems.append(f"{name} does not match its SHA-256")
+    return problems
+
+
+def main(argv: list[str] | None = None, prog: str = "python -m banditspec.pydocs.build") -> None:
+    parser = argparse.ArgumentParser(prog=prog, description=__doc__.splitlines()[0])
     parser.add_argument("phase", choices=["prepare", "train", "all"])
     parser.add_argument("--data-dir", type=Path, default=Path.home() / ".cache/banditspec/pydocs-data")
     parser.add_argument("--cache-dir", type=Path, default=Path.home() / ".cache/banditspec/downloads")

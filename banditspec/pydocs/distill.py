@@ -1,0 +1,136 @@
+"""Distil a small draft model from any Hugging Face causal-LM target (`banditspec distill`).
+
+The draft shares the target's tokenizer, so it loads as a model drafter for that target. When the
+draft is narrower than the target, its (tied) embedding starts as the target's embedding projected
+onto its top singular directions: the output layer then begins close to the target's, which matters
+most for a large vocabulary such as SmolLM2's 49k tokens.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import math
+import shutil
+import time
+from pathlib import Path
+
+import numpy as np
+import torch
+from transformers import AutoModelForCausalLM, AutoTokenizer, LlamaConfig, LlamaForCausalLM
+
+from banditspec.pydocs import corpus
+from banditspec.pydocs.train import TrainConfig, held_out_windows, train
+
+
+def draft_config(target_config, hidden: int, layers: int, heads: int, intermediate: int) -> LlamaConfig:
+    return LlamaConfig(
+        vocab_size=target_config.vocab_size,
+        hidden_size=hidden,
+        intermediate_size=intermediate,
+        num_hidden_layers=layers,
+        num_attention_heads=heads,
+        num_key_value_heads=heads,
+        max_position_embeddings=target_config.max_position_embeddings,
+        rope_theta=getattr(target_config, "rope_theta", 10000.0),
+        tie_word_embeddings=True,
+        bos_token_id=target_config.bos_token_id,
+        eos_token_id=target_config.eos_token_id,
+        pad_token_id=getattr(target_config, "pad_token_id", None),
+    )
+
+
+def project_embedding(target: torch.nn.Module, draft: LlamaForCausalLM) -> None:
+    """Start the draft's embedding as the target's, projected onto its top `hidden` right singular vectors."""
+    source = target.get_input_embeddings().weight.detach().float()
+    hidden = draft.config.hidden_size
+    if hidden >= source.shape[1]:
+        return
+    _, _, vh = torch.linalg.svd(source, full_matrices=False)
+    draft.get_input_embeddings().weight.data.copy_(source @ vh[:hidden].T)
+
+
+def token_stream(tokenizer, texts: list[str]) -> np.ndarray:
+    eos = tokenizer.eos_token_id if tokenizer.eos_token_id is not None else 0
+    ids = tokenizer(texts, add_special_tokens=False)["input_ids"]
+    dtype = np.uint16 if len(tokenizer) <= 65535 else np.int32
+    return np.concatenate([np.array(doc + [eos], dtype=dtype) for doc in ids])
+
+
+def main(argv: list[str] | None = None) -> None:
+    parser = argparse.ArgumentParser(prog="banditspec distill", description=__doc__.splitlines()[0])
+    parser.add_argument("--target", default="default", help="target model directory, or 'default' (SmolLM2-135M-Instruct)")
+    parser.add_argument("--out", type=Path, required=True)
+    parser.add_argument("--text", nargs="*", default=[], help="training text files (default: the pydocs corpus)")
+    parser.add_argument("--cache-dir", type=Path, default=Path.home() / ".cache/banditspec/downloads")
+    parser.add_argument("--hidden", type=int, default=256)
+    parser.add_argument("--layers", type=int, default=2)
+    parser.add_argument("--heads", type=int, default=4)
+    parser.add_argument("--intermediate", type=int, default=704)
+    parser.add_argument("--steps", type=int, default=2000)
+    parser.add_argument("--batch-size", type=int, default=8)
+    parser.add_argument("--seq-len", type=int, default=256)
+    parser.add_argument("--learning-rate", type=float, default=2e-3)
+    parser.add_argument("--eval-every", type=int, default=100)
+    parser.add_argument("--held-out-windows", type=int, default=16)
+    parser.add_argument("--max-minutes", type=float, default=math.inf)
+    parser.add_argument("--device", default="cuda" if torch.cuda.is_available() else "cpu")
+    parser.add_argument("--seed", type=int, default=20250702)
+    args = parser.parse_args(argv)
+
+    from banditspec.default_model import resolve_model_path
+
+    target_dir = Path(resolve_model_path(args.target))
+    device = torch.device(args.device)
+    tokenizer = AutoTokenizer.from_pretrained(str(target_dir))
+    dtype = torch.bfloat16 if device.type == "cuda" else torch.float32
+    target = AutoModelForCausalLM.from_pretrained(str(target_dir), dtype=dtype).to(device).eval().requires_grad_(False)
+    if args.text:
+        train_texts = [Path(p).read_text(encoding="utf-8") for p in args.text]
+        held_texts = train_texts[-1:]
+        train_texts = train_texts[:-1] or train_texts
+        data = f"{len(args.text)} text files, the last held out"
+    else:
+        documents = corpus.read_documents(corpus.fetch_deb(args.cache_dir))
+        train_texts = [d.text for d in documents if not d.held_out]
+        held_texts = [d.text for d in documents if d.held_out]
+        data = f"pydocs corpus ({corpus.DEB_URL}), held-out split as in banditspec.pydocs.corpus"
+    train_tokens = token_stream(tokenizer, train_texts)
+    held = held_out_windows(token_stream(tokenizer, held_texts), args.seq_len, args.held_out_windows)
+
+    torch.manual_seed(args.seed)
+    draft = LlamaForCausalLM(draft_config(target.config, args.hidden, args.layers, args.heads, args.intermediate))
+    project_embedding(target, draft)
+    print(f"target {target_dir.name}: {sum(p.numel() for p in target.parameters()) / 1e6:.1f}M; "
+          f"draft {sum(p.numel() for p in draft.parameters()) / 1e6:.2f}M parameters; "
+          f"{len(train_tokens)} training tokens", flush=True)
+    config = TrainConfig(
+        args.steps,
+        batch_size=args.batch_size,
+        seq_len=args.seq_len,
+        learning_rate=args.learning_rate,
+        warmup_steps=min(100, args.steps // 10),
+        eval_every=args.eval_every,
+        max_seconds=args.max_minutes * 60,
+        seed=args.seed,
+    )
+    report = train(draft, train_tokens, held, config, device, teacher=target, log=lambda line: print(line, flush=True))
+    shutil.rmtree(args.out, ignore_errors=True)
+    draft.to("cpu", torch.bfloat16).save_pretrained(args.out, safe_serialization=True)
+    tokenizer.save_pretrained(args.out)
+    record = {
+        "target": str(target_dir),
+        "data": data,
+        "training_tokens": int(len(train_tokens)),
+        "architecture": {"hidden": args.hidden, "layers": args.layers, "heads": args.heads, "intermediate": args.intermediate},
+        "recipe": {k: str(v) for k, v in vars(args).items()},
+        "device": str(device),
+        "result": report.as_dict(),
+        "finished": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime()),
+    }
+    (args.out / "distill.json").write_text(json.dumps(record, indent=2) + "\n")
+    print(json.dumps(record["result"]))
+
+
+if __name__ == "__main__":
+    main()
