@@ -90,6 +90,7 @@ def cmd_serve_controller(args: argparse.Namespace) -> None:
                 pld_gammas=_ints(args.pld_gammas),
                 model_gammas=_ints(args.model_gammas),
                 rpc_timeout=args.rpc_timeout,
+                refresh_seconds=args.refresh_seconds,
                 host=args.host,
                 port=args.port,
                 metrics_port=args.metrics_port,
@@ -267,8 +268,14 @@ def cmd_pydocs(argv: list[str]) -> None:
         print("all files match MANIFEST.json")
     elif argv[:1] == ["build"]:
         build.main(["all", *argv[1:]], prog="banditspec pydocs build")
+    elif argv[:1] == ["datastore"] and len(argv) == 3:
+        cache = Path.home() / ".cache" / "banditspec" / "downloads"
+        print(build.build_corpus_datastore(argv[1], Path(argv[2]), cache))
     else:
-        sys.exit("usage: banditspec pydocs build [--help] | banditspec pydocs verify [DIR]")
+        sys.exit(
+            "usage: banditspec pydocs build [--help] | banditspec pydocs verify [DIR] | "
+            "banditspec pydocs datastore TOKENIZER OUT.npz  (retrieval datastore of the corpus' training split)"
+        )
 
 
 def cmd_distill(argv: list[str]) -> None:
@@ -309,6 +316,7 @@ def build_parser() -> argparse.ArgumentParser:
     controller.add_argument("--pld-gammas", default="3,6", help="γ values for model-free drafters (prompt lookup, suffix, retrieval)")
     controller.add_argument("--model-gammas", default="2,4", help="γ values for model drafters")
     controller.add_argument("--rpc-timeout", type=float, default=60.0)
+    controller.add_argument("--refresh-seconds", type=float, default=2.0, help="how often arms follow the draft services' drafters")
     controller.add_argument("--metrics-port", type=int, help="serve Prometheus metrics on this port")
     _service_args(controller, 50050)
     controller.set_defaults(func=cmd_serve_controller)

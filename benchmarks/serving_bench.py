@@ -60,12 +60,12 @@ import torch  # noqa: E402
 import transformers  # noqa: E402
 from transformers import AutoModelForCausalLM, AutoTokenizer  # noqa: E402
 
-from banditspec.default_model import ensure_default_model  # noqa: E402
+from banditspec.default_model import resolve_model_path  # noqa: E402
 from banditspec.launcher import LocalStack  # noqa: E402
 from banditspec.v1 import generation_pb2, generation_pb2_grpc  # noqa: E402
 
 PROMPTS_FILE = Path(__file__).with_name("prompts.json")
-PLAIN, PLD = "hf-plain", "hf-pld"
+PLAIN, PLD, ASSISTED = "hf-plain", "hf-pld", "hf-assisted"
 BANDITS = {"ucbspec": generation_pb2.POLICY_UCBSPEC, "exp3spec": generation_pb2.POLICY_EXP3SPEC}
 PLD_NUM_TOKENS = 5
 QUICK = {"limit": 1, "max_new_tokens": 32, "dtypes": ["float32"]}
@@ -78,7 +78,8 @@ QUICK = {"limit": 1, "max_new_tokens": 32, "dtypes": ["float32"]}
 class Prompt:
     id: str
     kind: str
-    messages: list[dict]
+    messages: list[dict] | None  # a chat, rendered with the chat template ...
+    text: str | None = None  # ... or raw text (passage openings for a base model)
     ids: list[int] = field(default_factory=list)
 
 
@@ -120,7 +121,7 @@ class Measurement:
 
 
 def load_prompts(path: Path, kinds: list[str] | None, limit: int | None) -> list[Prompt]:
-    prompts = [Prompt(p["id"], p["kind"], p["messages"]) for p in json.loads(path.read_text())["prompts"]]
+    prompts = [Prompt(p["id"], p["kind"], p.get("messages"), p.get("text")) for p in json.loads(path.read_text())["prompts"]]
     known = sorted({p.kind for p in prompts})
     unknown = [k for k in kinds or [] if k not in known]
     if unknown:
@@ -141,6 +142,9 @@ def load_prompts(path: Path, kinds: list[str] | None, limit: int | None) -> list
 def render_prompts(prompts: list[Prompt], tokenizer) -> None:
     """The chat template with the generation prompt; the stack gets the same ids (token_ids prompt)."""
     for p in prompts:
+        if p.text is not None:
+            p.ids = tokenizer.encode(p.text, add_special_tokens=False)
+            continue
         encoded = tokenizer.apply_chat_template(p.messages, add_generation_prompt=True, tokenize=True)
         p.ids = list(encoded["input_ids"] if hasattr(encoded, "keys") else encoded)
 
@@ -173,9 +177,12 @@ def hf_call(model, prompt_ids: list[int], max_new_tokens: int, **generate_kwargs
     return Call(tokens, time.perf_counter() - start)
 
 
-def hf_methods(model, max_new_tokens: int) -> list[Method]:
+def hf_methods(model, max_new_tokens: int, assistant=None) -> list[Method]:
     pad = {"pad_token_id": model.generation_config.pad_token_id or model.generation_config.eos_token_id}
-    return [
+    assisted = [] if assistant is None else [
+        Method(ASSISTED, lambda ids: hf_call(model, ids, max_new_tokens, assistant_model=assistant, **pad), stack=False)
+    ]
+    return assisted + [
         Method(PLAIN, lambda ids: hf_call(model, ids, max_new_tokens, **pad), stack=False),
         Method(
             PLD,
@@ -371,11 +378,51 @@ def ratios(per_method: dict, per_kind: dict) -> dict:
             continue
         out[f"{policy}/{PLD}"] = ratio(tps[policy], tps[PLD])
         out[f"{policy}/{PLAIN}"] = ratio(tps[policy], tps[PLAIN])
+        if ASSISTED in tps:
+            out[f"{policy}/{ASSISTED}"] = ratio(tps[policy], tps[ASSISTED])
         out[f"{policy}/max({PLAIN},{PLD})_per_kind"] = {
             kind: ratio(v[policy]["tokens_per_second"], max(v[PLAIN]["tokens_per_second"], v[PLD]["tokens_per_second"]))
             for kind, v in per_kind.items()
         }
     return out
+
+
+def versus_fixed_arms(measurements: list[Measurement], per_method: dict) -> dict:
+    """Each bandit against the best single fixed arm (aggregate) and the per-prompt oracle (best fixed arm per prompt)."""
+    fixed = [m for m in per_method if m.startswith("fixed:")]
+    if not fixed:
+        return {}
+    best = max(fixed, key=lambda m: per_method[m]["tokens_per_second"])
+    oracle_tokens = oracle_seconds = 0.0
+    for _, ms in group(measurements, "prompt").items():
+        arms = [m for m in ms if m.method in fixed]
+        pick = max(arms, key=lambda m: m.tokens_per_second)
+        oracle_tokens, oracle_seconds = oracle_tokens + pick.tokens, oracle_seconds + pick.seconds
+    oracle = oracle_tokens / oracle_seconds if oracle_seconds else 0.0
+    out = {"best_fixed_arm": best, "best_fixed_tokens_per_second": per_method[best]["tokens_per_second"], "oracle_tokens_per_second": oracle}
+    for policy in BANDITS:
+        if policy in per_method:
+            tps = per_method[policy]["tokens_per_second"]
+            out[f"{policy}/best_fixed"] = ratio(tps, per_method[best]["tokens_per_second"])
+            out[f"{policy}/oracle"] = ratio(tps, oracle)
+    return out
+
+
+def acceptance(measurements: list[Measurement]) -> dict:
+    """Per kind and stack method: accepted / drafted tokens, and generated tokens per round."""
+    out: dict = defaultdict(dict)
+    for (kind, method), ms in group(measurements, "kind", "method").items():
+        stats = [m.stats for m in ms if m.stats]
+        if not stats:
+            continue
+        drafted = sum(a["drafted"] for s in stats for a in s["arms"].values())
+        accepted = sum(a["accepted"] for s in stats for a in s["arms"].values())
+        rounds = sum(s["rounds"] for s in stats)
+        out[kind][method] = {
+            "acceptance": accepted / drafted if drafted else None,
+            "tokens_per_round": sum(s["generated_tokens"] for s in stats) / rounds if rounds else None,
+        }
+    return dict(out)
 
 
 def overhead_summary(overheads: dict[str, list[float]]) -> dict:
@@ -423,6 +470,27 @@ def print_aggregates(result: dict, methods: list[str]) -> None:
             print(f"  {name}: " + ", ".join(f"{k} {_fmt(v)}" for k, v in value.items()))
         else:
             print(f"  {name}: {_fmt(value)}")
+
+
+def print_acceptance(result: dict, methods: list[str]) -> None:
+    stack = [m for m in methods if any(m in v for v in result["acceptance"].values())]
+    if not stack:
+        return
+    width = max(9, *(len(m) for m in stack)) + 1
+    print("per-token acceptance (accepted/drafted) | tokens per round")
+    print(f"{'kind':<16}" + "".join(f"{m:>{width}}" for m in stack))
+    for kind, values in result["acceptance"].items():
+        cells = []
+        for m in stack:
+            v = values.get(m, {})
+            rate = "-" if v.get("acceptance") is None else f"{v['acceptance']:.2f}"
+            cells.append(f"{rate + '|' + format(v.get('tokens_per_round') or 0, '.2f'):>{width}}")
+        print(f"{kind:<16}" + "".join(cells))
+    versus = result["versus_fixed_arms"]
+    if versus:
+        print(f"best fixed arm {versus['best_fixed_arm']} {versus['best_fixed_tokens_per_second']:.1f} tok/s, "
+              f"per-prompt oracle {versus['oracle_tokens_per_second']:.1f} tok/s; "
+              + ", ".join(f"{k} {_fmt(v)}" for k, v in versus.items() if "/" in k))
 
 
 def print_overheads(result: dict) -> None:
@@ -497,6 +565,7 @@ def run_dtype(dtype: str, model_path: Path, prompts: list[Prompt], args: argpars
     """Load the in-process model and start the stack in `dtype`; measure every method; stop the stack."""
     log(f"[{dtype}] loading the in-process model and starting the stack...")
     model = load_model(model_path, dtype, args.device)
+    assistant = load_model(resolve_model_path(args.assistant), dtype, args.device) if args.assistant else None
     stack = LocalStack(
         model=str(model_path),
         drafters=args.drafter or ["pld=prompt_lookup"],
@@ -509,11 +578,11 @@ def run_dtype(dtype: str, model_path: Path, prompts: list[Prompt], args: argpars
         stub = generation_pb2_grpc.GenerationServiceStub(channel)
         arms = list_arms(stub, timeout=30)
         log(f"[{dtype}] arms: {', '.join(arms)}")
-        methods = hf_methods(model, args.max_new_tokens) + stack_methods(
+        methods = hf_methods(model, args.max_new_tokens, assistant) + stack_methods(
             stub, arms, args.max_new_tokens, args.timeout, args.seed
         )
         raw = measure(methods, prompts, args.repeats, dtype, log)
-    del model
+    del model, assistant
     return build_result(dtype, arms, [m.name for m in methods], raw)
 
 
@@ -527,6 +596,8 @@ def build_result(dtype: str, arms: list[str], methods: list[str], raw: dict) -> 
         "per_method": per_method,
         "per_kind": per_kind,
         "ratios": ratios(per_method, per_kind),
+        "versus_fixed_arms": versus_fixed_arms(raw["measurements"], per_method),
+        "acceptance": acceptance(raw["measurements"]),
         "controller_overhead": overhead_summary(raw["overheads"]),
         "arm_usage": arm_usage(raw["measurements"]),
         "mismatches": raw["mismatches"],
@@ -539,6 +610,7 @@ def report(result: dict) -> None:
     print_prompt_table(result["dtype"], result["_measurements"], result["methods"])
     print()
     print_aggregates(result, result["methods"])
+    print_acceptance(result, result["methods"])
     print_overheads(result)
     print_mismatches(result["mismatches"], result["problems"])
 
@@ -559,7 +631,8 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     parser.add_argument("--json", help="write all results here")
     parser.add_argument("--quick", action="store_true", help="smoke run: 1 prompt per kind, 32 tokens, float32 only")
     parser.add_argument("--prompts", default=str(PROMPTS_FILE))
-    parser.add_argument("--model", default="default", help="HF model directory (default: SmolLM2-135M-Instruct)")
+    parser.add_argument("--model", default="default", help="HF model directory, 'default' (SmolLM2-135M-Instruct) or pydocs")
+    parser.add_argument("--assistant", help="draft model for the assisted generate() baseline (e.g. pydocs:draft-m)")
     parser.add_argument("--device", default="auto", help="auto | cpu | cuda (the baselines and the target)")
     parser.add_argument("--drafter", action="append", help="draft service drafter spec (default pld=prompt_lookup)")
     parser.add_argument("--seed", type=int, default=0, help="request seed (bandit tie-breaking / EXP3 draws)")
@@ -585,7 +658,7 @@ def main(argv: list[str] | None = None) -> int:
     def log(message: str) -> None:
         print(message, file=sys.stderr, flush=True)
 
-    model_path = ensure_default_model() if args.model == "default" else Path(args.model)
+    model_path = resolve_model_path(args.model)
     prompts = load_prompts(Path(args.prompts), args.kinds, args.limit)
     render_prompts(prompts, AutoTokenizer.from_pretrained(str(model_path)))
     log(f"{len(prompts)} prompts, {args.max_new_tokens} new tokens, dtypes {', '.join(args.dtypes)}, "
@@ -616,6 +689,8 @@ def write_json(path: Path, args: argparse.Namespace, prompts: list[Prompt], resu
             "quick": args.quick,
             "seed": args.seed,
             "pld_num_tokens": PLD_NUM_TOKENS,
+            "assistant": args.assistant,
+            "drafters": args.drafter,
             "prompts": [{"id": p.id, "kind": p.kind, "prompt_tokens": len(p.ids)} for p in prompts],
         },
         "results": {r["dtype"]: {k: v for k, v in r.items() if not k.startswith("_")} for r in results},

@@ -143,6 +143,20 @@ def write_manifest(out_dir: Path, data: dict, reports: dict, recipe: dict) -> di
     return manifest
 
 
+def build_corpus_datastore(tokenizer_path: str, out: Path, cache_dir: Path) -> str:
+    """A retrieval datastore over the training split of the corpus, in a target's tokenizer."""
+    from banditspec.datastore import build_datastore
+    from banditspec.default_model import resolve_model_path
+    from banditspec.models import load_tokenizer, vocab_fingerprint
+
+    tokenizer = load_tokenizer(resolve_model_path(tokenizer_path))
+    documents = [d for d in corpus.read_documents(corpus.fetch_deb(cache_dir)) if not d.held_out]
+    ids = tokenizer([d.text for d in documents], add_special_tokens=False)["input_ids"]
+    datastore = build_datastore(ids, vocab_fingerprint(tokenizer), f"pydocs training split ({len(documents)} files)")
+    datastore.save(out)
+    return f"{datastore.num_tokens} tokens, {datastore.num_documents} documents -> {out}"
+
+
 def verify(out_dir: Path) -> list[str]:
     """Problems with the artifacts in out_dir against their MANIFEST.json; empty when all match."""
     manifest_path = out_dir / "MANIFEST.json"

@@ -85,7 +85,10 @@ class Controller:
     async def _refresh_forever(self) -> None:
         while True:
             await asyncio.sleep(self.config.refresh_seconds)
-            await self.refresh_arms()
+            try:
+                await self.refresh_arms()
+            except Exception:  # a bad answer must not stop refreshing for good; keep the last arms
+                log.exception("refreshing arms failed")
 
     def refused_reason(self, allowed: list[str]) -> str | None:
         for client in self.drafts.values():

@@ -44,6 +44,13 @@ class DrafterRegistry:
         for session in self.sessions.values():
             session.state.pop(name, None)
 
+    def forget_if_retired(self, drafter: Drafter, session: DraftSession) -> None:
+        """After a proposal: a drafter replaced or unloaded while it waited for (or ran on) the model
+        worker may have left state under its name after `_forget_state`; drop it, so that a successor
+        of the same name does not inherit it (a KV cache of other weights)."""
+        if self.drafters.get(drafter.name) is not drafter:
+            session.state.pop(drafter.name, None)
+
     # sessions -----------------------------------------------------------------------------------
     def sync(
         self,

@@ -43,8 +43,10 @@ def build_drafter(spec: DrafterSpec, device: str | None, default_dtype: str | No
             spec.name, spec.min_ngram or 2, spec.max_ngram or 4, scaled=not spec.fixed_length
         )
     if spec.kind == "suffix":
-        return SuffixDrafter(spec.name, **({"max_depth": spec.max_depth} if spec.max_depth else {}),
-                             **({"memory_tokens": spec.memory_tokens} if spec.memory_tokens else {}))
+        options = {"max_depth": spec.max_depth} if spec.max_depth else {}
+        if spec.memory_tokens:
+            options["memory_tokens"] = max(0, spec.memory_tokens)  # -1: remember no outputs
+        return SuffixDrafter(spec.name, **options)
     if spec.kind == "retrieval":
         return RetrievalDrafter.load(spec.name, spec.datastore_path, **({"max_depth": spec.max_depth} if spec.max_depth else {}))
     path = str(resolve_model_path(spec.model_path))
@@ -118,6 +120,7 @@ class DraftServicer(draft_pb2_grpc.DraftServiceServicer):
             proposal, seconds = await self._on(self.worker, self.registry.propose, drafter, session, request.num_tokens)
         else:  # model-free drafters cost microseconds: a thread hop would cost more than the work
             proposal, seconds = self.registry.propose(drafter, session, request.num_tokens)
+        self.registry.forget_if_retired(drafter, session)
         probs = [] if proposal.probs is None else [distributions.encode(row) for row in proposal.probs]
         return draft_pb2.ProposeResponse(
             draft_ids=proposal.token_ids,

@@ -2,7 +2,7 @@
 
     NAME=prompt_lookup[:MIN-MAX][:fixed]
     NAME=model:PATH[@DTYPE]
-    NAME=suffix[:DEPTH[:MEMORY_TOKENS]]
+    NAME=suffix[:DEPTH[:MEMORY_TOKENS|off]]
     NAME=retrieval:DATASTORE_PATH[:DEPTH]
 """
 
@@ -19,7 +19,7 @@ KINDS = {
     "retrieval": draft_pb2.DRAFTER_KIND_RETRIEVAL,
 }
 USAGE = (
-    "NAME=prompt_lookup[:MIN-MAX][:fixed], NAME=model:PATH[@DTYPE], NAME=suffix[:DEPTH[:MEMORY_TOKENS]] "
+    "NAME=prompt_lookup[:MIN-MAX][:fixed], NAME=model:PATH[@DTYPE], NAME=suffix[:DEPTH[:MEMORY_TOKENS|off]] "
     "or NAME=retrieval:DATASTORE_PATH[:DEPTH]"
 )
 KIND_NAMES = {value: key for key, value in KINDS.items()}
@@ -61,7 +61,8 @@ class DrafterSpec:
             return cls(name, kind, model_path=path, dtype=dtype)
         if kind == "suffix":
             depth, _, memory = arg.partition(":")
-            return cls(name, kind, max_depth=_int(text, depth), memory_tokens=_int(text, memory))
+            remembered = -1 if memory == "off" else _int(text, memory)  # off: no learning across requests
+            return cls(name, kind, max_depth=_int(text, depth), memory_tokens=remembered)
         if kind == "retrieval":
             path, _, depth = arg.rpartition(":") if arg.rpartition(":")[2].isdigit() else (arg, "", "")
             if not path:
@@ -94,8 +95,8 @@ class DrafterSpec:
             raise ValueError("a model drafter needs model_path")
         if pb.kind == draft_pb2.DRAFTER_KIND_RETRIEVAL and not pb.datastore_path:
             raise ValueError("a retrieval drafter needs datastore_path")
-        if pb.max_depth < 0 or pb.memory_tokens < 0:
-            raise ValueError("max_depth and memory_tokens must be >= 0")
+        if pb.max_depth < 0 or pb.memory_tokens < -1:
+            raise ValueError("max_depth must be >= 0 and memory_tokens >= -1")
         return cls(
             pb.name,
             KIND_NAMES[pb.kind],
