@@ -9,7 +9,7 @@ import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from services.controller.policies import POLICIES, EXP3Spec, FixedArm, UCBSpec, make_policy
+from services.controller.policies import POLICIES, EXP3Spec, FixedArm, UCBSpec, UniformRandom, make_policy
 from services.controller.policies.ucb import confidence_radius
 
 # UCBSpec ---------------------------------------------------------------------------------------
@@ -268,6 +268,24 @@ def test_make_policy():
     assert isinstance(make_policy("exp3spec", 3, rng), EXP3Spec)
     fixed = make_policy("fixed", 3, rng)
     assert isinstance(fixed, FixedArm) and fixed.select() == 0
-    assert set(POLICIES) == {"ucbspec", "exp3spec", "fixed"}
+    assert isinstance(make_policy("uniform", 3, rng), UniformRandom)
+    assert set(POLICIES) == {"ucbspec", "exp3spec", "fixed", "uniform"}
     with pytest.raises(ValueError, match="unknown policy"):
         make_policy("thompson", 3, rng)
+
+
+def test_uniform_draws_every_active_arm_about_equally_and_ignores_rewards():
+    policy = UniformRandom(4, np.random.default_rng(0))
+    policy.disable(2)
+    counts = np.zeros(4)
+    for _ in range(3000):
+        arm = policy.select()
+        policy.update(arm, 1.0 if arm == 0 else 0.0)
+        counts[arm] += 1
+    assert counts[2] == 0
+    # 1000 expected per arm; a binomial sd is ~26, so 900..1100 is a wide band
+    assert all(900 < c < 1100 for c in counts[[0, 1, 3]]), counts
+    for arm in (0, 1, 3):
+        policy.disable(arm)
+    with pytest.raises(RuntimeError):
+        policy.select()

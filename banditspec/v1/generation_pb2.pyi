@@ -13,6 +13,7 @@ class Policy(int, metaclass=_enum_type_wrapper.EnumTypeWrapper):
     POLICY_UCBSPEC: _ClassVar[Policy]
     POLICY_EXP3SPEC: _ClassVar[Policy]
     POLICY_FIXED: _ClassVar[Policy]
+    POLICY_UNIFORM: _ClassVar[Policy]
 
 class FinishReason(int, metaclass=_enum_type_wrapper.EnumTypeWrapper):
     __slots__ = ()
@@ -25,6 +26,7 @@ POLICY_UNSPECIFIED: Policy
 POLICY_UCBSPEC: Policy
 POLICY_EXP3SPEC: Policy
 POLICY_FIXED: Policy
+POLICY_UNIFORM: Policy
 FINISH_REASON_UNSPECIFIED: FinishReason
 FINISH_REASON_LENGTH: FinishReason
 FINISH_REASON_EOS: FinishReason

@@ -16,6 +16,7 @@ POLICY_NAMES = {
     generation_pb2.POLICY_UCBSPEC: "ucbspec",
     generation_pb2.POLICY_EXP3SPEC: "exp3spec",
     generation_pb2.POLICY_FIXED: "fixed",
+    generation_pb2.POLICY_UNIFORM: "uniform",
 }
 FINISH_REASONS = {
     "length": generation_pb2.FINISH_REASON_LENGTH,

@@ -8,8 +8,9 @@ from services.controller.policies.base import Policy
 from services.controller.policies.exp3 import EXP3Spec
 from services.controller.policies.fixed import FixedArm
 from services.controller.policies.ucb import UCBSpec
+from services.controller.policies.uniform import UniformRandom
 
-POLICIES = ("ucbspec", "exp3spec", "fixed")
+POLICIES = ("ucbspec", "exp3spec", "fixed", "uniform")
 
 
 def make_policy(name: str, num_arms: int, rng: np.random.Generator) -> Policy:
@@ -19,7 +20,9 @@ def make_policy(name: str, num_arms: int, rng: np.random.Generator) -> Policy:
         return EXP3Spec(num_arms, rng)
     if name == "fixed":
         return FixedArm(num_arms, arm=0)
+    if name == "uniform":
+        return UniformRandom(num_arms, rng)
     raise ValueError(f"unknown policy {name!r}; choose one of {', '.join(POLICIES)}")
 
 
-__all__ = ["POLICIES", "EXP3Spec", "FixedArm", "Policy", "UCBSpec", "make_policy"]
+__all__ = ["POLICIES", "EXP3Spec", "FixedArm", "Policy", "UCBSpec", "UniformRandom", "make_policy"]

@@ -1,0 +1,27 @@
+"""Uniformly random arm choice: the no-learning baseline the bandits are compared against."""
+
+from __future__ import annotations
+
+import numpy as np
+
+
+class UniformRandom:
+    name = "uniform"
+
+    def __init__(self, num_arms: int, rng: np.random.Generator) -> None:
+        if num_arms < 1:
+            raise ValueError("uniform choice needs at least one arm")
+        self.rng = rng
+        self.active = [True] * num_arms
+
+    def select(self) -> int:
+        candidates = [i for i, on in enumerate(self.active) if on]
+        if not candidates:
+            raise RuntimeError("every arm is disabled")
+        return candidates[int(self.rng.integers(len(candidates)))]
+
+    def update(self, arm: int, reward: float) -> None:
+        pass  # learns nothing, by design
+
+    def disable(self, arm: int) -> None:
+        self.active[arm] = False
