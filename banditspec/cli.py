@@ -284,7 +284,13 @@ def cmd_distill(argv: list[str]) -> None:
     distill.main(argv)
 
 
-TRAINING_COMMANDS = {"pydocs": cmd_pydocs, "distill": cmd_distill}
+def cmd_bench(argv: list[str]) -> None:
+    from banditspec.bench.cli import main as bench_main
+
+    sys.exit(bench_main(argv))
+
+
+TRAINING_COMMANDS = {"pydocs": cmd_pydocs, "distill": cmd_distill, "bench": cmd_bench}
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -373,6 +379,7 @@ def build_parser() -> argparse.ArgumentParser:
     # Training commands parse their own arguments (main() hands them over); listed here for --help.
     sub.add_parser("pydocs", help="build (or verify) the pydocs model family: banditspec pydocs build --help")
     sub.add_parser("distill", help="distil a draft model from any target: banditspec distill --help")
+    sub.add_parser("bench", help="benchmark the stack against transformers generate(): banditspec bench --help")
     return parser
 
 

@@ -287,7 +287,7 @@ async def test_replace_model_drafter_under_traffic(clients, references, tiny_mod
             ),
             timeout=RPC_TIMEOUT,
         )
-        assert response.drafter.source == str(tiny_models.target)
+        assert response.drafter.source.startswith(str(tiny_models.target))
         swapped = traffic.mark()
         outcomes = await traffic.stop()
 
@@ -449,7 +449,7 @@ async def test_successor_does_not_inherit_state_of_a_proposal_still_queued(tiny_
         await servicer.Propose(propose(0, prompt), context)
         servicer.worker.submit(gate.wait)
         queued = asyncio.create_task(servicer.Propose(propose(len(prompt), []), context))
-        successor = DrafterSpec.parse(f"swap=model:{tiny_models.target}")
+        successor = DrafterSpec.parse(f"swap=model:{tiny_models.target}~-1")  # always 4 tokens: compare whole drafts
         if how == "replace":
             swap = asyncio.create_task(servicer.load(successor, replace=True))
         else:

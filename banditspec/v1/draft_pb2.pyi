@@ -106,7 +106,7 @@ class ReleaseDraftSessionResponse(_message.Message):
     def __init__(self, released: _Optional[bool] = ...) -> None: ...
 
 class LoadDrafterRequest(_message.Message):
-    __slots__ = ("name", "kind", "model_path", "dtype", "min_ngram", "max_ngram", "replace", "fixed_length", "datastore_path", "max_depth", "memory_tokens")
+    __slots__ = ("name", "kind", "model_path", "dtype", "min_ngram", "max_ngram", "replace", "fixed_length", "datastore_path", "max_depth", "memory_tokens", "min_confidence")
     NAME_FIELD_NUMBER: _ClassVar[int]
     KIND_FIELD_NUMBER: _ClassVar[int]
     MODEL_PATH_FIELD_NUMBER: _ClassVar[int]
@@ -118,6 +118,7 @@ class LoadDrafterRequest(_message.Message):
     DATASTORE_PATH_FIELD_NUMBER: _ClassVar[int]
     MAX_DEPTH_FIELD_NUMBER: _ClassVar[int]
     MEMORY_TOKENS_FIELD_NUMBER: _ClassVar[int]
+    MIN_CONFIDENCE_FIELD_NUMBER: _ClassVar[int]
     name: str
     kind: DrafterKind
     model_path: str
@@ -129,7 +130,8 @@ class LoadDrafterRequest(_message.Message):
     datastore_path: str
     max_depth: int
     memory_tokens: int
-    def __init__(self, name: _Optional[str] = ..., kind: _Optional[_Union[DrafterKind, str]] = ..., model_path: _Optional[str] = ..., dtype: _Optional[str] = ..., min_ngram: _Optional[int] = ..., max_ngram: _Optional[int] = ..., replace: _Optional[bool] = ..., fixed_length: _Optional[bool] = ..., datastore_path: _Optional[str] = ..., max_depth: _Optional[int] = ..., memory_tokens: _Optional[int] = ...) -> None: ...
+    min_confidence: float
+    def __init__(self, name: _Optional[str] = ..., kind: _Optional[_Union[DrafterKind, str]] = ..., model_path: _Optional[str] = ..., dtype: _Optional[str] = ..., min_ngram: _Optional[int] = ..., max_ngram: _Optional[int] = ..., replace: _Optional[bool] = ..., fixed_length: _Optional[bool] = ..., datastore_path: _Optional[str] = ..., max_depth: _Optional[int] = ..., memory_tokens: _Optional[int] = ..., min_confidence: _Optional[float] = ...) -> None: ...
 
 class LoadDrafterResponse(_message.Message):
     __slots__ = ("drafter", "load_seconds")

@@ -50,7 +50,8 @@ def build_drafter(spec: DrafterSpec, device: str | None, default_dtype: str | No
     if spec.kind == "retrieval":
         return RetrievalDrafter.load(spec.name, spec.datastore_path, **({"max_depth": spec.max_depth} if spec.max_depth else {}))
     path = str(resolve_model_path(spec.model_path))
-    return ModelDrafter.load(spec.name, path, device=device, dtype=spec.dtype or default_dtype)
+    confidence = {} if spec.min_confidence == 0 else {"min_confidence": max(0.0, spec.min_confidence)}
+    return ModelDrafter.load(spec.name, path, device=device, dtype=spec.dtype or default_dtype, **confidence)
 
 
 def drafter_info(drafter: Drafter) -> draft_pb2.DrafterInfo:

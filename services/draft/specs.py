@@ -1,7 +1,7 @@
 """Drafter specifications, one string per drafter (CLI flags, `drafters load`):
 
     NAME=prompt_lookup[:MIN-MAX][:fixed]
-    NAME=model:PATH[@DTYPE]
+    NAME=model:PATH[@DTYPE][~MIN_CONFIDENCE]
     NAME=suffix[:DEPTH[:MEMORY_TOKENS|off]]
     NAME=retrieval:DATASTORE_PATH[:DEPTH]
 """
@@ -19,7 +19,7 @@ KINDS = {
     "retrieval": draft_pb2.DRAFTER_KIND_RETRIEVAL,
 }
 USAGE = (
-    "NAME=prompt_lookup[:MIN-MAX][:fixed], NAME=model:PATH[@DTYPE], NAME=suffix[:DEPTH[:MEMORY_TOKENS|off]] "
+    "NAME=prompt_lookup[:MIN-MAX][:fixed], NAME=model:PATH[@DTYPE][~MIN_CONFIDENCE], NAME=suffix[:DEPTH[:MEMORY_TOKENS|off]] "
     "or NAME=retrieval:DATASTORE_PATH[:DEPTH]"
 )
 KIND_NAMES = {value: key for key, value in KINDS.items()}
@@ -37,6 +37,7 @@ class DrafterSpec:
     datastore_path: str = ""
     max_depth: int = 0
     memory_tokens: int = 0
+    min_confidence: float = 0.0  # 0: the drafter's default; negative: never stop early
 
     @classmethod
     def parse(cls, text: str) -> DrafterSpec:
@@ -57,8 +58,15 @@ class DrafterSpec:
         if kind == "model":
             if not arg:
                 raise ValueError(f"drafter spec {text!r}: a model drafter needs a path")
+            arg, _, confidence = arg.partition("~")
             path, _, dtype = arg.partition("@")
-            return cls(name, kind, model_path=path, dtype=dtype)
+            try:
+                min_confidence = float(confidence) if confidence else 0.0
+            except ValueError:
+                raise ValueError(f"drafter spec {text!r}: {confidence!r} is not a number") from None
+            if not path:
+                raise ValueError(f"drafter spec {text!r}: a model drafter needs a path")
+            return cls(name, kind, model_path=path, dtype=dtype, min_confidence=min_confidence)
         if kind == "suffix":
             depth, _, memory = arg.partition(":")
             remembered = -1 if memory == "off" else _int(text, memory)  # off: no learning across requests
@@ -83,6 +91,7 @@ class DrafterSpec:
             datastore_path=self.datastore_path,
             max_depth=self.max_depth,
             memory_tokens=self.memory_tokens,
+            min_confidence=self.min_confidence,
         )
 
     @classmethod
@@ -95,6 +104,8 @@ class DrafterSpec:
             raise ValueError("a model drafter needs model_path")
         if pb.kind == draft_pb2.DRAFTER_KIND_RETRIEVAL and not pb.datastore_path:
             raise ValueError("a retrieval drafter needs datastore_path")
+        if not pb.min_confidence <= 1.0:
+            raise ValueError(f"min_confidence must be <= 1, got {pb.min_confidence}")
         if pb.max_depth < 0 or pb.memory_tokens < -1:
             raise ValueError("max_depth must be >= 0 and memory_tokens >= -1")
         return cls(
@@ -108,6 +119,7 @@ class DrafterSpec:
             pb.datastore_path,
             pb.max_depth,
             pb.memory_tokens,
+            pb.min_confidence,
         )
 
 

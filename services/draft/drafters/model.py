@@ -1,7 +1,10 @@
 """A small causal LM as drafter, with its own per-session KV cache.
 
-Greedy requests get a deterministic (argmax) draft; sampled ones draw from q after the request's
-temperature/top-k/top-p, and ship q so the target can apply the speculative-sampling rule.
+Greedy requests get a deterministic (argmax) draft that stops early where the drafter is unsure (its
+top probability below `min_confidence`, as transformers' assistant_confidence_threshold does): γ is
+then a cap, and a verified position the target would likely reject is not paid for. Sampled requests
+draw from q after the request's temperature/top-k/top-p, and ship q so the target can apply the
+speculative-sampling rule.
 """
 
 from __future__ import annotations
@@ -32,19 +35,26 @@ def _common_prefix(a: list[int], b: list[int]) -> int:
     return i
 
 
+DEFAULT_MIN_CONFIDENCE = 0.4
+
+
 class ModelDrafter:
     kind = "model"
 
-    def __init__(self, name: str, loaded: LoadedModel) -> None:
+    def __init__(self, name: str, loaded: LoadedModel, min_confidence: float = DEFAULT_MIN_CONFIDENCE) -> None:
         self.name = name
         self.loaded = loaded
+        self.min_confidence = min_confidence
         self.vocab_fingerprint = loaded.fingerprint
-        self.source = loaded.path
+        self.source = loaded.path + (f" (greedy drafts stop below confidence {min_confidence})" if min_confidence > 0 else "")
         self.device = str(loaded.device)
 
     @classmethod
-    def load(cls, name: str, path: str, device: str | None = None, dtype: str | None = None) -> ModelDrafter:
-        return cls(name, load_causal_lm(path, device=device, dtype=dtype))
+    def load(
+        cls, name: str, path: str, device: str | None = None, dtype: str | None = None,
+        min_confidence: float = DEFAULT_MIN_CONFIDENCE,
+    ) -> ModelDrafter:
+        return cls(name, load_causal_lm(path, device=device, dtype=dtype), min_confidence)
 
     def _state(self, session: DraftSession) -> _ModelState:
         state = session.state.get(self.name)
@@ -79,6 +89,8 @@ class ModelDrafter:
             state.cached_ids.extend(feed)
             if sampling.greedy:
                 token = int(torch.argmax(logits))
+                if step > 0 and self.min_confidence > 0 and torch.softmax(logits.float(), -1)[token] < self.min_confidence:
+                    break  # the first token is always drafted: the arm was chosen to draft
             else:
                 q = probabilities(logits, sampling)
                 token = int(torch.multinomial(q, 1, generator=state.generator))

@@ -1,0 +1,54 @@
+"""What one benchmark run measures: the family presets and the resolved configuration."""
+
+from __future__ import annotations
+
+from dataclasses import asdict, dataclass
+from pathlib import Path
+
+BENCHMARKS_DIR = Path(__file__).resolve().parents[2] / "benchmarks"
+SUFFIX = "sfx=suffix:24:off"  # memory off: earlier runs of a prompt by other methods must not leak its answer
+
+
+@dataclass(frozen=True)
+class Family:
+    model: str
+    prompts: Path
+    drafters: tuple[str, ...]
+    assistant: str | None = None
+
+
+FAMILIES = {
+    "default": Family("default", BENCHMARKS_DIR / "prompts.json", ("pld=prompt_lookup", SUFFIX)),
+    "pydocs": Family(
+        "pydocs",
+        BENCHMARKS_DIR / "pydocs_passages.json",
+        ("dm=model:pydocs:draft-m", "ds=model:pydocs:draft-s", "pld=prompt_lookup", SUFFIX),
+        assistant="pydocs:draft-m",
+    ),
+}
+# Full run vs --reduced (a smoke run that also feeds the test: 1 prompt per kind, short answers, float32).
+FULL = {"dtypes": ["float32", "bfloat16"], "max_new_tokens": 128, "limit": None}
+REDUCED = {"dtypes": ["float32"], "max_new_tokens": 24, "limit": 1}
+
+
+@dataclass
+class BenchConfig:
+    family: str
+    model: str
+    prompts: Path
+    drafters: list[str]
+    assistant: str | None
+    dtypes: list[str]
+    max_new_tokens: int
+    limit: int | None
+    kinds: list[str] | None
+    repeats: int
+    reduced: bool
+    out: Path
+    device: str
+    seed: int
+    timeout: float
+    log_dir: Path
+
+    def to_json(self) -> dict:
+        return {k: str(v) if isinstance(v, Path) else v for k, v in asdict(self).items()}

@@ -1,0 +1,147 @@
+"""The measuring loop: start the stack in one dtype, warm every method up, run them interleaved per prompt."""
+
+from __future__ import annotations
+
+import statistics
+from collections import defaultdict
+from dataclasses import dataclass
+
+import grpc
+from tqdm import tqdm
+
+from banditspec.bench.config import BenchConfig
+from banditspec.bench.methods import (
+    ADAPTIVE,
+    PLAIN,
+    Call,
+    Method,
+    hf_methods,
+    list_arms,
+    load_model,
+    stack_methods,
+)
+from banditspec.bench.workload import Prompt
+from banditspec.default_model import resolve_model_path
+from banditspec.launcher import LocalStack
+from banditspec.v1 import generation_pb2_grpc
+
+
+@dataclass
+class Measurement:
+    """One (dtype, prompt, method): the median call over repeats."""
+
+    dtype: str
+    prompt: str
+    kind: str
+    method: str
+    tokens: int
+    seconds: float
+    tokens_per_second: float
+    seconds_per_repeat: list[float]
+    matches_reference: bool | None
+    rounds: int | None = None  # stack methods (and the oracle)
+    round_seconds: float | None = None  # summed round wall times: decoding without prefill
+    trace: dict | None = None  # adaptive policies: per round "arms", "tokens", "seconds"
+    stats: dict | None = None
+
+
+def run_dtype(config: BenchConfig, dtype: str, prompts: list[Prompt], log) -> dict:
+    """Load the in-process models and start the stack in `dtype`; measure every method; stop the stack."""
+    log(f"[{dtype}] loading the in-process model and starting the stack...")
+    model_path = resolve_model_path(config.model)
+    model = load_model(model_path, dtype, config.device)
+    assistant = load_model(resolve_model_path(config.assistant), dtype, config.device) if config.assistant else None
+    device_args = ["--dtype", dtype, "--device", config.device]
+    stack = LocalStack(
+        model=str(model_path),
+        drafters=config.drafters,
+        controller_port=0,
+        extra_target_args=device_args,
+        extra_draft_args=device_args,
+        log_dir=config.log_dir / dtype,
+    )
+    with stack, grpc.insecure_channel(stack.address("controller")) as channel:
+        stub = generation_pb2_grpc.GenerationServiceStub(channel)
+        arms = list_arms(stub, timeout=30)
+        log(f"[{dtype}] arms: {', '.join(arms)}")
+        methods = hf_methods(model, config.max_new_tokens, assistant) + stack_methods(
+            stub, arms, config.max_new_tokens, config.timeout, config.seed
+        )
+        raw = measure(methods, prompts, config.repeats, dtype)
+    return {"dtype": dtype, "arms": arms, "methods": [m.name for m in methods], **raw}
+
+
+def measure(methods: list[Method], prompts: list[Prompt], repeats: int, dtype: str) -> dict:
+    """Warm up every method, then for each prompt and repeat run every method in turn."""
+    measurements, mismatches, problems = [], [], []
+    overheads: dict[str, list[float]] = defaultdict(list)
+    total = len(methods) * (1 + len(prompts) * repeats)
+    with tqdm(total=total, desc=f"bench {dtype}", unit="call", dynamic_ncols=True) as bar:
+        for method in methods:
+            bar.set_postfix_str(f"warm-up {method.name}")
+            method.call(prompts[0].ids)
+            bar.update()
+        for prompt in prompts:
+            calls: dict[str, list[Call]] = defaultdict(list)
+            for _ in range(repeats):
+                for method in methods:
+                    bar.set_postfix_str(f"{prompt.id} {method.name}")
+                    calls[method.name].append(method.call(prompt.ids))
+                    bar.update()
+            reference = calls[PLAIN][0].tokens
+            for method in methods:
+                runs = calls[method.name]
+                for run in runs:
+                    overheads[method.name].extend(run.overheads)
+                    problems += [{"dtype": dtype, "prompt": prompt.id, "method": method.name, "problem": p} for p in run.problems]
+                bad = mismatch(runs, reference, dtype, prompt, method)
+                mismatches += bad
+                if bad:
+                    bar.write(f"MISMATCH [{dtype}] {prompt.id} {method.name}: first difference at token {bad[0]['first_difference']}")
+                measurements.append(summarise(runs, dtype, prompt, method, matches=None if method.name == PLAIN else not bad))
+    return {"measurements": measurements, "mismatches": mismatches, "problems": problems, "overheads": dict(overheads)}
+
+
+def first_difference(a: list[int], b: list[int]) -> int:
+    return next((i for i, (x, y) in enumerate(zip(a, b)) if x != y), min(len(a), len(b)))
+
+
+def mismatch(runs: list[Call], reference: list[int], dtype: str, prompt: Prompt, method: Method) -> list[dict]:
+    return [
+        {
+            "dtype": dtype,
+            "prompt": prompt.id,
+            "method": method.name,
+            "repeat": repeat,
+            "first_difference": first_difference(run.tokens, reference),
+            "tokens": len(run.tokens),
+            "reference_tokens": len(reference),
+            "stack": method.stack,
+        }
+        for repeat, run in enumerate(runs)
+        if run.tokens != reference
+    ]
+
+
+def summarise(runs: list[Call], dtype: str, prompt: Prompt, method: Method, matches: bool | None) -> Measurement:
+    seconds = [run.seconds for run in runs]
+    run = sorted(runs, key=lambda r: r.seconds)[(len(runs) - 1) // 2]
+    median_seconds = statistics.median(seconds)
+    trace = None
+    if method.name in ADAPTIVE:
+        trace = {"arms": run.arms, "tokens": run.round_tokens, "seconds": run.round_seconds}
+    return Measurement(
+        dtype=dtype,
+        prompt=prompt.id,
+        kind=prompt.kind,
+        method=method.name,
+        tokens=len(run.tokens),
+        seconds=median_seconds,
+        tokens_per_second=len(run.tokens) / median_seconds if median_seconds else 0.0,
+        seconds_per_repeat=seconds,
+        matches_reference=matches,
+        rounds=len(run.arms) if method.stack else None,
+        round_seconds=sum(run.round_seconds) if method.stack else None,
+        trace=trace,
+        stats=run.stats,
+    )
