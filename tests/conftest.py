@@ -145,6 +145,8 @@ def target_model(tiny_models):
 
 # the stack -------------------------------------------------------------------------------------
 
+# Tests name arms with two γ per drafter kind (the controller defaults to one).
+TWO_GAMMAS = ["--pld-gammas", "3,6", "--model-gammas", "2,4"]
 CPU_ARGS = ["--device", "cpu", "--dtype", "float32"]
 
 
@@ -169,7 +171,7 @@ def stack(tiny_models, tmp_path_factory):
         controller_port=0,
         extra_target_args=CPU_ARGS,
         extra_draft_args=CPU_ARGS,
-        extra_controller_args=["--policy", "ucbspec"],
+        extra_controller_args=["--policy", "ucbspec", *TWO_GAMMAS],
         log_dir=log_dir,
         startup_timeout=300,
     )

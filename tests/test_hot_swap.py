@@ -21,7 +21,7 @@ import grpc
 import pytest
 
 from banditspec.v1 import draft_pb2, draft_pb2_grpc, generation_pb2, generation_pb2_grpc
-from conftest import CPU_ARGS, EOS_ID, RPC_TIMEOUT, reference_greedy
+from conftest import CPU_ARGS, TWO_GAMMAS, EOS_ID, RPC_TIMEOUT, reference_greedy
 
 pytestmark = pytest.mark.timeout(300)  # a hung swap fails the test instead of stalling the suite
 
@@ -48,7 +48,7 @@ def swap_stack(tiny_models, tmp_path_factory):
         controller_port=0,
         extra_target_args=CPU_ARGS,
         extra_draft_args=CPU_ARGS,
-        extra_controller_args=["--policy", "ucbspec"],
+        extra_controller_args=["--policy", "ucbspec", *TWO_GAMMAS],
         log_dir=log_dir,
         startup_timeout=300,
     )

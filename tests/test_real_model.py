@@ -7,7 +7,7 @@ import grpc
 import pytest
 
 from banditspec.v1 import generation_pb2, generation_pb2_grpc
-from conftest import CPU_ARGS, reference_greedy
+from conftest import CPU_ARGS, TWO_GAMMAS, reference_greedy
 
 pytestmark = pytest.mark.real_model
 
@@ -37,7 +37,7 @@ def real_stack(default_model, tmp_path_factory):
         controller_port=0,
         extra_target_args=CPU_ARGS,
         extra_draft_args=CPU_ARGS,
-        extra_controller_args=["--policy", "ucbspec"],
+        extra_controller_args=["--policy", "ucbspec", *TWO_GAMMAS],
         log_dir=log_dir,
         startup_timeout=600,
     )

@@ -39,6 +39,8 @@ def parse_args(argv: list[str] | None = None) -> BenchConfig:
     parser.add_argument("--assistant", help="draft model of the assisted generate() baseline (default: the family's)")
     parser.add_argument("--prompts", help="workload file instead of the family's")
     parser.add_argument("--device", default="auto", help="auto | cpu | cuda (the baselines and the services)")
+    parser.add_argument("--threads", type=int,
+                        help="torch threads of the baselines and of each service (default: torch's; --reduced: 1)")  # fmt: skip
     parser.add_argument("--seed", type=int, default=0, help="request seed (bandit tie-breaking, EXP3 and uniform draws)")
     parser.add_argument("--timeout", type=float, default=600.0, help="seconds per Generate RPC")
     parser.add_argument("--log-dir", help="service logs under DIR/DTYPE/ (default OUT/logs)")
@@ -67,15 +69,16 @@ def parse_args(argv: list[str] | None = None) -> BenchConfig:
         reduced=args.reduced,
         out=out,
         device=args.device,
+        threads=args.threads or preset["threads"],
         seed=args.seed,
         timeout=args.timeout,
         log_dir=Path(args.log_dir) if args.log_dir else out / "logs",
     )
     if config.repeats < 1 or config.max_new_tokens < 1:
         parser.error("--repeats and --max-new-tokens must be >= 1")
-    if config.device == "auto":
-        import torch
+    import torch
 
+    if config.device == "auto":
         config.device = "cuda" if torch.cuda.is_available() else "cpu"
     return config
 
@@ -100,6 +103,12 @@ def main(argv: list[str] | None = None) -> int:
     def log(message: str) -> None:
         print(message, file=sys.stderr, flush=True)
 
+    if config.threads:
+        import torch
+
+        torch.set_num_threads(config.threads)
+        os.environ["OMP_NUM_THREADS"] = str(config.threads)  # inherited by the services
+
     start = time.perf_counter()
     try:
         prompts = load_prompts(config.prompts, config.kinds, config.limit)
@@ -108,7 +117,8 @@ def main(argv: list[str] | None = None) -> int:
         log(f"error: {error}")
         return 2
     log(f"{config.family}: {len(prompts)} prompts, {config.max_new_tokens} new tokens, dtypes {', '.join(config.dtypes)}, "
-        f"{config.repeats} repeat(s), device {config.device}; service logs in {config.log_dir}")  # fmt: skip
+        f"{config.repeats} repeat(s), device {config.device}, {config.threads or 'default'} thread(s); "
+        f"service logs in {config.log_dir}")  # fmt: skip
     results, plots = [], {}
     for dtype in config.dtypes:
         result = analyse(run_dtype(config, dtype, prompts, log))

@@ -27,8 +27,10 @@ FAMILIES = {
     ),
 }
 # Full run vs --reduced (a smoke run that also feeds the test: 1 prompt per kind, short answers, float32).
-FULL = {"dtypes": ["float32", "bfloat16"], "max_new_tokens": 128, "limit": None}
-REDUCED = {"dtypes": ["float32"], "max_new_tokens": 24, "limit": 1}
+# The reduced run uses one torch thread per process: the in-process model and three services on a 2-core
+# machine otherwise spin-wait against each other, and a tiny model's call takes ~10x longer.
+FULL = {"dtypes": ["float32", "bfloat16"], "max_new_tokens": 128, "limit": None, "threads": None}
+REDUCED = {"dtypes": ["float32"], "max_new_tokens": 24, "limit": 1, "threads": 1}
 
 
 @dataclass
@@ -46,6 +48,7 @@ class BenchConfig:
     reduced: bool
     out: Path
     device: str
+    threads: int | None  # torch threads of this process and the services (None: torch's default)
     seed: int
     timeout: float
     log_dir: Path

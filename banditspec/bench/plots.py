@@ -67,7 +67,8 @@ def plot_arm_shares(result: dict, path: Path) -> None:
     policies = [p for p in ADAPTIVE if p in result["arm_shares"]]
     arms = list(dict.fromkeys(a for p in policies for a in result["arm_shares"][p]["shares"]))
     colours = plt.get_cmap("tab20")
-    fig, axes = plt.subplots(1, max(1, len(policies)), figsize=(5 * max(1, len(policies)) + 2, 4.5), sharey=True, squeeze=False)
+    fig, axes = plt.subplots(1, max(1, len(policies)), figsize=(5 * max(1, len(policies)) + 2, 4.5), sharey=True,
+                             squeeze=False, layout="constrained")  # fmt: skip
     for ax, policy in zip(axes[0], policies):
         data = result["arm_shares"][policy]
         # step="post" draws each bucket as a flat band: add the end of the last bucket.
@@ -75,14 +76,13 @@ def plot_arm_shares(result: dict, path: Path) -> None:
         xs = [*starts, starts[-1] + data["bucket_size"]]
         ys = [[*s, s[-1]] for s in (data["shares"].get(a, [0.0] * len(starts)) for a in arms)]
         ax.stackplot(xs, ys, labels=arms, colors=[colours(i % 20) for i in range(len(arms))], step="post")
-        ax.set_title(f"{policy} (buckets of {data['bucket_size']} rounds)")
+        ax.set_title(f"{policy} ({data['bucket_size']} round(s) per bucket)")
         ax.set_xlabel("round")
         ax.set_ylim(0, 1)
     axes[0][0].set_ylabel("share of pulls, mean over prompts")
     handles, labels = axes[0][0].get_legend_handles_labels()
-    fig.legend(handles, labels, fontsize=7, loc="center right")
+    fig.legend(handles, labels, fontsize=7, loc="outside right center")
     fig.suptitle(f"Arm-pull shares over rounds ({result['dtype']})")
-    fig.tight_layout(rect=(0, 0, 0.85, 1))
     _save(fig, path)
 
 

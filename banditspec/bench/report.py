@@ -39,11 +39,13 @@ def markdown(document: dict) -> str:
         "",
         f"Model `{config['model']}`, workload `{Path(config['prompts']).name}`: {len(document['prompts'])} prompts "
         f"({', '.join(f'{k} {n}' for k, n in kinds.items())}), {config['max_new_tokens']} new tokens, greedy, "
-        f"{config['repeats']} repeat(s) (median), device {config['device']}. "
+        f"{config['repeats']} repeat(s) (median), device {config['device']}, "
+        f"{config['threads'] or 'default'} torch thread(s) per process. "
         f"Drafters: {', '.join(f'`{d}`' for d in config['drafters'])}; assisted baseline: `{config['assistant']}`.",
         f"Machine: {machine['cpu_model']}, {machine['cpus_usable']} usable CPUs"
         + (f", GPU {machine['gpu']}" if machine.get("gpu") else "")
-        + f"; torch {machine['torch']}, transformers {machine['transformers']}; commit {commit}.",
+        + f"; torch {machine['torch']}, transformers {machine['transformers']}; commit {commit}"
+        + (f"; the run took {document['elapsed_seconds']:.0f} s." if "elapsed_seconds" in document else "."),
         "",
         "tokens/s = generated tokens / wall seconds of one client call, prefill included; aggregates are total "
         "tokens / total seconds. oracle = per prompt, the fixed arm with the highest tokens/s in hindsight. "

@@ -30,8 +30,10 @@ class ControllerConfig:
     drafts: dict[str, str] = field(default_factory=lambda: {"local": "127.0.0.1:50052"})
     tokenizer: str | None = None  # a directory; default: the target's model directory
     policy: str = "ucbspec"
-    pld_gammas: list[int] = field(default_factory=lambda: [3, 6])
-    model_gammas: list[int] = field(default_factory=lambda: [2, 4])
+    # One γ per drafter by default: every drafter stops its draft where it is unsure (match length,
+    # tree confidence, draft-model confidence), so γ is a cap, and fewer arms explore less.
+    pld_gammas: list[int] = field(default_factory=lambda: [6])
+    model_gammas: list[int] = field(default_factory=lambda: [4])
     rpc_timeout: float = 60.0
     refresh_seconds: float = 2.0
     host: str = "127.0.0.1"
