@@ -158,6 +158,7 @@ def _generate(args: argparse.Namespace) -> None:
     from google.protobuf import json_format
 
     from banditspec.v1 import generation_pb2, generation_pb2_grpc
+    from services.controller.requests import POLICY_NAMES
 
     request = generation_pb2.GenerateRequest(max_new_tokens=args.max_new_tokens, stop=args.stop or [])
     if args.chat:
@@ -173,7 +174,7 @@ def _generate(args: argparse.Namespace) -> None:
     if args.seed is not None:
         request.seed = args.seed
     if args.policy_override:
-        request.policy = generation_pb2.Policy.Value(f"POLICY_{args.policy_override.upper()}")
+        request.policy = {name: value for value, name in POLICY_NAMES.items()}[args.policy_override]
     request.allowed_arms.extend(args.arm or [])
     with grpc.insecure_channel(args.controller) as channel:
         stub = generation_pb2_grpc.GenerationServiceStub(channel)
@@ -318,7 +319,7 @@ def build_parser() -> argparse.ArgumentParser:
     controller.add_argument("--target", default="127.0.0.1:50051")
     controller.add_argument("--draft", action="append", help="NAME=HOST:PORT of a draft service; repeatable")
     controller.add_argument("--tokenizer", help="tokenizer directory (default: the target's model directory)")
-    controller.add_argument("--policy", default="ucbspec", choices=["ucbspec", "exp3spec", "fixed", "uniform"])
+    controller.add_argument("--policy", default="ucbspec", choices=["ucbspec", "ucbspec-cf", "exp3spec", "fixed", "uniform"])
     controller.add_argument("--pld-gammas", default="6", help="γ values for model-free drafters (prompt lookup, suffix, retrieval)")
     controller.add_argument("--model-gammas", default="4", help="γ values for model drafters")
     controller.add_argument("--rpc-timeout", type=float, default=60.0)
@@ -336,7 +337,7 @@ def build_parser() -> argparse.ArgumentParser:
         stack.add_argument("--model", default="default")
         stack.add_argument("--dtype", default=None)
         stack.add_argument("--drafter", action="append")
-        stack.add_argument("--policy", default="ucbspec", choices=["ucbspec", "exp3spec", "fixed", "uniform"])
+        stack.add_argument("--policy", default="ucbspec", choices=["ucbspec", "ucbspec-cf", "exp3spec", "fixed", "uniform"])
         stack.set_defaults(func=func)
 
     generate = sub.add_parser("generate", help="call the controller")
@@ -351,7 +352,7 @@ def build_parser() -> argparse.ArgumentParser:
         p.add_argument("--seed", type=int)
         p.add_argument("--stop", action="append")
         p.add_argument("--arm", action="append", help="allow only these arms (repeatable)")
-        p.add_argument("--policy-override", dest="policy_override", choices=["ucbspec", "exp3spec", "fixed", "uniform"])
+        p.add_argument("--policy-override", dest="policy_override", choices=["ucbspec", "ucbspec-cf", "exp3spec", "fixed", "uniform"])
         p.add_argument("--json", action="store_true", help="print the whole response as JSON")
         p.add_argument("--timeout", type=float, default=600.0)
     generate.add_argument("--controller", default="127.0.0.1:50050")

@@ -269,7 +269,8 @@ def test_make_policy():
     fixed = make_policy("fixed", 3, rng)
     assert isinstance(fixed, FixedArm) and fixed.select() == 0
     assert isinstance(make_policy("uniform", 3, rng), UniformRandom)
-    assert set(POLICIES) == {"ucbspec", "exp3spec", "fixed", "uniform"}
+    assert isinstance(make_policy("ucbspec-cf", 3, rng), UCBSpec)
+    assert set(POLICIES) == {"ucbspec", "ucbspec-cf", "exp3spec", "fixed", "uniform"}
     with pytest.raises(ValueError, match="unknown policy"):
         make_policy("thompson", 3, rng)
 

@@ -74,6 +74,8 @@ def check_stats(response, prompt, arms_allowed: set[str]):
     [
         (generation_pb2.POLICY_UCBSPEC, []),
         (generation_pb2.POLICY_EXP3SPEC, []),
+        (generation_pb2.POLICY_UCBSPEC_COUNTERFACTUAL, []),
+        (generation_pb2.POLICY_UNIFORM, []),
         (generation_pb2.POLICY_UNSPECIFIED, []),
         *[(generation_pb2.POLICY_FIXED, [arm]) for arm in sorted(STATIC_ARMS)],
     ],
@@ -95,8 +97,18 @@ def test_greedy_output_equals_target_alone(generation_stub, references, tiny_tok
             assert response.stats.arms[0].pulls == response.stats.rounds
         else:
             # UNSPECIFIED means the controller's default, started with --policy ucbspec.
-            name = {generation_pb2.POLICY_EXP3SPEC: "exp3spec"}.get(policy, "ucbspec")
+            name = {
+                generation_pb2.POLICY_EXP3SPEC: "exp3spec",
+                generation_pb2.POLICY_UCBSPEC_COUNTERFACTUAL: "ucbspec-cf",
+                generation_pb2.POLICY_UNIFORM: "uniform",
+            }.get(policy, "ucbspec")
             assert response.stats.policy == name
+        observed = sum(a.counterfactual_observations for a in response.stats.arms)
+        if policy == generation_pb2.POLICY_UCBSPEC_COUNTERFACTUAL:
+            # target-only is scored every drafted round; pld/3 whenever pld/6 is pulled
+            assert observed > 0
+        else:
+            assert observed == 0
 
 
 def test_copy_of_target_drafter_is_always_accepted(generation_stub, references):

@@ -85,7 +85,7 @@ def prompt_regret(m: Measurement, best: Measurement | None) -> dict:
 def summary(ms: list[Measurement], oracle_by_prompt: dict[str, Measurement]) -> dict:
     """Throughput (total tokens / total seconds), rounds, acceptance and regret of one method over `ms`."""
     tokens, seconds = sum(m.tokens for m in ms), sum(m.seconds for m in ms)
-    out = {"prompts": len(ms), "tokens": tokens, "seconds": seconds, "tokens_per_second": tokens / seconds if seconds else 0.0}
+    out = {"prompts": len(ms), "tokens": tokens, "seconds": seconds, "tokens_per_second": ratio(tokens, seconds) or 0.0}
     stacked = all(m.rounds is not None for m in ms)
     rounds = sum(m.rounds for m in ms) if stacked else None
     arms = [a for m in ms for a in ((m.stats or {}).get("arms") or {}).values()]

@@ -39,9 +39,9 @@ def parse_args(argv: list[str] | None = None) -> BenchConfig:
     parser.add_argument("--assistant", help="draft model of the assisted generate() baseline (default: the family's)")
     parser.add_argument("--prompts", help="workload file instead of the family's")
     parser.add_argument("--device", default="auto", help="auto | cpu | cuda (the baselines and the services)")
-    parser.add_argument("--threads", type=int,
-                        help="torch threads of the baselines and of each service (default: torch's; --reduced: 1)")  # fmt: skip
-    parser.add_argument("--seed", type=int, default=0, help="request seed (bandit tie-breaking, EXP3 and uniform draws)")
+    parser.add_argument("--threads", type=int, help="torch threads of the baselines and of each service "
+                        "(default: torch's; --reduced: 1)")  # fmt: skip
+    parser.add_argument("--seed", type=int, default=0, help="request seed of prompt 0; prompt i gets SEED + i")
     parser.add_argument("--timeout", type=float, default=600.0, help="seconds per Generate RPC")
     parser.add_argument("--log-dir", help="service logs under DIR/DTYPE/ (default OUT/logs)")
     args = parser.parse_args(argv)
@@ -116,8 +116,9 @@ def main(argv: list[str] | None = None) -> int:
     except (OSError, ValueError) as error:
         log(f"error: {error}")
         return 2
-    log(f"{config.family}: {len(prompts)} prompts, {config.max_new_tokens} new tokens, dtypes {', '.join(config.dtypes)}, "
-        f"{config.repeats} repeat(s), device {config.device}, {config.threads or 'default'} thread(s); "
+    log(f"{config.family}: {len(prompts)} prompts, {config.max_new_tokens} new tokens, "
+        f"dtypes {', '.join(config.dtypes)}, {config.repeats} repeat(s), device {config.device}, "
+        f"{config.threads or 'default'} thread(s); "
         f"service logs in {config.log_dir}")  # fmt: skip
     results, plots = [], {}
     for dtype in config.dtypes:

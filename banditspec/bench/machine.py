@@ -13,10 +13,9 @@ import transformers
 
 
 def machine(device: str) -> dict:
-    cpu = next(
-        (line.split(":", 1)[1].strip() for line in _read("/proc/cpuinfo").splitlines() if line.startswith("model name")),
-        platform.processor(),
-    )
+    cpuinfo = _read("/proc/cpuinfo").splitlines()
+    models = [line.split(":", 1)[1].strip() for line in cpuinfo if line.startswith("model name")]
+    cpu = models[0] if models else platform.processor()
     info = {
         "cpu_model": cpu,
         "cpu_count": os.cpu_count(),

@@ -47,7 +47,7 @@ class Call:
 @dataclass
 class Method:
     name: str
-    call: Callable[[list[int]], Call]
+    call: Callable[[list[int], int], Call]  # (prompt ids, request seed)
     stack: bool
 
 
@@ -81,7 +81,7 @@ def hf_methods(model, max_new_tokens: int, assistant=None) -> list[Method]:
     pad = {"pad_token_id": model.generation_config.pad_token_id or model.generation_config.eos_token_id}
 
     def method(name: str, **kwargs) -> Method:
-        return Method(name, lambda ids: hf_call(model, ids, max_new_tokens, **kwargs, **pad), stack=False)
+        return Method(name, lambda ids, seed: hf_call(model, ids, max_new_tokens, **kwargs, **pad), stack=False)
 
     methods = [method(PLAIN), method(PLD, prompt_lookup_num_tokens=PLD_NUM_TOKENS)]
     if assistant is not None:
@@ -158,11 +158,11 @@ def stream_problems(streamed: list[int], final, rounds: int) -> list[str]:
     return problems
 
 
-def stack_methods(stub, arms: list[str], max_new_tokens: int, timeout: float, seed: int) -> list[Method]:
+def stack_methods(stub, arms: list[str], max_new_tokens: int, timeout: float) -> list[Method]:
     def method(name: str, policy: int, allowed: list[str]) -> Method:
         return Method(
             name,
-            lambda ids: stack_call(stub, stack_request(ids, max_new_tokens, policy, allowed, seed), timeout),
+            lambda ids, seed: stack_call(stub, stack_request(ids, max_new_tokens, policy, allowed, seed), timeout),
             stack=True,
         )
 

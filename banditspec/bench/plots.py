@@ -8,6 +8,7 @@ import matplotlib
 
 matplotlib.use("Agg")  # files only: no display on servers and in CI
 import matplotlib.pyplot as plt  # noqa: E402
+from matplotlib.ticker import MaxNLocator  # noqa: E402
 
 from banditspec.bench.methods import ADAPTIVE, ASSISTED, ORACLE, PLAIN, PLD  # noqa: E402
 
@@ -78,6 +79,7 @@ def plot_arm_shares(result: dict, path: Path) -> None:
         ax.stackplot(xs, ys, labels=arms, colors=[colours(i % 20) for i in range(len(arms))], step="post")
         ax.set_title(f"{policy} ({data['bucket_size']} round(s) per bucket)")
         ax.set_xlabel("round")
+        ax.xaxis.set_major_locator(MaxNLocator(integer=True))
         ax.set_ylim(0, 1)
     axes[0][0].set_ylabel("share of pulls, mean over prompts")
     handles, labels = axes[0][0].get_legend_handles_labels()

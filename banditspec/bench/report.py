@@ -41,7 +41,8 @@ def markdown(document: dict) -> str:
         f"({', '.join(f'{k} {n}' for k, n in kinds.items())}), {config['max_new_tokens']} new tokens, greedy, "
         f"{config['repeats']} repeat(s) (median), device {config['device']}, "
         f"{config['threads'] or 'default'} torch thread(s) per process. "
-        f"Drafters: {', '.join(f'`{d}`' for d in config['drafters'])}; assisted baseline: `{config['assistant']}`.",
+        f"Drafters: {', '.join(f'`{d}`' for d in config['drafters'])}; assisted baseline: "
+        + (f"`{config['assistant']}`." if config["assistant"] else "none."),
         f"Machine: {machine['cpu_model']}, {machine['cpus_usable']} usable CPUs"
         + (f", GPU {machine['gpu']}" if machine.get("gpu") else "")
         + f"; torch {machine['torch']}, transformers {machine['transformers']}; commit {commit}"
@@ -103,7 +104,9 @@ def dtype_section(r: dict, plots: dict) -> list[str]:
 def regret_row(method: str, s: dict) -> list[str]:
     rounds = "–" if s["rounds"] is None else str(s["rounds"])
     rounds_regret = "–" if s["rounds_regret"] is None else f"{s['rounds_regret']} ({s['rounds_regret_mean']:+.1f})"
-    time_regret = "–" if s["time_regret_seconds"] is None else f"{s['time_regret_seconds']:+.2f} ({s['time_regret_mean_seconds']:+.3f})"
+    time_regret = "–"
+    if s["time_regret_seconds"] is not None:
+        time_regret = f"{s['time_regret_seconds']:+.2f} ({s['time_regret_mean_seconds']:+.3f})"
     return [f"`{method}`", rounds, _num(s["tokens_per_round"], 2), _num(s["accepted_per_round"], 2),
             _num(s["acceptance"], 2), rounds_regret, time_regret]  # fmt: skip
 
@@ -131,12 +134,13 @@ def correctness(r: dict) -> list[str]:
         lines.append(f"- MISMATCH `{m['prompt']}` `{m['method']}` (repeat {m['repeat']}): first difference at token "
                      f"{m['first_difference']}, {m['tokens']} tokens vs {m['reference_tokens']}")  # fmt: skip
     if stack_bad and r["dtype"] != "float32":
-        lines.append(f"- {len(stack_bad)} stack mismatch(es) in {r['dtype']}: reported only (rounding differs by batch shape).")
+        lines.append(f"- {len(stack_bad)} stack mismatch(es) in {r['dtype']}: reported only "
+                     "(rounding differs by batch shape).")  # fmt: skip
     lines += [f"- PROBLEM `{p['prompt']}` `{p['method']}`: {p['problem']}" for p in r["problems"]]
     overall = r["controller_overhead"]["all_stack_rounds"]
     if overall["median_ms"] is not None:
-        lines.append(f"- controller overhead per round (round wall − service compute): median {overall['median_ms']:.2f} ms "
-                     f"over {overall['rounds']} rounds.")  # fmt: skip
+        lines.append(f"- controller overhead per round (round wall − service compute): "
+                     f"median {overall['median_ms']:.2f} ms over {overall['rounds']} rounds.")  # fmt: skip
     return lines
 
 

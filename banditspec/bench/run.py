@@ -65,41 +65,54 @@ def run_dtype(config: BenchConfig, dtype: str, prompts: list[Prompt], log) -> di
         arms = list_arms(stub, timeout=30)
         log(f"[{dtype}] arms: {', '.join(arms)}")
         methods = hf_methods(model, config.max_new_tokens, assistant) + stack_methods(
-            stub, arms, config.max_new_tokens, config.timeout, config.seed
+            stub, arms, config.max_new_tokens, config.timeout
         )
-        raw = measure(methods, prompts, config.repeats, dtype)
+        raw = measure(methods, prompts, config.repeats, dtype, config.seed)
     return {"dtype": dtype, "arms": arms, "methods": [m.name for m in methods], **raw}
 
 
-def measure(methods: list[Method], prompts: list[Prompt], repeats: int, dtype: str) -> dict:
-    """Warm up every method, then for each prompt and repeat run every method in turn."""
-    measurements, mismatches, problems = [], [], []
-    overheads: dict[str, list[float]] = defaultdict(list)
-    total = len(methods) * (1 + len(prompts) * repeats)
-    with tqdm(total=total, desc=f"bench {dtype}", unit="call", dynamic_ncols=True) as bar:
-        for method in methods:
-            bar.set_postfix_str(f"warm-up {method.name}")
-            method.call(prompts[0].ids)
+def measure(methods: list[Method], prompts: list[Prompt], repeats: int, dtype: str, seed: int) -> dict:
+    """Warm up every method, then for each prompt and repeat run every method in turn.
+
+    Prompt i's requests get seed + i: with one seed for all, EXP3 and uniform would draw the same arms on
+    every prompt, and averages over prompts would not average over their randomness."""
+    out: dict = {"measurements": [], "mismatches": [], "problems": [], "overheads": defaultdict(list)}
+    with tqdm(total=len(methods) * (1 + len(prompts) * repeats), desc=f"bench {dtype}", unit="call") as bar:
+
+        def call(method: Method, prompt: Prompt, seed: int, label: str) -> Call:
+            bar.set_postfix_str(label)
+            result = method.call(prompt.ids, seed)
             bar.update()
-        for prompt in prompts:
+            return result
+
+        for method in methods:
+            call(method, prompts[0], seed, f"warm-up {method.name}")
+        for index, prompt in enumerate(prompts):
             calls: dict[str, list[Call]] = defaultdict(list)
             for _ in range(repeats):
                 for method in methods:
-                    bar.set_postfix_str(f"{prompt.id} {method.name}")
-                    calls[method.name].append(method.call(prompt.ids))
-                    bar.update()
-            reference = calls[PLAIN][0].tokens
-            for method in methods:
-                runs = calls[method.name]
-                for run in runs:
-                    overheads[method.name].extend(run.overheads)
-                    problems += [{"dtype": dtype, "prompt": prompt.id, "method": method.name, "problem": p} for p in run.problems]
-                bad = mismatch(runs, reference, dtype, prompt, method)
-                mismatches += bad
-                if bad:
-                    bar.write(f"MISMATCH [{dtype}] {prompt.id} {method.name}: first difference at token {bad[0]['first_difference']}")
-                measurements.append(summarise(runs, dtype, prompt, method, matches=None if method.name == PLAIN else not bad))
-    return {"measurements": measurements, "mismatches": mismatches, "problems": problems, "overheads": dict(overheads)}
+                    calls[method.name].append(call(method, prompt, seed + index, f"{prompt.id} {method.name}"))
+            record(out, calls, methods, prompt, dtype, bar.write)
+    out["overheads"] = dict(out["overheads"])
+    return out
+
+
+def record(out: dict, calls: dict[str, list[Call]], methods: list[Method], prompt: Prompt, dtype: str, warn) -> None:
+    """Summarise one prompt's calls into `out`, each output checked against hf-plain's."""
+    reference = calls[PLAIN][0].tokens
+    for method in methods:
+        runs = calls[method.name]
+        for run in runs:
+            out["overheads"][method.name].extend(run.overheads)
+            out["problems"] += [
+                {"dtype": dtype, "prompt": prompt.id, "method": method.name, "problem": p} for p in run.problems
+            ]
+        bad = mismatch(runs, reference, dtype, prompt, method)
+        for m in bad:
+            warn(f"MISMATCH [{dtype}] {prompt.id} {method.name}: first difference at token {m['first_difference']}")
+        out["mismatches"] += bad
+        matches = None if method.name == PLAIN else not bad
+        out["measurements"].append(summarise(runs, dtype, prompt, method, matches))
 
 
 def first_difference(a: list[int], b: list[int]) -> int:

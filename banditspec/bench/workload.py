@@ -19,7 +19,8 @@ class Prompt:
 
 def load_prompts(path: Path, kinds: list[str] | None = None, limit: int | None = None) -> list[Prompt]:
     """The prompts of `kinds` (all when None), at most `limit` per kind, in file order."""
-    prompts = [Prompt(p["id"], p["kind"], p.get("messages"), p.get("text")) for p in json.loads(path.read_text())["prompts"]]
+    stored = json.loads(path.read_text())["prompts"]
+    prompts = [Prompt(p["id"], p["kind"], p.get("messages"), p.get("text")) for p in stored]
     known = sorted({p.kind for p in prompts})
     unknown = [k for k in kinds or [] if k not in known]
     if unknown:

@@ -58,7 +58,7 @@ class ListDraftersResponse(_message.Message):
     def __init__(self, drafters: _Optional[_Iterable[_Union[DrafterInfo, _Mapping]]] = ...) -> None: ...
 
 class ProposeRequest(_message.Message):
-    __slots__ = ("session_id", "drafter", "num_tokens", "context_length", "new_context_ids", "sampling", "seed")
+    __slots__ = ("session_id", "drafter", "num_tokens", "context_length", "new_context_ids", "sampling", "seed", "score_drafters", "score_num_tokens")
     SESSION_ID_FIELD_NUMBER: _ClassVar[int]
     DRAFTER_FIELD_NUMBER: _ClassVar[int]
     NUM_TOKENS_FIELD_NUMBER: _ClassVar[int]
@@ -66,6 +66,8 @@ class ProposeRequest(_message.Message):
     NEW_CONTEXT_IDS_FIELD_NUMBER: _ClassVar[int]
     SAMPLING_FIELD_NUMBER: _ClassVar[int]
     SEED_FIELD_NUMBER: _ClassVar[int]
+    SCORE_DRAFTERS_FIELD_NUMBER: _ClassVar[int]
+    SCORE_NUM_TOKENS_FIELD_NUMBER: _ClassVar[int]
     session_id: str
     drafter: str
     num_tokens: int
@@ -73,19 +75,31 @@ class ProposeRequest(_message.Message):
     new_context_ids: _containers.RepeatedScalarFieldContainer[int]
     sampling: _common_pb2.SamplingParams
     seed: int
-    def __init__(self, session_id: _Optional[str] = ..., drafter: _Optional[str] = ..., num_tokens: _Optional[int] = ..., context_length: _Optional[int] = ..., new_context_ids: _Optional[_Iterable[int]] = ..., sampling: _Optional[_Union[_common_pb2.SamplingParams, _Mapping]] = ..., seed: _Optional[int] = ...) -> None: ...
+    score_drafters: _containers.RepeatedScalarFieldContainer[str]
+    score_num_tokens: int
+    def __init__(self, session_id: _Optional[str] = ..., drafter: _Optional[str] = ..., num_tokens: _Optional[int] = ..., context_length: _Optional[int] = ..., new_context_ids: _Optional[_Iterable[int]] = ..., sampling: _Optional[_Union[_common_pb2.SamplingParams, _Mapping]] = ..., seed: _Optional[int] = ..., score_drafters: _Optional[_Iterable[str]] = ..., score_num_tokens: _Optional[int] = ...) -> None: ...
+
+class AlternativeDraft(_message.Message):
+    __slots__ = ("drafter", "draft_ids")
+    DRAFTER_FIELD_NUMBER: _ClassVar[int]
+    DRAFT_IDS_FIELD_NUMBER: _ClassVar[int]
+    drafter: str
+    draft_ids: _containers.RepeatedScalarFieldContainer[int]
+    def __init__(self, drafter: _Optional[str] = ..., draft_ids: _Optional[_Iterable[int]] = ...) -> None: ...
 
 class ProposeResponse(_message.Message):
-    __slots__ = ("draft_ids", "draft_probs", "context_length", "compute_seconds")
+    __slots__ = ("draft_ids", "draft_probs", "context_length", "compute_seconds", "alternatives")
     DRAFT_IDS_FIELD_NUMBER: _ClassVar[int]
     DRAFT_PROBS_FIELD_NUMBER: _ClassVar[int]
     CONTEXT_LENGTH_FIELD_NUMBER: _ClassVar[int]
     COMPUTE_SECONDS_FIELD_NUMBER: _ClassVar[int]
+    ALTERNATIVES_FIELD_NUMBER: _ClassVar[int]
     draft_ids: _containers.RepeatedScalarFieldContainer[int]
     draft_probs: _containers.RepeatedCompositeFieldContainer[_common_pb2.TokenDistribution]
     context_length: int
     compute_seconds: float
-    def __init__(self, draft_ids: _Optional[_Iterable[int]] = ..., draft_probs: _Optional[_Iterable[_Union[_common_pb2.TokenDistribution, _Mapping]]] = ..., context_length: _Optional[int] = ..., compute_seconds: _Optional[float] = ...) -> None: ...
+    alternatives: _containers.RepeatedCompositeFieldContainer[AlternativeDraft]
+    def __init__(self, draft_ids: _Optional[_Iterable[int]] = ..., draft_probs: _Optional[_Iterable[_Union[_common_pb2.TokenDistribution, _Mapping]]] = ..., context_length: _Optional[int] = ..., compute_seconds: _Optional[float] = ..., alternatives: _Optional[_Iterable[_Union[AlternativeDraft, _Mapping]]] = ...) -> None: ...
 
 class ReleaseDraftSessionRequest(_message.Message):
     __slots__ = ("session_id", "context_length", "new_context_ids", "prompt_length")

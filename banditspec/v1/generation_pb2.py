@@ -24,17 +24,17 @@ _sym_db = _symbol_database.Default()
 
 
 
-DESCRIPTOR = _descriptor_pool.Default().AddSerializedFile(b'\n\x1e\x62\x61nditspec/v1/generation.proto\x12\rbanditspec.v1\",\n\x0b\x43hatMessage\x12\x0c\n\x04role\x18\x01 \x01(\t\x12\x0f\n\x07\x63ontent\x18\x02 \x01(\t\"x\n\nChatPrompt\x12,\n\x08messages\x18\x01 \x03(\x0b\x32\x1a.banditspec.v1.ChatMessage\x12\"\n\x15\x61\x64\x64_generation_prompt\x18\x02 \x01(\x08H\x00\x88\x01\x01\x42\x18\n\x16_add_generation_prompt\"\x17\n\x08TokenIds\x12\x0b\n\x03ids\x18\x01 \x03(\x05\"\xee\x02\n\x0fGenerateRequest\x12\x0e\n\x04text\x18\x01 \x01(\tH\x00\x12,\n\ttoken_ids\x18\x02 \x01(\x0b\x32\x17.banditspec.v1.TokenIdsH\x00\x12)\n\x04\x63hat\x18\x03 \x01(\x0b\x32\x19.banditspec.v1.ChatPromptH\x00\x12\x16\n\x0emax_new_tokens\x18\x04 \x01(\x05\x12\x18\n\x0btemperature\x18\x05 \x01(\x02H\x01\x88\x01\x01\x12\x12\n\x05top_p\x18\x06 \x01(\x02H\x02\x88\x01\x01\x12\r\n\x05top_k\x18\x07 \x01(\x05\x12\x11\n\x04seed\x18\x08 \x01(\x04H\x03\x88\x01\x01\x12\x0c\n\x04stop\x18\t \x03(\t\x12%\n\x06policy\x18\n \x01(\x0e\x32\x15.banditspec.v1.Policy\x12\x14\n\x0c\x61llowed_arms\x18\x0b \x03(\t\x12\x12\n\nrequest_id\x18\x0c \x01(\tB\x08\n\x06promptB\x0e\n\x0c_temperatureB\x08\n\x06_top_pB\x07\n\x05_seed\"\x82\x01\n\x08\x41rmStats\x12\x0b\n\x03\x61rm\x18\x01 \x01(\t\x12\r\n\x05pulls\x18\x02 \x01(\x05\x12\x16\n\x0e\x64rafted_tokens\x18\x03 \x01(\x05\x12\x17\n\x0f\x61\x63\x63\x65pted_tokens\x18\x04 \x01(\x05\x12\x13\n\x0bmean_reward\x18\x05 \x01(\x01\x12\x14\n\x0cwall_seconds\x18\x06 \x01(\x01\"\xb2\x02\n\x0fGenerationStats\x12\x0e\n\x06rounds\x18\x01 \x01(\x05\x12\x18\n\x10generated_tokens\x18\x02 \x01(\x05\x12\x14\n\x0cwall_seconds\x18\x03 \x01(\x01\x12\x19\n\x11tokens_per_second\x18\x04 \x01(\x01\x12%\n\x04\x61rms\x18\x05 \x03(\x0b\x32\x17.banditspec.v1.ArmStats\x12\x0e\n\x06policy\x18\x06 \x01(\t\x12\x15\n\rprompt_tokens\x18\x07 \x01(\x05\x12\x17\n\x0fprefill_seconds\x18\x08 \x01(\x01\x12#\n\x1b\x63ontroller_overhead_seconds\x18\t \x01(\x01\x12*\n\"controller_overhead_median_seconds\x18\n \x01(\x01\x12\x0c\n\x04seed\x18\x0b \x01(\x04\"\xaa\x01\n\x10GenerateResponse\x12\x12\n\nrequest_id\x18\x01 \x01(\t\x12\x0c\n\x04text\x18\x02 \x01(\t\x12\x11\n\ttoken_ids\x18\x03 \x03(\x05\x12\x32\n\rfinish_reason\x18\x04 \x01(\x0e\x32\x1b.banditspec.v1.FinishReason\x12-\n\x05stats\x18\x05 \x01(\x0b\x32\x1e.banditspec.v1.GenerationStats\"\x9c\x01\n\x0bRoundUpdate\x12\r\n\x05round\x18\x01 \x01(\x05\x12\x0b\n\x03\x61rm\x18\x02 \x01(\t\x12\x0f\n\x07\x64rafted\x18\x03 \x01(\x05\x12\x10\n\x08\x61\x63\x63\x65pted\x18\x04 \x01(\x05\x12\x11\n\ttoken_ids\x18\x05 \x03(\x05\x12\x0c\n\x04text\x18\x06 \x01(\t\x12\x14\n\x0cwall_seconds\x18\x07 \x01(\x01\x12\x17\n\x0fservice_seconds\x18\x08 \x01(\x01\"\x80\x01\n\x16GenerateStreamResponse\x12+\n\x05round\x18\x01 \x01(\x0b\x32\x1a.banditspec.v1.RoundUpdateH\x00\x12\x30\n\x05\x66inal\x18\x02 \x01(\x0b\x32\x1f.banditspec.v1.GenerateResponseH\x00\x42\x07\n\x05\x65vent\"\x11\n\x0fListArmsRequest\"S\n\x07\x41rmInfo\x12\x0c\n\x04name\x18\x01 \x01(\t\x12\x15\n\rdraft_service\x18\x02 \x01(\t\x12\x0f\n\x07\x64rafter\x18\x03 \x01(\t\x12\x12\n\nnum_tokens\x18\x04 \x01(\x05\"8\n\x10ListArmsResponse\x12$\n\x04\x61rms\x18\x01 \x03(\x0b\x32\x16.banditspec.v1.ArmInfo*o\n\x06Policy\x12\x16\n\x12POLICY_UNSPECIFIED\x10\x00\x12\x12\n\x0ePOLICY_UCBSPEC\x10\x01\x12\x13\n\x0fPOLICY_EXP3SPEC\x10\x02\x12\x10\n\x0cPOLICY_FIXED\x10\x03\x12\x12\n\x0ePOLICY_UNIFORM\x10\x04*\x91\x01\n\x0c\x46inishReason\x12\x1d\n\x19\x46INISH_REASON_UNSPECIFIED\x10\x00\x12\x18\n\x14\x46INISH_REASON_LENGTH\x10\x01\x12\x15\n\x11\x46INISH_REASON_EOS\x10\x02\x12\x16\n\x12\x46INISH_REASON_STOP\x10\x03\x12\x19\n\x15\x46INISH_REASON_CONTEXT\x10\x04\x32\x88\x02\n\x11GenerationService\x12K\n\x08Generate\x12\x1e.banditspec.v1.GenerateRequest\x1a\x1f.banditspec.v1.GenerateResponse\x12Y\n\x0eGenerateStream\x12\x1e.banditspec.v1.GenerateRequest\x1a%.banditspec.v1.GenerateStreamResponse0\x01\x12K\n\x08ListArms\x12\x1e.banditspec.v1.ListArmsRequest\x1a\x1f.banditspec.v1.ListArmsResponseb\x06proto3')
+DESCRIPTOR = _descriptor_pool.Default().AddSerializedFile(b'\n\x1e\x62\x61nditspec/v1/generation.proto\x12\rbanditspec.v1\",\n\x0b\x43hatMessage\x12\x0c\n\x04role\x18\x01 \x01(\t\x12\x0f\n\x07\x63ontent\x18\x02 \x01(\t\"x\n\nChatPrompt\x12,\n\x08messages\x18\x01 \x03(\x0b\x32\x1a.banditspec.v1.ChatMessage\x12\"\n\x15\x61\x64\x64_generation_prompt\x18\x02 \x01(\x08H\x00\x88\x01\x01\x42\x18\n\x16_add_generation_prompt\"\x17\n\x08TokenIds\x12\x0b\n\x03ids\x18\x01 \x03(\x05\"\xee\x02\n\x0fGenerateRequest\x12\x0e\n\x04text\x18\x01 \x01(\tH\x00\x12,\n\ttoken_ids\x18\x02 \x01(\x0b\x32\x17.banditspec.v1.TokenIdsH\x00\x12)\n\x04\x63hat\x18\x03 \x01(\x0b\x32\x19.banditspec.v1.ChatPromptH\x00\x12\x16\n\x0emax_new_tokens\x18\x04 \x01(\x05\x12\x18\n\x0btemperature\x18\x05 \x01(\x02H\x01\x88\x01\x01\x12\x12\n\x05top_p\x18\x06 \x01(\x02H\x02\x88\x01\x01\x12\r\n\x05top_k\x18\x07 \x01(\x05\x12\x11\n\x04seed\x18\x08 \x01(\x04H\x03\x88\x01\x01\x12\x0c\n\x04stop\x18\t \x03(\t\x12%\n\x06policy\x18\n \x01(\x0e\x32\x15.banditspec.v1.Policy\x12\x14\n\x0c\x61llowed_arms\x18\x0b \x03(\t\x12\x12\n\nrequest_id\x18\x0c \x01(\tB\x08\n\x06promptB\x0e\n\x0c_temperatureB\x08\n\x06_top_pB\x07\n\x05_seed\"\xa7\x01\n\x08\x41rmStats\x12\x0b\n\x03\x61rm\x18\x01 \x01(\t\x12\r\n\x05pulls\x18\x02 \x01(\x05\x12\x16\n\x0e\x64rafted_tokens\x18\x03 \x01(\x05\x12\x17\n\x0f\x61\x63\x63\x65pted_tokens\x18\x04 \x01(\x05\x12\x13\n\x0bmean_reward\x18\x05 \x01(\x01\x12\x14\n\x0cwall_seconds\x18\x06 \x01(\x01\x12#\n\x1b\x63ounterfactual_observations\x18\x07 \x01(\x05\"\xb2\x02\n\x0fGenerationStats\x12\x0e\n\x06rounds\x18\x01 \x01(\x05\x12\x18\n\x10generated_tokens\x18\x02 \x01(\x05\x12\x14\n\x0cwall_seconds\x18\x03 \x01(\x01\x12\x19\n\x11tokens_per_second\x18\x04 \x01(\x01\x12%\n\x04\x61rms\x18\x05 \x03(\x0b\x32\x17.banditspec.v1.ArmStats\x12\x0e\n\x06policy\x18\x06 \x01(\t\x12\x15\n\rprompt_tokens\x18\x07 \x01(\x05\x12\x17\n\x0fprefill_seconds\x18\x08 \x01(\x01\x12#\n\x1b\x63ontroller_overhead_seconds\x18\t \x01(\x01\x12*\n\"controller_overhead_median_seconds\x18\n \x01(\x01\x12\x0c\n\x04seed\x18\x0b \x01(\x04\"\xaa\x01\n\x10GenerateResponse\x12\x12\n\nrequest_id\x18\x01 \x01(\t\x12\x0c\n\x04text\x18\x02 \x01(\t\x12\x11\n\ttoken_ids\x18\x03 \x03(\x05\x12\x32\n\rfinish_reason\x18\x04 \x01(\x0e\x32\x1b.banditspec.v1.FinishReason\x12-\n\x05stats\x18\x05 \x01(\x0b\x32\x1e.banditspec.v1.GenerationStats\"\x9c\x01\n\x0bRoundUpdate\x12\r\n\x05round\x18\x01 \x01(\x05\x12\x0b\n\x03\x61rm\x18\x02 \x01(\t\x12\x0f\n\x07\x64rafted\x18\x03 \x01(\x05\x12\x10\n\x08\x61\x63\x63\x65pted\x18\x04 \x01(\x05\x12\x11\n\ttoken_ids\x18\x05 \x03(\x05\x12\x0c\n\x04text\x18\x06 \x01(\t\x12\x14\n\x0cwall_seconds\x18\x07 \x01(\x01\x12\x17\n\x0fservice_seconds\x18\x08 \x01(\x01\"\x80\x01\n\x16GenerateStreamResponse\x12+\n\x05round\x18\x01 \x01(\x0b\x32\x1a.banditspec.v1.RoundUpdateH\x00\x12\x30\n\x05\x66inal\x18\x02 \x01(\x0b\x32\x1f.banditspec.v1.GenerateResponseH\x00\x42\x07\n\x05\x65vent\"\x11\n\x0fListArmsRequest\"S\n\x07\x41rmInfo\x12\x0c\n\x04name\x18\x01 \x01(\t\x12\x15\n\rdraft_service\x18\x02 \x01(\t\x12\x0f\n\x07\x64rafter\x18\x03 \x01(\t\x12\x12\n\nnum_tokens\x18\x04 \x01(\x05\"8\n\x10ListArmsResponse\x12$\n\x04\x61rms\x18\x01 \x03(\x0b\x32\x16.banditspec.v1.ArmInfo*\x92\x01\n\x06Policy\x12\x16\n\x12POLICY_UNSPECIFIED\x10\x00\x12\x12\n\x0ePOLICY_UCBSPEC\x10\x01\x12\x13\n\x0fPOLICY_EXP3SPEC\x10\x02\x12\x10\n\x0cPOLICY_FIXED\x10\x03\x12\x12\n\x0ePOLICY_UNIFORM\x10\x04\x12!\n\x1dPOLICY_UCBSPEC_COUNTERFACTUAL\x10\x05*\x91\x01\n\x0c\x46inishReason\x12\x1d\n\x19\x46INISH_REASON_UNSPECIFIED\x10\x00\x12\x18\n\x14\x46INISH_REASON_LENGTH\x10\x01\x12\x15\n\x11\x46INISH_REASON_EOS\x10\x02\x12\x16\n\x12\x46INISH_REASON_STOP\x10\x03\x12\x19\n\x15\x46INISH_REASON_CONTEXT\x10\x04\x32\x88\x02\n\x11GenerationService\x12K\n\x08Generate\x12\x1e.banditspec.v1.GenerateRequest\x1a\x1f.banditspec.v1.GenerateResponse\x12Y\n\x0eGenerateStream\x12\x1e.banditspec.v1.GenerateRequest\x1a%.banditspec.v1.GenerateStreamResponse0\x01\x12K\n\x08ListArms\x12\x1e.banditspec.v1.ListArmsRequest\x1a\x1f.banditspec.v1.ListArmsResponseb\x06proto3')
 
 _globals = globals()
 _builder.BuildMessageAndEnumDescriptors(DESCRIPTOR, _globals)
 _builder.BuildTopDescriptorsAndMessages(DESCRIPTOR, 'banditspec.v1.generation_pb2', _globals)
 if not _descriptor._USE_C_DESCRIPTORS:
   DESCRIPTOR._loaded_options = None
-  _globals['_POLICY']._serialized_start=1678
-  _globals['_POLICY']._serialized_end=1789
-  _globals['_FINISHREASON']._serialized_start=1792
-  _globals['_FINISHREASON']._serialized_end=1937
+  _globals['_POLICY']._serialized_start=1716
+  _globals['_POLICY']._serialized_end=1862
+  _globals['_FINISHREASON']._serialized_start=1865
+  _globals['_FINISHREASON']._serialized_end=2010
   _globals['_CHATMESSAGE']._serialized_start=49
   _globals['_CHATMESSAGE']._serialized_end=93
   _globals['_CHATPROMPT']._serialized_start=95
@@ -44,21 +44,21 @@ if not _descriptor._USE_C_DESCRIPTORS:
   _globals['_GENERATEREQUEST']._serialized_start=243
   _globals['_GENERATEREQUEST']._serialized_end=609
   _globals['_ARMSTATS']._serialized_start=612
-  _globals['_ARMSTATS']._serialized_end=742
-  _globals['_GENERATIONSTATS']._serialized_start=745
-  _globals['_GENERATIONSTATS']._serialized_end=1051
-  _globals['_GENERATERESPONSE']._serialized_start=1054
-  _globals['_GENERATERESPONSE']._serialized_end=1224
-  _globals['_ROUNDUPDATE']._serialized_start=1227
-  _globals['_ROUNDUPDATE']._serialized_end=1383
-  _globals['_GENERATESTREAMRESPONSE']._serialized_start=1386
-  _globals['_GENERATESTREAMRESPONSE']._serialized_end=1514
-  _globals['_LISTARMSREQUEST']._serialized_start=1516
-  _globals['_LISTARMSREQUEST']._serialized_end=1533
-  _globals['_ARMINFO']._serialized_start=1535
-  _globals['_ARMINFO']._serialized_end=1618
-  _globals['_LISTARMSRESPONSE']._serialized_start=1620
-  _globals['_LISTARMSRESPONSE']._serialized_end=1676
-  _globals['_GENERATIONSERVICE']._serialized_start=1940
-  _globals['_GENERATIONSERVICE']._serialized_end=2204
+  _globals['_ARMSTATS']._serialized_end=779
+  _globals['_GENERATIONSTATS']._serialized_start=782
+  _globals['_GENERATIONSTATS']._serialized_end=1088
+  _globals['_GENERATERESPONSE']._serialized_start=1091
+  _globals['_GENERATERESPONSE']._serialized_end=1261
+  _globals['_ROUNDUPDATE']._serialized_start=1264
+  _globals['_ROUNDUPDATE']._serialized_end=1420
+  _globals['_GENERATESTREAMRESPONSE']._serialized_start=1423
+  _globals['_GENERATESTREAMRESPONSE']._serialized_end=1551
+  _globals['_LISTARMSREQUEST']._serialized_start=1553
+  _globals['_LISTARMSREQUEST']._serialized_end=1570
+  _globals['_ARMINFO']._serialized_start=1572
+  _globals['_ARMINFO']._serialized_end=1655
+  _globals['_LISTARMSRESPONSE']._serialized_start=1657
+  _globals['_LISTARMSRESPONSE']._serialized_end=1713
+  _globals['_GENERATIONSERVICE']._serialized_start=2013
+  _globals['_GENERATIONSERVICE']._serialized_end=2277
 # @@protoc_insertion_point(module_scope)

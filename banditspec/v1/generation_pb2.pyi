@@ -14,6 +14,7 @@ class Policy(int, metaclass=_enum_type_wrapper.EnumTypeWrapper):
     POLICY_EXP3SPEC: _ClassVar[Policy]
     POLICY_FIXED: _ClassVar[Policy]
     POLICY_UNIFORM: _ClassVar[Policy]
+    POLICY_UCBSPEC_COUNTERFACTUAL: _ClassVar[Policy]
 
 class FinishReason(int, metaclass=_enum_type_wrapper.EnumTypeWrapper):
     __slots__ = ()
@@ -27,6 +28,7 @@ POLICY_UCBSPEC: Policy
 POLICY_EXP3SPEC: Policy
 POLICY_FIXED: Policy
 POLICY_UNIFORM: Policy
+POLICY_UCBSPEC_COUNTERFACTUAL: Policy
 FINISH_REASON_UNSPECIFIED: FinishReason
 FINISH_REASON_LENGTH: FinishReason
 FINISH_REASON_EOS: FinishReason
@@ -84,20 +86,22 @@ class GenerateRequest(_message.Message):
     def __init__(self, text: _Optional[str] = ..., token_ids: _Optional[_Union[TokenIds, _Mapping]] = ..., chat: _Optional[_Union[ChatPrompt, _Mapping]] = ..., max_new_tokens: _Optional[int] = ..., temperature: _Optional[float] = ..., top_p: _Optional[float] = ..., top_k: _Optional[int] = ..., seed: _Optional[int] = ..., stop: _Optional[_Iterable[str]] = ..., policy: _Optional[_Union[Policy, str]] = ..., allowed_arms: _Optional[_Iterable[str]] = ..., request_id: _Optional[str] = ...) -> None: ...
 
 class ArmStats(_message.Message):
-    __slots__ = ("arm", "pulls", "drafted_tokens", "accepted_tokens", "mean_reward", "wall_seconds")
+    __slots__ = ("arm", "pulls", "drafted_tokens", "accepted_tokens", "mean_reward", "wall_seconds", "counterfactual_observations")
     ARM_FIELD_NUMBER: _ClassVar[int]
     PULLS_FIELD_NUMBER: _ClassVar[int]
     DRAFTED_TOKENS_FIELD_NUMBER: _ClassVar[int]
     ACCEPTED_TOKENS_FIELD_NUMBER: _ClassVar[int]
     MEAN_REWARD_FIELD_NUMBER: _ClassVar[int]
     WALL_SECONDS_FIELD_NUMBER: _ClassVar[int]
+    COUNTERFACTUAL_OBSERVATIONS_FIELD_NUMBER: _ClassVar[int]
     arm: str
     pulls: int
     drafted_tokens: int
     accepted_tokens: int
     mean_reward: float
     wall_seconds: float
-    def __init__(self, arm: _Optional[str] = ..., pulls: _Optional[int] = ..., drafted_tokens: _Optional[int] = ..., accepted_tokens: _Optional[int] = ..., mean_reward: _Optional[float] = ..., wall_seconds: _Optional[float] = ...) -> None: ...
+    counterfactual_observations: int
+    def __init__(self, arm: _Optional[str] = ..., pulls: _Optional[int] = ..., drafted_tokens: _Optional[int] = ..., accepted_tokens: _Optional[int] = ..., mean_reward: _Optional[float] = ..., wall_seconds: _Optional[float] = ..., counterfactual_observations: _Optional[int] = ...) -> None: ...
 
 class GenerationStats(_message.Message):
     __slots__ = ("rounds", "generated_tokens", "wall_seconds", "tokens_per_second", "arms", "policy", "prompt_tokens", "prefill_seconds", "controller_overhead_seconds", "controller_overhead_median_seconds", "seed")

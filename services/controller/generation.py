@@ -24,6 +24,7 @@ from banditspec.v1 import common_pb2, draft_pb2, target_pb2
 from services.controller import metrics
 from services.controller.arms import TARGET_ONLY_ARM, Arm
 from services.controller.clients import DraftClient, RoundStream, TargetClient
+from services.controller.counterfactual import CounterfactualScorer, RoundCosts
 from services.controller.policies import make_policy
 from services.controller.reward import RewardScale, StepTimeEstimate
 from services.controller.text import TextStream
@@ -62,6 +63,7 @@ class ArmTally:
     accepted: int = 0
     reward_sum: float = 0.0
     wall_seconds: float = 0.0
+    counterfactual: int = 0  # reward samples from rounds where another arm was pulled
 
 
 @dataclass
@@ -134,10 +136,31 @@ class Generation:
             round_overhead_seconds=max(0.0, step_estimate.seconds - info.decode_step_seconds),
             step_seconds=step_estimate.seconds,
         )
+        self.scorer = self._counterfactual_scorer(info, step_estimate)
         self.max_context = target.info.max_context
         self.eos = set(target.info.eos_token_ids)
         self.sampling_pb = request.sampling.to_pb()
         self.log = log.bind(request_id=request.request_id)
+
+    def _counterfactual_scorer(self, info, step_estimate: StepTimeEstimate) -> CounterfactualScorer | None:
+        """Only for ucbspec-cf at temperature 0: sampled answers depend on the arm, so there is no
+        single verified text to score unpulled drafts against."""
+        if self.request.policy != "ucbspec-cf" or not self.request.sampling.greedy or not info.forward_seconds:
+            return None
+        forward = list(info.forward_seconds)
+        overhead = max(0.0, step_estimate.seconds - forward[0])
+        model_free = {
+            service: {d.name for d in client.drafters if d.kind != draft_pb2.DRAFTER_KIND_MODEL}
+            for service, client in self.drafts.items()
+        }
+        self.score_drafters: dict[str, list[str]] = {}
+        for arm in self.request.arms:
+            if arm.gamma > 0 and arm.drafter in model_free.get(arm.service, ()):
+                names = self.score_drafters.setdefault(arm.service, [])
+                if arm.drafter not in names:
+                    names.append(arm.drafter)
+        self.score_num_tokens = max((a.gamma for a in self.request.arms), default=0)
+        return CounterfactualScorer(self.request.arms, RoundCosts(forward, overhead, overhead))
 
     # target ------------------------------------------------------------------------------------
     def _session_seed(self) -> int:
@@ -189,6 +212,9 @@ class Generation:
                 sampling=self.sampling_pb,
                 seed=self._session_seed(),
             )
+            if self.scorer is not None:
+                request.score_drafters.extend(n for n in self.score_drafters.get(arm.service, []) if n != arm.drafter)
+                request.score_num_tokens = self.score_num_tokens
             try:
                 response = await stream.exchange(request, self.deadline.timeout())
             except TimeoutError as error:
@@ -234,6 +260,7 @@ class Generation:
                 draft_ids: list[int] = []
                 draft_probs: list[common_pb2.TokenDistribution] = []
                 service_seconds = 0.0
+                proposal = None
                 if gamma > 0:
                     try:
                         proposal = await self._propose(arm, gamma)
@@ -246,7 +273,10 @@ class Generation:
                 verdict = await self._verify(draft_ids, draft_probs)
                 wall = time.perf_counter() - round_start
                 service_seconds += verdict.compute_seconds
+                position = len(self.context)
                 self.context.extend(verdict.token_ids)
+                if self.scorer is not None:
+                    self._score_counterfactually(index, arm, gamma, proposal, position, len(draft_ids), wall)
 
                 tokens = list(verdict.token_ids)
                 for position, token in enumerate(tokens):
@@ -273,6 +303,23 @@ class Generation:
             self.result.text = self.text.text
         finally:
             self.result.wall_seconds = time.perf_counter() - start
+
+    def _score_counterfactually(self, index, arm: Arm, gamma: int, proposal, position: int, drafted: int, wall: float) -> None:
+        scorer = self.scorer
+        scorer.costs.observe(drafted, wall, asked_a_drafter=gamma > 0)
+        samples = []
+        if gamma > 0 and proposal is not None:
+            # The pulled drafter's own draft also decides its arms of smaller γ (a draft's prefix is
+            # the shorter draft); alternatives come from the other model-free drafters.
+            own = [i for i in scorer.arms_of(arm.service, arm.drafter) if i != index and self.request.arms[i].gamma <= gamma]
+            scorer.add(position, arm.service, arm.drafter, list(proposal.draft_ids[:gamma]), own)
+            for alternative in proposal.alternatives:
+                scorer.add(position, arm.service, alternative.drafter, list(alternative.draft_ids))
+            samples += scorer.target_only_samples(index)
+        samples += scorer.resolve(self.context)
+        for arm_index, tokens, seconds in samples:
+            self.policy.observe(arm_index, self.scale.normalise(tokens / seconds))
+            self.result.tallies.setdefault(self.request.arms[arm_index].name, ArmTally()).counterfactual += 1
 
     def _record(self, index: int, arm: Arm, drafted: int, accepted: int, verified: int, wall: float) -> None:
         tokens_per_second = verified / wall

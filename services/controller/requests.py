@@ -17,6 +17,7 @@ POLICY_NAMES = {
     generation_pb2.POLICY_EXP3SPEC: "exp3spec",
     generation_pb2.POLICY_FIXED: "fixed",
     generation_pb2.POLICY_UNIFORM: "uniform",
+    generation_pb2.POLICY_UCBSPEC_COUNTERFACTUAL: "ucbspec-cf",
 }
 FINISH_REASONS = {
     "length": generation_pb2.FINISH_REASON_LENGTH,
@@ -113,6 +114,7 @@ def result_to_pb(request: GenerationRequest, result: GenerationResult, overhead_
             accepted_tokens=t.accepted,
             mean_reward=t.reward_sum / t.pulls if t.pulls else 0.0,
             wall_seconds=t.wall_seconds,
+            counterfactual_observations=t.counterfactual,
         )
         for name, t in result.tallies.items()
     ]

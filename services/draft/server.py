@@ -128,7 +128,20 @@ class DraftServicer(draft_pb2_grpc.DraftServiceServicer):
             draft_probs=probs,
             context_length=len(session.context),
             compute_seconds=seconds,
+            alternatives=self._alternatives(request, session),
         )
+
+    def _alternatives(self, request: draft_pb2.ProposeRequest, session) -> list[draft_pb2.AlternativeDraft]:
+        """Drafts of other model-free drafters for the same context, for counterfactual scoring. Skips
+        names that are gone or are models (a model forward per round would cost what scoring saves)."""
+        alternatives = []
+        for name in request.score_drafters:
+            drafter = self.registry.drafters.get(name)
+            if drafter is None or drafter.kind == "model" or name == request.drafter:
+                continue
+            proposal, _ = self.registry.propose(drafter, session, request.score_num_tokens)
+            alternatives.append(draft_pb2.AlternativeDraft(drafter=name, draft_ids=proposal.token_ids))
+        return alternatives
 
     @grpc_errors
     async def ReleaseSession(self, request, context):

@@ -10,11 +10,11 @@ from services.controller.policies.fixed import FixedArm
 from services.controller.policies.ucb import UCBSpec
 from services.controller.policies.uniform import UniformRandom
 
-POLICIES = ("ucbspec", "exp3spec", "fixed", "uniform")
+POLICIES = ("ucbspec", "ucbspec-cf", "exp3spec", "fixed", "uniform")
 
 
 def make_policy(name: str, num_arms: int, rng: np.random.Generator) -> Policy:
-    if name == "ucbspec":
+    if name in ("ucbspec", "ucbspec-cf"):  # -cf: the same policy, fed counterfactual observations too
         return UCBSpec(num_arms)
     if name == "exp3spec":
         return EXP3Spec(num_arms, rng)

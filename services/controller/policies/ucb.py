@@ -45,9 +45,13 @@ class UCBSpec:
         return max(candidates, key=lambda arm: self.index(arm, t))
 
     def update(self, arm: int, reward: float) -> None:
+        self.observe(arm, reward)
+        self.rounds += 1
+
+    def observe(self, arm: int, reward: float) -> None:
+        """A reward for an arm not pulled this round (scored counterfactually): a sample, not a round."""
         self.pulls[arm] += 1
         self.reward_sums[arm] += reward
-        self.rounds += 1
 
     def disable(self, arm: int) -> None:
         self.active[arm] = False

@@ -1,0 +1,103 @@
+"""Counterfactual scoring of arms that were not pulled (greedy requests only).
+
+At temperature 0 the answer does not depend on the arms: the text the target verifies is the text any
+arm would have produced. So a draft that was not verified can still be scored: its accepted length is
+its common prefix with the text verified from the same position (HedgeSpec's observation, arXiv
+2510.20064). Each round the draft service also proposes with the request's other model-free drafters
+(microseconds each); once enough text is verified, each of their arms gets a reward sample
+`(accepted + 1) / modelled round seconds`, and target-only one of `1 / modelled seconds`. Round times are
+modelled from the target's measured k-token forwards plus the round overheads measured so far, so
+co-observed arms are compared on one scale. Model drafters are not scored: that would cost a forward.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+
+from services.controller.arms import Arm
+
+
+@dataclass
+class _Pending:
+    position: int  # context length when the draft was made
+    drafter: str
+    draft: list[int]
+    arms: list[int] = field(default_factory=list)  # request arm indices still unscored
+
+
+@dataclass
+class RoundCosts:
+    """Modelled seconds of a round that verifies k drafted tokens: f(k + 1) + overhead."""
+
+    forward_seconds: list[float]  # f(k) for k = 1..len
+    target_only_overhead: float
+    drafted_overhead: float
+    weight: float = 0.1
+
+    def forward(self, tokens: int) -> float:
+        return self.forward_seconds[min(tokens, len(self.forward_seconds)) - 1]
+
+    def seconds(self, drafted: int, asks_a_drafter: bool = True) -> float:
+        overhead = self.drafted_overhead if asks_a_drafter else self.target_only_overhead
+        return self.forward(drafted + 1) + overhead
+
+    def observe(self, drafted: int, wall: float, asked_a_drafter: bool) -> None:
+        """Follow the measured overheads, so modelled arms stay comparable with pulled ones."""
+        overhead = max(0.0, wall - self.forward(drafted + 1))
+        if asked_a_drafter:
+            self.drafted_overhead += self.weight * (overhead - self.drafted_overhead)
+        else:
+            self.target_only_overhead += self.weight * (overhead - self.target_only_overhead)
+
+
+def _common_prefix(a: list[int], b: list[int]) -> int:
+    n = 0
+    for x, y in zip(a, b):
+        if x != y:
+            break
+        n += 1
+    return n
+
+
+class CounterfactualScorer:
+    """Pending drafts, resolved against the verified context as it grows."""
+
+    def __init__(self, arms: list[Arm], costs: RoundCosts) -> None:
+        self.arms = arms
+        self.costs = costs
+        self.pending: list[_Pending] = []
+        self.target_only = [i for i, arm in enumerate(arms) if arm.gamma == 0]
+
+    def arms_of(self, service: str, drafter: str) -> list[int]:
+        return [i for i, a in enumerate(self.arms) if a.service == service and a.drafter == drafter and a.gamma > 0]
+
+    def add(self, position: int, service: str, drafter: str, draft: list[int], arms: list[int] | None = None) -> None:
+        """Score `draft` (made at context length `position`) for the drafter's arms, or only `arms`."""
+        arms = self.arms_of(service, drafter) if arms is None else arms
+        if arms:
+            self.pending.append(_Pending(position, drafter, list(draft), arms))
+
+    def target_only_samples(self, pulled: int) -> list[tuple[int, float, float]]:
+        """(arm, tokens, modelled seconds) for target-only when another arm was pulled."""
+        return [(i, 1.0, self.costs.seconds(0, asks_a_drafter=False)) for i in self.target_only if i != pulled]
+
+    def resolve(self, context: list[int]) -> list[tuple[int, float, float]]:
+        """(arm, tokens, modelled seconds) for every arm whose draft the verified text now decides."""
+        samples = []
+        still = []
+        for pending in self.pending:
+            known = context[pending.position :]
+            matched = _common_prefix(pending.draft, known)
+            waiting = []
+            for index in pending.arms:
+                drafted = min(len(pending.draft), self.arms[index].gamma)
+                if matched >= drafted or matched < len(known):  # decided: all accepted, or a mismatch seen
+                    accepted = min(matched, drafted)
+                    samples.append((index, accepted + 1.0, self.costs.seconds(drafted)))
+                else:
+                    waiting.append(index)
+            if waiting:
+                pending.arms = waiting
+                still.append(pending)
+        self.pending = still
+        return samples

@@ -1,0 +1,110 @@
+"""`banditspec bench`: the reduced run on the shipped pydocs family writes a complete, finite report; the
+oracle, regret and arm-share arithmetic on hand-made measurements."""
+
+from __future__ import annotations
+
+import json
+import math
+
+import numpy as np
+import pytest
+
+from banditspec.bench import analysis
+from banditspec.bench.cli import main
+from banditspec.bench.methods import ADAPTIVE, ASSISTED, ORACLE, PLAIN, PLD
+from banditspec.bench.run import Measurement
+
+PNG_MAGIC = b"\x89PNG\r\n\x1a\n"
+
+
+@pytest.fixture(scope="module")
+def reduced_run(tmp_path_factory):
+    out = tmp_path_factory.mktemp("bench")
+    status = main(["--family", "pydocs", "--reduced", "--out", str(out)])
+    return status, out
+
+
+def _finite(value) -> bool:
+    return isinstance(value, (int, float)) and math.isfinite(value)
+
+
+def test_reduced_run_passes_and_reports_every_method(reduced_run):
+    status, out = reduced_run
+    assert status == 0  # 1 would mean a float32 stack output differs from hf-plain
+    document = json.loads((out / "results.json").read_text())
+    assert {"machine", "config", "prompts", "results", "plots"} <= set(document)
+    assert document["config"]["reduced"] and not document["failed"]
+    result = document["results"]["float32"]
+    assert result["mismatches"] == [] and result["problems"] == []
+    fixed = [f"fixed:{arm}" for arm in result["arms"]]
+    assert len(fixed) >= 2
+    expected = {PLAIN, PLD, ASSISTED, ORACLE, *ADAPTIVE, *fixed}
+    assert set(result["methods"]) == expected
+    for scope in [result["per_method"], *result["per_kind"].values()]:
+        assert set(scope) == expected
+        for summary in scope.values():
+            assert _finite(summary["tokens_per_second"]) and summary["tokens_per_second"] > 0
+    for method in [ORACLE, *ADAPTIVE, *fixed]:
+        summary = result["per_method"][method]
+        assert summary["rounds"] > 0
+        assert _finite(summary["rounds_regret"]) and _finite(summary["time_regret_seconds"])
+    assert result["per_method"][ORACLE]["rounds_regret"] == 0
+    assert set(result["oracle_arms"].values()) <= set(fixed)
+
+
+def test_ratios_regret_curves_and_shares_are_finite(reduced_run):
+    _, out = reduced_run
+    result = json.loads((out / "results.json").read_text())["results"]["float32"]
+    assert set(result["ratios"]) == set(ADAPTIVE)
+    for bases in result["ratios"].values():
+        assert set(bases) == {"best_fixed", ORACLE, PLAIN, PLD, ASSISTED}
+        for by_scope in bases.values():
+            assert set(by_scope) == {"all", *result["kinds"]}
+            assert all(_finite(v) and v > 0 for v in by_scope.values())
+    for policy in ADAPTIVE:
+        curves = result["regret_curves"][policy]
+        assert curves["all"] and all(_finite(v) for v in curves["all"])
+        assert all(_finite(v) for curve in curves["per_kind"].values() for v in curve)
+        shares = result["arm_shares"][policy]["shares"]
+        columns = list(zip(*shares.values()))
+        assert columns and all(math.isclose(sum(c), 1.0) for c in columns)
+
+
+def test_markdown_tables_and_png_plots(reduced_run):
+    _, out = reduced_run
+    markdown = (out / "results.md").read_text()
+    for heading in ("### Tokens/s", "### Ratios", "### Rounds, acceptance and regret", "### Acceptance per kind",
+                    "### Arm pulls of the adaptive policies"):  # fmt: skip
+        assert heading in markdown
+    assert "| method | all |" in markdown
+    for policy in ADAPTIVE:
+        assert f"| {policy} ÷ best fixed arm |" in markdown
+        assert f"| {policy} ÷ per-prompt oracle |" in markdown
+    for name in ("throughput-float32.png", "regret-float32.png", "arm-shares-float32.png"):
+        assert (out / name).read_bytes()[:8] == PNG_MAGIC, name
+        assert f"]({name})" in markdown
+
+
+def _m(prompt: str, method: str, tokens: int, seconds: float, rounds: int | None, trace=None) -> Measurement:
+    return Measurement(
+        "float32", prompt, "k", method, tokens, seconds, tokens / seconds, [seconds], None,
+        rounds=rounds, round_seconds=None if rounds is None else seconds - 0.1, trace=trace,
+    )  # fmt: skip
+
+
+def test_oracle_regret_and_shares_arithmetic():
+    trace = {"arms": ["a", "a", "b", "b"], "tokens": [2, 2, 1, 1], "seconds": [0.2, 0.2, 0.2, 0.2]}
+    rows = [
+        _m("p", "fixed:a", 6, 1.1, 3),  # 6 tok/s: the oracle; decode rate 6 / 1.0
+        _m("p", "fixed:b", 6, 2.1, 6),
+        _m("p", "ucbspec", 6, 1.5, 4, trace),
+    ]
+    [best] = analysis.oracle(rows)
+    assert best.method == ORACLE and best.stats["arm"] == "fixed:a"
+    regret = analysis.prompt_regret(rows[2], best)
+    assert regret["rounds_regret"] == 1 and math.isclose(regret["time_regret_seconds"], 1.5 - 1.1)
+    curve = analysis.regret_curves(rows, {"p": best}, ["k"])["ucbspec"]["all"]
+    assert [round(x, 6) for x in curve] == [round(s - t / 6, 6) for s, t in ((0.2, 2), (0.4, 4), (0.6, 5), (0.8, 6))]
+    shares = analysis.arm_shares(rows, ["a", "b"])["ucbspec"]
+    assert shares["bucket_size"] == 1 and shares["shares"] == {"a": [1, 1, 0, 0], "b": [0, 0, 1, 1]}
+    assert analysis.mean_padded([np.array([1.0, 3.0]), np.array([2.0])]) == [1.5, 2.5]

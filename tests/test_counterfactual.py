@@ -1,0 +1,145 @@
+"""Counterfactual scoring: an unpulled draft is scored by its common prefix with the verified text, once
+that text decides it, with modelled round times."""
+
+from __future__ import annotations
+
+import pytest
+
+from services.controller.arms import TARGET_ONLY_ARM, Arm
+from services.controller.counterfactual import CounterfactualScorer, RoundCosts
+from services.controller.policies import UCBSpec
+
+ARMS = [TARGET_ONLY_ARM, Arm.drafted("local", "pld", 3), Arm.drafted("local", "pld", 6), Arm.drafted("local", "sfx", 6)]
+
+
+def costs() -> RoundCosts:
+    return RoundCosts(forward_seconds=[0.010 + 0.001 * k for k in range(16)], target_only_overhead=0.002, drafted_overhead=0.003)
+
+
+def test_modelled_round_seconds_use_the_forward_cost_of_k_plus_one_tokens():
+    c = costs()
+    assert c.seconds(0, asks_a_drafter=False) == pytest.approx(0.010 + 0.002)
+    assert c.seconds(3) == pytest.approx(0.013 + 0.003)
+    c.observe(drafted=3, wall=0.023, asked_a_drafter=True)  # overhead 0.010 measured
+    assert c.drafted_overhead == pytest.approx(0.003 + 0.1 * (0.010 - 0.003))
+
+
+def test_a_mismatch_decides_every_arm_of_the_draft_at_once():
+    scorer = CounterfactualScorer(ARMS, costs())
+    context = [1, 2, 3]
+    scorer.add(len(context), "local", "pld", [7, 8, 9, 10, 11, 12])
+    context += [7, 8, 5]  # verified: two of the draft's tokens, then another token
+    samples = {arm: (tokens, seconds) for arm, tokens, seconds in scorer.resolve(context)}
+    assert samples[1] == (3.0, pytest.approx(costs().seconds(3)))  # pld/3: 2 accepted + 1
+    assert samples[2] == (3.0, pytest.approx(costs().seconds(6)))  # pld/6 drafts 6 and pays for them
+    assert scorer.pending == []
+
+
+def test_a_fully_matching_prefix_waits_for_more_text():
+    scorer = CounterfactualScorer(ARMS, costs())
+    context = [1]
+    scorer.add(1, "local", "sfx", [4, 5, 6, 7])
+    context += [4, 5]  # all match so far: acceptance of the 4-token draft is not known yet
+    assert scorer.resolve(context) == []
+    context += [6, 7, 9]
+    assert scorer.resolve(context) == [(3, 5.0, pytest.approx(costs().seconds(4)))]  # sfx/6 drafted only 4
+
+
+def test_shorter_arm_is_decided_before_the_longer_one():
+    scorer = CounterfactualScorer(ARMS, costs())
+    scorer.add(0, "local", "pld", [4, 5, 6, 7, 8, 9])
+    first = scorer.resolve([4, 5, 6])
+    assert [(arm, tokens) for arm, tokens, _ in first] == [(1, 4.0)]  # pld/3 fully accepted
+    assert [(arm, tokens) for arm, tokens, _ in scorer.resolve([4, 5, 6, 7, 0])] == [(2, 5.0)]
+
+
+def test_empty_draft_costs_a_drafter_call_and_yields_the_bonus_token_only():
+    scorer = CounterfactualScorer(ARMS, costs())
+    scorer.add(0, "local", "sfx", [])
+    assert scorer.resolve([]) == [(3, 1.0, pytest.approx(costs().seconds(0)))]
+
+
+def test_target_only_is_scored_when_another_arm_is_pulled():
+    scorer = CounterfactualScorer(ARMS, costs())
+    assert scorer.target_only_samples(pulled=2) == [(0, 1.0, pytest.approx(0.012))]
+    assert scorer.target_only_samples(pulled=0) == []
+
+
+def test_observations_count_as_samples_but_not_rounds():
+    policy = UCBSpec(3)
+    policy.observe(1, 0.5)
+    policy.update(0, 0.2)
+    assert policy.pulls == [1, 1, 0] and policy.rounds == 1
+    assert policy.select() == 2  # warm-up only waits for arms never observed
+
+
+# through the services ----------------------------------------------------------------------------
+
+MAX_NEW = 32
+PROMPTS = ([5, 9, 5, 9, 5], [12, 30, 7, 12, 30], [40, 41, 42, 40, 41])
+
+
+@pytest.fixture(scope="module")
+def two_drafter_stack(tiny_models, tmp_path_factory):
+    from banditspec.launcher import LocalStack
+    from conftest import CPU_ARGS
+
+    log_dir = tmp_path_factory.mktemp("counterfactual-stack-logs")
+    stack = LocalStack(
+        model=str(tiny_models.target),
+        drafters=["pld=prompt_lookup:1-3:fixed", "sfx=suffix:24:off"],
+        controller_port=0,
+        extra_target_args=CPU_ARGS,
+        extra_draft_args=CPU_ARGS,
+        extra_controller_args=["--policy", "ucbspec-cf"],
+        log_dir=log_dir,
+        startup_timeout=300,
+    )
+    try:
+        stack.start()
+    except Exception:
+        for log in sorted(log_dir.glob("*.log")):
+            print(f"--- {log.name} ---\n{log.read_text()[-4000:]}")
+        raise
+    yield stack
+    stack.stop()
+
+
+def test_draft_service_returns_alternatives_of_model_free_drafters(two_drafter_stack):
+    import grpc
+
+    from banditspec.v1 import draft_pb2, draft_pb2_grpc
+
+    with grpc.insecure_channel(two_drafter_stack.address("draft")) as channel:
+        stub = draft_pb2_grpc.DraftServiceStub(channel)
+        response = stub.Propose(
+            draft_pb2.ProposeRequest(
+                session_id="alt", drafter="pld", num_tokens=2, context_length=0, new_context_ids=[1, 2, 3, 1, 2],
+                score_drafters=["sfx", "pld", "gone"], score_num_tokens=4,
+            ),
+            timeout=30,
+        )
+    assert list(response.draft_ids) == [3, 1]
+    # the pulled drafter and unknown names are skipped; sfx continues "1 2" as "3 1 2" up to 4 tokens
+    assert [a.drafter for a in response.alternatives] == ["sfx"]
+    assert list(response.alternatives[0].draft_ids)[:3] == [3, 1, 2]
+
+
+def test_counterfactual_ucb_is_lossless_and_scores_unpulled_drafters(two_drafter_stack, target_model):
+    import grpc
+
+    from banditspec.v1 import generation_pb2, generation_pb2_grpc
+    from conftest import reference_greedy
+
+    observed: dict[str, int] = {}
+    with grpc.insecure_channel(two_drafter_stack.address("controller")) as channel:
+        stub = generation_pb2_grpc.GenerationServiceStub(channel)
+        for prompt in PROMPTS:
+            request = generation_pb2.GenerateRequest(max_new_tokens=MAX_NEW)
+            request.token_ids.ids.extend(prompt)
+            response = stub.Generate(request, timeout=120)
+            assert list(response.token_ids) == reference_greedy(target_model, list(prompt), MAX_NEW)
+            assert response.stats.policy == "ucbspec-cf"
+            for arm in response.stats.arms:
+                observed[arm.arm] = observed.get(arm.arm, 0) + arm.counterfactual_observations
+    assert observed["target-only"] > 0 and observed["local/sfx/6"] > 0 and observed["local/pld/6"] > 0
