@@ -36,4 +36,4 @@ test-fast: setup
 	$(BIN)/pytest -q -m "not real_model"
 
 bench: setup
-	$(BIN)/python benchmarks/serving_bench.py
+	$(BIN)/banditspec bench --family default

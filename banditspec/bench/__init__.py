@@ -6,6 +6,7 @@ Methods, per dtype (the target and the baselines always share it):
   hf-pld           the same with `prompt_lookup_num_tokens=5`
   hf-assisted      the same with `assistant_model=` the family's (or --assistant's) draft model
   ucbspec          the local stack (target + draft service + controller) through gRPC, policy UCBSpec
+  ucbspec-cf       the same, UCBSpec also fed counterfactual scores of unpulled model-free arms
   exp3spec         the same, policy EXP3Spec
   uniform          the same, a uniformly random arm each round (the no-learning baseline)
   fixed:ARM        the same, policy FIXED with allowed_arms=[ARM], for every arm ListArms returns

@@ -15,6 +15,7 @@ from banditspec.v1 import generation_pb2
 PLAIN, PLD, ASSISTED, ORACLE = "hf-plain", "hf-pld", "hf-assisted", "oracle"
 ADAPTIVE = {
     "ucbspec": generation_pb2.POLICY_UCBSPEC,
+    "ucbspec-cf": generation_pb2.POLICY_UCBSPEC_COUNTERFACTUAL,
     "exp3spec": generation_pb2.POLICY_EXP3SPEC,
     "uniform": generation_pb2.POLICY_UNIFORM,
 }

@@ -13,7 +13,7 @@ from matplotlib.ticker import MaxNLocator  # noqa: E402
 from banditspec.bench.methods import ADAPTIVE, ASSISTED, ORACLE, PLAIN, PLD  # noqa: E402
 
 COLOURS = {PLAIN: "#1f4e79", PLD: "#2e86c1", ASSISTED: "#85c1e9", ORACLE: "black",
-           "ucbspec": "tab:red", "exp3spec": "tab:orange", "uniform": "tab:purple"}  # fmt: skip
+           "ucbspec": "tab:red", "ucbspec-cf": "tab:green", "exp3spec": "tab:orange", "uniform": "tab:purple"}  # fmt: skip
 
 
 def write_plots(result: dict, out: Path) -> dict[str, Path]:
