@@ -143,3 +143,24 @@ def test_counterfactual_ucb_is_lossless_and_scores_unpulled_drafters(two_drafter
             for arm in response.stats.arms:
                 observed[arm.arm] = observed.get(arm.arm, 0) + arm.counterfactual_observations
     assert observed["target-only"] > 0 and observed["local/sfx/6"] > 0 and observed["local/pld/6"] > 0
+
+
+def test_measured_spread_replaces_the_worst_case_scale_once_enough_samples_exist():
+    from services.controller.policies.ucb import MIN_SPREAD, confidence_radius
+
+    policy = UCBSpec(2, measured_spread=True)
+    assert policy.spread() == 0.5  # no samples: the paper's R/2
+    for reward in (0.2, 0.4, 0.2, 0.4, 0.2, 0.4):
+        policy.observe(0, reward)
+    for reward in (0.5, 0.7, 0.5, 0.7, 0.5, 0.7):
+        policy.observe(1, reward)
+    # within-arm deviations of ±0.1 over 12 samples and 2 arms: sqrt(12 * 0.01 / 10)
+    assert policy.spread() == pytest.approx((12 * 0.01 / 10) ** 0.5)
+    assert policy.spread() < 0.5
+    assert policy.index(0, 5) == pytest.approx(0.3 + confidence_radius(6, 5, 2, 2 * policy.spread()))
+    constant = UCBSpec(2, measured_spread=True)
+    for _ in range(10):  # no spread at all: clipped, so the radius never vanishes
+        constant.observe(0, 0.3)
+        constant.observe(1, 0.6)
+    assert constant.spread() == MIN_SPREAD
+    assert UCBSpec(2).spread() == 0.5  # plain UCBSpec keeps the paper's scale

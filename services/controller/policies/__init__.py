@@ -14,8 +14,10 @@ POLICIES = ("ucbspec", "ucbspec-cf", "exp3spec", "fixed", "uniform")
 
 
 def make_policy(name: str, num_arms: int, rng: np.random.Generator) -> Policy:
-    if name in ("ucbspec", "ucbspec-cf"):  # -cf: the same policy, fed counterfactual observations too
+    if name == "ucbspec":
         return UCBSpec(num_arms)
+    if name == "ucbspec-cf":  # fed counterfactual samples too, so the rewards' spread can be measured
+        return UCBSpec(num_arms, measured_spread=True)
     if name == "exp3spec":
         return EXP3Spec(num_arms, rng)
     if name == "fixed":

@@ -2,11 +2,19 @@
 
 cr_i(t) = (R/2) · sqrt( (1 + n_i) / n_i² · (1 + 2 ln( K t² sqrt(1 + n_i) / δ )) ), δ = 1/2,
 with n_i this arm's own pull count (not the total) and t the index of the round being chosen.
+
+With `measured_spread` (policy ucbspec-cf, which gets many counterfactual samples per round) the
+radius scales with the rewards' measured spread instead of the worst case: R/2 is replaced by the
+pooled within-arm standard deviation of the rewards seen so far in the request, clipped to
+[MIN_SPREAD, R/2], and R/2 itself until MIN_SAMPLES_FOR_SPREAD samples beyond one per arm exist.
 """
 
 from __future__ import annotations
 
 import math
+
+MIN_SPREAD = 0.05
+MIN_SAMPLES_FOR_SPREAD = 8
 
 
 def confidence_radius(pulls: int, round_index: int, num_arms: int, reward_range: float = 1.0, delta: float = 0.5) -> float:
@@ -18,7 +26,7 @@ def confidence_radius(pulls: int, round_index: int, num_arms: int, reward_range:
 class UCBSpec:
     name = "ucbspec"
 
-    def __init__(self, num_arms: int, reward_range: float = 1.0, delta: float = 0.5) -> None:
+    def __init__(self, num_arms: int, reward_range: float = 1.0, delta: float = 0.5, measured_spread: bool = False) -> None:
         if num_arms < 1:
             raise ValueError("UCBSpec needs at least one arm")
         self.num_arms = num_arms
@@ -26,13 +34,29 @@ class UCBSpec:
         self.delta = delta
         self.pulls = [0] * num_arms
         self.reward_sums = [0.0] * num_arms
+        self.reward_squares = [0.0] * num_arms
+        self.measured_spread = measured_spread
         self.active = [True] * num_arms
         self.rounds = 0
 
-    def index(self, arm: int, round_index: int) -> float:
+    def spread(self) -> float:
+        """The reward scale of the radius (R/2 of the paper, or the measured one)."""
+        worst = self.reward_range / 2
+        if not self.measured_spread:
+            return worst
+        observed = [i for i in range(self.num_arms) if self.pulls[i] > 0]
+        freedom = sum(self.pulls[i] for i in observed) - len(observed)
+        if freedom < MIN_SAMPLES_FOR_SPREAD:
+            return worst
+        within = sum(self.reward_squares[i] - self.reward_sums[i] ** 2 / self.pulls[i] for i in observed)
+        return min(worst, max(MIN_SPREAD, math.sqrt(max(0.0, within) / freedom)))
+
+    def index(self, arm: int, round_index: int, spread: float | None = None) -> float:
         n = self.pulls[arm]
         mean = self.reward_sums[arm] / n
-        return mean + confidence_radius(n, round_index, self.num_arms, self.reward_range, self.delta)
+        scale = self.spread() if spread is None else spread
+        # confidence_radius is linear in R: pass 2 * spread as the range
+        return mean + confidence_radius(n, round_index, self.num_arms, 2 * scale, self.delta)
 
     def select(self) -> int:
         candidates = [i for i in range(self.num_arms) if self.active[i]]
@@ -42,7 +66,8 @@ class UCBSpec:
             if self.pulls[arm] == 0:
                 return arm
         t = self.rounds + 1
-        return max(candidates, key=lambda arm: self.index(arm, t))
+        spread = self.spread()
+        return max(candidates, key=lambda arm: self.index(arm, t, spread))
 
     def update(self, arm: int, reward: float) -> None:
         self.observe(arm, reward)
@@ -52,6 +77,7 @@ class UCBSpec:
         """A reward for an arm not pulled this round (scored counterfactually): a sample, not a round."""
         self.pulls[arm] += 1
         self.reward_sums[arm] += reward
+        self.reward_squares[arm] += reward * reward
 
     def disable(self, arm: int) -> None:
         self.active[arm] = False
