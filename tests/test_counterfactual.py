@@ -18,10 +18,14 @@ def costs() -> RoundCosts:
 
 def test_modelled_round_seconds_use_the_forward_cost_of_k_plus_one_tokens():
     c = costs()
-    assert c.seconds(0, asks_a_drafter=False) == pytest.approx(0.010 + 0.002)
-    assert c.seconds(3) == pytest.approx(0.013 + 0.003)
-    c.observe(drafted=3, wall=0.023, asked_a_drafter=True)  # overhead 0.010 measured
+    assert c.seconds(0, None) == pytest.approx(0.010 + 0.002)
+    assert c.seconds(3, "local/pld") == pytest.approx(0.013 + 0.003)
+    c.observe(drafted=3, wall=0.023, drafter="local/pld")  # overhead 0.010 measured
+    assert c.seconds(3, "local/pld") == pytest.approx(0.013 + 0.003 + 0.1 * (0.010 - 0.003))
     assert c.drafted_overhead == pytest.approx(0.003 + 0.1 * (0.010 - 0.003))
+    c.observe(drafted=3, wall=0.063, drafter="local/model", model_free=False)  # a draft model's compute...
+    assert c.seconds(3, "local/model") > c.seconds(3, "local/sfx")  # ...is not charged to the others
+    assert c.seconds(3, "local/sfx") == pytest.approx(0.013 + c.drafted_overhead)
 
 
 def test_a_mismatch_decides_every_arm_of_the_draft_at_once():
@@ -30,8 +34,8 @@ def test_a_mismatch_decides_every_arm_of_the_draft_at_once():
     scorer.add(len(context), "local", "pld", [7, 8, 9, 10, 11, 12])
     context += [7, 8, 5]  # verified: two of the draft's tokens, then another token
     samples = {arm: (tokens, seconds) for arm, tokens, seconds in scorer.resolve(context)}
-    assert samples[1] == (3.0, pytest.approx(costs().seconds(3)))  # pld/3: 2 accepted + 1
-    assert samples[2] == (3.0, pytest.approx(costs().seconds(6)))  # pld/6 drafts 6 and pays for them
+    assert samples[1] == (3.0, pytest.approx(costs().seconds(3, "local/pld")))  # pld/3: 2 accepted + 1
+    assert samples[2] == (3.0, pytest.approx(costs().seconds(6, "local/pld")))  # pld/6 drafts 6 and pays for them
     assert scorer.pending == []
 
 
@@ -42,7 +46,7 @@ def test_a_fully_matching_prefix_waits_for_more_text():
     context += [4, 5]  # all match so far: acceptance of the 4-token draft is not known yet
     assert scorer.resolve(context) == []
     context += [6, 7, 9]
-    assert scorer.resolve(context) == [(3, 5.0, pytest.approx(costs().seconds(4)))]  # sfx/6 drafted only 4
+    assert scorer.resolve(context) == [(3, 5.0, pytest.approx(costs().seconds(4, "local/sfx")))]  # sfx/6 drafted only 4
 
 
 def test_shorter_arm_is_decided_before_the_longer_one():
@@ -56,13 +60,21 @@ def test_shorter_arm_is_decided_before_the_longer_one():
 def test_empty_draft_costs_a_drafter_call_and_yields_the_bonus_token_only():
     scorer = CounterfactualScorer(ARMS, costs())
     scorer.add(0, "local", "sfx", [])
-    assert scorer.resolve([]) == [(3, 1.0, pytest.approx(costs().seconds(0)))]
+    assert scorer.resolve([]) == [(3, 1.0, pytest.approx(costs().seconds(0, "local/sfx")))]
 
 
 def test_target_only_is_scored_when_another_arm_is_pulled():
     scorer = CounterfactualScorer(ARMS, costs())
     assert scorer.target_only_samples(pulled=2) == [(0, 1.0, pytest.approx(0.012))]
     assert scorer.target_only_samples(pulled=0) == []
+
+
+def test_arms_of_a_failed_drafter_are_no_longer_scored():
+    scorer = CounterfactualScorer(ARMS, costs())
+    scorer.add(0, "local", "pld", [4, 5, 6, 7, 8, 9])
+    scorer.add(0, "local", "sfx", [4, 5])
+    scorer.forget({1, 2})
+    assert [arm for arm, _, _ in scorer.resolve([4, 5, 6, 7, 8, 9, 1])] == [3]
 
 
 def test_observations_count_as_samples_but_not_rounds():
@@ -151,16 +163,22 @@ def test_measured_spread_replaces_the_worst_case_scale_once_enough_samples_exist
     policy = UCBSpec(2, measured_spread=True)
     assert policy.spread() == 0.5  # no samples: the paper's R/2
     for reward in (0.2, 0.4, 0.2, 0.4, 0.2, 0.4):
-        policy.observe(0, reward)
+        policy.update(0, reward)
     for reward in (0.5, 0.7, 0.5, 0.7, 0.5, 0.7):
-        policy.observe(1, reward)
+        policy.update(1, reward)
+    spread = policy.spread()
+    for _ in range(20):  # counterfactual samples move the means, not the measured spread
+        policy.observe(0, 0.3)
+    assert policy.spread() == spread
+    for _ in range(20):
+        policy.observe(0, 0.4)
     # within-arm deviations of ±0.1 over 12 samples and 2 arms: sqrt(12 * 0.01 / 10)
     assert policy.spread() == pytest.approx((12 * 0.01 / 10) ** 0.5)
     assert policy.spread() < 0.5
-    assert policy.index(0, 5) == pytest.approx(0.3 + confidence_radius(6, 5, 2, 2 * policy.spread()))
+    assert policy.index(1, 5) == pytest.approx(0.6 + confidence_radius(6, 5, 2, 2 * policy.spread()))
     constant = UCBSpec(2, measured_spread=True)
     for _ in range(10):  # no spread at all: clipped, so the radius never vanishes
-        constant.observe(0, 0.3)
-        constant.observe(1, 0.6)
+        constant.update(0, 0.3)
+        constant.update(1, 0.6)
     assert constant.spread() == MIN_SPREAD
     assert UCBSpec(2).spread() == 0.5  # plain UCBSpec keeps the paper's scale

@@ -3,6 +3,7 @@ is unsure (min_confidence), after at least one token."""
 
 from __future__ import annotations
 
+import pytest
 import torch
 
 from banditspec.sampling import SamplingParams
@@ -49,3 +50,11 @@ def test_spec_sets_and_disables_the_threshold():
     assert DrafterSpec.parse("m=model:/x@bfloat16~0.25").min_confidence == 0.25
     assert DrafterSpec.parse("m=model:/x~-1").min_confidence == -1.0
     assert DrafterSpec.parse("m=model:/x").min_confidence == 0.0  # the drafter's default
+    assert DrafterSpec.parse("m=model:/x~0").min_confidence == -1.0  # ~0: never stop early
+    home = DrafterSpec.parse("m=model:~/drafts/d@bfloat16~0.5")
+    assert (home.model_path, home.dtype, home.min_confidence) == ("~/drafts/d", "bfloat16", 0.5)
+    assert DrafterSpec.parse("m=model:~/drafts/d").model_path == "~/drafts/d"
+    with pytest.raises(ValueError, match="at most 1"):
+        DrafterSpec.parse("m=model:/x~5")
+    assert DrafterSpec.parse("s=suffix:off").memory_tokens == -1
+    assert DrafterSpec.parse("s=suffix:24:0").memory_tokens == -1

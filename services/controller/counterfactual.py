@@ -20,34 +20,44 @@ from services.controller.arms import Arm
 @dataclass
 class _Pending:
     position: int  # context length when the draft was made
-    drafter: str
+    drafter: str  # SERVICE/DRAFTER
     draft: list[int]
     arms: list[int] = field(default_factory=list)  # request arm indices still unscored
 
 
 @dataclass
 class RoundCosts:
-    """Modelled seconds of a round that verifies k drafted tokens: f(k + 1) + overhead."""
+    """Modelled seconds of a round that verifies k drafted tokens: f(k + 1) + the drafter's overhead.
+
+    Overheads (round wall − f(k + 1): RPCs and drafting) are running averages per drafter, so a draft
+    model's compute is not charged to prompt lookup; a drafter never pulled yet gets the average of
+    the model-free drafters pulled so far."""
 
     forward_seconds: list[float]  # f(k) for k = 1..len
     target_only_overhead: float
-    drafted_overhead: float
+    drafted_overhead: float  # model-free drafters, pooled: the fallback for one never pulled
     weight: float = 0.1
+    by_drafter: dict[str, float] = field(default_factory=dict)
 
     def forward(self, tokens: int) -> float:
         return self.forward_seconds[min(tokens, len(self.forward_seconds)) - 1]
 
-    def seconds(self, drafted: int, asks_a_drafter: bool = True) -> float:
-        overhead = self.drafted_overhead if asks_a_drafter else self.target_only_overhead
-        return self.forward(drafted + 1) + overhead
+    def seconds(self, drafted: int, drafter: str | None) -> float:
+        """drafter None: a target-only round."""
+        if drafter is None:
+            return self.forward(1) + self.target_only_overhead
+        return self.forward(drafted + 1) + self.by_drafter.get(drafter, self.drafted_overhead)
 
-    def observe(self, drafted: int, wall: float, asked_a_drafter: bool) -> None:
+    def observe(self, drafted: int, wall: float, drafter: str | None, model_free: bool = True) -> None:
         """Follow the measured overheads, so modelled arms stay comparable with pulled ones."""
         overhead = max(0.0, wall - self.forward(drafted + 1))
-        if asked_a_drafter:
-            self.drafted_overhead += self.weight * (overhead - self.drafted_overhead)
-        else:
+        if drafter is None:
             self.target_only_overhead += self.weight * (overhead - self.target_only_overhead)
+            return
+        previous = self.by_drafter.get(drafter, self.drafted_overhead)
+        self.by_drafter[drafter] = previous + self.weight * (overhead - previous)
+        if model_free:
+            self.drafted_overhead += self.weight * (overhead - self.drafted_overhead)
 
 
 def _common_prefix(a: list[int], b: list[int]) -> int:
@@ -75,11 +85,17 @@ class CounterfactualScorer:
         """Score `draft` (made at context length `position`) for the drafter's arms, or only `arms`."""
         arms = self.arms_of(service, drafter) if arms is None else arms
         if arms:
-            self.pending.append(_Pending(position, drafter, list(draft), arms))
+            self.pending.append(_Pending(position, f"{service}/{drafter}", list(draft), arms))
+
+    def forget(self, arms: set[int]) -> None:
+        """Stop scoring these arms (their drafter failed and left the request)."""
+        for pending in self.pending:
+            pending.arms = [i for i in pending.arms if i not in arms]
+        self.pending = [p for p in self.pending if p.arms]
 
     def target_only_samples(self, pulled: int) -> list[tuple[int, float, float]]:
         """(arm, tokens, modelled seconds) for target-only when another arm was pulled."""
-        return [(i, 1.0, self.costs.seconds(0, asks_a_drafter=False)) for i in self.target_only if i != pulled]
+        return [(i, 1.0, self.costs.seconds(0, None)) for i in self.target_only if i != pulled]
 
     def resolve(self, context: list[int]) -> list[tuple[int, float, float]]:
         """(arm, tokens, modelled seconds) for every arm whose draft the verified text now decides."""
@@ -93,7 +109,7 @@ class CounterfactualScorer:
                 drafted = min(len(pending.draft), self.arms[index].gamma)
                 if matched >= drafted or matched < len(known):  # decided: all accepted, or a mismatch seen
                     accepted = min(matched, drafted)
-                    samples.append((index, accepted + 1.0, self.costs.seconds(drafted)))
+                    samples.append((index, accepted + 1.0, self.costs.seconds(drafted, pending.drafter)))
                 else:
                     waiting.append(index)
             if waiting:

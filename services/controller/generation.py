@@ -121,6 +121,7 @@ class Generation:
         self.session_id = uuid.uuid4().hex
         self.context = list(request.prompt_ids)
         self.synced: dict[str, int] = {}  # draft service → context tokens it holds
+        self.completed = False
         stream_timeout = deadline.stream_timeout()
         self.verify_stream = RoundStream(target.stub.VerifyStream, stream_timeout)
         self.propose_streams = {
@@ -232,9 +233,16 @@ class Generation:
 
     def _drop_drafter(self, arm: Arm, reason: str) -> None:
         self.log.warning("drafter failed; its arms leave this request", arm=arm.name, reason=reason)
+        dropped = set()
         for index, other in enumerate(self.request.arms):
             if other.service == arm.service and other.drafter == arm.drafter:
                 self.policy.disable(index)
+                dropped.add(index)
+        if self.scorer is not None:
+            self.scorer.forget(dropped)
+            names = self.score_drafters.get(arm.service, [])
+            if arm.drafter in names:
+                names.remove(arm.drafter)
 
     # the loop ----------------------------------------------------------------------------------
     async def run(self) -> AsyncIterator[RoundEvent]:
@@ -301,12 +309,14 @@ class Generation:
                 yield RoundEvent(self.result.rounds, "", 0, 0, [], tail, 0.0, 0.0)
             self.result.token_ids = self.text.ids
             self.result.text = self.text.text
+            self.completed = True
         finally:
             self.result.wall_seconds = time.perf_counter() - start
 
     def _score_counterfactually(self, index, arm: Arm, gamma: int, proposal, position: int, drafted: int, wall: float) -> None:
         scorer = self.scorer
-        scorer.costs.observe(drafted, wall, asked_a_drafter=gamma > 0)
+        model_free = arm.drafter in self.score_drafters.get(arm.service, [])
+        scorer.costs.observe(drafted, wall, f"{arm.service}/{arm.drafter}" if gamma > 0 else None, model_free)
         samples = []
         if gamma > 0 and proposal is not None:
             # The pulled drafter's own draft also decides its arms of smaller γ (a draft's prefix is
@@ -318,6 +328,8 @@ class Generation:
             samples += scorer.target_only_samples(index)
         samples += scorer.resolve(self.context)
         for arm_index, tokens, seconds in samples:
+            if not self.policy.active[arm_index]:
+                continue
             self.policy.observe(arm_index, self.scale.normalise(tokens / seconds))
             self.result.tallies.setdefault(self.request.arms[arm_index].name, ArmTally()).counterfactual += 1
 
@@ -343,18 +355,17 @@ class Generation:
             await stream.close()
         calls = [self.target.stub.ReleaseSession(target_pb2.ReleaseSessionRequest(session_id=self.session_id), timeout=5)]
         prompt_length = len(self.request.prompt_ids)
+        # Drafters that learn from outputs (suffix) get the answer as returned (cut at a stop string or
+        # EOS), even from a service this request never drafted with; not the text of a failed request.
+        answer = self.request.prompt_ids + self.result.token_ids if self.completed else []
         for service, client in self.drafts.items():
-            synced = self.synced.get(service)
-            if synced is None and not client.learns_from_outputs:
+            learn = client.learns_from_outputs and len(answer) > prompt_length
+            if service not in self.synced and not learn:
                 continue
-            # Finish sync: drafters that learn from outputs (suffix) see the whole answer, even from
-            # a service this request never drafted with.
-            release = draft_pb2.ReleaseDraftSessionRequest(
-                session_id=self.session_id,
-                context_length=synced or 0,
-                new_context_ids=self.context[synced or 0 :] if client.learns_from_outputs else [],
-                prompt_length=prompt_length,
-            )
+            release = draft_pb2.ReleaseDraftSessionRequest(session_id=self.session_id)
+            if learn:
+                release.new_context_ids.extend(answer)  # the whole context: context_length 0
+                release.prompt_length = prompt_length
             calls.append(client.stub.ReleaseSession(release, timeout=5))
         for call in calls:
             try:

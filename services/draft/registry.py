@@ -10,6 +10,9 @@ from banditspec.sampling import SamplingParams
 from services.draft.drafters.base import Drafter, DraftSession, Proposal
 
 
+MAX_DRAFT_TOKENS = 64  # γ beyond this is a client error, and it bounds what a proposal allocates
+
+
 class DrafterRegistry:
     def __init__(self, max_sessions: int = 256) -> None:
         self.max_sessions = max_sessions
@@ -85,8 +88,8 @@ class DrafterRegistry:
 
     def propose(self, drafter: Drafter, session: DraftSession, num_tokens: int) -> tuple[Proposal, float]:
         """Returns the proposal and its compute seconds."""
-        if num_tokens < 0:
-            raise InvalidArgument(f"num_tokens must be >= 0, got {num_tokens}")
+        if not 0 <= num_tokens <= MAX_DRAFT_TOKENS:
+            raise InvalidArgument(f"num_tokens must be in [0, {MAX_DRAFT_TOKENS}], got {num_tokens}")
         start = time.perf_counter()
         proposal = drafter.propose(session, num_tokens)
         return proposal, time.perf_counter() - start
@@ -95,13 +98,18 @@ class DrafterRegistry:
         """Drop a session; with new_ids, first bring it up to date so learning drafters see the whole answer."""
         session = self.sessions.pop(session_id, None)
         released = session is not None
-        if new_ids:
-            if session is None and context_length == 0:  # a finished context this service never held
-                session = DraftSession(list(new_ids), SamplingParams(), 0)
-            elif session is not None and context_length == len(session.context):
-                session.context.extend(new_ids)
-        if session is None:
-            return False
+        if not new_ids:
+            learn_from = session
+        elif context_length == 0 and 0 < prompt_length < len(new_ids):  # the whole finished context
+            learn_from = DraftSession(list(new_ids), SamplingParams(), 0, prompt_length=prompt_length)
+        elif session is not None and context_length == len(session.context):
+            session.context.extend(new_ids)
+            learn_from = session
+        else:  # out of step with what this service holds: learning from it could teach a wrong answer
+            learn_from = None
+        if learn_from is None:
+            return released
+        session = learn_from
         if prompt_length > 0:
             session.prompt_length = min(prompt_length, len(session.context))
         for drafter in self.drafters.values():

@@ -20,7 +20,7 @@ from services.draft.drafters.model import ModelDrafter
 from services.draft.drafters.prompt_lookup import PromptLookupDrafter
 from services.draft.drafters.retrieval import RetrievalDrafter
 from services.draft.drafters.suffix import SuffixDrafter
-from services.draft.registry import DrafterRegistry
+from services.draft.registry import MAX_DRAFT_TOKENS, DrafterRegistry
 from services.draft.specs import KINDS, DrafterSpec
 
 log = structlog.get_logger()
@@ -135,11 +135,16 @@ class DraftServicer(draft_pb2_grpc.DraftServiceServicer):
         """Drafts of other model-free drafters for the same context, for counterfactual scoring. Skips
         names that are gone or are models (a model forward per round would cost what scoring saves)."""
         alternatives = []
+        num_tokens = min(max(0, request.score_num_tokens), MAX_DRAFT_TOKENS)
         for name in request.score_drafters:
             drafter = self.registry.drafters.get(name)
             if drafter is None or drafter.kind == "model" or name == request.drafter:
                 continue
-            proposal, _ = self.registry.propose(drafter, session, request.score_num_tokens)
+            try:
+                proposal, _ = self.registry.propose(drafter, session, num_tokens)
+            except Exception:  # scoring is optional: it must never fail the proposal that was asked for
+                log.exception("alternative draft failed", drafter=name)
+                continue
             alternatives.append(draft_pb2.AlternativeDraft(drafter=name, draft_ids=proposal.token_ids))
         return alternatives
 

@@ -58,18 +58,24 @@ class DrafterSpec:
         if kind == "model":
             if not arg:
                 raise ValueError(f"drafter spec {text!r}: a model drafter needs a path")
-            arg, _, confidence = arg.partition("~")
+            min_confidence = 0.0  # the drafter's default
+            head, sep, confidence = arg.rpartition("~")
+            if sep and _is_number(confidence):  # a '~' elsewhere (a home-relative path) is part of the path
+                arg, min_confidence = head, float(confidence)
+                if not min_confidence <= 1.0:
+                    raise ValueError(f"drafter spec {text!r}: a confidence threshold is at most 1")
+                if min_confidence <= 0.0:
+                    min_confidence = -1.0  # ~0: never stop early (0 itself means "default" on the wire)
             path, _, dtype = arg.partition("@")
-            try:
-                min_confidence = float(confidence) if confidence else 0.0
-            except ValueError:
-                raise ValueError(f"drafter spec {text!r}: {confidence!r} is not a number") from None
             if not path:
                 raise ValueError(f"drafter spec {text!r}: a model drafter needs a path")
             return cls(name, kind, model_path=path, dtype=dtype, min_confidence=min_confidence)
         if kind == "suffix":
             depth, _, memory = arg.partition(":")
-            remembered = -1 if memory == "off" else _int(text, memory)  # off: no learning across requests
+            if depth == "off" and not memory:
+                depth, memory = "", "off"
+            # off or 0: no learning across requests (0 itself means "default" on the wire)
+            remembered = -1 if memory in ("off", "0") else _int(text, memory)
             return cls(name, kind, max_depth=_int(text, depth), memory_tokens=remembered)
         if kind == "retrieval":
             path, _, depth = arg.rpartition(":") if arg.rpartition(":")[2].isdigit() else (arg, "", "")
@@ -121,6 +127,14 @@ class DrafterSpec:
             pb.memory_tokens,
             pb.min_confidence,
         )
+
+
+def _is_number(value: str) -> bool:
+    try:
+        float(value)
+    except ValueError:
+        return False
+    return True
 
 
 def _int(text: str, value: str) -> int:

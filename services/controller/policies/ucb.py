@@ -5,7 +5,8 @@ with n_i this arm's own pull count (not the total) and t the index of the round 
 
 With `measured_spread` (policy ucbspec-cf, which gets many counterfactual samples per round) the
 radius scales with the rewards' measured spread instead of the worst case: R/2 is replaced by the
-pooled within-arm standard deviation of the rewards seen so far in the request, clipped to
+pooled within-arm standard deviation of the rewards of the request's pulled rounds (measured, not
+the modelled counterfactual samples), clipped to
 [MIN_SPREAD, R/2], and R/2 itself until MIN_SAMPLES_FOR_SPREAD samples beyond one per arm exist.
 """
 
@@ -34,7 +35,7 @@ class UCBSpec:
         self.delta = delta
         self.pulls = [0] * num_arms
         self.reward_sums = [0.0] * num_arms
-        self.reward_squares = [0.0] * num_arms
+        self.measured = [[0, 0.0, 0.0] for _ in range(num_arms)]  # pulled rounds: count, sum, sum of squares
         self.measured_spread = measured_spread
         self.active = [True] * num_arms
         self.rounds = 0
@@ -44,11 +45,11 @@ class UCBSpec:
         worst = self.reward_range / 2
         if not self.measured_spread:
             return worst
-        observed = [i for i in range(self.num_arms) if self.pulls[i] > 0]
-        freedom = sum(self.pulls[i] for i in observed) - len(observed)
+        pulled = [m for m in self.measured if m[0] > 0]
+        freedom = sum(m[0] for m in pulled) - len(pulled)
         if freedom < MIN_SAMPLES_FOR_SPREAD:
             return worst
-        within = sum(self.reward_squares[i] - self.reward_sums[i] ** 2 / self.pulls[i] for i in observed)
+        within = sum(squares - total**2 / count for count, total, squares in pulled)
         return min(worst, max(MIN_SPREAD, math.sqrt(max(0.0, within) / freedom)))
 
     def index(self, arm: int, round_index: int, spread: float | None = None) -> float:
@@ -71,13 +72,16 @@ class UCBSpec:
 
     def update(self, arm: int, reward: float) -> None:
         self.observe(arm, reward)
+        measured = self.measured[arm]
+        measured[0] += 1
+        measured[1] += reward
+        measured[2] += reward * reward
         self.rounds += 1
 
     def observe(self, arm: int, reward: float) -> None:
         """A reward for an arm not pulled this round (scored counterfactually): a sample, not a round."""
         self.pulls[arm] += 1
         self.reward_sums[arm] += reward
-        self.reward_squares[arm] += reward * reward
 
     def disable(self, arm: int) -> None:
         self.active[arm] = False
