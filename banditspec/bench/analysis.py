@@ -76,7 +76,7 @@ def oracle(measurements: list[Measurement]) -> list[Measurement]:
 
 def prompt_regret(m: Measurement, best: Measurement | None) -> dict:
     """Rounds regret (REFERENCE.md §1) and time regret against the prompt's oracle arm."""
-    if best is None:
+    if best is None or not best.tokens_per_second:
         return {"rounds_regret": None, "time_regret_seconds": None}
     rounds = m.rounds - best.rounds if m.rounds is not None and best.rounds is not None else None
     return {"rounds_regret": rounds, "time_regret_seconds": m.seconds - m.tokens / best.tokens_per_second}
@@ -155,7 +155,7 @@ def regret_curves(measurements: list[Measurement], oracle_by_prompt: dict, kinds
         curves: dict[str, list[np.ndarray]] = defaultdict(list)
         for m in measurements:
             best = oracle_by_prompt.get(m.prompt)
-            if m.method != policy or not m.trace or best is None or not best.round_seconds:
+            if m.method != policy or not m.trace or not m.trace["seconds"] or best is None or not best.round_seconds:
                 continue
             rate = best.tokens / best.round_seconds
             curve = np.cumsum(m.trace["seconds"]) - np.cumsum(m.trace["tokens"]) / rate

@@ -54,7 +54,7 @@ def batches(tokens: np.ndarray, config: TrainConfig, generator: np.random.Genera
 
 
 def held_out_windows(tokens: np.ndarray, seq_len: int, count: int) -> torch.Tensor:
-    """Evenly spaced, non-overlapping windows: the same every evaluation."""
+    """The first `count` non-overlapping windows: the same every evaluation."""
     count = min(count, len(tokens) // (seq_len + 1))
     return torch.from_numpy(np.stack([tokens[i * (seq_len + 1) : (i + 1) * (seq_len + 1)] for i in range(count)]).astype(np.int64))
 
