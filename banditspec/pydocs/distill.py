@@ -77,6 +77,8 @@ def main(argv: list[str] | None = None) -> None:
     parser.add_argument("--device", default="cuda" if torch.cuda.is_available() else "cpu")
     parser.add_argument("--seed", type=int, default=20250702)
     args = parser.parse_args(argv)
+    if args.out.exists() and any(args.out.iterdir()) and not (args.out / "config.json").exists():
+        parser.error(f"{args.out} exists and is not a model directory; not overwriting it")
 
     from banditspec.default_model import resolve_model_path
 
@@ -115,8 +117,6 @@ def main(argv: list[str] | None = None) -> None:
         seed=args.seed,
     )
     report = train(draft, train_tokens, held, config, device, teacher=target, log=lambda line: print(line, flush=True))
-    if args.out.exists() and any(args.out.iterdir()) and not (args.out / "config.json").exists():
-        raise SystemExit(f"{args.out} exists and is not a model directory; not overwriting it")
     shutil.rmtree(args.out, ignore_errors=True)
     draft.to("cpu", torch.bfloat16).save_pretrained(args.out, safe_serialization=True)
     tokenizer.save_pretrained(args.out)
