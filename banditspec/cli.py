@@ -319,7 +319,7 @@ def build_parser() -> argparse.ArgumentParser:
     controller.add_argument("--target", default="127.0.0.1:50051")
     controller.add_argument("--draft", action="append", help="NAME=HOST:PORT of a draft service; repeatable")
     controller.add_argument("--tokenizer", help="tokenizer directory (default: the target's model directory)")
-    controller.add_argument("--policy", default="ucbspec", choices=["ucbspec", "ucbspec-cf", "exp3spec", "fixed", "uniform"])
+    controller.add_argument("--policy", default="ucbspec-cf", choices=["ucbspec", "ucbspec-cf", "exp3spec", "fixed", "uniform"])
     controller.add_argument("--pld-gammas", default="6", help="γ values for model-free drafters (prompt lookup, suffix, retrieval)")
     controller.add_argument("--model-gammas", default="4", help="γ values for model drafters")
     controller.add_argument("--rpc-timeout", type=float, default=60.0)
@@ -337,7 +337,7 @@ def build_parser() -> argparse.ArgumentParser:
         stack.add_argument("--model", default="default")
         stack.add_argument("--dtype", default=None)
         stack.add_argument("--drafter", action="append")
-        stack.add_argument("--policy", default="ucbspec", choices=["ucbspec", "ucbspec-cf", "exp3spec", "fixed", "uniform"])
+        stack.add_argument("--policy", default="ucbspec-cf", choices=["ucbspec", "ucbspec-cf", "exp3spec", "fixed", "uniform"])
         stack.set_defaults(func=func)
 
     generate = sub.add_parser("generate", help="call the controller")

@@ -33,7 +33,7 @@ def real_stack(default_model, tmp_path_factory):
     log_dir = tmp_path_factory.mktemp("real-stack-logs")
     stack = LocalStack(
         model=str(default_model),
-        drafters=["pld=prompt_lookup"],
+        drafters=["pld=prompt_lookup", "sfx=suffix"],
         controller_port=0,
         extra_target_args=CPU_ARGS,
         extra_draft_args=CPU_ARGS,
@@ -66,15 +66,16 @@ def test_greedy_chat_output_equals_transformers(real_stack, default_model):
             expected = reference_greedy(model, prompt, MAX_NEW)
             assert len(expected) >= 8, "the reference answer is too short to compare meaningfully"
 
-            request = generation_pb2.GenerateRequest(max_new_tokens=MAX_NEW, policy=generation_pb2.POLICY_UCBSPEC)
-            request.chat.messages.add(role="user", content=content)
-            response = stub.Generate(request, timeout=300)
+            for policy, name in ((generation_pb2.POLICY_UCBSPEC, "ucbspec"), (generation_pb2.POLICY_UCBSPEC_COUNTERFACTUAL, "ucbspec-cf")):
+                request = generation_pb2.GenerateRequest(max_new_tokens=MAX_NEW, policy=policy)
+                request.chat.messages.add(role="user", content=content)
+                response = stub.Generate(request, timeout=300)
 
-            assert response.stats.prompt_tokens == len(prompt)
-            assert list(response.token_ids) == expected, content
-            assert response.text == tokenizer.decode(expected, skip_special_tokens=True)
-            assert response.stats.policy == "ucbspec"
-            assert sum(a.pulls for a in response.stats.arms) == response.stats.rounds
+                assert response.stats.prompt_tokens == len(prompt)
+                assert list(response.token_ids) == expected, (content, name)
+                assert response.text == tokenizer.decode(expected, skip_special_tokens=True)
+                assert response.stats.policy == name
+                assert sum(a.pulls for a in response.stats.arms) == response.stats.rounds
 
 
 def test_long_text_streams_like_a_whole_decode(default_model):

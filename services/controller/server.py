@@ -29,7 +29,7 @@ class ControllerConfig:
     target: str = "127.0.0.1:50051"
     drafts: dict[str, str] = field(default_factory=lambda: {"local": "127.0.0.1:50052"})
     tokenizer: str | None = None  # a directory; default: the target's model directory
-    policy: str = "ucbspec"
+    policy: str = "ucbspec-cf"  # measured best on the default family; plain UCBSpec at temperature > 0
     # One γ per drafter by default: every drafter stops its draft where it is unsure (match length,
     # tree confidence, draft-model confidence), so γ is a cap, and fewer arms explore less.
     pld_gammas: list[int] = field(default_factory=lambda: [6])
