@@ -7,6 +7,8 @@ exactly as they would load a real checkpoint.
 
 from __future__ import annotations
 
+from contextlib import contextmanager
+
 import os
 import tempfile
 import time
@@ -150,30 +152,22 @@ TWO_GAMMAS = ["--pld-gammas", "3,6", "--model-gammas", "2,4"]
 CPU_ARGS = ["--device", "cpu", "--dtype", "float32"]
 
 
-@pytest.fixture(scope="session")
-def stack(tiny_models, tmp_path_factory):
-    """target + draft service + controller, each its own process on loopback, controller on a free
-    port. Drafters: pld (prompt lookup), same (a copy of the target: always agrees), near (a noisy
-    copy: agrees about half the time), other (an independent random model), alien (another
-    vocabulary: refused by the controller)."""
+@contextmanager
+def local_stack(tmp_path_factory, name: str, model, drafters: list[str], controller_args=(), service_args=(), startup_timeout=300):
+    """target + draft service + controller as processes on loopback (CPU, float32), controller on a free
+    port; prints the services' logs when they fail to start, and stops them all afterwards."""
     from banditspec.launcher import LocalStack
 
-    log_dir = tmp_path_factory.mktemp("stack-logs")
+    log_dir = tmp_path_factory.mktemp(f"{name}-logs")
     stack = LocalStack(
-        model=str(tiny_models.target),
-        drafters=[
-            "pld=prompt_lookup:1-3:fixed",  # 1-grams, always γ: the toy prompts are short
-            f"same=model:{tiny_models.target}",
-            f"near=model:{tiny_models.near}",
-            f"other=model:{tiny_models.other}",
-            f"alien=model:{tiny_models.alien}",
-        ],
+        model=str(model),
+        drafters=list(drafters),
         controller_port=0,
-        extra_target_args=CPU_ARGS,
-        extra_draft_args=CPU_ARGS,
-        extra_controller_args=["--policy", "ucbspec", *TWO_GAMMAS],
+        extra_target_args=[*CPU_ARGS, *service_args],
+        extra_draft_args=[*CPU_ARGS, *service_args],
+        extra_controller_args=list(controller_args),
         log_dir=log_dir,
-        startup_timeout=300,
+        startup_timeout=startup_timeout,
     )
     try:
         stack.start()
@@ -181,8 +175,26 @@ def stack(tiny_models, tmp_path_factory):
         for log in sorted(log_dir.glob("*.log")):
             print(f"--- {log.name} ---\n{log.read_text()[-4000:]}")
         raise
-    yield stack
-    stack.stop()
+    try:
+        yield stack
+    finally:
+        stack.stop()
+
+
+@pytest.fixture(scope="session")
+def stack(tiny_models, tmp_path_factory):
+    """Drafters: pld (prompt lookup), same (a copy of the target: always agrees), near (a noisy
+    copy: agrees about half the time), other (an independent random model), alien (another
+    vocabulary: refused by the controller)."""
+    drafters = [
+        "pld=prompt_lookup:1-3:fixed",  # 1-grams, always γ: the toy prompts are short
+        f"same=model:{tiny_models.target}",
+        f"near=model:{tiny_models.near}",
+        f"other=model:{tiny_models.other}",
+        f"alien=model:{tiny_models.alien}",
+    ]
+    with local_stack(tmp_path_factory, "stack", tiny_models.target, drafters, ["--policy", "ucbspec", *TWO_GAMMAS]) as stack:
+        yield stack
 
 
 @pytest.fixture(scope="session")

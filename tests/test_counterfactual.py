@@ -93,28 +93,11 @@ PROMPTS = ([5, 9, 5, 9, 5], [12, 30, 7, 12, 30], [40, 41, 42, 40, 41])
 
 @pytest.fixture(scope="module")
 def two_drafter_stack(tiny_models, tmp_path_factory):
-    from banditspec.launcher import LocalStack
-    from conftest import CPU_ARGS
+    from conftest import local_stack
 
-    log_dir = tmp_path_factory.mktemp("counterfactual-stack-logs")
-    stack = LocalStack(
-        model=str(tiny_models.target),
-        drafters=["pld=prompt_lookup:1-3:fixed", "sfx=suffix:24:off"],
-        controller_port=0,
-        extra_target_args=CPU_ARGS,
-        extra_draft_args=CPU_ARGS,
-        extra_controller_args=["--policy", "ucbspec-cf"],
-        log_dir=log_dir,
-        startup_timeout=300,
-    )
-    try:
-        stack.start()
-    except Exception:
-        for log in sorted(log_dir.glob("*.log")):
-            print(f"--- {log.name} ---\n{log.read_text()[-4000:]}")
-        raise
-    yield stack
-    stack.stop()
+    drafters = ["pld=prompt_lookup:1-3:fixed", "sfx=suffix:24:off"]
+    with local_stack(tmp_path_factory, "counterfactual-stack", tiny_models.target, drafters, ["--policy", "ucbspec-cf"]) as stack:
+        yield stack
 
 
 def test_draft_service_returns_alternatives_of_model_free_drafters(two_drafter_stack):

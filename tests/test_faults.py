@@ -11,7 +11,7 @@ import grpc
 import pytest
 
 from banditspec.v1 import generation_pb2, generation_pb2_grpc
-from conftest import CPU_ARGS, TWO_GAMMAS, RPC_TIMEOUT, list_arm_names, reference_greedy, wait_for
+from conftest import RPC_TIMEOUT, TWO_GAMMAS, list_arm_names, local_stack, reference_greedy, wait_for
 
 PROMPT = [3, 4, 5, 6, 3, 4, 5]
 MAX_NEW = 16
@@ -19,21 +19,9 @@ MAX_NEW = 16
 
 @pytest.fixture(scope="module")
 def fault_stack(tiny_models, tmp_path_factory):
-    from banditspec.launcher import LocalStack
-
-    stack = LocalStack(
-        model=str(tiny_models.target),
-        drafters=["pld=prompt_lookup", f"near=model:{tiny_models.near}"],
-        controller_port=0,
-        extra_controller_args=TWO_GAMMAS,
-        extra_target_args=CPU_ARGS,
-        extra_draft_args=CPU_ARGS,
-        log_dir=tmp_path_factory.mktemp("fault-stack-logs"),
-        startup_timeout=300,
-    )
-    stack.start()
-    yield stack
-    stack.stop()
+    drafters = ["pld=prompt_lookup", f"near=model:{tiny_models.near}"]
+    with local_stack(tmp_path_factory, "fault-stack", tiny_models.target, drafters, TWO_GAMMAS) as stack:
+        yield stack
 
 
 def kill(stack, name: str) -> None:

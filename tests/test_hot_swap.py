@@ -21,7 +21,7 @@ import grpc
 import pytest
 
 from banditspec.v1 import draft_pb2, draft_pb2_grpc, generation_pb2, generation_pb2_grpc
-from conftest import CPU_ARGS, TWO_GAMMAS, EOS_ID, RPC_TIMEOUT, reference_greedy
+from conftest import EOS_ID, RPC_TIMEOUT, TWO_GAMMAS, local_stack, reference_greedy
 
 pytestmark = pytest.mark.timeout(300)  # a hung swap fails the test instead of stalling the suite
 
@@ -39,27 +39,9 @@ WAIT = 30.0  # deadline for polled conditions (the controller re-lists drafters 
 def swap_stack(tiny_models, tmp_path_factory):
     """Drafters: pld; swap (the independent model, replaced by a copy of the target); doomed (the
     noisy copy, unloaded)."""
-    from banditspec.launcher import LocalStack
-
-    log_dir = tmp_path_factory.mktemp("swap-stack-logs")
-    stack = LocalStack(
-        model=str(tiny_models.target),
-        drafters=["pld=prompt_lookup:1-3:fixed", f"swap=model:{tiny_models.other}", f"doomed=model:{tiny_models.near}"],
-        controller_port=0,
-        extra_target_args=CPU_ARGS,
-        extra_draft_args=CPU_ARGS,
-        extra_controller_args=["--policy", "ucbspec", *TWO_GAMMAS],
-        log_dir=log_dir,
-        startup_timeout=300,
-    )
-    try:
-        stack.start()
-    except Exception:
-        for log in sorted(log_dir.glob("*.log")):
-            print(f"--- {log.name} ---\n{log.read_text()[-4000:]}")
-        raise
-    yield stack
-    stack.stop()
+    drafters = ["pld=prompt_lookup:1-3:fixed", f"swap=model:{tiny_models.other}", f"doomed=model:{tiny_models.near}"]
+    with local_stack(tmp_path_factory, "swap-stack", tiny_models.target, drafters, ["--policy", "ucbspec", *TWO_GAMMAS]) as stack:
+        yield stack
 
 
 @pytest.fixture(scope="module")

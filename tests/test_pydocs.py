@@ -17,7 +17,7 @@ from banditspec.pydocs import build, corpus
 from banditspec.pydocs.distill import project_embedding
 from banditspec.pydocs.train import TrainConfig, held_out_windows, train
 from banditspec.v1 import generation_pb2, generation_pb2_grpc
-from conftest import CPU_ARGS, reference_greedy
+from conftest import local_stack, reference_greedy
 
 PROMPTS = [
     ".. function:: dumps(obj, *, skipkeys=False, ensure_ascii=True",
@@ -114,27 +114,9 @@ def test_projected_embedding_keeps_the_target_geometry():
 
 @pytest.fixture(scope="module")
 def pydocs_stack(tmp_path_factory):
-    from banditspec.launcher import LocalStack
-
-    log_dir = tmp_path_factory.mktemp("pydocs-stack-logs")
-    stack = LocalStack(
-        model="pydocs",
-        drafters=["dm=model:pydocs:draft-m", "ds=model:pydocs:draft-s", "pld=prompt_lookup"],
-        controller_port=0,
-        extra_target_args=[*CPU_ARGS, "--dtype", "float32"],
-        extra_draft_args=[*CPU_ARGS, "--dtype", "float32"],
-        extra_controller_args=["--policy", "ucbspec"],
-        log_dir=log_dir,
-        startup_timeout=300,
-    )
-    try:
-        stack.start()
-    except Exception:
-        for log in sorted(log_dir.glob("*.log")):
-            print(f"--- {log.name} ---\n{log.read_text()[-4000:]}")
-        raise
-    yield stack
-    stack.stop()
+    drafters = ["dm=model:pydocs:draft-m", "ds=model:pydocs:draft-s", "pld=prompt_lookup"]
+    with local_stack(tmp_path_factory, "pydocs-stack", "pydocs", drafters, ["--policy", "ucbspec"]) as stack:
+        yield stack
 
 
 def test_pydocs_models_serve_losslessly_and_drafts_are_accepted(pydocs_stack):

@@ -7,7 +7,7 @@ import grpc
 import pytest
 
 from banditspec.v1 import generation_pb2, generation_pb2_grpc
-from conftest import CPU_ARGS, TWO_GAMMAS, reference_greedy
+from conftest import TWO_GAMMAS, local_stack, reference_greedy
 
 pytestmark = pytest.mark.real_model
 
@@ -28,27 +28,10 @@ def default_model():
 
 @pytest.fixture(scope="module")
 def real_stack(default_model, tmp_path_factory):
-    from banditspec.launcher import LocalStack
-
-    log_dir = tmp_path_factory.mktemp("real-stack-logs")
-    stack = LocalStack(
-        model=str(default_model),
-        drafters=["pld=prompt_lookup", "sfx=suffix"],
-        controller_port=0,
-        extra_target_args=CPU_ARGS,
-        extra_draft_args=CPU_ARGS,
-        extra_controller_args=["--policy", "ucbspec", *TWO_GAMMAS],
-        log_dir=log_dir,
-        startup_timeout=600,
-    )
-    try:
-        stack.start()
-    except Exception:
-        for log in sorted(log_dir.glob("*.log")):
-            print(f"--- {log.name} ---\n{log.read_text()[-4000:]}")
-        raise
-    yield stack
-    stack.stop()
+    controller_args = ["--policy", "ucbspec", *TWO_GAMMAS]
+    drafters = ["pld=prompt_lookup", "sfx=suffix"]
+    with local_stack(tmp_path_factory, "real-stack", default_model, drafters, controller_args, startup_timeout=600) as stack:
+        yield stack
 
 
 def test_greedy_chat_output_equals_transformers(real_stack, default_model):

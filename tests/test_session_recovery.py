@@ -13,7 +13,7 @@ import grpc
 import pytest
 
 from banditspec.v1 import generation_pb2, generation_pb2_grpc
-from conftest import CPU_ARGS, TWO_GAMMAS, RPC_TIMEOUT, reference_greedy
+from conftest import RPC_TIMEOUT, TWO_GAMMAS, local_stack, reference_greedy
 
 PROMPTS = [[3, 4, 5, 6, 3, 4, 5], [7, 8, 9, 7, 8], [10, 11, 12, 13, 10, 11], [20, 21, 22, 20, 21]]
 MAX_NEW = 24
@@ -21,21 +21,11 @@ MAX_NEW = 24
 
 @pytest.fixture(scope="module")
 def one_session_stack(tiny_models, tmp_path_factory):
-    from banditspec.launcher import LocalStack
-
-    stack = LocalStack(
-        model=str(tiny_models.target),
-        drafters=["pld=prompt_lookup:1-3", f"near=model:{tiny_models.near}"],
-        controller_port=0,
-        extra_controller_args=TWO_GAMMAS,
-        extra_target_args=[*CPU_ARGS, "--max-sessions", "1"],
-        extra_draft_args=[*CPU_ARGS, "--max-sessions", "1"],
-        log_dir=tmp_path_factory.mktemp("one-session-logs"),
-        startup_timeout=300,
-    )
-    stack.start()
-    yield stack
-    stack.stop()
+    drafters = ["pld=prompt_lookup:1-3", f"near=model:{tiny_models.near}"]
+    with local_stack(
+        tmp_path_factory, "one-session", tiny_models.target, drafters, TWO_GAMMAS, service_args=["--max-sessions", "1"]
+    ) as stack:
+        yield stack
 
 
 def test_concurrent_requests_survive_evictions(one_session_stack, target_model):

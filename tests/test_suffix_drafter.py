@@ -11,10 +11,9 @@ import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from banditspec.launcher import LocalStack
 from banditspec.sampling import SamplingParams
 from banditspec.v1 import draft_pb2, draft_pb2_grpc, generation_pb2, generation_pb2_grpc
-from conftest import CPU_ARGS, RPC_TIMEOUT, reference_greedy, wait_for
+from conftest import RPC_TIMEOUT, local_stack, reference_greedy, wait_for
 from services.draft.drafters.base import DraftSession
 from services.draft.drafters.suffix import SuffixDrafter, SuffixTrie
 
@@ -312,24 +311,8 @@ MAX_NEW = 24
 @pytest.fixture(scope="module")
 def suffix_stack(tiny_models, tmp_path_factory):
     """target + a draft service with only a suffix drafter + controller (the shared stack has none)."""
-    log_dir = tmp_path_factory.mktemp("suffix-stack-logs")
-    stack = LocalStack(
-        model=str(tiny_models.target),
-        drafters=["sfx=suffix"],
-        controller_port=0,
-        extra_target_args=CPU_ARGS,
-        extra_draft_args=CPU_ARGS,
-        log_dir=log_dir,
-        startup_timeout=300,
-    )
-    try:
-        stack.start()
-    except Exception:
-        for log in sorted(log_dir.glob("*.log")):
-            print(f"--- {log.name} ---\n{log.read_text()[-4000:]}")
-        raise
-    yield stack
-    stack.stop()
+    with local_stack(tmp_path_factory, "suffix-stack", tiny_models.target, ["sfx=suffix"]) as stack:
+        yield stack
 
 
 def test_second_request_drafts_from_the_first_answer(suffix_stack, target_model):
