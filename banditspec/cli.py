@@ -44,6 +44,7 @@ def cmd_serve_target(args: argparse.Namespace) -> None:
                 host=args.host,
                 port=args.port,
                 ready_file=args.ready_file,
+                verify_padding=args.verify_padding == "auto",
             )
         )
     )
@@ -304,6 +305,8 @@ def build_parser() -> argparse.ArgumentParser:
     target.add_argument("--dtype", default="auto", help="float32 | bfloat16 | float16 (auto: float32 on CPU, bfloat16 on CUDA)")
     target.add_argument("--max-sessions", type=int, default=64)
     target.add_argument("--threads", type=int, default=0, help="torch CPU threads (0: torch's default)")
+    target.add_argument("--verify-padding", choices=["auto", "off"], default="auto",
+                        help="auto: pad a verify to a longer forward where the measured one is cheaper")
     _service_args(target, 50051)
     target.set_defaults(func=cmd_serve_target)
 

@@ -153,9 +153,13 @@ CPU_ARGS = ["--device", "cpu", "--dtype", "float32"]
 
 
 @contextmanager
-def local_stack(tmp_path_factory, name: str, model, drafters: list[str], controller_args=(), service_args=(), startup_timeout=300):
+def local_stack(
+    tmp_path_factory, name: str, model, drafters: list[str], controller_args=(), service_args=(), startup_timeout=300,
+    target_args=("--verify-padding", "off"),
+):
     """target + draft service + controller as processes on loopback (CPU, float32), controller on a free
-    port; prints the services' logs when they fail to start, and stops them all afterwards."""
+    port; prints the services' logs when they fail to start, and stops them all afterwards. Verify
+    padding is off by default: it follows timings, and would make the arms' γ (and names) vary."""
     from banditspec.launcher import LocalStack
 
     log_dir = tmp_path_factory.mktemp(f"{name}-logs")
@@ -163,7 +167,7 @@ def local_stack(tmp_path_factory, name: str, model, drafters: list[str], control
         model=str(model),
         drafters=list(drafters),
         controller_port=0,
-        extra_target_args=[*CPU_ARGS, *service_args],
+        extra_target_args=[*CPU_ARGS, *service_args, *target_args],
         extra_draft_args=[*CPU_ARGS, *service_args],
         extra_controller_args=list(controller_args),
         log_dir=log_dir,

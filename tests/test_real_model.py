@@ -30,7 +30,10 @@ def default_model():
 def real_stack(default_model, tmp_path_factory):
     controller_args = ["--policy", "ucbspec", *TWO_GAMMAS]
     drafters = ["pld=prompt_lookup", "sfx=suffix"]
-    with local_stack(tmp_path_factory, "real-stack", default_model, drafters, controller_args, startup_timeout=600) as stack:
+    # Verify padding on, as served: the real model's CPU forward curve pads short verifies.
+    with local_stack(
+        tmp_path_factory, "real-stack", default_model, drafters, controller_args, startup_timeout=600, target_args=()
+    ) as stack:
         yield stack
 
 

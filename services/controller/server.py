@@ -10,6 +10,7 @@ import grpc
 import structlog
 from prometheus_client import start_http_server
 
+from banditspec.verify_lengths import filled_gamma
 from banditspec.errors import DeadlineExceeded, InvalidArgument, ServiceError, Unavailable, grpc_errors
 from banditspec.models import load_tokenizer, vocab_fingerprint
 from banditspec.serving import run_server
@@ -71,7 +72,9 @@ class Controller:
 
     async def refresh_arms(self) -> None:
         """Re-list each draft service's drafters, so arms follow runtime loads and unloads."""
-        model_free = self.config.pld_gammas
+        # Model-free drafts fill the verify positions the target pads to anyway; a draft model pays per token.
+        lengths = list(self.target.info.verify_lengths)
+        model_free = list(dict.fromkeys(filled_gamma(lengths, gamma) for gamma in self.config.pld_gammas))
         gammas = {"prompt_lookup": model_free, "suffix": model_free, "retrieval": model_free, "model": self.config.model_gammas}
         arms = [TARGET_ONLY_ARM]
         for client in self.drafts.values():

@@ -10,6 +10,7 @@ import torch
 from banditspec.errors import InvalidArgument, OutOfRange, OutOfSync
 from banditspec.models import LoadedModel
 from banditspec.sampling import SamplingParams, probabilities
+from banditspec.verify_lengths import padded_length
 from services.target.sessions import SessionStore, TargetSession
 from services.target.verifier import Verdict, verify_greedy, verify_sampled
 
@@ -22,9 +23,10 @@ class VerifyResult:
 
 
 class TargetEngine:
-    def __init__(self, loaded: LoadedModel, max_sessions: int = 64) -> None:
+    def __init__(self, loaded: LoadedModel, max_sessions: int = 64, verify_lengths: list[int] | None = None) -> None:
         self.loaded = loaded
         self.sessions = SessionStore(max_sessions)
+        self.verify_lengths = verify_lengths or []  # see banditspec.verify_lengths
 
     def _check_ids(self, ids: list[int], what: str) -> None:
         vocab = self.loaded.vocab_size
@@ -78,16 +80,20 @@ class TargetEngine:
         if draft_probs is not None and session.sampling.greedy:
             draft_probs = None  # greedy verification needs no q
         start = time.perf_counter()
-        logits = self.loaded.forward([session.context[-1], *draft_ids], session.cache)
+        feed = [session.context[-1], *draft_ids]
+        length = min(padded_length(self.verify_lengths, len(feed)), self.loaded.max_context - len(session.context) + 1)
+        padding = max(0, length - len(feed))
+        # Causal attention: the padding changes no logit before it, and is cropped from the cache below.
+        logits = self.loaded.forward(feed + [feed[-1]] * padding, session.cache)[: len(feed)]
         if session.sampling.greedy:
             verdict = verify_greedy(logits, draft_ids)
         else:
             target_probs = probabilities(logits, session.sampling)
             q = None if draft_probs is None else draft_probs.to(target_probs.device)
             verdict = verify_sampled(target_probs, draft_ids, q, session.generator)
-        rejected = gamma - verdict.accepted
-        if rejected:
-            session.cache.crop(-rejected)
+        dropped = gamma - verdict.accepted + padding
+        if dropped:
+            session.cache.crop(-dropped)
         session.context.extend(verdict.tokens)
         return VerifyResult(verdict, len(session.context), self._elapsed(start))
 

@@ -16,6 +16,7 @@ from banditspec.errors import InvalidArgument, Unavailable, grpc_errors
 from banditspec.models import load_causal_lm
 from banditspec.sampling import SamplingParams
 from banditspec.serving import run_server
+from banditspec.verify_lengths import padded_lengths
 from banditspec.v1 import target_pb2, target_pb2_grpc
 from services.target.engine import TargetEngine
 
@@ -32,12 +33,14 @@ class TargetConfig:
     port: int = 50051
     ready_file: str | None = None
     threads: int | None = None
+    verify_padding: bool = True
 
 
 class TargetServicer(target_pb2_grpc.TargetServiceServicer):
     def __init__(self) -> None:
         self.engine: TargetEngine | None = None
         self.forward_seconds: list[float] = []
+        self.verify_lengths: list[int] = []
         # One thread: model work is serialised and stays off the event loop.
         self.executor = ThreadPoolExecutor(max_workers=1, thread_name_prefix="target-model")
 
@@ -53,13 +56,15 @@ class TargetServicer(target_pb2_grpc.TargetServiceServicer):
         path = resolve_model_path(config.model)
         loaded = load_causal_lm(path, device=config.device, dtype=config.dtype)
         self.forward_seconds = loaded.measure_forwards()
-        self.engine = TargetEngine(loaded, max_sessions=config.max_sessions)
+        self.verify_lengths = padded_lengths(self.forward_seconds) if config.verify_padding else []
+        self.engine = TargetEngine(loaded, max_sessions=config.max_sessions, verify_lengths=self.verify_lengths)
         log.info(
             "target model loaded",
             path=str(path),
             device=str(loaded.device),
             dtype=str(loaded.dtype).removeprefix("torch."),
-            forward_ms=[round(t * 1e3, 1) for t in self.forward_seconds[:8]],
+            forward_ms=[round(t * 1e3, 1) for t in self.forward_seconds],
+            padded={n: m for n, m in enumerate(self.verify_lengths, 1) if m != n},
         )
 
     @grpc_errors
@@ -77,6 +82,7 @@ class TargetServicer(target_pb2_grpc.TargetServiceServicer):
             decode_step_seconds=self.forward_seconds[0],
             forward_seconds=self.forward_seconds,
             max_sessions=engine.sessions.max_sessions,
+            verify_lengths=self.verify_lengths,
         )
 
     @grpc_errors
