@@ -18,9 +18,9 @@ import grpc
 import numpy as np
 import structlog
 
-from banditspec.verify_lengths import effective_forward_seconds
 from banditspec.errors import OutOfRange, is_session_lost
 from banditspec.sampling import SamplingParams
+from banditspec.verify_lengths import effective_forward_seconds
 from banditspec.v1 import common_pb2, draft_pb2, target_pb2
 from services.controller import metrics
 from services.controller.arms import TARGET_ONLY_ARM, Arm

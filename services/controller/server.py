@@ -10,10 +10,10 @@ import grpc
 import structlog
 from prometheus_client import start_http_server
 
-from banditspec.verify_lengths import filled_gamma
 from banditspec.errors import DeadlineExceeded, InvalidArgument, ServiceError, Unavailable, grpc_errors
 from banditspec.models import load_tokenizer, vocab_fingerprint
 from banditspec.serving import run_server
+from banditspec.verify_lengths import filled_gamma
 from banditspec.v1 import generation_pb2, generation_pb2_grpc
 from services.controller import metrics
 from services.controller.arms import TARGET_ONLY_ARM, Arm
