@@ -9,6 +9,7 @@ import sys
 import time
 from pathlib import Path
 
+from banditspec.launcher import DEFAULT_DRAFTERS
 from services.draft.specs import USAGE
 
 os.environ.setdefault("HF_HUB_OFFLINE", "1")
@@ -56,7 +57,7 @@ def cmd_serve_draft(args: argparse.Namespace) -> None:
     asyncio.run(
         serve(
             DraftConfig(
-                drafters=args.drafter or ["pld=prompt_lookup"],
+                drafters=args.drafter or list(DEFAULT_DRAFTERS),
                 device=args.device,
                 dtype=args.dtype,
                 max_sessions=args.max_sessions,
@@ -110,7 +111,7 @@ def _stack(args: argparse.Namespace):
     return LocalStack(
         log_dir=cache_dir() / "logs",
         model=args.model,
-        drafters=args.drafter or ["pld=prompt_lookup"],
+        drafters=args.drafter or list(DEFAULT_DRAFTERS),
         controller_port=args.port,
         extra_target_args=target_args,
         extra_controller_args=["--policy", args.policy],
@@ -311,7 +312,7 @@ def build_parser() -> argparse.ArgumentParser:
     target.set_defaults(func=cmd_serve_target)
 
     draft = sub.add_parser("serve-draft", help="run a draft service")
-    draft.add_argument("--drafter", action="append", help=f"{USAGE}; repeatable")
+    draft.add_argument("--drafter", action="append", help=f"{USAGE}; repeatable (default: {' '.join(DEFAULT_DRAFTERS)})")
     draft.add_argument("--device", default="auto")
     draft.add_argument("--dtype", default="auto")
     draft.add_argument("--max-sessions", type=int, default=256)

@@ -25,12 +25,17 @@ class Service:
     address: str = ""
 
 
+# Prompt lookup, and the suffix tree that also learns from earlier answers: together the best arms of
+# the default benchmark family (README "Results"); neither costs a model forward.
+DEFAULT_DRAFTERS = ("pld=prompt_lookup", "sfx=suffix")
+
+
 @dataclass
 class LocalStack:
     """target + one draft service + controller, each its own process, on loopback."""
 
     model: str = "default"
-    drafters: list[str] = field(default_factory=lambda: ["pld=prompt_lookup"])
+    drafters: list[str] = field(default_factory=lambda: list(DEFAULT_DRAFTERS))
     controller_port: int = 50050
     extra_target_args: list[str] = field(default_factory=list)
     extra_draft_args: list[str] = field(default_factory=list)

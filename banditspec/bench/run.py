@@ -23,6 +23,7 @@ from banditspec.bench.methods import (
 from banditspec.bench.workload import Prompt
 from banditspec.default_model import resolve_model_path
 from banditspec.launcher import LocalStack
+from banditspec.tokens import common_prefix_length
 from banditspec.v1 import generation_pb2_grpc
 
 
@@ -81,7 +82,12 @@ def measure(methods: list[Method], prompts: list[Prompt], repeats: int, dtype: s
 
         def call(method: Method, prompt: Prompt, seed: int, label: str) -> Call:
             bar.set_postfix_str(label)
-            result = method.call(prompt.ids, seed)
+            try:
+                result = method.call(prompt.ids, seed)
+            except grpc.RpcError as error:  # one transient failure must not cost an hour-long run
+                bar.write(f"[{dtype}] {label}: {error.code().name} {error.details()}; retrying once")
+                result = method.call(prompt.ids, seed)
+                result.problems.append(f"first call failed: {error.code().name} {error.details()}")
             bar.update()
             return result
 
@@ -115,10 +121,6 @@ def record(out: dict, calls: dict[str, list[Call]], methods: list[Method], promp
         out["measurements"].append(summarise(runs, dtype, prompt, method, matches))
 
 
-def first_difference(a: list[int], b: list[int]) -> int:
-    return next((i for i, (x, y) in enumerate(zip(a, b)) if x != y), min(len(a), len(b)))
-
-
 def mismatch(runs: list[Call], reference: list[int], dtype: str, prompt: Prompt, method: Method) -> list[dict]:
     return [
         {
@@ -126,7 +128,7 @@ def mismatch(runs: list[Call], reference: list[int], dtype: str, prompt: Prompt,
             "prompt": prompt.id,
             "method": method.name,
             "repeat": repeat,
-            "first_difference": first_difference(run.tokens, reference),
+            "first_difference": common_prefix_length(run.tokens, reference),
             "tokens": len(run.tokens),
             "reference_tokens": len(reference),
             "stack": method.stack,

@@ -14,6 +14,7 @@ from __future__ import annotations
 
 from dataclasses import dataclass, field
 
+from banditspec.tokens import common_prefix_length
 from services.controller.arms import Arm
 
 
@@ -60,15 +61,6 @@ class RoundCosts:
             self.drafted_overhead += self.weight * (overhead - self.drafted_overhead)
 
 
-def _common_prefix(a: list[int], b: list[int]) -> int:
-    n = 0
-    for x, y in zip(a, b):
-        if x != y:
-            break
-        n += 1
-    return n
-
-
 class CounterfactualScorer:
     """Pending drafts, resolved against the verified context as it grows."""
 
@@ -103,7 +95,7 @@ class CounterfactualScorer:
         still = []
         for pending in self.pending:
             known = context[pending.position :]
-            matched = _common_prefix(pending.draft, known)
+            matched = common_prefix_length(pending.draft, known)
             waiting = []
             for index in pending.arms:
                 drafted = min(len(pending.draft), self.arms[index].gamma)

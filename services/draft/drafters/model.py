@@ -17,6 +17,7 @@ from transformers import DynamicCache
 
 from banditspec.models import LoadedModel, load_causal_lm
 from banditspec.sampling import probabilities
+from banditspec.tokens import common_prefix_length
 from services.draft.drafters.base import DraftSession, Proposal
 
 
@@ -25,14 +26,6 @@ class _ModelState:
     cache: DynamicCache
     generator: torch.Generator | None
     cached_ids: list[int] = field(default_factory=list)  # tokens whose keys/values are in the cache
-
-
-def _common_prefix(a: list[int], b: list[int]) -> int:
-    n = min(len(a), len(b))
-    i = 0
-    while i < n and a[i] == b[i]:
-        i += 1
-    return i
 
 
 DEFAULT_MIN_CONFIDENCE = 0.4
@@ -76,7 +69,7 @@ class ModelDrafter:
             return Proposal([])
         state = self._state(session)
         # Keep the cached prefix the context still agrees with; feed at least one token for logits.
-        keep = min(_common_prefix(state.cached_ids, context), len(context) - 1)
+        keep = min(common_prefix_length(state.cached_ids, context), len(context) - 1)
         if len(state.cached_ids) > keep:
             state.cache.crop(-(len(state.cached_ids) - keep))
         del state.cached_ids[keep:]
