@@ -26,7 +26,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 from banditspec.bench.config import BENCHMARKS_DIR  # noqa: E402
 from banditspec.bench.workload import load_prompts, render_prompts  # noqa: E402
 from banditspec.sampling import SamplingParams  # noqa: E402
-from banditspec.verify_lengths import padded_lengths  # noqa: E402
+from banditspec.verify_lengths import effective_forward_seconds, padded_lengths  # noqa: E402
 from services.draft.drafters.base import DraftSession  # noqa: E402
 from services.draft.server import build_drafter  # noqa: E402
 from services.draft.specs import DrafterSpec  # noqa: E402
@@ -99,10 +99,7 @@ def main() -> None:
     answers, costs = record_answers(args.model, prompts, args.dtype, args.max_new_tokens, args.refs, not args.costs_ms)
     if args.costs_ms:
         costs = [float(c) / 1e3 for c in args.costs_ms.split(",")]
-    stack_costs = costs
-    if args.pad:
-        lengths = padded_lengths(costs)
-        stack_costs = [costs[lengths[n - 1] - 1] for n in range(1, len(costs) + 1)]
+    stack_costs = effective_forward_seconds(costs, padded_lengths(costs)) if args.pad else costs
     print("forward ms by tokens:", " ".join(f"{1e3 * c:.0f}" for c in costs[:10]))
 
     methods = {"hf-plain": (lambda ctx: [], 0.0, costs), "hf-pld": (hf_prompt_lookup, 0.0, costs),

@@ -8,6 +8,7 @@ import grpc
 import structlog
 
 from banditspec.serving import CHANNEL_OPTIONS
+from banditspec.verify_lengths import effective_forward_seconds
 from banditspec.v1 import draft_pb2, draft_pb2_grpc, target_pb2, target_pb2_grpc
 from services.controller.arms import Arm
 from services.draft.specs import KIND_NAMES
@@ -22,10 +23,12 @@ class TargetClient:
         self.channel = grpc.aio.insecure_channel(address, options=CHANNEL_OPTIONS)
         self.stub = target_pb2_grpc.TargetServiceStub(self.channel)
         self.info: target_pb2.TargetInfoResponse | None = None
+        self.verify_seconds: list[float] = []  # [n-1]: a verify of n tokens, padding included
 
     async def connect(self, timeout: float) -> target_pb2.TargetInfoResponse:
         await asyncio.wait_for(self.channel.channel_ready(), timeout)
         self.info = await self.stub.Info(target_pb2.TargetInfoRequest(), timeout=timeout)
+        self.verify_seconds = effective_forward_seconds(list(self.info.forward_seconds), list(self.info.verify_lengths))
         return self.info
 
     async def close(self) -> None:

@@ -20,7 +20,6 @@ import structlog
 
 from banditspec.errors import OutOfRange, is_session_lost
 from banditspec.sampling import SamplingParams
-from banditspec.verify_lengths import effective_forward_seconds
 from banditspec.v1 import common_pb2, draft_pb2, target_pb2
 from services.controller import metrics
 from services.controller.arms import TARGET_ONLY_ARM, Arm
@@ -134,7 +133,7 @@ class Generation:
         info = target.info
         self.scale = RewardScale.for_arms(
             max_gamma=max(arm.gamma for arm in request.arms),
-            forward_seconds=effective_forward_seconds(list(info.forward_seconds), list(info.verify_lengths)),
+            forward_seconds=target.verify_seconds,
             round_overhead_seconds=max(0.0, step_estimate.seconds - info.decode_step_seconds),
             step_seconds=step_estimate.seconds,
         )
@@ -149,7 +148,7 @@ class Generation:
         single verified text to score unpulled drafts against."""
         if self.request.policy != "ucbspec-cf" or not self.request.sampling.greedy or not info.forward_seconds:
             return None
-        forward = effective_forward_seconds(list(info.forward_seconds), list(info.verify_lengths))
+        forward = self.target.verify_seconds
         overhead = max(0.0, step_estimate.seconds - forward[0])
         model_free = {
             service: {d.name for d in client.drafters if d.kind != draft_pb2.DRAFTER_KIND_MODEL}

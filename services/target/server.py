@@ -40,7 +40,6 @@ class TargetServicer(target_pb2_grpc.TargetServiceServicer):
     def __init__(self) -> None:
         self.engine: TargetEngine | None = None
         self.forward_seconds: list[float] = []
-        self.verify_lengths: list[int] = []
         # One thread: model work is serialised and stays off the event loop.
         self.executor = ThreadPoolExecutor(max_workers=1, thread_name_prefix="target-model")
 
@@ -56,15 +55,15 @@ class TargetServicer(target_pb2_grpc.TargetServiceServicer):
         path = resolve_model_path(config.model)
         loaded = load_causal_lm(path, device=config.device, dtype=config.dtype)
         self.forward_seconds = loaded.measure_forwards()
-        self.verify_lengths = padded_lengths(self.forward_seconds) if config.verify_padding else []
-        self.engine = TargetEngine(loaded, max_sessions=config.max_sessions, verify_lengths=self.verify_lengths)
+        verify_lengths = padded_lengths(self.forward_seconds) if config.verify_padding else []
+        self.engine = TargetEngine(loaded, max_sessions=config.max_sessions, verify_lengths=verify_lengths)
         log.info(
             "target model loaded",
             path=str(path),
             device=str(loaded.device),
             dtype=str(loaded.dtype).removeprefix("torch."),
             forward_ms=[round(t * 1e3, 1) for t in self.forward_seconds],
-            padded={n: m for n, m in enumerate(self.verify_lengths, 1) if m != n},
+            padded={n: m for n, m in enumerate(verify_lengths, 1) if m != n},
         )
 
     @grpc_errors
@@ -82,7 +81,7 @@ class TargetServicer(target_pb2_grpc.TargetServiceServicer):
             decode_step_seconds=self.forward_seconds[0],
             forward_seconds=self.forward_seconds,
             max_sessions=engine.sessions.max_sessions,
-            verify_lengths=self.verify_lengths,
+            verify_lengths=engine.verify_lengths,
         )
 
     @grpc_errors
