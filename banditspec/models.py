@@ -58,10 +58,10 @@ class LoadedModel:
         return DynamicCache(config=self.model.config)
 
     @torch.inference_mode()
-    def forward(self, input_ids: list[int], cache: DynamicCache) -> torch.Tensor:
-        """Feed tokens after the cached ones; logits [len(input_ids), V] as float32."""
+    def forward(self, input_ids: list[int], cache: DynamicCache, last_only: bool = False) -> torch.Tensor:
+        """Feed tokens after the cached ones; logits [len(input_ids), V] (or [1, V]) as float32."""
         ids = torch.tensor([input_ids], dtype=torch.long, device=self.device)
-        out = self.model(input_ids=ids, cache=cache, use_cache=True)
+        out = self.model(input_ids=ids, cache=cache, use_cache=True, logits_to_keep=1 if last_only else 0)
         return out.logits[0].float()
 
     @torch.inference_mode()

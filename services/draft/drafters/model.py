@@ -15,6 +15,7 @@ from dataclasses import dataclass, field
 import torch
 from transformers import DynamicCache
 
+from banditspec.lean_decoder import LeanCache, LeanLlama, lean_supported
 from banditspec.models import LoadedModel, load_causal_lm
 from banditspec.sampling import probabilities
 from banditspec.tokens import common_prefix_length
@@ -23,7 +24,7 @@ from services.draft.drafters.base import DraftSession, Proposal
 
 @dataclass
 class _ModelState:
-    cache: DynamicCache
+    cache: DynamicCache | LeanCache
     generator: torch.Generator | None
     cached_ids: list[int] = field(default_factory=list)  # tokens whose keys/values are in the cache
 
@@ -41,6 +42,10 @@ class ModelDrafter:
         self.vocab_fingerprint = loaded.fingerprint
         self.source = loaded.path + (f" (greedy drafts stop below confidence {min_confidence})" if min_confidence > 0 else "")
         self.device = str(loaded.device)
+        # Llama drafts run the lean forward (the same logits, a fraction of the per-token overhead).
+        self.decoder: LeanLlama | LoadedModel = (
+            LeanLlama(loaded.model, loaded.max_context) if lean_supported(loaded.model) else loaded
+        )
 
     @classmethod
     def load(
@@ -57,7 +62,7 @@ class ModelDrafter:
                 # Seeded from the request and the drafter's name: reproducible, independent of other drafters.
                 generator = torch.Generator(device=self.loaded.device)
                 generator.manual_seed((session.seed ^ zlib.crc32(self.name.encode())) & 0xFFFF_FFFF_FFFF_FFFF)
-            state = session.state[self.name] = _ModelState(self.loaded.new_cache(), generator)
+            state = session.state[self.name] = _ModelState(self.decoder.new_cache(), generator)
         return state
 
     @torch.inference_mode()
@@ -78,7 +83,7 @@ class ModelDrafter:
         draft: list[int] = []
         rows: list[torch.Tensor] = []
         for step in range(num_tokens):
-            logits = self.loaded.forward(feed, state.cache)[-1]
+            logits = self.decoder.forward(feed, state.cache, last_only=True)[-1]
             state.cached_ids.extend(feed)
             if sampling.greedy:
                 token = int(torch.argmax(logits))
@@ -93,6 +98,6 @@ class ModelDrafter:
         return Proposal(draft, torch.stack(rows) if rows else None)
 
     def close(self) -> None:
-        del self.loaded
+        del self.decoder, self.loaded
         if torch.cuda.is_available():
             torch.cuda.empty_cache()
