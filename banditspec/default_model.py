@@ -33,12 +33,15 @@ def default_model_dir() -> Path:
     return cache_dir() / "models" / MODEL_NAME
 
 
-PYDOCS_DIR = Path(__file__).resolve().parents[1] / "models" / "pydocs"
+MODELS_DIR = Path(__file__).resolve().parents[1] / "models"
+PYDOCS_DIR = MODELS_DIR / "pydocs"
+SMOLLM2_DRAFTS_DIR = MODELS_DIR / "smollm2"
 
 
 def resolve_model_path(path: str | None) -> Path:
     """`default` (or nothing) → the default checkpoint, converted on first use; `pydocs[:MEMBER]` → a
-    shipped pydocs model (target, draft-m, draft-s); else the path as given."""
+    shipped pydocs model (target, draft-m, draft-s); `smollm2:DRAFT` → a shipped draft for the default
+    model; a draft overlay directory → its assembled model (built on first use); else the path as given."""
     if path in (None, "", DEFAULT):
         return ensure_default_model()
     if path == "pydocs" or path.startswith("pydocs:"):
@@ -46,6 +49,16 @@ def resolve_model_path(path: str | None) -> Path:
         if not (PYDOCS_DIR / member / "config.json").exists():
             raise ValueError(f"no pydocs model {member!r} in {PYDOCS_DIR}; members: target, draft-m, draft-s")
         return PYDOCS_DIR / member
+    if path.startswith("smollm2:"):
+        member = path.partition(":")[2]
+        shipped = sorted(p.parent.name for p in SMOLLM2_DRAFTS_DIR.glob("*/overlay.json")) if SMOLLM2_DRAFTS_DIR.exists() else []
+        if not (SMOLLM2_DRAFTS_DIR / member / "overlay.json").exists():
+            raise ValueError(f"no SmolLM2 draft {member!r} in {SMOLLM2_DRAFTS_DIR}; shipped: {', '.join(shipped) or 'none'}")
+        path = str(SMOLLM2_DRAFTS_DIR / member)
+    from banditspec.draft_overlay import is_overlay, materialize
+
+    if is_overlay(Path(path)):
+        return materialize(Path(path))
     return Path(path)
 
 

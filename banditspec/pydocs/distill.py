@@ -1,9 +1,12 @@
 """Distil a small draft model from any Hugging Face causal-LM target (`banditspec distill`).
 
-The draft shares the target's tokenizer, so it loads as a model drafter for that target. When the
-draft is narrower than the target, its (tied) embedding starts as the target's embedding projected
-onto its top singular directions: the output layer then begins close to the target's, which matters
-most for a large vocabulary such as SmolLM2's 49k tokens.
+The draft shares the target's tokenizer, so it loads as a model drafter for that target. Two shapes:
+
+- a narrow model of its own (`--hidden/--layers/...`): its (tied) embedding starts as the target's
+  projected onto its top singular directions, so the output layer begins close to the target's;
+- `--init-layers 0,1,29`: the target's architecture keeping those layers, started from them, with the
+  target's embedding and output layer frozen. `--out` then receives an overlay (the trained tensors
+  only, `banditspec.draft_overlay`), which is what makes a SmolLM2 draft small enough to ship.
 """
 
 from __future__ import annotations
@@ -19,6 +22,8 @@ import numpy as np
 import torch
 from transformers import AutoModelForCausalLM, AutoTokenizer, LlamaConfig, LlamaForCausalLM
 
+from banditspec.draft_overlay import OVERLAY_JSON, draft_from_target_layers, save_overlay
+from banditspec.models import vocab_fingerprint
 from banditspec.pydocs import corpus
 from banditspec.pydocs.train import TrainConfig, held_out_windows, train
 
@@ -67,6 +72,9 @@ def main(argv: list[str] | None = None) -> None:
     parser.add_argument("--layers", type=int, default=2)
     parser.add_argument("--heads", type=int, default=4)
     parser.add_argument("--intermediate", type=int, default=704)
+    parser.add_argument("--init-layers", default="", help="comma-separated target layer indices: a draft of the "
+                        "target's own layers, frozen embedding, saved as an overlay (ignores --hidden/--layers/...)")
+    parser.add_argument("--cpu-bf16", action="store_true", help="bfloat16 autocast on CPU as well (CUDA always uses it)")
     parser.add_argument("--steps", type=int, default=2000)
     parser.add_argument("--batch-size", type=int, default=8)
     parser.add_argument("--seq-len", type=int, default=256)
@@ -77,7 +85,7 @@ def main(argv: list[str] | None = None) -> None:
     parser.add_argument("--device", default="cuda" if torch.cuda.is_available() else "cpu")
     parser.add_argument("--seed", type=int, default=20250702)
     args = parser.parse_args(argv)
-    if args.out.exists() and any(args.out.iterdir()) and not (args.out / "config.json").exists():
+    if args.out.exists() and any(args.out.iterdir()) and not any((args.out / f).exists() for f in ("config.json", OVERLAY_JSON)):
         parser.error(f"{args.out} exists and is not a model directory; not overwriting it")
 
     from banditspec.default_model import resolve_model_path
@@ -101,8 +109,14 @@ def main(argv: list[str] | None = None) -> None:
     held = held_out_windows(token_stream(tokenizer, held_texts), args.seq_len, args.held_out_windows)
 
     torch.manual_seed(args.seed)
-    draft = LlamaForCausalLM(draft_config(target.config, args.hidden, args.layers, args.heads, args.intermediate))
-    project_embedding(target, draft)
+    layers = [int(index) for index in args.init_layers.split(",") if index.strip()]
+    if layers:
+        draft = draft_from_target_layers(target, layers).float()
+        architecture = {"target_layers": layers}
+    else:
+        draft = LlamaForCausalLM(draft_config(target.config, args.hidden, args.layers, args.heads, args.intermediate))
+        project_embedding(target, draft)
+        architecture = {"hidden": args.hidden, "layers": args.layers, "heads": args.heads, "intermediate": args.intermediate}
     print(f"target {target_dir.name}: {sum(p.numel() for p in target.parameters()) / 1e6:.1f}M; "
           f"draft {sum(p.numel() for p in draft.parameters()) / 1e6:.2f}M parameters; "
           f"{len(train_tokens)} training tokens", flush=True)
@@ -116,21 +130,25 @@ def main(argv: list[str] | None = None) -> None:
         max_seconds=args.max_minutes * 60,
         seed=args.seed,
     )
-    report = train(draft, train_tokens, held, config, device, teacher=target, log=lambda line: print(line, flush=True))
+    report = train(draft, train_tokens, held, config, device, teacher=target, log=lambda line: print(line, flush=True),
+                   autocast_cpu=args.cpu_bf16)
     shutil.rmtree(args.out, ignore_errors=True)
-    draft.to("cpu", torch.bfloat16).save_pretrained(args.out, safe_serialization=True)
-    tokenizer.save_pretrained(args.out)
     record = {
-        "target": str(target_dir),
+        "target": args.target if args.target == "default" else str(target_dir),
         "data": data,
         "training_tokens": int(len(train_tokens)),
-        "architecture": {"hidden": args.hidden, "layers": args.layers, "heads": args.heads, "intermediate": args.intermediate},
+        "architecture": architecture,
         "recipe": {k: str(v) for k, v in vars(args).items()},
         "device": str(device),
         "result": report.as_dict(),
         "finished": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime()),
     }
-    (args.out / "distill.json").write_text(json.dumps(record, indent=2) + "\n")
+    if layers:
+        save_overlay(draft, args.out, dict(record, layers=layers, vocab_fingerprint=vocab_fingerprint(tokenizer)))
+    else:
+        draft.to("cpu", torch.bfloat16).save_pretrained(args.out, safe_serialization=True)
+        tokenizer.save_pretrained(args.out)
+        (args.out / "distill.json").write_text(json.dumps(record, indent=2) + "\n")
     print(json.dumps(record["result"]))
 
 

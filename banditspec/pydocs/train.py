@@ -67,13 +67,15 @@ def train(
     device: torch.device,
     teacher: torch.nn.Module | None = None,
     log: Callable[[str], None] = print,
+    autocast_cpu: bool = False,
 ) -> TrainReport:
     """Train in place; the model ends with the weights of its best held-out evaluation."""
     torch.manual_seed(config.seed)
     generator = np.random.default_rng(config.seed)
     model.to(device).train()
-    decay = [p for n, p in model.named_parameters() if p.dim() >= 2]
-    no_decay = [p for n, p in model.named_parameters() if p.dim() < 2]
+    trainable = [p for p in model.parameters() if p.requires_grad]  # a frozen (shared) embedding stays as is
+    decay = [p for p in trainable if p.dim() >= 2]
+    no_decay = [p for p in trainable if p.dim() < 2]
     optimizer = torch.optim.AdamW(
         [{"params": decay, "weight_decay": config.weight_decay}, {"params": no_decay, "weight_decay": 0.0}],
         lr=config.learning_rate,
@@ -81,7 +83,7 @@ def train(
         fused=device.type == "cuda",
     )
     schedule = torch.optim.lr_scheduler.LambdaLR(optimizer, lambda step: _lr_factor(step, config))
-    autocast = torch.autocast(device.type, dtype=torch.bfloat16, enabled=device.type == "cuda")
+    autocast = torch.autocast(device.type, dtype=torch.bfloat16, enabled=device.type == "cuda" or autocast_cpu)
     best = (math.inf, 0, None, None)
     start = time.perf_counter()
     step = 0
@@ -92,12 +94,12 @@ def train(
             loss = _loss(model, batch, teacher)
         optimizer.zero_grad(set_to_none=True)
         loss.backward()
-        torch.nn.utils.clip_grad_norm_(model.parameters(), 1.0)
+        torch.nn.utils.clip_grad_norm_(trainable, 1.0)
         optimizer.step()
         schedule.step()
         last = step >= config.steps or time.perf_counter() - start > config.max_seconds
         if step % config.eval_every == 0 or last:
-            held_loss, agreement = evaluate(model, held_out, device, teacher)
+            held_loss, agreement = evaluate(model, held_out, device, teacher, autocast_cpu)
             log(
                 f"step {step}/{config.steps} train {loss.item():.3f} held-out {held_loss:.3f}"
                 + (f" agreement {agreement:.3f}" if agreement is not None else "")
@@ -135,12 +137,13 @@ def _loss(model: torch.nn.Module, batch: torch.Tensor, teacher: torch.nn.Module 
 
 @torch.no_grad()
 def evaluate(
-    model: torch.nn.Module, held_out: torch.Tensor, device: torch.device, teacher: torch.nn.Module | None
+    model: torch.nn.Module, held_out: torch.Tensor, device: torch.device, teacher: torch.nn.Module | None,
+    autocast_cpu: bool = False,
 ) -> tuple[float, float | None]:
     """Held-out loss and, for a draft, the share of positions where its argmax equals the target's."""
     model.eval()
     losses, agree, total = [], 0, 0
-    autocast = torch.autocast(device.type, dtype=torch.bfloat16, enabled=device.type == "cuda")
+    autocast = torch.autocast(device.type, dtype=torch.bfloat16, enabled=device.type == "cuda" or autocast_cpu)
     for chunk in held_out.split(16):
         chunk = chunk.to(device)
         with autocast:

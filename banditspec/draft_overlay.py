@@ -1,0 +1,112 @@
+"""Drafts that reuse their target's embedding, shipped as an overlay of their own tensors only.
+
+A draft built from some of its target's layers keeps the target's (frozen, tied) embedding: for SmolLM2
+that is 49,152 × 576 weights, 57 MB in bfloat16, against ~7 MB per trained layer. The overlay directory
+holds `overlay.json` (the target, which of its layers the draft started from, the training record) and
+`overlay.safetensors` (the trained layers and final norm). The first use assembles an ordinary Hugging Face
+model directory in the cache, keyed by the overlay's SHA-256, so every loader sees a plain model.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import shutil
+import tempfile
+from pathlib import Path
+
+import structlog
+import torch
+
+OVERLAY_JSON = "overlay.json"
+OVERLAY_TENSORS = "overlay.safetensors"
+
+log = structlog.get_logger()
+
+
+def is_overlay(path: Path) -> bool:
+    return (path / OVERLAY_JSON).exists() and not (path / "config.json").exists()
+
+
+def draft_from_target_layers(target: torch.nn.Module, layers: list[int]) -> torch.nn.Module:
+    """A model of the target's architecture with only `layers` (copied, trainable); embedding frozen."""
+    from transformers import AutoModelForCausalLM
+
+    count = target.config.num_hidden_layers
+    if not layers or any(not 0 <= index < count for index in layers):
+        raise ValueError(f"layers must be indices of the target's {count} layers, got {layers}")
+    config = target.config.__class__.from_dict(target.config.to_dict())
+    config.num_hidden_layers = len(layers)
+    if getattr(config, "layer_types", None):
+        config.layer_types = [target.config.layer_types[index] for index in layers]
+    draft = AutoModelForCausalLM.from_config(config, dtype=target.dtype)
+    state = {key: value for key, value in target.state_dict().items() if not key.startswith("model.layers.")}
+    for new, old in enumerate(layers):
+        prefix = f"model.layers.{old}."
+        state.update({f"model.layers.{new}." + key[len(prefix):]: value
+                      for key, value in target.state_dict().items() if key.startswith(prefix)})
+    draft.load_state_dict(state, strict=False)
+    draft.tie_weights()
+    draft.get_input_embeddings().requires_grad_(False)
+    draft.get_output_embeddings().requires_grad_(False)
+    return draft
+
+
+def save_overlay(draft: torch.nn.Module, out: Path, record: dict) -> Path:
+    """Write the draft's trained tensors (bfloat16) and `record` (must name `target` and `layers`)."""
+    from safetensors.torch import save_file
+
+    shared = {id(draft.get_input_embeddings().weight), id(draft.get_output_embeddings().weight)}
+    tensors = {name: parameter.detach().to("cpu", torch.bfloat16).contiguous()
+               for name, parameter in draft.named_parameters() if id(parameter) not in shared}
+    out.mkdir(parents=True, exist_ok=True)
+    save_file(tensors, str(out / OVERLAY_TENSORS))
+    record = dict(record, sha256=hashlib.sha256((out / OVERLAY_TENSORS).read_bytes()).hexdigest())
+    (out / OVERLAY_JSON).write_text(json.dumps(record, indent=2) + "\n")
+    return out
+
+
+def materialize(overlay: Path) -> Path:
+    """The assembled model directory for `overlay`, built on first use."""
+    from banditspec.default_model import cache_dir
+
+    record = json.loads((overlay / OVERLAY_JSON).read_text())
+    digest = hashlib.sha256((overlay / OVERLAY_TENSORS).read_bytes()).hexdigest()
+    if digest != record.get("sha256"):
+        raise ValueError(f"{overlay / OVERLAY_TENSORS} does not match the SHA-256 in {OVERLAY_JSON}")
+    out = cache_dir() / "drafts" / f"{overlay.name}-{digest[:12]}"
+    if (out / "config.json").exists():
+        return out
+    _assemble(overlay, record, out)
+    return out
+
+
+def _assemble(overlay: Path, record: dict, out: Path) -> None:
+    from safetensors.torch import load_file
+    from transformers import AutoModelForCausalLM, AutoTokenizer
+
+    from banditspec.default_model import resolve_model_path
+    from banditspec.models import vocab_fingerprint
+
+    target_dir = resolve_model_path(record["target"])
+    tokenizer = AutoTokenizer.from_pretrained(str(target_dir))
+    if record.get("vocab_fingerprint") not in (None, vocab_fingerprint(tokenizer)):
+        raise ValueError(f"the overlay {overlay} was trained for another vocabulary than {target_dir}'s")
+    target = AutoModelForCausalLM.from_pretrained(str(target_dir), dtype=torch.float32)
+    draft = draft_from_target_layers(target, list(record["layers"]))
+    tensors = {name: value.float() for name, value in load_file(str(overlay / OVERLAY_TENSORS)).items()}
+    missing, unexpected = draft.load_state_dict(tensors, strict=False)
+    trained = {name for name, _ in draft.named_parameters() if "embed_tokens" not in name and "lm_head" not in name}
+    if unexpected or trained & set(missing):
+        raise ValueError(f"overlay {overlay} does not fit its target: missing {sorted(trained & set(missing))}, "
+                         f"unexpected {sorted(unexpected)}")
+    out.parent.mkdir(parents=True, exist_ok=True)
+    with tempfile.TemporaryDirectory(dir=out.parent) as tmp:
+        staging = Path(tmp) / out.name
+        draft.save_pretrained(str(staging))
+        tokenizer.save_pretrained(str(staging))
+        shutil.copy(overlay / OVERLAY_JSON, staging / OVERLAY_JSON)
+        if out.exists():
+            shutil.rmtree(out)
+        staging.rename(out)  # atomic: a half-written draft never looks complete
+    log.info("draft assembled from overlay", overlay=str(overlay), path=str(out))
