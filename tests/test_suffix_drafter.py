@@ -194,6 +194,20 @@ def test_memory_is_bounded_and_evicts_the_oldest_outputs_first():
     assert drafter.remembered_tokens == 10
 
 
+def test_node_cap_evicts_the_oldest_outputs():
+    # A repeated string makes a node per (position, depth): far more nodes than tokens.
+    drafter = SuffixDrafter("sfx", max_depth=8, memory_tokens=10_000, max_nodes=60)
+    for start in (0, 100, 200):
+        finished(drafter, [], list(range(start, start + 10)) * 2)
+        assert drafter.global_tree.nodes <= 60
+    assert [o[0] for o in drafter.outputs] == [200]  # only the newest fits
+    assert trie_counts(drafter.global_tree) == substring_counts([list(o) for o in drafter.outputs], 8)
+    assert propose([0, 201, 202], 3, drafter) == [203, 204, 205]
+    alone = SuffixDrafter("sfx", max_depth=8, max_nodes=5)
+    finished(alone, [], [1, 2, 3] * 4)  # too big on its own: not kept
+    assert not alone.outputs and alone.global_tree.nodes == 1 and alone.remembered_tokens == 0
+
+
 def test_node_count_stays_bounded_by_the_remembered_tokens():
     rng = random.Random(0)
     drafter = SuffixDrafter("sfx", max_depth=8, memory_tokens=300)

@@ -93,7 +93,7 @@ def main(argv: list[str] | None = None) -> None:
     target_dir = Path(resolve_model_path(args.target))
     device = torch.device(args.device)
     tokenizer = AutoTokenizer.from_pretrained(str(target_dir))
-    dtype = torch.bfloat16 if device.type == "cuda" else torch.float32
+    dtype = torch.bfloat16 if device.type == "cuda" or args.cpu_bf16 else torch.float32
     target = AutoModelForCausalLM.from_pretrained(str(target_dir), dtype=dtype).to(device).eval().requires_grad_(False)
     if args.text:
         train_texts = [Path(p).read_text(encoding="utf-8") for p in args.text]

@@ -25,7 +25,8 @@ Memory. A plain trie has up to max_depth nodes per token (about 6 KB per token i
 seen once (count 1) has a single path below it, so it is stored as a reference into its sequence
 (seq, pos, limit) instead of a chain of nodes, and only strings seen at least twice get real nodes.
 The form is canonical (count 1 ⟺ a reference), so removing a sequence restores the tree exactly. The
-global tree remembers at most `memory_tokens` output tokens: past that, the oldest outputs are evicted
+global tree remembers at most `memory_tokens` output tokens and at most `max_nodes` node objects
+(repetitive text makes up to max_depth nodes per token): past either, the oldest outputs are evicted
 (FIFO) by decrementing the counts along their paths and deleting nodes that drop to zero.
 """
 
@@ -180,19 +181,21 @@ class SuffixDrafter:
         memory_tokens: int = 200_000,
         min_match: int = 2,
         threshold: float = 0.1,
+        max_nodes: int = 1_000_000,  # ~150 MB of CPython objects
     ) -> None:
         if not 1 <= min_match < max_depth:
             raise ValueError(f"suffix drafter needs 1 <= min_match < max_depth, got {min_match}, {max_depth}")
-        if memory_tokens < 0 or not 0.0 <= threshold <= 1.0:
-            raise ValueError("suffix drafter needs memory_tokens >= 0 and 0 <= threshold <= 1")
+        if memory_tokens < 0 or max_nodes < 1 or not 0.0 <= threshold <= 1.0:
+            raise ValueError("suffix drafter needs memory_tokens >= 0, max_nodes >= 1 and 0 <= threshold <= 1")
         self.name = name
         self.max_depth = max_depth
         self.memory_tokens = memory_tokens
         self.min_match = min_match
         self.threshold = threshold
+        self.max_nodes = max_nodes
         self.source = (
             f"suffix trees, depth {max_depth}, min match {min_match}, threshold {threshold}, "
-            f"remembers {memory_tokens} output tokens"
+            f"remembers {memory_tokens} output tokens in at most {max_nodes} nodes"
         )
         self.global_tree = SuffixTrie(max_depth)
         self.outputs: deque[tuple[int, ...]] = deque()  # remembered outputs, oldest first
@@ -266,7 +269,7 @@ class SuffixDrafter:
         return Proposal(max(candidates, key=lambda c: (c[0], c[1]))[2])
 
     def finish(self, session: DraftSession) -> None:
-        """Remember the session's output; evict the oldest outputs past memory_tokens."""
+        """Remember the session's output; evict the oldest outputs past memory_tokens or max_nodes."""
         output = tuple(session.context[session.prompt_length :])
         if not output or self.memory_tokens == 0:
             return
@@ -274,7 +277,7 @@ class SuffixDrafter:
         self.outputs.append(output)
         self.global_tree.add(output)
         self.remembered_tokens += len(output)
-        while self.remembered_tokens > self.memory_tokens:
+        while self.outputs and (self.remembered_tokens > self.memory_tokens or self.global_tree.nodes > self.max_nodes):
             oldest = self.outputs.popleft()
             self.global_tree.remove(oldest)
             self.remembered_tokens -= len(oldest)
