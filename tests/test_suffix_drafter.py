@@ -208,6 +208,34 @@ def test_node_cap_evicts_the_oldest_outputs():
     assert not alone.outputs and alone.global_tree.nodes == 1 and alone.remembered_tokens == 0
 
 
+def test_proposals_stay_sound_while_another_thread_inserts_and_evicts():
+    # The draft service learns on a thread while proposals read the global tree on the event loop.
+    import threading
+
+    drafter = SuffixDrafter("sfx", max_depth=8, memory_tokens=200)
+    rng = random.Random(1)
+    outputs = [[rng.randrange(8) for _ in range(60)] for _ in range(40)]
+    done = threading.Event()
+
+    def learn() -> None:
+        for output in outputs:
+            finished(drafter, [], output)
+        done.set()
+
+    thread = threading.Thread(target=learn)
+    thread.start()
+    proposals = 0
+    while not done.is_set() or proposals < 50:
+        context = [9, *outputs[rng.randrange(len(outputs))][:5]]  # 9 never occurs in outputs: only learned text matches
+        draft = propose(context, 4, drafter)
+        if draft:  # the context's tail followed by the draft occurred in some output
+            string = context[-2:] + draft
+            assert any(string == o[i : i + len(string)] for o in outputs for i in range(len(o))), string
+        proposals += 1
+    thread.join()
+    assert trie_counts(drafter.global_tree) == substring_counts([list(o) for o in drafter.outputs], 8)
+
+
 def test_node_count_stays_bounded_by_the_remembered_tokens():
     rng = random.Random(0)
     drafter = SuffixDrafter("sfx", max_depth=8, memory_tokens=300)

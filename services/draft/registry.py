@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import time
 from collections import OrderedDict
+from collections.abc import Callable
 
 from banditspec.errors import AlreadyExists, InvalidArgument, NotFound, OutOfSync, SessionLost
 from banditspec.sampling import SamplingParams
@@ -94,8 +95,13 @@ class DrafterRegistry:
         proposal = drafter.propose(session, num_tokens)
         return proposal, time.perf_counter() - start
 
-    def release(self, session_id: str, context_length: int = 0, new_ids: list[int] | None = None, prompt_length: int = 0) -> bool:
-        """Drop a session; with new_ids, first bring it up to date so learning drafters see the whole answer."""
+    def release(
+        self, session_id: str, context_length: int = 0, new_ids: list[int] | None = None, prompt_length: int = 0,
+        learn: Callable[[Callable[[], None]], object] = lambda task: task(),
+    ) -> bool:
+        """Drop a session; with new_ids, first bring it up to date so learning drafters see the whole answer.
+        Learning drafters' `finish` calls run through `learn` (inline by default; the service hands them to a
+        thread, so that a long answer's insertion does not stall other sessions' rounds)."""
         session = self.sessions.pop(session_id, None)
         released = session is not None
         if not new_ids:
@@ -112,8 +118,7 @@ class DrafterRegistry:
         session = learn_from
         if prompt_length > 0:
             session.prompt_length = min(prompt_length, len(session.context))
-        for drafter in self.drafters.values():
-            finish = getattr(drafter, "finish", None)
-            if finish is not None:  # drafters that learn from finished outputs
-                finish(session)
+        finishes = [drafter.finish for drafter in self.drafters.values() if hasattr(drafter, "finish")]
+        if finishes:  # drafters that learn from finished outputs
+            learn(lambda: [finish(session) for finish in finishes])
         return released

@@ -32,6 +32,7 @@ global tree remembers at most `memory_tokens` output tokens and at most `max_nod
 
 from __future__ import annotations
 
+import threading
 from collections import deque
 from collections.abc import Sequence
 from dataclasses import dataclass, field
@@ -200,6 +201,8 @@ class SuffixDrafter:
         self.global_tree = SuffixTrie(max_depth)
         self.outputs: deque[tuple[int, ...]] = deque()  # remembered outputs, oldest first
         self.remembered_tokens = 0
+        # The draft service inserts finished outputs on a thread while proposals read the global tree.
+        self.global_lock = threading.Lock()
 
     def _session_tree(self, session: DraftSession) -> _SessionTree:
         tree = session.state.get(self.name)
@@ -258,8 +261,8 @@ class SuffixDrafter:
                 if tokens:
                     candidates.append((length, score, tokens))
                 break
-        if self.outputs:
-            match = self._global_match(context, longest)
+        with self.global_lock:
+            match = self._global_match(context, longest) if self.outputs else None
             if match is not None:
                 tokens, score = self._draft(match[1], match[2], num_tokens)
                 if tokens:
@@ -274,6 +277,10 @@ class SuffixDrafter:
         if not output or self.memory_tokens == 0:
             return
         output = output[-self.memory_tokens :]  # one output longer than the memory keeps its end
+        with self.global_lock:
+            self._remember(output)
+
+    def _remember(self, output: tuple[int, ...]) -> None:
         self.outputs.append(output)
         self.global_tree.add(output)
         self.remembered_tokens += len(output)
@@ -283,6 +290,7 @@ class SuffixDrafter:
             self.remembered_tokens -= len(oldest)
 
     def close(self) -> None:
-        self.outputs.clear()
-        self.global_tree = SuffixTrie(self.max_depth)
-        self.remembered_tokens = 0
+        with self.global_lock:
+            self.outputs.clear()
+            self.global_tree = SuffixTrie(self.max_depth)
+            self.remembered_tokens = 0
