@@ -4,7 +4,8 @@ Tuning a drafting rule through the full benchmark takes tens of minutes per try;
 seconds. Greedy decoding makes it exact up to timing: the answer is fixed, so for any drafter the
 rounds, drafts and accepted tokens are exactly what the stack would see. Time per round is modelled
 as the target's measured forward time for γ+1 tokens plus a fixed per-round overhead (the stack's
-RPCs; 0 for in-process `transformers`). The model only runs once per prompt to record the answer
+RPCs; 0 for in-process `transformers`) plus the drafter's own measured compute (a draft model's forwards).
+The model only runs once per prompt to record the answer
 (cached in --refs) and once to measure forward times.
 
     python benchmarks/replay_drafters.py --drafter pld=prompt_lookup --drafter sfx=suffix:24:off
@@ -17,6 +18,7 @@ import json
 import os
 import statistics
 import sys
+import time
 from collections import defaultdict
 from pathlib import Path
 
@@ -66,7 +68,9 @@ def replay(propose, prompt_ids: list[int], answer: list[int], costs: list[float]
     seconds, rounds, drafted, accepted = 0.0, 0, 0, 0
     done = 0
     while done < len(answer):
+        start = time.perf_counter()  # a model drafter's compute is part of the round
         draft = propose(context)[: len(answer) - done - 1]
+        seconds += time.perf_counter() - start
         ok = 0
         while ok < len(draft) and draft[ok] == answer[done + ok]:
             ok += 1
@@ -125,6 +129,11 @@ def main() -> None:
         row = "".join(f"{totals[name][k][1] / totals[name][k][0]:7.1f} {totals[name][k][1] / totals[name][k][0] / (base[k][1] / base[k][0]):.2f}"[:12].rjust(12) for k in kinds)
         t = totals[name]["all"]
         print(f"{name[:36]:36}{row}   acc {t[4] / max(1, t[3]):.2f} tok/round {t[1] / t[2]:.2f}")
+    print("\nper-token acceptance (accepted ÷ drafted) per kind")
+    print(f"{'method':36}" + "".join(f"{k[:11]:>12}" for k in kinds))
+    for name in methods:
+        if any(totals[name][k][3] for k in kinds):
+            print(f"{name[:36]:36}" + "".join(f"{totals[name][k][4] / max(1, totals[name][k][3]):12.2f}" for k in kinds))
 
 
 def _proposer(drafter, gamma: int):
