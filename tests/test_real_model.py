@@ -1,5 +1,6 @@
 """The default checkpoint (SmolLM2-135M-Instruct) through the stack: greedy output equals
-transformers generate() token for token on chat prompts, under UCBSpec."""
+transformers generate() token for token on chat prompts, under UCBSpec and with the shipped SmolLM2
+draft (an overlay over the target's own embedding) as a fixed arm."""
 
 from __future__ import annotations
 
@@ -12,6 +13,7 @@ from conftest import TWO_GAMMAS, local_stack, reference_greedy
 pytestmark = pytest.mark.real_model
 
 MAX_NEW = 48
+SHIPPED_DRAFT = "smollm2:draft-l3"
 CHATS = [
     "What is the capital of France? Answer in one sentence.",
     "List three colours of the rainbow.",
@@ -29,7 +31,7 @@ def default_model():
 @pytest.fixture(scope="module")
 def real_stack(default_model, tmp_path_factory):
     controller_args = ["--policy", "ucbspec", *TWO_GAMMAS]
-    drafters = ["pld=prompt_lookup", "sfx=suffix"]
+    drafters = ["pld=prompt_lookup", "sfx=suffix", f"d3=model:{SHIPPED_DRAFT}"]
     # Verify padding on, as served: the real model's CPU forward curve pads short verifies.
     with local_stack(
         tmp_path_factory, "real-stack", default_model, drafters, controller_args, startup_timeout=600, target_args=()
@@ -52,8 +54,12 @@ def test_greedy_chat_output_equals_transformers(real_stack, default_model):
             expected = reference_greedy(model, prompt, MAX_NEW)
             assert len(expected) >= 8, "the reference answer is too short to compare meaningfully"
 
-            for policy, name in ((generation_pb2.POLICY_UCBSPEC, "ucbspec"), (generation_pb2.POLICY_UCBSPEC_COUNTERFACTUAL, "ucbspec-cf")):
-                request = generation_pb2.GenerateRequest(max_new_tokens=MAX_NEW, policy=policy)
+            for policy, name, arms in (
+                (generation_pb2.POLICY_UCBSPEC, "ucbspec", []),
+                (generation_pb2.POLICY_UCBSPEC_COUNTERFACTUAL, "ucbspec-cf", []),
+                (generation_pb2.POLICY_FIXED, "fixed", ["local/d3/4"]),
+            ):
+                request = generation_pb2.GenerateRequest(max_new_tokens=MAX_NEW, policy=policy, allowed_arms=arms)
                 request.chat.messages.add(role="user", content=content)
                 response = stub.Generate(request, timeout=300)
 
@@ -62,6 +68,9 @@ def test_greedy_chat_output_equals_transformers(real_stack, default_model):
                 assert response.text == tokenizer.decode(expected, skip_special_tokens=True)
                 assert response.stats.policy == name
                 assert sum(a.pulls for a in response.stats.arms) == response.stats.rounds
+                if arms:  # the draft model proposed, and some of it was accepted
+                    (arm,) = [a for a in response.stats.arms if a.pulls]
+                    assert arm.arm == arms[0] and arm.accepted_tokens > 0, arm
 
 
 def test_long_text_streams_like_a_whole_decode(default_model):
