@@ -51,8 +51,8 @@ def resolve_model_path(path: str | None) -> Path:
         return PYDOCS_DIR / member
     if path.startswith("smollm2:"):
         member = path.partition(":")[2]
-        shipped = sorted(p.parent.name for p in SMOLLM2_DRAFTS_DIR.glob("*/overlay.json")) if SMOLLM2_DRAFTS_DIR.exists() else []
         if not (SMOLLM2_DRAFTS_DIR / member / "overlay.json").exists():
+            shipped = sorted(p.parent.name for p in SMOLLM2_DRAFTS_DIR.glob("*/overlay.json"))
             raise ValueError(f"no SmolLM2 draft {member!r} in {SMOLLM2_DRAFTS_DIR}; shipped: {', '.join(shipped) or 'none'}")
         path = str(SMOLLM2_DRAFTS_DIR / member)
     from banditspec.draft_overlay import is_overlay, materialize

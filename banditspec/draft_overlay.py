@@ -40,11 +40,12 @@ def draft_from_target_layers(target: torch.nn.Module, layers: list[int]) -> torc
     if getattr(config, "layer_types", None):
         config.layer_types = [target.config.layer_types[index] for index in layers]
     draft = AutoModelForCausalLM.from_config(config, dtype=target.dtype)
-    state = {key: value for key, value in target.state_dict().items() if not key.startswith("model.layers.")}
+    source = target.state_dict()
+    state = {key: value for key, value in source.items() if not key.startswith("model.layers.")}
     for new, old in enumerate(layers):
         prefix = f"model.layers.{old}."
         state.update({f"model.layers.{new}." + key[len(prefix):]: value
-                      for key, value in target.state_dict().items() if key.startswith(prefix)})
+                      for key, value in source.items() if key.startswith(prefix)})
     draft.load_state_dict(state, strict=False)
     draft.tie_weights()
     draft.get_input_embeddings().requires_grad_(False)

@@ -12,6 +12,7 @@ from __future__ import annotations
 
 import torch
 import torch.nn.functional as F
+from transformers.models.llama.modeling_llama import apply_rotary_pos_emb
 
 # Rotary variants whose tables depend only on the position (no dynamic rescaling at run time).
 STATIC_ROPE_TYPES = {"default", "linear", "llama3"}
@@ -98,8 +99,7 @@ class LeanLlama:
             query = attention.q_proj(normed).view(count, self.heads, self.head_dim).transpose(0, 1)
             key = attention.k_proj(normed).view(count, self.kv_heads, self.head_dim).transpose(0, 1)
             value = attention.v_proj(normed).view(count, self.kv_heads, self.head_dim).transpose(0, 1)
-            query = query * cos + _rotate_half(query) * sin
-            key = key * cos + _rotate_half(key) * sin
+            query, key = apply_rotary_pos_emb(query, key, cos, sin, unsqueeze_dim=0)  # tables [count, head_dim]
             cache.keys[index, :, start:end] = key
             cache.values[index, :, start:end] = value
             attended = F.scaled_dot_product_attention(
@@ -112,8 +112,3 @@ class LeanLlama:
         if last_only:
             hidden = hidden[-1:]
         return self.lm_head(self.decoder.norm(hidden)).float()
-
-
-def _rotate_half(x: torch.Tensor) -> torch.Tensor:
-    half = x.shape[-1] // 2
-    return torch.cat((-x[..., half:], x[..., :half]), dim=-1)

@@ -120,5 +120,10 @@ class DrafterRegistry:
             session.prompt_length = min(prompt_length, len(session.context))
         finishes = [drafter.finish for drafter in self.drafters.values() if hasattr(drafter, "finish")]
         if finishes:  # drafters that learn from finished outputs
-            learn(lambda: [finish(session) for finish in finishes])
+
+            def learn_all() -> None:
+                for finish in finishes:
+                    finish(session)
+
+            learn(learn_all)
         return released
