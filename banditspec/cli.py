@@ -223,7 +223,8 @@ def cmd_drafters(args: argparse.Namespace) -> None:
         try:
             if args.action == "list":
                 for d in stub.ListDrafters(draft_pb2.ListDraftersRequest(), timeout=args.timeout).drafters:
-                    print(f"{d.name:<16}{draft_pb2.DrafterKind.Name(d.kind):<30}{d.device:<8}{d.source}")
+                    hits = f" [lookahead hits: {d.lookahead_hits}]" if d.lookahead_hits else ""
+                    print(f"{d.name:<16}{draft_pb2.DrafterKind.Name(d.kind):<30}{d.device:<8}{d.source}{hits}")
             elif args.action == "load":
                 spec = DrafterSpec.parse(args.spec)
                 response = stub.LoadDrafter(spec.to_pb(replace=args.replace), timeout=args.timeout)

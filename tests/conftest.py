@@ -189,11 +189,11 @@ def local_stack(
 def stack(tiny_models, tmp_path_factory):
     """Drafters: pld (prompt lookup), same (a copy of the target: always agrees), near (a noisy
     copy: agrees about half the time), other (an independent random model), alien (another
-    vocabulary: refused by the controller)."""
+    vocabulary: refused by the controller). same and near draft ahead during verification."""
     drafters = [
         "pld=prompt_lookup:1-3:fixed",  # 1-grams, always γ: the toy prompts are short
-        f"same=model:{tiny_models.target}",
-        f"near=model:{tiny_models.near}",
+        f"same=model:{tiny_models.target}^8",
+        f"near=model:{tiny_models.near}^6",
         f"other=model:{tiny_models.other}",
         f"alien=model:{tiny_models.alien}",
     ]

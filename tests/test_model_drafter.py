@@ -3,8 +3,14 @@ is unsure (min_confidence), after at least one token."""
 
 from __future__ import annotations
 
+import dataclasses
+
 import pytest
 import torch
+from hypothesis import HealthCheck, given, settings
+from hypothesis import strategies as st
+
+from banditspec.models import load_causal_lm
 
 from banditspec.sampling import SamplingParams
 from services.draft.drafters.base import DraftSession
@@ -58,3 +64,102 @@ def test_spec_sets_and_disables_the_threshold():
         DrafterSpec.parse("m=model:/x~5")
     assert DrafterSpec.parse("s=suffix:off").memory_tokens == -1
     assert DrafterSpec.parse("s=suffix:24:0").memory_tokens == -1
+
+
+# lookahead -------------------------------------------------------------------------------------------
+
+
+def float64_drafter(tiny_models, name: str, lookahead: int, min_confidence: float) -> ModelDrafter:
+    """In float64, a token-at-a-time forward and a block forward agree to ~1e-15: no argmax near-ties."""
+    loaded = load_causal_lm(str(tiny_models.target), device="cpu", dtype="float32")
+    loaded = dataclasses.replace(loaded, model=loaded.model.to(torch.float64), dtype=torch.float64)
+    drafter = ModelDrafter(name, loaded, min_confidence=min_confidence, lookahead=lookahead)
+    drafter.decoder = CountingDecoder(drafter.decoder)
+    return drafter
+
+
+@pytest.fixture(scope="module")
+def float64_models(tiny_models):
+    return {
+        confidence: (float64_drafter(tiny_models, "plain", 0, confidence), float64_drafter(tiny_models, "ahead", 8, confidence))
+        for confidence in (0.0, 0.05, 0.1)
+    }
+
+
+def next_greedy_token(drafter: ModelDrafter, ids: list[int]) -> int:
+    with torch.inference_mode():
+        return int(drafter.loaded.model(torch.tensor([ids])).logits[0, -1].argmax())
+
+
+@settings(max_examples=40, deadline=None, suppress_health_check=[HealthCheck.function_scoped_fixture])
+@given(data=st.data())
+def test_lookahead_proposals_equal_plain_drafting(float64_models, data):
+    """Whatever the rounds' outcomes, and wherever the lookahead is cut short, a drafter with lookahead
+    proposes exactly what one without proposes; and when a round is accepted whole with the drafter's own
+    next token as bonus, the proposal comes from the lookahead."""
+    plain, ahead = float64_models[data.draw(st.sampled_from(sorted(float64_models)), label="min_confidence")]
+    hits_before = ahead.lookahead_hits
+    prompt = data.draw(st.lists(st.integers(3, 40), min_size=1, max_size=8), label="prompt")
+    plain_session, ahead_session = session_with(prompt), session_with(prompt)
+    expected_hits = 0
+    for _ in range(data.draw(st.integers(1, 6), label="rounds")):
+        gamma = data.draw(st.integers(1, 6), label="gamma")
+        draft = plain.propose(plain_session, gamma).token_ids
+        assert ahead.propose(ahead_session, gamma).token_ids == draft
+        forwards = data.draw(st.integers(0, 10), label="forwards before preemption")
+        ahead.draft_ahead(ahead_session, preempt_after(forwards, ahead))
+        outcome = data.draw(st.sampled_from(["whole, own bonus", "whole, other bonus", "part"]), label="outcome")
+        accepted = draft if outcome != "part" else draft[: data.draw(st.integers(0, len(draft) - 1))]
+        own = next_greedy_token(plain, plain_session.context + accepted)
+        bonus = own if outcome == "whole, own bonus" else data.draw(st.integers(3, 40).filter(lambda t: t != own))
+        for s in (plain_session, ahead_session):
+            s.context.extend([*accepted, bonus])
+        # The lookahead drafts once it has fed the guessed bonus: two forwards when γ was reached, one
+        # when the draft stopped at an unsure token.
+        expected_hits += outcome == "whole, own bonus" and forwards >= 2
+    draft = plain.propose(plain_session, 4).token_ids
+    assert ahead.propose(ahead_session, 4).token_ids == draft
+    assert ahead.lookahead_hits - hits_before >= expected_hits
+
+
+def session_with(prompt: list[int]) -> DraftSession:
+    return DraftSession(list(prompt), SamplingParams(), seed=0, prompt_length=len(prompt))
+
+
+class CountingDecoder:
+    def __init__(self, inner) -> None:
+        self.inner, self.calls = inner, 0
+
+    def new_cache(self):
+        return self.inner.new_cache()
+
+    def forward(self, *args, **kwargs):
+        self.calls += 1
+        return self.inner.forward(*args, **kwargs)
+
+
+def preempt_after(forwards: int, drafter: ModelDrafter):
+    """A `preempted` callback that turns true after the drafter's decoder has run `forwards` more times."""
+    decoder = drafter.decoder
+    start = decoder.calls
+    return lambda: decoder.calls - start >= forwards
+
+
+def test_lookahead_is_off_for_sampled_sessions_and_unknown_sessions(float64_models):
+    _, ahead = float64_models[0.0]
+    sampled = DraftSession(list(PROMPT), SamplingParams(temperature=1.0), seed=1, prompt_length=len(PROMPT))
+    ahead.propose(sampled, 3)
+    ahead.draft_ahead(sampled, lambda: False)
+    assert sampled.state["ahead"].ahead == []
+    ahead.draft_ahead(session(), lambda: False)  # no proposal yet: nothing to guess from
+
+
+def test_spec_sets_the_lookahead():
+    assert DrafterSpec.parse("m=model:/x@bfloat16~0.25^8").lookahead_tokens == 8
+    spec = DrafterSpec.parse("m=model:/x^6")
+    assert (spec.model_path, spec.lookahead_tokens, spec.min_confidence) == ("/x", 6, 0.0)
+    assert DrafterSpec.parse("m=model:/x^0").lookahead_tokens == -1  # ^0: none
+    assert DrafterSpec.parse("m=model:/x").lookahead_tokens == 0  # the drafter's default
+    assert DrafterSpec.from_pb(DrafterSpec.parse("m=model:/x^5").to_pb()).lookahead_tokens == 5
+    with pytest.raises(ValueError, match="at most 64"):
+        DrafterSpec.parse("m=model:/x^65")

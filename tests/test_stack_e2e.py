@@ -111,14 +111,24 @@ def test_greedy_output_equals_target_alone(generation_stub, references, tiny_tok
             assert observed == 0
 
 
-def test_copy_of_target_drafter_is_always_accepted(generation_stub, references):
+def lookahead_hits(draft_stub, name: str) -> int:
+    drafters = draft_stub.ListDrafters(draft_pb2.ListDraftersRequest(), timeout=RPC_TIMEOUT).drafters
+    return next(d.lookahead_hits for d in drafters if d.name == name)
+
+
+def test_copy_of_target_drafter_is_always_accepted(generation_stub, draft_stub, references):
+    hits_before = lookahead_hits(draft_stub, "same")
     for prompt in PROMPTS:
         response = generation_stub.Generate(
             request(prompt, policy=generation_pb2.POLICY_FIXED, arms=["local/same/4"]), timeout=RPC_TIMEOUT
         )
+        assert list(response.token_ids) == references[tuple(prompt)]
         arm = response.stats.arms[0]
         assert arm.drafted_tokens > 0
         assert arm.accepted_tokens == arm.drafted_tokens
+    # Every round is accepted whole and the bonus is the copy's own next token: the drafter's lookahead
+    # guesses each next round while the target verifies (unless a proposal preempts it first).
+    assert lookahead_hits(draft_stub, "same") > hits_before
 
 
 def test_ucb_warm_up_tries_every_allowed_arm_in_order(generation_stub):

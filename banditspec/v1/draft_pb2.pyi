@@ -22,18 +22,20 @@ DRAFTER_KIND_SUFFIX: DrafterKind
 DRAFTER_KIND_RETRIEVAL: DrafterKind
 
 class DrafterInfo(_message.Message):
-    __slots__ = ("name", "kind", "vocab_fingerprint", "source", "device")
+    __slots__ = ("name", "kind", "vocab_fingerprint", "source", "device", "lookahead_hits")
     NAME_FIELD_NUMBER: _ClassVar[int]
     KIND_FIELD_NUMBER: _ClassVar[int]
     VOCAB_FINGERPRINT_FIELD_NUMBER: _ClassVar[int]
     SOURCE_FIELD_NUMBER: _ClassVar[int]
     DEVICE_FIELD_NUMBER: _ClassVar[int]
+    LOOKAHEAD_HITS_FIELD_NUMBER: _ClassVar[int]
     name: str
     kind: DrafterKind
     vocab_fingerprint: str
     source: str
     device: str
-    def __init__(self, name: _Optional[str] = ..., kind: _Optional[_Union[DrafterKind, str]] = ..., vocab_fingerprint: _Optional[str] = ..., source: _Optional[str] = ..., device: _Optional[str] = ...) -> None: ...
+    lookahead_hits: int
+    def __init__(self, name: _Optional[str] = ..., kind: _Optional[_Union[DrafterKind, str]] = ..., vocab_fingerprint: _Optional[str] = ..., source: _Optional[str] = ..., device: _Optional[str] = ..., lookahead_hits: _Optional[int] = ...) -> None: ...
 
 class DraftInfoRequest(_message.Message):
     __slots__ = ()
@@ -120,7 +122,7 @@ class ReleaseDraftSessionResponse(_message.Message):
     def __init__(self, released: _Optional[bool] = ...) -> None: ...
 
 class LoadDrafterRequest(_message.Message):
-    __slots__ = ("name", "kind", "model_path", "dtype", "min_ngram", "max_ngram", "replace", "fixed_length", "datastore_path", "max_depth", "memory_tokens", "min_confidence")
+    __slots__ = ("name", "kind", "model_path", "dtype", "min_ngram", "max_ngram", "replace", "fixed_length", "datastore_path", "max_depth", "memory_tokens", "min_confidence", "lookahead_tokens")
     NAME_FIELD_NUMBER: _ClassVar[int]
     KIND_FIELD_NUMBER: _ClassVar[int]
     MODEL_PATH_FIELD_NUMBER: _ClassVar[int]
@@ -133,6 +135,7 @@ class LoadDrafterRequest(_message.Message):
     MAX_DEPTH_FIELD_NUMBER: _ClassVar[int]
     MEMORY_TOKENS_FIELD_NUMBER: _ClassVar[int]
     MIN_CONFIDENCE_FIELD_NUMBER: _ClassVar[int]
+    LOOKAHEAD_TOKENS_FIELD_NUMBER: _ClassVar[int]
     name: str
     kind: DrafterKind
     model_path: str
@@ -145,7 +148,8 @@ class LoadDrafterRequest(_message.Message):
     max_depth: int
     memory_tokens: int
     min_confidence: float
-    def __init__(self, name: _Optional[str] = ..., kind: _Optional[_Union[DrafterKind, str]] = ..., model_path: _Optional[str] = ..., dtype: _Optional[str] = ..., min_ngram: _Optional[int] = ..., max_ngram: _Optional[int] = ..., replace: _Optional[bool] = ..., fixed_length: _Optional[bool] = ..., datastore_path: _Optional[str] = ..., max_depth: _Optional[int] = ..., memory_tokens: _Optional[int] = ..., min_confidence: _Optional[float] = ...) -> None: ...
+    lookahead_tokens: int
+    def __init__(self, name: _Optional[str] = ..., kind: _Optional[_Union[DrafterKind, str]] = ..., model_path: _Optional[str] = ..., dtype: _Optional[str] = ..., min_ngram: _Optional[int] = ..., max_ngram: _Optional[int] = ..., replace: _Optional[bool] = ..., fixed_length: _Optional[bool] = ..., datastore_path: _Optional[str] = ..., max_depth: _Optional[int] = ..., memory_tokens: _Optional[int] = ..., min_confidence: _Optional[float] = ..., lookahead_tokens: _Optional[int] = ...) -> None: ...
 
 class LoadDrafterResponse(_message.Message):
     __slots__ = ("drafter", "load_seconds")

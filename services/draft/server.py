@@ -50,8 +50,10 @@ def build_drafter(spec: DrafterSpec, device: str | None, default_dtype: str | No
     if spec.kind == "retrieval":
         return RetrievalDrafter.load(spec.name, spec.datastore_path, **({"max_depth": spec.max_depth} if spec.max_depth else {}))
     path = str(resolve_model_path(spec.model_path))
-    confidence = {} if spec.min_confidence == 0 else {"min_confidence": max(0.0, spec.min_confidence)}
-    return ModelDrafter.load(spec.name, path, device=device, dtype=spec.dtype or default_dtype, **confidence)
+    options = {} if spec.min_confidence == 0 else {"min_confidence": max(0.0, spec.min_confidence)}
+    if spec.lookahead_tokens:
+        options["lookahead"] = max(0, spec.lookahead_tokens)
+    return ModelDrafter.load(spec.name, path, device=device, dtype=spec.dtype or default_dtype, **options)
 
 
 def drafter_info(drafter: Drafter) -> draft_pb2.DrafterInfo:
@@ -61,6 +63,7 @@ def drafter_info(drafter: Drafter) -> draft_pb2.DrafterInfo:
         vocab_fingerprint=drafter.vocab_fingerprint,
         source=drafter.source,
         device=drafter.device,
+        lookahead_hits=getattr(drafter, "lookahead_hits", 0),
     )
 
 
@@ -74,6 +77,19 @@ class DraftServicer(draft_pb2_grpc.DraftServiceServicer):
         self.loader = ThreadPoolExecutor(max_workers=1, thread_name_prefix="draft-loader")
         # Learning from finished outputs (suffix-tree insertion, ~7 ms per 1k tokens) off the event loop.
         self.learner = ThreadPoolExecutor(max_workers=1, thread_name_prefix="draft-learner")
+        # Work submitted to the model worker so far. Lookahead jobs yield to any later submission: they
+        # fill the worker's idle time while the target verifies, and never delay a proposal by more than
+        # the one forward in progress.
+        self.model_jobs = 0
+
+    async def _on_worker(self, fn, *args):
+        self.model_jobs += 1
+        return await self._on(self.worker, fn, *args)
+
+    def _draft_ahead(self, drafter: ModelDrafter, session) -> None:
+        submitted = self.model_jobs
+        future = self.worker.submit(drafter.draft_ahead, session, lambda: self.model_jobs != submitted)
+        future.add_done_callback(_log_failure)
 
     async def _on(self, executor, fn, *args):
         return await asyncio.get_running_loop().run_in_executor(executor, fn, *args)
@@ -85,7 +101,7 @@ class DraftServicer(draft_pb2_grpc.DraftServiceServicer):
         drafter = await self._on(self.loader, build_drafter, spec, self.config.device, self.config.dtype)
         old = self.registry.add(drafter, replace)
         if old is not None:  # on the worker: after any proposal still using it
-            await self._on(self.worker, old.close)
+            await self._on_worker(old.close)
         seconds = time.perf_counter() - start
         log.info("drafter loaded", drafter=spec.name, kind=spec.kind, source=drafter.source, seconds=round(seconds, 2))
         return drafter, seconds
@@ -120,7 +136,9 @@ class DraftServicer(draft_pb2_grpc.DraftServiceServicer):
             request.seed,
         )
         if drafter.kind == "model":
-            proposal, seconds = await self._on(self.worker, self.registry.propose, drafter, session, request.num_tokens)
+            proposal, seconds = await self._on_worker(self.registry.propose, drafter, session, request.num_tokens)
+            if drafter.lookahead > 0 and session.sampling.greedy and self.registry.drafters.get(drafter.name) is drafter:
+                self._draft_ahead(drafter, session)
         else:  # model-free drafters cost microseconds: a thread hop would cost more than the work
             proposal, seconds = self.registry.propose(drafter, session, request.num_tokens)
         self.registry.forget_if_retired(drafter, session)
@@ -175,9 +193,14 @@ class DraftServicer(draft_pb2_grpc.DraftServiceServicer):
     @grpc_errors
     async def UnloadDrafter(self, request, context):
         drafter = self.registry.remove(request.name)
-        await self._on(self.worker, drafter.close)  # after any proposal still using it
+        await self._on_worker(drafter.close)  # after any proposal still using it
         log.info("drafter unloaded", drafter=request.name)
         return draft_pb2.UnloadDrafterResponse(unloaded=True)
+
+
+def _log_failure(future) -> None:
+    if not future.cancelled() and future.exception() is not None:
+        log.error("lookahead failed", error=repr(future.exception()))
 
 
 async def serve(config: DraftConfig) -> None:

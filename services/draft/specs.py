@@ -1,7 +1,7 @@
 """Drafter specifications, one string per drafter (CLI flags, `drafters load`):
 
     NAME=prompt_lookup[:MIN-MAX][:fixed]
-    NAME=model:PATH[@DTYPE][~MIN_CONFIDENCE]
+    NAME=model:PATH[@DTYPE][~MIN_CONFIDENCE][^LOOKAHEAD_TOKENS]
     NAME=suffix[:DEPTH[:MEMORY_TOKENS|off]]
     NAME=retrieval:DATASTORE_PATH[:DEPTH]
 """
@@ -19,10 +19,11 @@ KINDS = {
     "retrieval": draft_pb2.DRAFTER_KIND_RETRIEVAL,
 }
 USAGE = (
-    "NAME=prompt_lookup[:MIN-MAX][:fixed], NAME=model:PATH[@DTYPE][~MIN_CONFIDENCE], NAME=suffix[:DEPTH[:MEMORY_TOKENS|off]] "
+    "NAME=prompt_lookup[:MIN-MAX][:fixed], NAME=model:PATH[@DTYPE][~MIN_CONFIDENCE][^LOOKAHEAD], NAME=suffix[:DEPTH[:MEMORY_TOKENS|off]] "
     "or NAME=retrieval:DATASTORE_PATH[:DEPTH]"
 )
 KIND_NAMES = {value: key for key, value in KINDS.items()}
+MAX_LOOKAHEAD_TOKENS = 64
 
 
 @dataclass(frozen=True)
@@ -38,6 +39,7 @@ class DrafterSpec:
     max_depth: int = 0
     memory_tokens: int = 0
     min_confidence: float = 0.0  # 0: the drafter's default; negative: never stop early
+    lookahead_tokens: int = 0  # 0: the drafter's default; negative: no lookahead
 
     @classmethod
     def parse(cls, text: str) -> DrafterSpec:
@@ -58,6 +60,12 @@ class DrafterSpec:
         if kind == "model":
             if not arg:
                 raise ValueError(f"drafter spec {text!r}: a model drafter needs a path")
+            lookahead = 0  # the drafter's default
+            head, sep, tokens = arg.rpartition("^")
+            if sep and tokens.isdigit():
+                arg, lookahead = head, int(tokens) or -1  # ^0: none (0 itself means "default" on the wire)
+                if lookahead > MAX_LOOKAHEAD_TOKENS:
+                    raise ValueError(f"drafter spec {text!r}: lookahead is at most {MAX_LOOKAHEAD_TOKENS} tokens")
             min_confidence = 0.0  # the drafter's default
             head, sep, confidence = arg.rpartition("~")
             if sep and _is_number(confidence):  # a '~' elsewhere (a home-relative path) is part of the path
@@ -69,7 +77,9 @@ class DrafterSpec:
             path, _, dtype = arg.partition("@")
             if not path:
                 raise ValueError(f"drafter spec {text!r}: a model drafter needs a path")
-            return cls(name, kind, model_path=path, dtype=dtype, min_confidence=min_confidence)
+            return cls(
+                name, kind, model_path=path, dtype=dtype, min_confidence=min_confidence, lookahead_tokens=lookahead
+            )
         if kind == "suffix":
             depth, _, memory = arg.partition(":")
             if depth == "off" and not memory:
@@ -98,6 +108,7 @@ class DrafterSpec:
             max_depth=self.max_depth,
             memory_tokens=self.memory_tokens,
             min_confidence=self.min_confidence,
+            lookahead_tokens=self.lookahead_tokens,
         )
 
     @classmethod
@@ -112,6 +123,8 @@ class DrafterSpec:
             raise ValueError("a retrieval drafter needs datastore_path")
         if not pb.min_confidence <= 1.0:
             raise ValueError(f"min_confidence must be <= 1, got {pb.min_confidence}")
+        if pb.lookahead_tokens < -1 or pb.lookahead_tokens > MAX_LOOKAHEAD_TOKENS:
+            raise ValueError(f"lookahead_tokens must be in [-1, {MAX_LOOKAHEAD_TOKENS}], got {pb.lookahead_tokens}")
         if pb.max_depth < 0 or pb.memory_tokens < -1:
             raise ValueError("max_depth must be >= 0 and memory_tokens >= -1")
         return cls(
@@ -126,6 +139,7 @@ class DrafterSpec:
             pb.max_depth,
             pb.memory_tokens,
             pb.min_confidence,
+            pb.lookahead_tokens,
         )
 
 

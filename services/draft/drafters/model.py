@@ -5,11 +5,18 @@ top probability below `min_confidence`, as transformers' assistant_confidence_th
 then a cap, and a verified position the target would likely reject is not paid for. Sampled requests
 draw from q after the request's temperature/top-k/top-p, and ship q so the target can apply the
 speculative-sampling rule.
+
+Lookahead (greedy only): while the target verifies a draft, `draft_ahead` guesses the round's outcome
+(every token accepted, then the drafter's own next token as the target's bonus) and drafts the next
+round from that guess. When the guess holds, the next proposal is read off without a forward; when it
+does not, the usual prefix crop discards it. It runs on an otherwise idle worker, and stops between
+forwards as soon as any proposal is waiting (`preempted`).
 """
 
 from __future__ import annotations
 
 import zlib
+from collections.abc import Callable
 from dataclasses import dataclass, field
 
 import torch
@@ -27,20 +34,37 @@ class _ModelState:
     cache: DynamicCache | LeanCache
     generator: torch.Generator | None
     cached_ids: list[int] = field(default_factory=list)  # tokens whose keys/values are in the cache
+    # After a greedy proposal: its context + draft, and the logits after them when already computed.
+    drafted_context: list[int] | None = None
+    next_logits: torch.Tensor | None = None
+    # Lookahead: the greedy draft (`ahead`) for the context `cached_ids[:ahead_from]`; the cache holds
+    # that context and every token of `ahead` but the last. `ahead_complete`: it stopped where a proposal
+    # would (an unsure token), so it needs no continuation.
+    ahead: list[int] = field(default_factory=list)
+    ahead_from: int = 0
+    ahead_complete: bool = False
 
 
 DEFAULT_MIN_CONFIDENCE = 0.4
+DEFAULT_LOOKAHEAD = 0  # tokens drafted ahead during verification; the service turns it on per drafter
 
 
 class ModelDrafter:
     kind = "model"
 
-    def __init__(self, name: str, loaded: LoadedModel, min_confidence: float = DEFAULT_MIN_CONFIDENCE) -> None:
+    def __init__(
+        self, name: str, loaded: LoadedModel, min_confidence: float = DEFAULT_MIN_CONFIDENCE,
+        lookahead: int = DEFAULT_LOOKAHEAD,
+    ) -> None:
         self.name = name
         self.loaded = loaded
         self.min_confidence = min_confidence
+        self.lookahead = lookahead
+        self.lookahead_hits = 0  # proposals answered (at least in part) from a lookahead
         self.vocab_fingerprint = loaded.fingerprint
-        self.source = loaded.path + (f" (greedy drafts stop below confidence {min_confidence})" if min_confidence > 0 else "")
+        notes = [f"greedy drafts stop below confidence {min_confidence}"] if min_confidence > 0 else []
+        notes += [f"drafts up to {lookahead} tokens ahead during verification"] if lookahead > 0 else []
+        self.source = loaded.path + (f" ({'; '.join(notes)})" if notes else "")
         self.device = str(loaded.device)
         # Llama drafts run the lean forward (the same logits, a fraction of the per-token overhead).
         self.decoder: LeanLlama | LoadedModel = (
@@ -50,9 +74,9 @@ class ModelDrafter:
     @classmethod
     def load(
         cls, name: str, path: str, device: str | None = None, dtype: str | None = None,
-        min_confidence: float = DEFAULT_MIN_CONFIDENCE,
+        min_confidence: float = DEFAULT_MIN_CONFIDENCE, lookahead: int = DEFAULT_LOOKAHEAD,
     ) -> ModelDrafter:
-        return cls(name, load_causal_lm(path, device=device, dtype=dtype), min_confidence)
+        return cls(name, load_causal_lm(path, device=device, dtype=dtype), min_confidence, lookahead)
 
     def _state(self, session: DraftSession) -> _ModelState:
         state = session.state.get(self.name)
@@ -65,6 +89,15 @@ class ModelDrafter:
             state = session.state[self.name] = _ModelState(self.decoder.new_cache(), generator)
         return state
 
+    def _unsure(self, logits: torch.Tensor, token: int) -> bool:
+        return self.min_confidence > 0 and float(torch.softmax(logits.float(), -1)[token]) < self.min_confidence
+
+    def _trim(self, state: _ModelState, keep: int) -> None:
+        """Keep the first `keep` cached tokens."""
+        if len(state.cached_ids) > keep:
+            state.cache.crop(-(len(state.cached_ids) - keep))
+            del state.cached_ids[keep:]
+
     @torch.inference_mode()
     def propose(self, session: DraftSession, num_tokens: int) -> Proposal:
         context = session.context
@@ -73,21 +106,31 @@ class ModelDrafter:
         if num_tokens <= 0:
             return Proposal([])
         state = self._state(session)
-        # Keep the cached prefix the context still agrees with; feed at least one token for logits.
-        keep = min(common_prefix_length(state.cached_ids, context), len(context) - 1)
-        if len(state.cached_ids) > keep:
-            state.cache.crop(-(len(state.cached_ids) - keep))
-        del state.cached_ids[keep:]
-        feed = context[keep:]
         sampling = session.sampling
         draft: list[int] = []
         rows: list[torch.Tensor] = []
-        for step in range(num_tokens):
+        ahead, state.ahead = state.ahead, []
+        state.drafted_context = state.next_logits = None
+        if ahead and state.ahead_from == len(context) and state.cached_ids[: len(context)] == context:
+            # The lookahead guessed this context: its draft is this proposal's, as far as it goes.
+            self.lookahead_hits += 1
+            draft = ahead[:num_tokens]
+            self._trim(state, len(context) + len(draft) - 1)
+            if len(draft) == num_tokens or state.ahead_complete:
+                state.drafted_context = context + draft
+                return Proposal(draft)
+            feed = [draft[-1]]
+        else:
+            # Keep the cached prefix the context still agrees with; feed at least one token for logits.
+            self._trim(state, min(common_prefix_length(state.cached_ids, context), len(context) - 1))
+            feed = context[len(state.cached_ids):]
+        logits = None
+        while len(draft) < num_tokens:
             logits = self.decoder.forward(feed, state.cache, last_only=True)[-1]
             state.cached_ids.extend(feed)
             if sampling.greedy:
                 token = int(torch.argmax(logits))
-                if step > 0 and self.min_confidence > 0 and torch.softmax(logits.float(), -1)[token] < self.min_confidence:
+                if draft and self._unsure(logits, token):
                     break  # the first token is always drafted: the arm was chosen to draft
             else:
                 q = probabilities(logits, sampling)
@@ -95,7 +138,41 @@ class ModelDrafter:
                 rows.append(q)
             draft.append(token)
             feed = [token]
+        if sampling.greedy:
+            state.drafted_context = context + draft
+            # Logits after the whole draft, when the loop computed them (it stopped at an unsure token).
+            state.next_logits = logits if len(state.cached_ids) == len(state.drafted_context) else None
         return Proposal(draft, torch.stack(rows) if rows else None)
+
+    @torch.inference_mode()
+    def draft_ahead(self, session: DraftSession, preempted: Callable[[], bool]) -> None:
+        """Draft the next round for the guess that this round's draft is accepted whole, the target's bonus
+        token being the drafter's own next one. Returns early when `preempted()` turns true."""
+        state = session.state.get(self.name)
+        if self.lookahead <= 0 or state is None or state.drafted_context is None or preempted():
+            return
+        drafted, logits = state.drafted_context, state.next_logits
+        state.drafted_context = state.next_logits = None
+        if len(drafted) + 1 + self.lookahead > self.loaded.max_context:
+            return
+        if logits is None:  # the draft's last token is not fed yet
+            logits = self.decoder.forward(drafted[len(state.cached_ids):], state.cache, last_only=True)[-1]
+            state.cached_ids.extend(drafted[len(state.cached_ids):])
+        feed = [int(torch.argmax(logits))]  # the guessed bonus token
+        ahead: list[int] = []
+        complete = False
+        while len(ahead) < self.lookahead and not preempted():
+            logits = self.decoder.forward(feed, state.cache, last_only=True)[-1]
+            state.cached_ids.extend(feed)
+            if not ahead:
+                state.ahead_from = len(state.cached_ids)
+            token = int(torch.argmax(logits))
+            if ahead and self._unsure(logits, token):
+                complete = True
+                break
+            ahead.append(token)
+            feed = [token]
+        state.ahead, state.ahead_complete = ahead, complete
 
     def close(self) -> None:
         del self.decoder, self.loaded
