@@ -71,8 +71,14 @@ def materialize(overlay: Path) -> Path:
     """The assembled model directory for `overlay`, built on first use."""
     from banditspec.default_model import cache_dir
 
-    record = json.loads((overlay / OVERLAY_JSON).read_text())
-    digest = hashlib.sha256((overlay / OVERLAY_TENSORS).read_bytes()).hexdigest()
+    try:
+        record = json.loads((overlay / OVERLAY_JSON).read_text())
+        digest = hashlib.sha256((overlay / OVERLAY_TENSORS).read_bytes()).hexdigest()
+    except (OSError, ValueError) as error:
+        raise ValueError(f"{overlay} is not a valid draft overlay: {error!r}") from error
+    missing = [key for key in ("target", "layers") if not isinstance(record, dict) or key not in record]
+    if missing:
+        raise ValueError(f"{overlay / OVERLAY_JSON} lacks {', '.join(missing)}: not a valid draft overlay")
     if digest != record.get("sha256"):
         raise ValueError(f"{overlay / OVERLAY_TENSORS} does not match the SHA-256 in {OVERLAY_JSON}")
     out = cache_dir() / "drafts" / f"{overlay.name}-{digest[:12]}"
@@ -107,7 +113,14 @@ def _assemble(overlay: Path, record: dict, out: Path) -> None:
         draft.save_pretrained(str(staging))
         tokenizer.save_pretrained(str(staging))
         shutil.copy(overlay / OVERLAY_JSON, staging / OVERLAY_JSON)
-        if out.exists():
+        if (out / "config.json").exists():  # another process assembled it meanwhile
+            return
+        if out.exists():  # not a draft (a complete one has its config): safe to replace
             shutil.rmtree(out)
-        staging.rename(out)  # atomic: a half-written draft never looks complete
+        try:
+            staging.rename(out)  # atomic: a half-written draft never looks complete
+        except OSError:
+            if not (out / "config.json").exists():
+                raise
+            return  # another process won the race
     log.info("draft assembled from overlay", overlay=str(overlay), path=str(out))

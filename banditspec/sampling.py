@@ -46,7 +46,9 @@ def probabilities(logits: torch.Tensor, params: SamplingParams) -> torch.Tensor:
     """Rows of logits [..., V] → float32 probabilities after temperature, top-k, then top-p."""
     if params.greedy:
         raise ValueError("greedy decoding has no sampling distribution")
-    scores = logits.float() / params.temperature
+    scores = logits.float()
+    # Shifted so the top score is 0 before dividing: a tiny temperature then gives a one-hot row, not inf/inf.
+    scores = (scores - scores.amax(dim=-1, keepdim=True)) / params.temperature
     vocab = scores.shape[-1]
     if 0 < params.top_k < vocab:
         kth = torch.topk(scores, params.top_k, dim=-1).values[..., -1:]

@@ -281,6 +281,31 @@ def test_draft_sessions_sync_incrementally(draft_stub):
     assert released.released
 
 
+def test_draft_rejects_bad_token_ids_and_keeps_the_session(draft_stub, tiny_models):
+    session = uuid.uuid4().hex
+    draft_stub.Propose(propose(session_id=session, drafter="near", new_context_ids=[3, 4, 5]), timeout=RPC_TIMEOUT)
+    vocab = tiny_models.vocab_size
+    for request in (
+        propose(session_id=session, drafter="near", context_length=3, new_context_ids=[6, -7]),
+        propose(session_id=session, drafter="pld", context_length=3, new_context_ids=[-1]),
+        propose(session_id=session, drafter="near", context_length=3, new_context_ids=[vocab + 1000]),
+        propose(session_id=session, drafter="near", context_length=3, new_context_ids=[6], num_tokens=65),
+        propose(session_id=session, drafter="near", context_length=3, new_context_ids=[6], score_drafters=["pld"] * 65),
+        propose(drafter="near", new_context_ids=[3, vocab]),  # opening with an id past the model's vocabulary
+    ):
+        error = rpc_error(draft_stub.Propose, request)
+        assert error.code() == grpc.StatusCode.INVALID_ARGUMENT, (request, error.code(), error.details())
+    # Nothing above reached the session: the caller's next round, at the same length, is served.
+    response = draft_stub.Propose(
+        propose(session_id=session, drafter="near", context_length=3, new_context_ids=[6]), timeout=RPC_TIMEOUT
+    )
+    assert response.context_length == 4 and all(0 <= t < vocab for t in response.draft_ids)
+    # A model-free drafter accepts ids past a model's vocabulary; a model drafter then refuses the session.
+    draft_stub.Propose(propose(session_id=session, context_length=4, new_context_ids=[vocab + 5]), timeout=RPC_TIMEOUT)
+    error = rpc_error(draft_stub.Propose, propose(session_id=session, drafter="near", context_length=5, new_context_ids=[]))
+    assert error.code() == grpc.StatusCode.INVALID_ARGUMENT and "vocabulary" in error.details()
+
+
 @pytest.fixture
 def weightless_model_dir(tiny_models, tmp_path):
     """A directory with a config and tokenizer but no weights."""
@@ -306,7 +331,13 @@ def test_draft_load_drafter_bad_requests(draft_stub, tmp_path):
         draft_pb2.LoadDrafterRequest(name="bad"),  # no kind
         draft_pb2.LoadDrafterRequest(kind=draft_pb2.DRAFTER_KIND_PROMPT_LOOKUP),  # no name
         draft_pb2.LoadDrafterRequest(name="bad", kind=draft_pb2.DRAFTER_KIND_PROMPT_LOOKUP, min_ngram=3, max_ngram=2),
+        draft_pb2.LoadDrafterRequest(name="bad", kind=draft_pb2.DRAFTER_KIND_PROMPT_LOOKUP, min_ngram=2, max_ngram=800),
+        draft_pb2.LoadDrafterRequest(name="bad", kind=draft_pb2.DRAFTER_KIND_SUFFIX, max_depth=2000),
+        draft_pb2.LoadDrafterRequest(name="bad", kind=model, model_path="x", lookahead_tokens=65),
+        draft_pb2.LoadDrafterRequest(name="bad", kind=model, model_path=str(tmp_path / "overlay")),  # no tensors
     ]
+    (tmp_path / "overlay").mkdir()
+    (tmp_path / "overlay" / "overlay.json").write_text('{"target": "default", "layers": [0]}')
     for request in cases:
         error = rpc_error(draft_stub.LoadDrafter, request)
         assert error.code() == grpc.StatusCode.INVALID_ARGUMENT, (request, error.code(), error.details())

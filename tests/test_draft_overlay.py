@@ -59,7 +59,23 @@ def test_overlay_resolves_to_a_model_drafter(overlay, tiny_models, tmp_path, mon
 
     drafter = ModelDrafter.load("ov", str(path), device="cpu", dtype="float32", min_confidence=0.0)
     proposal = drafter.propose(DraftSession([5, 9, 13, 17], SamplingParams(), seed=0, prompt_length=4), 3)
-    assert len(proposal.token_ids) == 3
+    expected = [5, 9, 13, 17]
+    with torch.inference_mode():
+        for _ in range(3):  # the assembled model's own greedy continuation
+            expected.append(int(draft.model(torch.tensor([expected])).logits[0, -1].argmax()))
+    assert proposal.token_ids == expected[4:]
+
+
+def test_a_malformed_overlay_is_a_value_error(tmp_path, monkeypatch):
+    monkeypatch.setenv("BANDITSPEC_CACHE", str(tmp_path / "cache"))
+    broken = tmp_path / "broken"
+    broken.mkdir()
+    (broken / OVERLAY_JSON).write_text('{"layers": [0]}')
+    with pytest.raises(ValueError, match="not a valid draft overlay"):  # no tensors file
+        resolve_model_path(str(broken))
+    (broken / OVERLAY_TENSORS).write_bytes(b"")
+    with pytest.raises(ValueError, match="lacks target"):
+        resolve_model_path(str(broken))
 
 
 def test_a_changed_overlay_is_refused(overlay, tmp_path, monkeypatch):

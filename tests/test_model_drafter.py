@@ -163,3 +163,30 @@ def test_spec_sets_the_lookahead():
     assert DrafterSpec.from_pb(DrafterSpec.parse("m=model:/x^5").to_pb()).lookahead_tokens == 5
     with pytest.raises(ValueError, match="at most 64"):
         DrafterSpec.parse("m=model:/x^65")
+
+
+def test_sampled_drafts_ship_q_and_replay_with_the_seed(tiny_models):
+    drafter = ModelDrafter.load("m", str(tiny_models.target), device="cpu", dtype="float32")
+
+    def sampled(seed: int, temperature: float = 1.0):
+        params = SamplingParams(temperature=temperature)
+        return drafter.propose(DraftSession(list(PROMPT), params, seed=seed, prompt_length=len(PROMPT)), 5)
+
+    first = sampled(7)
+    assert len(first.token_ids) == 5 and first.probs.shape == (5, drafter.loaded.vocab_size)
+    torch.testing.assert_close(first.probs.sum(-1), torch.ones(5))
+    assert all(first.probs[i, t] > 0 for i, t in enumerate(first.token_ids))
+    again = sampled(7)
+    assert again.token_ids == first.token_ids and torch.equal(again.probs, first.probs)
+    # A temperature far below any logit gap is greedy: one-hot rows, never NaN.
+    cold = sampled(1, temperature=1e-39)
+    assert cold.token_ids == argmax_continuation(drafter, 5)[0]
+    assert torch.equal(cold.probs.max(-1).values, torch.ones(5))
+
+
+def test_drafts_stop_at_the_model_context(tiny_models):
+    drafter = ModelDrafter.load("m", str(tiny_models.target), device="cpu", dtype="float32", min_confidence=0.0)
+    limit = drafter.loaded.max_context
+    for room in (2, 1, 0):
+        context = [5 + i % 20 for i in range(limit - room)]
+        assert len(drafter.propose(DraftSession(context, SamplingParams(), seed=0), 4).token_ids) == room

@@ -70,3 +70,16 @@ def test_num_tokens_is_bounded():
     with pytest.raises(InvalidArgument):
         registry.propose(pld, session, MAX_DRAFT_TOKENS + 1)
     assert registry.propose(pld, session, MAX_DRAFT_TOKENS)[0].token_ids == [1, 2]
+
+
+def test_a_rejected_sync_leaves_the_session_as_it_was():
+    registry = DrafterRegistry(max_context=8)
+    registry.add(PromptLookupDrafter("pld"))
+    session = registry.sync("s", 0, [1, 2, 1, 2], SamplingParams(), 0)
+    for ids, vocab_size in (([3, -1], None), ([1] * 5, None), ([3, 50], 50), ([3], 3)):
+        with pytest.raises(InvalidArgument):
+            registry.sync("s", 4, ids, SamplingParams(), 0, vocab_size=vocab_size)
+        assert session.context == [1, 2, 1, 2]
+    assert registry.sync("s", 4, [3, 49], SamplingParams(), 0, vocab_size=50).context == [1, 2, 1, 2, 3, 49]
+    with pytest.raises(InvalidArgument, match="at most 8 tokens"):
+        registry.sync("t", 0, list(range(9)), SamplingParams(), 0)

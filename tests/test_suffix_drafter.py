@@ -236,6 +236,18 @@ def test_proposals_stay_sound_while_another_thread_inserts_and_evicts():
     assert trie_counts(drafter.global_tree) == substring_counts([list(o) for o in drafter.outputs], 8)
 
 
+def test_a_proposal_does_not_wait_for_the_learner():
+    # Proposals run on the service's event loop: while an output is being inserted (the learner holds the
+    # lock), a round drafts from the request's own context instead of stalling every RPC.
+    drafter = SuffixDrafter("sfx", max_depth=8)
+    finished(drafter, [], [7, 8, 9, 10, 11])
+    assert propose([5, 7, 8], 3, drafter) == [9, 10, 11]
+    with drafter.global_lock:
+        assert propose([5, 7, 8], 3, drafter) == []  # learned text unreachable, and no block
+        assert propose([1, 2, 3, 1, 2], 2, drafter) == [3, 1]  # the session's own tree still drafts
+    assert propose([5, 7, 8], 3, drafter) == [9, 10, 11]
+
+
 def test_node_count_stays_bounded_by_the_remembered_tokens():
     rng = random.Random(0)
     drafter = SuffixDrafter("sfx", max_depth=8, memory_tokens=300)

@@ -95,18 +95,23 @@ def main(argv: list[str] | None = None) -> None:
     tokenizer = AutoTokenizer.from_pretrained(str(target_dir))
     dtype = torch.bfloat16 if device.type == "cuda" or args.cpu_bf16 else torch.float32
     target = AutoModelForCausalLM.from_pretrained(str(target_dir), dtype=dtype).to(device).eval().requires_grad_(False)
-    if args.text:
-        train_texts = [Path(p).read_text(encoding="utf-8") for p in args.text]
-        held_texts = train_texts[-1:]
-        train_texts = train_texts[:-1] or train_texts
-        data = f"{len(args.text)} text files, the last held out"
+    if len(args.text) == 1:  # one file: its last tenth is held out, never trained on
+        tokens = token_stream(tokenizer, [Path(args.text[0]).read_text(encoding="utf-8")])
+        split = len(tokens) * 9 // 10
+        train_tokens, held_tokens = tokens[:split], tokens[split:]
+        data = "1 text file, its last tenth of tokens held out"
     else:
-        documents = corpus.read_documents(corpus.fetch_deb(args.cache_dir))
-        train_texts = [d.text for d in documents if not d.held_out]
-        held_texts = [d.text for d in documents if d.held_out]
-        data = f"pydocs corpus ({corpus.DEB_URL}), held-out split as in banditspec.pydocs.corpus"
-    train_tokens = token_stream(tokenizer, train_texts)
-    held = held_out_windows(token_stream(tokenizer, held_texts), args.seq_len, args.held_out_windows)
+        if args.text:
+            texts = [Path(p).read_text(encoding="utf-8") for p in args.text]
+            train_texts, held_texts = texts[:-1], texts[-1:]
+            data = f"{len(args.text)} text files, the last held out"
+        else:
+            documents = corpus.read_documents(corpus.fetch_deb(args.cache_dir))
+            train_texts = [d.text for d in documents if not d.held_out]
+            held_texts = [d.text for d in documents if d.held_out]
+            data = f"pydocs corpus ({corpus.DEB_URL}), held-out split as in banditspec.pydocs.corpus"
+        train_tokens, held_tokens = token_stream(tokenizer, train_texts), token_stream(tokenizer, held_texts)
+    held = held_out_windows(held_tokens, args.seq_len, args.held_out_windows)
 
     torch.manual_seed(args.seed)
     layers = [int(index) for index in args.init_layers.split(",") if index.strip()]

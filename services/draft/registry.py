@@ -12,11 +12,13 @@ from services.draft.drafters.base import Drafter, DraftSession, Proposal
 
 
 MAX_DRAFT_TOKENS = 64  # γ beyond this is a client error, and it bounds what a proposal allocates
+MAX_CONTEXT_TOKENS = 1 << 17  # per session: bounds memory and the model-free drafters' indexing time
 
 
 class DrafterRegistry:
-    def __init__(self, max_sessions: int = 256) -> None:
+    def __init__(self, max_sessions: int = 256, max_context: int = MAX_CONTEXT_TOKENS) -> None:
         self.max_sessions = max_sessions
+        self.max_context = max_context
         self.drafters: dict[str, Drafter] = {}
         self.sessions: OrderedDict[str, DraftSession] = OrderedDict()
 
@@ -63,14 +65,19 @@ class DrafterRegistry:
         new_ids: list[int],
         sampling: SamplingParams,
         seed: int,
+        vocab_size: int | None = None,
     ) -> DraftSession:
-        """Bring a session's context up to date; context_length 0 (re)opens it."""
+        """Bring a session's context up to date; context_length 0 (re)opens it. Checks everything before
+        changing anything, so a rejected request leaves the session as it was. `vocab_size`: the ids the
+        drafter about to run accepts (a model's embedding rows), held tokens included."""
         if not session_id:
             raise InvalidArgument("session_id is required")
+        held = self.sessions.get(session_id) if context_length else None
+        self._check_ids(new_ids, len(held.context) if held else 0, vocab_size, held.max_token_id if held else -1)
         if context_length == 0:
             if not new_ids:
                 raise InvalidArgument("opening a session needs its context in new_context_ids")
-            session = DraftSession(list(new_ids), sampling, seed, prompt_length=len(new_ids))
+            session = DraftSession(list(new_ids), sampling, seed, prompt_length=len(new_ids), max_token_id=max(new_ids))
             self.sessions.pop(session_id, None)
             self.sessions[session_id] = session
             while len(self.sessions) > self.max_sessions:
@@ -85,7 +92,17 @@ class DrafterRegistry:
             )
         self.sessions.move_to_end(session_id)
         session.context.extend(new_ids)
+        session.max_token_id = max(session.max_token_id, max(new_ids, default=-1))
         return session
+
+    def _check_ids(self, new_ids: list[int], held: int, vocab_size: int | None, held_max: int) -> None:
+        if held + len(new_ids) > self.max_context:
+            raise InvalidArgument(f"a session's context is at most {self.max_context} tokens, got {held + len(new_ids)}")
+        if new_ids and min(new_ids) < 0:
+            raise InvalidArgument(f"token ids must be >= 0, got {min(new_ids)}")
+        top = max(held_max, max(new_ids, default=-1))
+        if vocab_size is not None and top >= vocab_size:
+            raise InvalidArgument(f"token id {top} is outside the drafter's vocabulary of {vocab_size}")
 
     def propose(self, drafter: Drafter, session: DraftSession, num_tokens: int) -> tuple[Proposal, float]:
         """Returns the proposal and its compute seconds."""
@@ -102,6 +119,8 @@ class DrafterRegistry:
         """Drop a session; with new_ids, first bring it up to date so learning drafters see the whole answer.
         Learning drafters' `finish` calls run through `learn` (inline by default; the service hands them to a
         thread, so that a long answer's insertion does not stall other sessions' rounds)."""
+        held = self.sessions.get(session_id)
+        self._check_ids(new_ids or [], len(held.context) if held and context_length else 0, None, -1)
         session = self.sessions.pop(session_id, None)
         released = session is not None
         if not new_ids:

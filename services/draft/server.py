@@ -25,6 +25,8 @@ from services.draft.specs import KINDS, DrafterSpec
 
 log = structlog.get_logger()
 
+MAX_SCORED_DRAFTERS = 64
+
 
 @dataclass
 class DraftConfig:
@@ -128,12 +130,19 @@ class DraftServicer(draft_pb2_grpc.DraftServiceServicer):
 
     async def _propose(self, request: draft_pb2.ProposeRequest) -> draft_pb2.ProposeResponse:
         drafter = self.registry.get(request.drafter)
+        # Every check before the sync: a rejected request must leave the session as it was.
+        if not 0 <= request.num_tokens <= MAX_DRAFT_TOKENS:
+            raise InvalidArgument(f"num_tokens must be in [0, {MAX_DRAFT_TOKENS}], got {request.num_tokens}")
+        if len(request.score_drafters) > MAX_SCORED_DRAFTERS:
+            raise InvalidArgument(f"score_drafters names at most {MAX_SCORED_DRAFTERS} drafters")
+        sampling = SamplingParams.from_pb(request.sampling)
         session = self.registry.sync(
             request.session_id,
             request.context_length,
             list(request.new_context_ids),
-            SamplingParams.from_pb(request.sampling),
+            sampling,
             request.seed,
+            vocab_size=drafter.loaded.vocab_size if drafter.kind == "model" else None,
         )
         if drafter.kind == "model":
             proposal, seconds = await self._on_worker(self.registry.propose, drafter, session, request.num_tokens)
@@ -156,7 +165,7 @@ class DraftServicer(draft_pb2_grpc.DraftServiceServicer):
         names that are gone or are models (a model forward per round would cost what scoring saves)."""
         alternatives = []
         num_tokens = min(max(0, request.score_num_tokens), MAX_DRAFT_TOKENS)
-        for name in request.score_drafters:
+        for name in dict.fromkeys(request.score_drafters):
             drafter = self.registry.drafters.get(name)
             if drafter is None or drafter.kind == "model" or name == request.drafter:
                 continue
@@ -212,6 +221,9 @@ async def serve(config: DraftConfig) -> None:
             await servicer.load(spec)
 
     async def close() -> None:
+        for drafter in servicer.registry.drafters.values():
+            if getattr(drafter, "lookahead", 0) > 0:
+                log.info("lookahead", drafter=drafter.name, proposals=drafter.proposals, hits=drafter.lookahead_hits)
         servicer.worker.shutdown(wait=True)
         servicer.loader.shutdown(wait=True)
         servicer.learner.shutdown(wait=True)

@@ -24,6 +24,8 @@ USAGE = (
 )
 KIND_NAMES = {value: key for key, value in KINDS.items()}
 MAX_LOOKAHEAD_TOKENS = 64
+MAX_NGRAM = 32  # prompt lookup indexes (max - min + 1) n-grams per context token
+MAX_DEPTH = 256  # suffix / retrieval: matching costs up to max_depth steps per token
 
 
 @dataclass(frozen=True)
@@ -40,6 +42,12 @@ class DrafterSpec:
     memory_tokens: int = 0
     min_confidence: float = 0.0  # 0: the drafter's default; negative: never stop early
     lookahead_tokens: int = 0  # 0: the drafter's default; negative: no lookahead
+
+    def __post_init__(self) -> None:
+        if not 0 <= self.min_ngram <= MAX_NGRAM or not 0 <= self.max_ngram <= MAX_NGRAM:
+            raise ValueError(f"drafter {self.name!r}: n-gram sizes must be in [1, {MAX_NGRAM}]")
+        if not 0 <= self.max_depth <= MAX_DEPTH:
+            raise ValueError(f"drafter {self.name!r}: max_depth must be in [1, {MAX_DEPTH}], got {self.max_depth}")
 
     @classmethod
     def parse(cls, text: str) -> DrafterSpec:
@@ -125,8 +133,8 @@ class DrafterSpec:
             raise ValueError(f"min_confidence must be <= 1, got {pb.min_confidence}")
         if pb.lookahead_tokens < -1 or pb.lookahead_tokens > MAX_LOOKAHEAD_TOKENS:
             raise ValueError(f"lookahead_tokens must be in [-1, {MAX_LOOKAHEAD_TOKENS}], got {pb.lookahead_tokens}")
-        if pb.max_depth < 0 or pb.memory_tokens < -1:
-            raise ValueError("max_depth must be >= 0 and memory_tokens >= -1")
+        if pb.memory_tokens < -1:
+            raise ValueError("memory_tokens must be >= -1")
         return cls(
             pb.name,
             KIND_NAMES[pb.kind],

@@ -24,6 +24,7 @@ class DraftSession:
     seed: int
     state: dict[str, Any] = field(default_factory=dict)
     prompt_length: int = 0  # context tokens present when the session opened
+    max_token_id: int = -1  # the largest id in context, to check it against a model drafter's vocabulary
 
 
 @dataclass(frozen=True)

@@ -37,6 +37,7 @@ class _ModelState:
     # After a greedy proposal: its context + draft, and the logits after them when already computed.
     drafted_context: list[int] | None = None
     next_logits: torch.Tensor | None = None
+    last_num_tokens: int = 0  # the γ asked last: most likely the next round's too
     # Lookahead: the greedy draft (`ahead`) for the context `cached_ids[:ahead_from]`; the cache holds
     # that context and every token of `ahead` but the last. `ahead_complete`: it stopped where a proposal
     # would (an unsure token), so it needs no continuation.
@@ -61,6 +62,7 @@ class ModelDrafter:
         self.min_confidence = min_confidence
         self.lookahead = lookahead
         self.lookahead_hits = 0  # proposals answered (at least in part) from a lookahead
+        self.proposals = 0
         self.vocab_fingerprint = loaded.fingerprint
         notes = [f"greedy drafts stop below confidence {min_confidence}"] if min_confidence > 0 else []
         notes += [f"drafts up to {lookahead} tokens ahead during verification"] if lookahead > 0 else []
@@ -106,6 +108,8 @@ class ModelDrafter:
         if num_tokens <= 0:
             return Proposal([])
         state = self._state(session)
+        self.proposals += 1
+        state.last_num_tokens = num_tokens
         sampling = session.sampling
         draft: list[int] = []
         rows: list[torch.Tensor] = []
@@ -153,7 +157,10 @@ class ModelDrafter:
             return
         drafted, logits = state.drafted_context, state.next_logits
         state.drafted_context = state.next_logits = None
-        if len(drafted) + 1 + self.lookahead > self.loaded.max_context:
+        # As many tokens as the last round asked for: more would be wasted when the next round asks the same,
+        # and would more often still be running (holding the GIL and the worker) when that round arrives.
+        limit = min(self.lookahead, state.last_num_tokens)
+        if len(drafted) + 1 + limit > self.loaded.max_context:
             return
         if logits is None:  # the draft's last token is not fed yet
             logits = self.decoder.forward(drafted[len(state.cached_ids):], state.cache, last_only=True)[-1]
@@ -161,7 +168,7 @@ class ModelDrafter:
         feed = [int(torch.argmax(logits))]  # the guessed bonus token
         ahead: list[int] = []
         complete = False
-        while len(ahead) < self.lookahead and not preempted():
+        while len(ahead) < limit and not preempted():
             logits = self.decoder.forward(feed, state.cache, last_only=True)[-1]
             state.cached_ids.extend(feed)
             if not ahead:

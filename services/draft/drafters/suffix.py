@@ -261,12 +261,17 @@ class SuffixDrafter:
                 if tokens:
                     candidates.append((length, score, tokens))
                 break
-        with self.global_lock:
-            match = self._global_match(context, longest) if self.outputs else None
-            if match is not None:
-                tokens, score = self._draft(match[1], match[2], num_tokens)
-                if tokens:
-                    candidates.append((match[0], score, tokens))
+        # While the learner inserts an output (it holds the lock), this round skips the global tree rather
+        # than stall the service's event loop for the insertion.
+        if self.global_lock.acquire(blocking=False):
+            try:
+                match = self._global_match(context, longest) if self.outputs else None
+                if match is not None:
+                    tokens, score = self._draft(match[1], match[2], num_tokens)
+                    if tokens:
+                        candidates.append((match[0], score, tokens))
+            finally:
+                self.global_lock.release()
         if not candidates:
             return Proposal([])
         return Proposal(max(candidates, key=lambda c: (c[0], c[1]))[2])
