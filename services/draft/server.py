@@ -3,6 +3,9 @@
 from __future__ import annotations
 
 import asyncio
+import os
+import sys
+import threading
 import time
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
@@ -79,18 +82,27 @@ class DraftServicer(draft_pb2_grpc.DraftServiceServicer):
         self.loader = ThreadPoolExecutor(max_workers=1, thread_name_prefix="draft-loader")
         # Learning from finished outputs (suffix-tree insertion, ~7 ms per 1k tokens) off the event loop.
         self.learner = ThreadPoolExecutor(max_workers=1, thread_name_prefix="draft-learner")
-        # Work submitted to the model worker so far. Lookahead jobs yield to any later submission: they
-        # fill the worker's idle time while the target verifies, and never delay a proposal by more than
-        # the one forward in progress.
+        # Lookahead (drafting the next round while the target verifies) runs on its own thread at the lowest
+        # CPU priority, so that it never takes a core from the controller or the target; `model_lock`
+        # keeps it and the worker off the models at the same time. It yields to any later worker job
+        # (`model_jobs` moved on) between forwards: a proposal waits for one forward at most.
+        self.ahead_worker = ThreadPoolExecutor(
+            max_workers=1, thread_name_prefix="draft-lookahead", initializer=_lowest_cpu_priority
+        )
+        self.model_lock = threading.Lock()
         self.model_jobs = 0
+
+    def _locked(self, fn, *args):
+        with self.model_lock:
+            return fn(*args)
 
     async def _on_worker(self, fn, *args):
         self.model_jobs += 1
-        return await self._on(self.worker, fn, *args)
+        return await self._on(self.worker, self._locked, fn, *args)
 
     def _draft_ahead(self, drafter: ModelDrafter, session) -> None:
         submitted = self.model_jobs
-        future = self.worker.submit(drafter.draft_ahead, session, lambda: self.model_jobs != submitted)
+        future = self.ahead_worker.submit(self._locked, drafter.draft_ahead, session, lambda: self.model_jobs != submitted)
         future.add_done_callback(_log_failure)
 
     async def _on(self, executor, fn, *args):
@@ -207,6 +219,14 @@ class DraftServicer(draft_pb2_grpc.DraftServiceServicer):
         return draft_pb2.UnloadDrafterResponse(unloaded=True)
 
 
+def _lowest_cpu_priority() -> None:
+    if sys.platform.startswith("linux"):  # per thread on Linux only (elsewhere it would renice the process)
+        try:
+            os.setpriority(os.PRIO_PROCESS, threading.get_native_id(), 19)
+        except OSError:
+            log.warning("could not lower the lookahead thread's priority")
+
+
 def _log_failure(future) -> None:
     if not future.cancelled() and future.exception() is not None:
         log.error("lookahead failed", error=repr(future.exception()))
@@ -225,6 +245,7 @@ async def serve(config: DraftConfig) -> None:
             if getattr(drafter, "lookahead", 0) > 0:
                 log.info("lookahead", drafter=drafter.name, proposals=drafter.proposals, hits=drafter.lookahead_hits)
         servicer.worker.shutdown(wait=True)
+        servicer.ahead_worker.shutdown(wait=True)
         servicer.loader.shutdown(wait=True)
         servicer.learner.shutdown(wait=True)
 
