@@ -38,8 +38,8 @@ WAIT = 30.0  # deadline for polled conditions (the controller re-lists drafters 
 @pytest.fixture(scope="module")
 def swap_stack(tiny_models, tmp_path_factory):
     """Drafters: pld; swap (the independent model, replaced by a copy of the target); doomed (the
-    noisy copy, unloaded)."""
-    drafters = ["pld=prompt_lookup:1-3:fixed", f"swap=model:{tiny_models.other}", f"doomed=model:{tiny_models.near}"]
+    noisy copy, unloaded). The model drafters draft ahead, so swaps also meet running lookaheads."""
+    drafters = ["pld=prompt_lookup:1-3:fixed", f"swap=model:{tiny_models.other}^4", f"doomed=model:{tiny_models.near}^4"]
     with local_stack(tmp_path_factory, "swap-stack", tiny_models.target, drafters, ["--policy", "ucbspec", *TWO_GAMMAS]) as stack:
         yield stack
 
@@ -265,7 +265,8 @@ async def test_replace_model_drafter_under_traffic(clients, references, tiny_mod
         await traffic.warm()
         response = await clients.draft.LoadDrafter(
             draft_pb2.LoadDrafterRequest(
-                name="swap", kind=draft_pb2.DRAFTER_KIND_MODEL, model_path=str(tiny_models.target), replace=True
+                name="swap", kind=draft_pb2.DRAFTER_KIND_MODEL, model_path=str(tiny_models.target), replace=True,
+                lookahead_tokens=4,
             ),
             timeout=RPC_TIMEOUT,
         )
@@ -427,11 +428,11 @@ async def test_successor_does_not_inherit_state_of_a_proposal_still_queued(tiny_
 
     gate = threading.Event()  # holds the model worker, as a busy one would
     try:
-        old, _ = await servicer.load(DrafterSpec.parse(f"swap=model:{tiny_models.other}"))
+        old, _ = await servicer.load(DrafterSpec.parse(f"swap=model:{tiny_models.other}^4"))
         await servicer.Propose(propose(0, prompt), context)
         servicer.worker.submit(gate.wait)
         queued = asyncio.create_task(servicer.Propose(propose(len(prompt), []), context))
-        successor = DrafterSpec.parse(f"swap=model:{tiny_models.target}~-1")  # always 4 tokens: compare whole drafts
+        successor = DrafterSpec.parse(f"swap=model:{tiny_models.target}~-1^4")  # always 4 tokens: compare whole drafts
         if how == "replace":
             swap = asyncio.create_task(servicer.load(successor, replace=True))
         else:

@@ -82,28 +82,53 @@ class DraftServicer(draft_pb2_grpc.DraftServiceServicer):
         self.loader = ThreadPoolExecutor(max_workers=1, thread_name_prefix="draft-loader")
         # Learning from finished outputs (suffix-tree insertion, ~7 ms per 1k tokens) off the event loop.
         self.learner = ThreadPoolExecutor(max_workers=1, thread_name_prefix="draft-learner")
-        # Lookahead (drafting the next round while the target verifies) runs on its own thread at the lowest
-        # CPU priority, so that it never takes a core from the controller or the target; `model_lock`
-        # keeps it and the worker off the models at the same time. It yields to any later worker job
-        # (`model_jobs` moved on) between forwards: a proposal waits for one forward at most.
+        # Lookahead (drafting the next round while the target verifies) runs on its own thread at a low CPU
+        # priority, so that it does not take a core from the controller or the target; `model_lock` keeps
+        # it and the worker off the models at the same time. It gives way whenever a worker job is waiting
+        # (before taking the lock and between forwards): a proposal waits for one forward at most.
         self.ahead_worker = ThreadPoolExecutor(
-            max_workers=1, thread_name_prefix="draft-lookahead", initializer=_lowest_cpu_priority
+            max_workers=1, thread_name_prefix="draft-lookahead", initializer=_low_cpu_priority
         )
         self.model_lock = threading.Lock()
-        self.model_jobs = 0
+        self.pending_model_jobs = 0  # submitted to the worker, not yet finished or cancelled
+        self.pending_lock = threading.Lock()
+
+    def _model_work_waiting(self) -> bool:
+        return self.pending_model_jobs > 0
 
     def _locked(self, fn, *args):
         with self.model_lock:
             return fn(*args)
 
+    def _job_ended(self, _future) -> None:
+        with self.pending_lock:
+            self.pending_model_jobs -= 1
+
     async def _on_worker(self, fn, *args):
-        self.model_jobs += 1
-        return await self._on(self.worker, self._locked, fn, *args)
+        with self.pending_lock:
+            self.pending_model_jobs += 1
+        future = self.worker.submit(self._locked, fn, *args)
+        # Registered before the await's own callback: the count is down before the caller resumes. Runs
+        # on completion and on cancellation (a cancelled RPC cancels a job that has not started) alike.
+        future.add_done_callback(self._job_ended)
+        return await asyncio.wrap_future(future)
+
+    def _propose_on_worker(self, drafter: Drafter, session, num_tokens: int):
+        try:
+            return self.registry.propose(drafter, session, num_tokens)
+        finally:
+            # Here rather than after the await: a cancelled RPC must not leave a retired drafter's state.
+            self.registry.forget_if_retired(drafter, session)
 
     def _draft_ahead(self, drafter: ModelDrafter, session) -> None:
-        submitted = self.model_jobs
-        future = self.ahead_worker.submit(self._locked, drafter.draft_ahead, session, lambda: self.model_jobs != submitted)
+        future = self.ahead_worker.submit(self._look_ahead, drafter, session)
         future.add_done_callback(_log_failure)
+
+    def _look_ahead(self, drafter: ModelDrafter, session) -> None:
+        if self._model_work_waiting():
+            return
+        with self.model_lock:
+            drafter.draft_ahead(session, self._model_work_waiting)
 
     async def _on(self, executor, fn, *args):
         return await asyncio.get_running_loop().run_in_executor(executor, fn, *args)
@@ -157,8 +182,12 @@ class DraftServicer(draft_pb2_grpc.DraftServiceServicer):
             vocab_size=drafter.loaded.vocab_size if drafter.kind == "model" else None,
         )
         if drafter.kind == "model":
-            proposal, seconds = await self._on_worker(self.registry.propose, drafter, session, request.num_tokens)
-            if drafter.lookahead > 0 and session.sampling.greedy and self.registry.drafters.get(drafter.name) is drafter:
+            proposal, seconds = await self._on_worker(self._propose_on_worker, drafter, session, request.num_tokens)
+            if (
+                drafter.lookahead > 0 and proposal.token_ids and session.sampling.greedy
+                and self.registry.drafters.get(drafter.name) is drafter
+                and self.registry.sessions.get(request.session_id) is session
+            ):
                 self._draft_ahead(drafter, session)
         else:  # model-free drafters cost microseconds: a thread hop would cost more than the work
             proposal, seconds = self.registry.propose(drafter, session, request.num_tokens)
@@ -219,10 +248,12 @@ class DraftServicer(draft_pb2_grpc.DraftServiceServicer):
         return draft_pb2.UnloadDrafterResponse(unloaded=True)
 
 
-def _lowest_cpu_priority() -> None:
+def _low_cpu_priority() -> None:
+    """Nice 10: a core goes to the controller's and the target's wake-ups first, yet a proposal waiting on
+    the lookahead's last forward is not starved (nice 19 gets ~1.5% of a busy core, nice 10 ~10%)."""
     if sys.platform.startswith("linux"):  # per thread on Linux only (elsewhere it would renice the process)
         try:
-            os.setpriority(os.PRIO_PROCESS, threading.get_native_id(), 19)
+            os.setpriority(os.PRIO_PROCESS, threading.get_native_id(), 10)
         except OSError:
             log.warning("could not lower the lookahead thread's priority")
 
@@ -244,8 +275,10 @@ async def serve(config: DraftConfig) -> None:
         for drafter in servicer.registry.drafters.values():
             if getattr(drafter, "lookahead", 0) > 0:
                 log.info("lookahead", drafter=drafter.name, proposals=drafter.proposals, hits=drafter.lookahead_hits)
+        with servicer.pending_lock:
+            servicer.pending_model_jobs += 1  # stops a running lookahead at its next forward
+        servicer.ahead_worker.shutdown(wait=True, cancel_futures=True)
         servicer.worker.shutdown(wait=True)
-        servicer.ahead_worker.shutdown(wait=True)
         servicer.loader.shutdown(wait=True)
         servicer.learner.shutdown(wait=True)
 

@@ -105,6 +105,9 @@ class ModelDrafter:
         context = session.context
         room = self.loaded.max_context - len(context)
         num_tokens = min(num_tokens, room)
+        held = session.state.get(self.name)
+        if held is not None:  # nothing to look ahead from until this proposal drafts
+            held.drafted_context = held.next_logits = None
         if num_tokens <= 0:
             return Proposal([])
         state = self._state(session)
@@ -114,7 +117,6 @@ class ModelDrafter:
         draft: list[int] = []
         rows: list[torch.Tensor] = []
         ahead, state.ahead = state.ahead, []
-        state.drafted_context = state.next_logits = None
         if ahead and state.ahead_from == len(context) and state.cached_ids[: len(context)] == context:
             # The lookahead guessed this context: its draft is this proposal's, as far as it goes.
             self.lookahead_hits += 1
