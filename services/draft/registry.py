@@ -73,11 +73,11 @@ class DrafterRegistry:
         if not session_id:
             raise InvalidArgument("session_id is required")
         held = self.sessions.get(session_id) if context_length else None
-        self._check_ids(new_ids, len(held.context) if held else 0, vocab_size, held.max_token_id if held else -1)
+        top = self._check_ids(new_ids, len(held.context) if held else 0, vocab_size, held.max_token_id if held else -1)
         if context_length == 0:
             if not new_ids:
                 raise InvalidArgument("opening a session needs its context in new_context_ids")
-            session = DraftSession(list(new_ids), sampling, seed, prompt_length=len(new_ids), max_token_id=max(new_ids))
+            session = DraftSession(list(new_ids), sampling, seed, prompt_length=len(new_ids), max_token_id=top)
             self.sessions.pop(session_id, None)
             self.sessions[session_id] = session
             while len(self.sessions) > self.max_sessions:
@@ -92,10 +92,11 @@ class DrafterRegistry:
             )
         self.sessions.move_to_end(session_id)
         session.context.extend(new_ids)
-        session.max_token_id = max(session.max_token_id, max(new_ids, default=-1))
+        session.max_token_id = top
         return session
 
-    def _check_ids(self, new_ids: list[int], held: int, vocab_size: int | None, held_max: int) -> None:
+    def _check_ids(self, new_ids: list[int], held: int, vocab_size: int | None, held_max: int) -> int:
+        """Raises InvalidArgument for a context that would be too long or hold a bad id; returns its largest id."""
         if held + len(new_ids) > self.max_context:
             raise InvalidArgument(f"a session's context is at most {self.max_context} tokens, got {held + len(new_ids)}")
         if new_ids and min(new_ids) < 0:
@@ -103,6 +104,7 @@ class DrafterRegistry:
         top = max(held_max, max(new_ids, default=-1))
         if vocab_size is not None and top >= vocab_size:
             raise InvalidArgument(f"token id {top} is outside the drafter's vocabulary of {vocab_size}")
+        return top
 
     def propose(self, drafter: Drafter, session: DraftSession, num_tokens: int) -> tuple[Proposal, float]:
         """Returns the proposal and its compute seconds."""

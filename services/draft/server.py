@@ -191,7 +191,6 @@ class DraftServicer(draft_pb2_grpc.DraftServiceServicer):
                 self._draft_ahead(drafter, session)
         else:  # model-free drafters cost microseconds: a thread hop would cost more than the work
             proposal, seconds = self.registry.propose(drafter, session, request.num_tokens)
-        self.registry.forget_if_retired(drafter, session)
         probs = [] if proposal.probs is None else [distributions.encode(row) for row in proposal.probs]
         return draft_pb2.ProposeResponse(
             draft_ids=proposal.token_ids,

@@ -46,6 +46,8 @@ class DrafterSpec:
     def __post_init__(self) -> None:
         if not 0 <= self.min_ngram <= MAX_NGRAM or not 0 <= self.max_ngram <= MAX_NGRAM:
             raise ValueError(f"drafter {self.name!r}: n-gram sizes must be in [1, {MAX_NGRAM}]")
+        if not -1 <= self.lookahead_tokens <= MAX_LOOKAHEAD_TOKENS:
+            raise ValueError(f"drafter {self.name!r}: lookahead is at most {MAX_LOOKAHEAD_TOKENS} tokens, got {self.lookahead_tokens}")
         if not 0 <= self.max_depth <= MAX_DEPTH:
             raise ValueError(f"drafter {self.name!r}: max_depth must be in [1, {MAX_DEPTH}], got {self.max_depth}")
 
@@ -72,8 +74,6 @@ class DrafterSpec:
             head, sep, tokens = arg.rpartition("^")
             if sep and tokens.isdigit():
                 arg, lookahead = head, int(tokens) or -1  # ^0: none (0 itself means "default" on the wire)
-                if lookahead > MAX_LOOKAHEAD_TOKENS:
-                    raise ValueError(f"drafter spec {text!r}: lookahead is at most {MAX_LOOKAHEAD_TOKENS} tokens")
             min_confidence = 0.0  # the drafter's default
             head, sep, confidence = arg.rpartition("~")
             if sep and _is_number(confidence):  # a '~' elsewhere (a home-relative path) is part of the path
@@ -131,8 +131,6 @@ class DrafterSpec:
             raise ValueError("a retrieval drafter needs datastore_path")
         if not pb.min_confidence <= 1.0:
             raise ValueError(f"min_confidence must be <= 1, got {pb.min_confidence}")
-        if pb.lookahead_tokens < -1 or pb.lookahead_tokens > MAX_LOOKAHEAD_TOKENS:
-            raise ValueError(f"lookahead_tokens must be in [-1, {MAX_LOOKAHEAD_TOKENS}], got {pb.lookahead_tokens}")
         if pb.memory_tokens < -1:
             raise ValueError("memory_tokens must be >= -1")
         return cls(

@@ -165,8 +165,9 @@ class ModelDrafter:
         if len(drafted) + 1 + limit > self.loaded.max_context:
             return
         if logits is None:  # the draft's last token is not fed yet
-            logits = self.decoder.forward(drafted[len(state.cached_ids):], state.cache, last_only=True)[-1]
-            state.cached_ids.extend(drafted[len(state.cached_ids):])
+            unfed = drafted[len(state.cached_ids):]
+            logits = self.decoder.forward(unfed, state.cache, last_only=True)[-1]
+            state.cached_ids.extend(unfed)
         feed = [int(torch.argmax(logits))]  # the guessed bonus token
         ahead: list[int] = []
         complete = False
