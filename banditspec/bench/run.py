@@ -44,6 +44,7 @@ class Measurement:
     round_seconds: float | None = None  # summed round wall times: decoding without prefill
     trace: dict | None = None  # adaptive policies: per round "arms", "tokens", "seconds"
     stats: dict | None = None
+    token_ids: list[int] | None = None  # the median call's output, to compare runs token by token
 
 
 def run_dtype(config: BenchConfig, dtype: str, prompts: list[Prompt], log) -> dict:
@@ -159,4 +160,5 @@ def summarise(runs: list[Call], dtype: str, prompt: Prompt, method: Method, matc
         round_seconds=sum(run.round_seconds) if method.stack else None,
         trace=trace,
         stats=run.stats,
+        token_ids=list(run.tokens),
     )
