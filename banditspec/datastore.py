@@ -23,13 +23,13 @@ import numpy as np
 
 SEPARATOR = -1
 FORMAT_VERSION = 1
-_MAX_TOKEN = np.iinfo(np.int32).max
+MAX_TOKEN_ID = np.iinfo(np.int32).max
 
 
 def suffix_array(tokens: np.ndarray) -> np.ndarray:
     """Start positions of the suffixes of `tokens` in lexicographic order (int32 or int64)."""
     n = len(tokens)
-    index_dtype = np.int32 if n < _MAX_TOKEN else np.int64
+    index_dtype = np.int32 if n < MAX_TOKEN_ID else np.int64
     if n == 0:
         return np.zeros(0, dtype=index_dtype)
     # Dense ranks of single tokens, then of 2, 4, 8, ... token prefixes: sort by (rank of the first
@@ -141,53 +141,3 @@ def _check(version: int, tokens: np.ndarray, suffixes: np.ndarray) -> str:
         if suffixes.min() < 0 or suffixes.max() >= len(tokens):
             return "suffix array entries out of range"
     return ""
-
-
-def build_datastore(sequences: Iterable[list[int]], vocab_fingerprint: str, source: str) -> Datastore:
-    """Concatenate the non-empty sequences (one document each) and index them."""
-    parts = []
-    for sequence in sequences:
-        if len(sequence) == 0:
-            continue
-        document = np.asarray(sequence, dtype=np.int64)
-        if document.ndim != 1 or document.min() < 0 or document.max() > _MAX_TOKEN:
-            raise ValueError("a datastore document must be a flat list of token ids >= 0")
-        parts.append(document.astype(np.int32))
-        parts.append(np.array([SEPARATOR], dtype=np.int32))
-    tokens = np.concatenate(parts) if parts else np.zeros(0, dtype=np.int32)
-    return Datastore(tokens, suffix_array(tokens), vocab_fingerprint, source)
-
-
-def text_files(paths: Iterable[str | Path], pattern: str = "*.txt") -> list[Path]:
-    """The files named, plus those matching `pattern` anywhere under the directories named (sorted)."""
-    files: list[Path] = []
-    for path in map(Path, paths):
-        if path.is_dir():
-            files.extend(sorted(p for p in path.rglob(pattern) if p.is_file()))
-        elif path.is_file():
-            files.append(path)
-        else:
-            raise ValueError(f"no such file or directory: {path}")
-    return files
-
-
-def recorded_outputs(path: str | Path) -> Iterator[list[int]]:
-    """The `token_ids` of each JSON object in a file: JSON lines, or the concatenated (indented)
-    responses that `banditspec generate --json` prints."""
-    text = Path(path).read_text()
-    decoder = json.JSONDecoder()
-    position = 0
-    while True:
-        while position < len(text) and text[position].isspace():
-            position += 1
-        if position == len(text):
-            return
-        try:
-            record, position = decoder.raw_decode(text, position)
-        except json.JSONDecodeError as error:
-            raise ValueError(f"{path}: not JSON at line {error.lineno}: {error.msg}") from error
-        ids = record.get("token_ids") if isinstance(record, dict) else None
-        if not isinstance(ids, list) or not all(isinstance(i, int) and i >= 0 for i in ids):
-            line = text.count("\n", 0, position) + 1
-            raise ValueError(f"{path}: the record ending at line {line} has no top-level token_ids list of ids")
-        yield ids

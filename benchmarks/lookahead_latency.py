@@ -27,7 +27,7 @@ os.environ.setdefault("OMP_NUM_THREADS", "1")
 import grpc  # noqa: E402
 import torch  # noqa: E402
 
-from banditspec.default_model import resolve_model_path  # noqa: E402
+from banditspec.model_paths import resolve_model_path  # noqa: E402
 from banditspec.models import load_causal_lm  # noqa: E402
 from banditspec.v1 import draft_pb2, draft_pb2_grpc  # noqa: E402
 

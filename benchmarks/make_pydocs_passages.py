@@ -3,7 +3,7 @@
 Kinds: prose (a paragraph), code (an interactive `>>>` session or a literal code block), list_table (a
 bulleted/numbered list or a grid/simple table) and api (a `.. function::`/`.. method::`/`.. class::`...
 entry). Each opening is up to ~500 characters of the text before a block plus the block's first lines; the
-model continues from there. Only files of the held-out split (banditspec.pydocs.corpus) are used, so no
+model continues from there. Only files of the held-out split (banditspec.training.pydocs.corpus) are used, so no
 passage was seen in training. Deterministic: blocks are taken evenly spread over the held-out files.
 
     .venv/bin/python benchmarks/make_pydocs_passages.py
@@ -15,7 +15,7 @@ import json
 import re
 from pathlib import Path
 
-from banditspec.pydocs import corpus
+from banditspec.training.pydocs import corpus
 
 OUT = Path(__file__).with_name("pydocs_passages.json")
 PER_KIND = 12

@@ -45,7 +45,7 @@ def hf_prompt_lookup(context: list[int], num_tokens: int = 5, max_ngram: int = 2
 
 
 def record_answers(model_arg, prompts, dtype: str, max_new_tokens: int, refs: Path, measure: bool) -> tuple[dict, list[float]]:
-    from banditspec.default_model import resolve_model_path
+    from banditspec.model_paths import resolve_model_path
     from banditspec.models import load_causal_lm
     from banditspec.bench.methods import hf_call
 

@@ -23,7 +23,7 @@ import grpc
 import torch
 from transformers import AutoModelForCausalLM, AutoTokenizer, LlamaConfig
 
-from banditspec.launcher import LocalStack
+from banditspec.cli.launcher import LocalStack
 from banditspec.v1 import generation_pb2 as gen
 from banditspec.v1 import generation_pb2_grpc as gen_grpc
 

@@ -21,7 +21,7 @@ from pathlib import Path
 import grpc
 import torch
 
-from banditspec.default_model import resolve_model_path
+from banditspec.model_paths import resolve_model_path
 from banditspec.sampling import SamplingParams
 from banditspec.v1 import common_pb2, draft_pb2, draft_pb2_grpc
 from services.draft.drafters.base import DraftSession

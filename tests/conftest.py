@@ -160,7 +160,7 @@ def local_stack(
     """target + draft service + controller as processes on loopback (CPU, float32), controller on a free
     port; prints the services' logs when they fail to start, and stops them all afterwards. Verify
     padding is off by default: it follows timings, and would make the arms' γ (and names) vary."""
-    from banditspec.launcher import LocalStack
+    from banditspec.cli.launcher import LocalStack
 
     log_dir = tmp_path_factory.mktemp(f"{name}-logs")
     stack = LocalStack(

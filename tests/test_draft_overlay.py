@@ -9,10 +9,10 @@ import pytest
 import torch
 from safetensors.torch import load_file
 
-from banditspec.default_model import resolve_model_path
-from banditspec.draft_overlay import OVERLAY_JSON, OVERLAY_TENSORS, draft_from_target_layers
+from banditspec.model_paths import resolve_model_path
+from banditspec.overlays import OVERLAY_JSON, OVERLAY_TENSORS, draft_from_target_layers
 from banditspec.models import load_causal_lm
-from banditspec.pydocs import distill
+from banditspec.training import distill
 from banditspec.sampling import SamplingParams
 from services.draft.drafters.base import DraftSession
 from services.draft.drafters.model import ModelDrafter

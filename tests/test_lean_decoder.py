@@ -10,7 +10,7 @@ import torch
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from banditspec.lean_decoder import LeanCache, LeanLlama, lean_supported
+from services.draft.drafters.lean_decoder import LeanCache, LeanLlama, lean_supported
 from banditspec.models import load_causal_lm
 
 PYDOCS_DRAFT = Path(__file__).resolve().parents[1] / "models" / "pydocs" / "draft-s"

@@ -12,10 +12,10 @@ import pytest
 import torch
 from transformers import AutoModelForCausalLM, LlamaConfig, LlamaForCausalLM
 
-from banditspec.default_model import PYDOCS_DIR, resolve_model_path
-from banditspec.pydocs import build, corpus
-from banditspec.pydocs.distill import project_embedding
-from banditspec.pydocs.train import TrainConfig, held_out_windows, train
+from banditspec.model_paths import PYDOCS_DIR, resolve_model_path
+from banditspec.training.pydocs import build, corpus
+from banditspec.training.distill import project_embedding
+from banditspec.training.pydocs.train import TrainConfig, held_out_windows, train
 from banditspec.v1 import generation_pb2, generation_pb2_grpc
 from conftest import local_stack, reference_greedy
 

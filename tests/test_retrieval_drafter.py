@@ -11,7 +11,8 @@ import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from banditspec.datastore import SEPARATOR, Datastore, build_datastore, recorded_outputs, suffix_array
+from banditspec.datastore import SEPARATOR, Datastore, suffix_array
+from banditspec.training.datastore_build import build_datastore, recorded_outputs
 from banditspec.sampling import SamplingParams
 from banditspec.v1 import draft_pb2, generation_pb2
 from conftest import RPC_TIMEOUT, list_arm_names, reference_greedy, wait_for

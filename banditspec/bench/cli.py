@@ -97,7 +97,7 @@ def main(argv: list[str] | None = None) -> int:
     from banditspec.bench.report import build_document, write_reports
     from banditspec.bench.run import run_dtype
     from banditspec.bench.workload import load_prompts, render_prompts
-    from banditspec.default_model import resolve_model_path
+    from banditspec.model_paths import resolve_model_path
     from banditspec.models import load_tokenizer
 
     def log(message: str) -> None:

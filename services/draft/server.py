@@ -13,7 +13,7 @@ from dataclasses import dataclass, field
 import structlog
 
 from banditspec import distributions
-from banditspec.default_model import resolve_model_path
+from banditspec.model_paths import resolve_model_path
 from banditspec.errors import AlreadyExists, InvalidArgument, grpc_errors
 from banditspec.sampling import SamplingParams
 from banditspec.serving import run_server

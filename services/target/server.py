@@ -11,7 +11,7 @@ import structlog
 import torch
 
 from banditspec import distributions
-from banditspec.default_model import resolve_model_path
+from banditspec.model_paths import resolve_model_path
 from banditspec.errors import InvalidArgument, Unavailable, grpc_errors
 from banditspec.models import load_causal_lm
 from banditspec.sampling import SamplingParams

@@ -22,7 +22,7 @@ from dataclasses import dataclass, field
 import torch
 from transformers import DynamicCache
 
-from banditspec.lean_decoder import LeanCache, LeanLlama, lean_supported
+from services.draft.drafters.lean_decoder import LeanCache, LeanLlama, lean_supported
 from banditspec.models import LoadedModel, load_causal_lm
 from banditspec.sampling import probabilities
 from banditspec.tokens import common_prefix_length

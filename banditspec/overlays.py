@@ -13,10 +13,13 @@ import hashlib
 import json
 import shutil
 import tempfile
+from collections.abc import Callable
 from pathlib import Path
 
 import structlog
 import torch
+
+from banditspec.cache import cache_dir
 
 OVERLAY_JSON = "overlay.json"
 OVERLAY_TENSORS = "overlay.safetensors"
@@ -53,24 +56,9 @@ def draft_from_target_layers(target: torch.nn.Module, layers: list[int]) -> torc
     return draft
 
 
-def save_overlay(draft: torch.nn.Module, out: Path, record: dict) -> Path:
-    """Write the draft's trained tensors (bfloat16) and `record` (must name `target` and `layers`)."""
-    from safetensors.torch import save_file
-
-    shared = {id(draft.get_input_embeddings().weight), id(draft.get_output_embeddings().weight)}
-    tensors = {name: parameter.detach().to("cpu", torch.bfloat16).contiguous()
-               for name, parameter in draft.named_parameters() if id(parameter) not in shared}
-    out.mkdir(parents=True, exist_ok=True)
-    save_file(tensors, str(out / OVERLAY_TENSORS))
-    record = dict(record, sha256=hashlib.sha256((out / OVERLAY_TENSORS).read_bytes()).hexdigest())
-    (out / OVERLAY_JSON).write_text(json.dumps(record, indent=2) + "\n")
-    return out
-
-
-def materialize(overlay: Path) -> Path:
-    """The assembled model directory for `overlay`, built on first use."""
-    from banditspec.default_model import cache_dir
-
+def materialize(overlay: Path, resolve_target: Callable[[str], Path]) -> Path:
+    """The assembled model directory for `overlay`, built on first use; `resolve_target` finds the
+    directory of the target the overlay names (a function, so this module needs no model registry)."""
     try:
         record = json.loads((overlay / OVERLAY_JSON).read_text())
         digest = hashlib.sha256((overlay / OVERLAY_TENSORS).read_bytes()).hexdigest()
@@ -84,18 +72,16 @@ def materialize(overlay: Path) -> Path:
     out = cache_dir() / "drafts" / f"{overlay.name}-{digest[:12]}"
     if (out / "config.json").exists():
         return out
-    _assemble(overlay, record, out)
+    _assemble(overlay, record, out, resolve_target(record["target"]))
     return out
 
 
-def _assemble(overlay: Path, record: dict, out: Path) -> None:
+def _assemble(overlay: Path, record: dict, out: Path, target_dir: Path) -> None:
     from safetensors.torch import load_file
     from transformers import AutoModelForCausalLM, AutoTokenizer
 
-    from banditspec.default_model import resolve_model_path
     from banditspec.models import vocab_fingerprint
 
-    target_dir = resolve_model_path(record["target"])
     tokenizer = AutoTokenizer.from_pretrained(str(target_dir))
     if record.get("vocab_fingerprint") not in (None, vocab_fingerprint(tokenizer)):
         raise ValueError(f"the overlay {overlay} was trained for another vocabulary than {target_dir}'s")

@@ -1,7 +1,7 @@
 """Build the pydocs family: corpus → tokenizer → target (from scratch) → drafts (distilled from it).
 
-    python -m banditspec.pydocs.build prepare --data-dir DIR      # fetch, split, train the tokenizer, tokenize
-    python -m banditspec.pydocs.build train --data-dir DIR --out models/pydocs [--device cuda]
+    python -m banditspec.training.pydocs.build prepare --data-dir DIR      # fetch, split, train the tokenizer, tokenize
+    python -m banditspec.training.pydocs.build train --data-dir DIR --out models/pydocs [--device cuda]
 
 `banditspec pydocs build` runs both. Every model directory is an ordinary Hugging Face causal-LM
 directory (bfloat16 safetensors + the tokenizer), and MANIFEST.json records the recipe, the data, the
@@ -25,9 +25,10 @@ import numpy as np
 import torch
 from transformers import AutoTokenizer, LlamaConfig, LlamaForCausalLM
 
-from banditspec.pydocs import corpus
-from banditspec.pydocs.tokenizer import train_tokenizer
-from banditspec.pydocs.train import TrainConfig, held_out_windows, train
+from banditspec.model_paths import PYDOCS_DIR  # the shipped artifacts
+from banditspec.training.pydocs import corpus
+from banditspec.training.pydocs.tokenizer import train_tokenizer
+from banditspec.training.pydocs.train import TrainConfig, held_out_windows, train
 
 SEED = 20250701
 # Sizes chosen so the three bfloat16 checkpoints stay under 40 MB together.
@@ -37,7 +38,6 @@ ARCHITECTURES = {
     "draft-s": dict(hidden_size=192, intermediate_size=512, num_hidden_layers=1, num_attention_heads=3),
 }
 SEQ_LEN = 512
-PYDOCS_DIR = Path(__file__).resolve().parents[2] / "models" / "pydocs"  # the shipped artifacts
 
 
 def prepare(data_dir: Path, cache_dir: Path) -> dict:
@@ -145,8 +145,8 @@ def write_manifest(out_dir: Path, data: dict, reports: dict, recipe: dict) -> di
 
 def build_corpus_datastore(tokenizer_path: str, out: Path, cache_dir: Path) -> str:
     """A retrieval datastore over the training split of the corpus, in a target's tokenizer."""
-    from banditspec.datastore import build_datastore
-    from banditspec.default_model import resolve_model_path
+    from banditspec.training.datastore_build import build_datastore
+    from banditspec.model_paths import resolve_model_path
     from banditspec.models import load_tokenizer, vocab_fingerprint
 
     tokenizer = load_tokenizer(resolve_model_path(tokenizer_path))
@@ -172,7 +172,7 @@ def verify(out_dir: Path) -> list[str]:
     return problems
 
 
-def main(argv: list[str] | None = None, prog: str = "python -m banditspec.pydocs.build") -> None:
+def main(argv: list[str] | None = None, prog: str = "python -m banditspec.training.pydocs.build") -> None:
     parser = argparse.ArgumentParser(prog=prog, description=__doc__.splitlines()[0])
     parser.add_argument("phase", choices=["prepare", "train", "all"])
     parser.add_argument("--data-dir", type=Path, default=Path.home() / ".cache/banditspec/pydocs-data")
@@ -191,7 +191,7 @@ def main(argv: list[str] | None = None, prog: str = "python -m banditspec.pydocs
         device = torch.device(args.device)
         reports = train_family(args.data_dir, args.out, device, args.target_steps, args.draft_steps, args.max_minutes)
         recipe = {
-            "command": "python -m banditspec.pydocs.build " + " ".join(sys.argv[1:] if argv is None else argv),
+            "command": "python -m banditspec.training.pydocs.build " + " ".join(sys.argv[1:] if argv is None else argv),
             "seed": SEED,
             "seq_len": SEQ_LEN,
             "device": torch.cuda.get_device_name(device) if device.type == "cuda" else platform.processor() or "cpu",

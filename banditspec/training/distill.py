@@ -6,7 +6,7 @@ The draft shares the target's tokenizer, so it loads as a model drafter for that
   projected onto its top singular directions, so the output layer begins close to the target's;
 - `--init-layers 0,1,29`: the target's architecture keeping those layers, started from them, with the
   target's embedding and output layer frozen. `--out` then receives an overlay (the trained tensors
-  only, `banditspec.draft_overlay`), which is what makes a SmolLM2 draft small enough to ship.
+  only, `banditspec.overlays`), which is what makes a SmolLM2 draft small enough to ship.
 """
 
 from __future__ import annotations
@@ -22,10 +22,11 @@ import numpy as np
 import torch
 from transformers import AutoModelForCausalLM, AutoTokenizer, LlamaConfig, LlamaForCausalLM
 
-from banditspec.draft_overlay import OVERLAY_JSON, draft_from_target_layers, save_overlay
+from banditspec.overlays import OVERLAY_JSON, draft_from_target_layers
+from banditspec.training.overlay_build import save_overlay
 from banditspec.models import vocab_fingerprint
-from banditspec.pydocs import corpus
-from banditspec.pydocs.train import TrainConfig, held_out_windows, train
+from banditspec.training.pydocs import corpus
+from banditspec.training.pydocs.train import TrainConfig, held_out_windows, train
 
 
 def draft_config(target_config, hidden: int, layers: int, heads: int, intermediate: int) -> LlamaConfig:
@@ -88,7 +89,7 @@ def main(argv: list[str] | None = None) -> None:
     if args.out.exists() and any(args.out.iterdir()) and not any((args.out / f).exists() for f in ("config.json", OVERLAY_JSON)):
         parser.error(f"{args.out} exists and is not a model directory; not overwriting it")
 
-    from banditspec.default_model import resolve_model_path
+    from banditspec.model_paths import resolve_model_path
 
     target_dir = Path(resolve_model_path(args.target))
     device = torch.device(args.device)
@@ -109,7 +110,7 @@ def main(argv: list[str] | None = None) -> None:
             documents = corpus.read_documents(corpus.fetch_deb(args.cache_dir))
             train_texts = [d.text for d in documents if not d.held_out]
             held_texts = [d.text for d in documents if d.held_out]
-            data = f"pydocs corpus ({corpus.DEB_URL}), held-out split as in banditspec.pydocs.corpus"
+            data = f"pydocs corpus ({corpus.DEB_URL}), held-out split as in banditspec.training.pydocs.corpus"
         train_tokens, held_tokens = token_stream(tokenizer, train_texts), token_stream(tokenizer, held_texts)
     held = held_out_windows(held_tokens, args.seq_len, args.held_out_windows)
 

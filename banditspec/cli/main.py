@@ -9,7 +9,7 @@ import sys
 import time
 from pathlib import Path
 
-from banditspec.launcher import DEFAULT_DRAFTERS
+from banditspec.cli.launcher import DEFAULT_DRAFTERS
 from services.draft.specs import USAGE
 
 os.environ.setdefault("HF_HUB_OFFLINE", "1")
@@ -103,9 +103,9 @@ def cmd_serve_controller(args: argparse.Namespace) -> None:
 
 
 def _stack(args: argparse.Namespace):
-    from banditspec.launcher import LocalStack
+    from banditspec.cli.launcher import LocalStack
 
-    from banditspec.default_model import cache_dir
+    from banditspec.cache import cache_dir
 
     target_args = ["--dtype", args.dtype] if args.dtype else []
     return LocalStack(
@@ -237,8 +237,8 @@ def cmd_drafters(args: argparse.Namespace) -> None:
 
 
 def cmd_datastore(args: argparse.Namespace) -> None:
-    from banditspec.datastore import build_datastore, recorded_outputs, text_files
-    from banditspec.default_model import resolve_model_path
+    from banditspec.training.datastore_build import build_datastore, recorded_outputs, text_files
+    from banditspec.model_paths import resolve_model_path
     from banditspec.models import load_tokenizer, vocab_fingerprint
 
     if not args.text and not args.outputs:
@@ -263,7 +263,7 @@ def cmd_datastore(args: argparse.Namespace) -> None:
 
 
 def cmd_pydocs(argv: list[str]) -> None:
-    from banditspec.pydocs import build
+    from banditspec.training.pydocs import build
 
     if argv[:1] == ["verify"]:
         problems = build.verify(Path(argv[1]) if len(argv) > 1 else build.PYDOCS_DIR)
@@ -283,7 +283,7 @@ def cmd_pydocs(argv: list[str]) -> None:
 
 
 def cmd_distill(argv: list[str]) -> None:
-    from banditspec.pydocs import distill
+    from banditspec.training import distill
 
     distill.main(argv)
 

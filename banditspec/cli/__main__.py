@@ -1,0 +1,3 @@
+from banditspec.cli.main import main
+
+main()

@@ -1,0 +1,38 @@
+"""Model names → model directories: the default checkpoint, the shipped pydocs family and SmolLM2
+drafts, draft overlays (assembled on first use), or a path as given."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+from banditspec.default_model import ensure_default_model
+from banditspec.overlays import is_overlay, materialize
+
+DEFAULT = "default"
+MODELS_DIR = Path(__file__).resolve().parents[1] / "models"
+PYDOCS_DIR = MODELS_DIR / "pydocs"
+SMOLLM2_DRAFTS_DIR = MODELS_DIR / "smollm2"
+
+
+def resolve_model_path(path: str | None) -> Path:
+    """`default` (or nothing) → the default checkpoint, converted on first use; `pydocs[:MEMBER]` → a
+    shipped pydocs model (target, draft-m, draft-s); `smollm2:DRAFT` → a shipped draft for the default
+    model; a draft overlay directory → its assembled model (built on first use); else the path as given."""
+    if path is None or path in ("", DEFAULT):
+        return ensure_default_model()
+    if path == "pydocs" or path.startswith("pydocs:"):
+        member = path.partition(":")[2] or "target"
+        if not (PYDOCS_DIR / member / "config.json").exists():
+            raise ValueError(f"no pydocs model {member!r} in {PYDOCS_DIR}; members: target, draft-m, draft-s")
+        return PYDOCS_DIR / member
+    if path.startswith("smollm2:"):
+        member = path.partition(":")[2]
+        if not (SMOLLM2_DRAFTS_DIR / member / "overlay.json").exists():
+            shipped = sorted(p.parent.name for p in SMOLLM2_DRAFTS_DIR.glob("*/overlay.json"))
+            raise ValueError(
+                f"no SmolLM2 draft {member!r} in {SMOLLM2_DRAFTS_DIR}; shipped: {', '.join(shipped) or 'none'}"
+            )
+        path = str(SMOLLM2_DRAFTS_DIR / member)
+    if is_overlay(Path(path)):
+        return materialize(Path(path), resolve_model_path)
+    return Path(path)

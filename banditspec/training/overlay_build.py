@@ -1,0 +1,25 @@
+"""Writing a draft overlay: the draft's trained tensors only, beside a record naming its target."""
+
+from __future__ import annotations
+
+import hashlib
+import json
+from pathlib import Path
+
+import torch
+
+from banditspec.overlays import OVERLAY_JSON, OVERLAY_TENSORS
+
+
+def save_overlay(draft: torch.nn.Module, out: Path, record: dict) -> Path:
+    """Write the draft's trained tensors (bfloat16) and `record` (must name `target` and `layers`)."""
+    from safetensors.torch import save_file
+
+    shared = {id(draft.get_input_embeddings().weight), id(draft.get_output_embeddings().weight)}
+    tensors = {name: parameter.detach().to("cpu", torch.bfloat16).contiguous()
+               for name, parameter in draft.named_parameters() if id(parameter) not in shared}
+    out.mkdir(parents=True, exist_ok=True)
+    save_file(tensors, str(out / OVERLAY_TENSORS))
+    record = dict(record, sha256=hashlib.sha256((out / OVERLAY_TENSORS).read_bytes()).hexdigest())
+    (out / OVERLAY_JSON).write_text(json.dumps(record, indent=2) + "\n")
+    return out
