@@ -79,7 +79,7 @@ def main() -> None:
                     "Held-out passage openings for the pydocs family (benchmarks/make_pydocs_passages.py). "
                     "Each 'text' is a raw prompt (no chat template); kinds: prose, code, list_table, api."
                 ),
-                "source": corpus.DEB_URL,
+                "source": corpus.SOURCE,
                 "prompts": passages,
             },
             indent=1,

@@ -110,7 +110,7 @@ def main(argv: list[str] | None = None) -> None:
             documents = corpus.read_documents(corpus.fetch_deb(args.cache_dir))
             train_texts = [d.text for d in documents if not d.held_out]
             held_texts = [d.text for d in documents if d.held_out]
-            data = f"pydocs corpus ({corpus.DEB_URL}), held-out split as in banditspec.training.pydocs.corpus"
+            data = f"pydocs corpus ({corpus.SOURCE}), held-out split as in banditspec.training.pydocs.corpus"
         train_tokens, held_tokens = token_stream(tokenizer, train_texts), token_stream(tokenizer, held_texts)
     held = held_out_windows(held_tokens, args.seq_len, args.held_out_windows)
 

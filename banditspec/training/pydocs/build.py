@@ -56,7 +56,7 @@ def prepare(data_dir: Path, cache_dir: Path) -> dict:
     np.save(data_dir / "train.npy", train_tokens)
     np.save(data_dir / "held_out.npy", held_tokens)
     description = {
-        "source": corpus.DEB_URL,
+        "source": corpus.SOURCE,
         "source_sha256": corpus.DEB_SHA256,
         "files": "usr/share/doc/python3.11/html/_sources/**/*.rst.txt",
         "split": f"held out: files whose sha256(path) % {corpus.HELD_OUT_EVERY} == 0",

@@ -1,7 +1,8 @@
 """The pydocs corpus: the reStructuredText sources of the Python 3.11 documentation (Debian python3.11-doc).
 
-The .deb is fetched by a pinned URL and checked against its SHA-256, so every build reads the same
-bytes. Files are split into training and held-out sets by a hash of their path (not at random), so
+The package is fetched at a pinned version with the machine's own package client (`apt-get download`,
+from whatever sources the machine is configured with) and checked against its SHA-256, so every build
+reads the same bytes. Files are split into training and held-out sets by a hash of their path (not at random), so
 the split does not depend on the order files are listed in.
 """
 
@@ -10,12 +11,16 @@ from __future__ import annotations
 import hashlib
 import io
 import lzma
+import subprocess
 import tarfile
-import urllib.request
+import tempfile
 from dataclasses import dataclass
 from pathlib import Path
 
-DEB_URL = "http://deb.debian.org/debian/pool/main/p/python3.11/python3.11-doc_3.11.2-6+deb12u8_all.deb"
+DEB_PACKAGE = "python3.11-doc"
+DEB_VERSION = "3.11.2-6+deb12u8"
+DEB_FILE = "python3.11-doc_3.11.2-6+deb12u8_all.deb"
+SOURCE = f"Debian package {DEB_PACKAGE} {DEB_VERSION}"  # how manifests name the corpus
 DEB_SHA256 = "50eb63e7f636c4281e9ce1b8f10386f1def42159eddce34fc1f41c46261df71b"
 SOURCES_PREFIX = "./usr/share/doc/python3.11/html/_sources/"
 HELD_OUT_EVERY = 20  # about 5% of files are held out
@@ -32,14 +37,23 @@ class Document:
 
 
 def fetch_deb(cache_dir: Path) -> Path:
+    """The pinned .deb in `cache_dir`, downloaded once with `apt-get download` and checked."""
     cache_dir.mkdir(parents=True, exist_ok=True)
-    path = cache_dir / DEB_URL.rsplit("/", 1)[1]
-    if not path.exists() or _sha256(path.read_bytes()) != DEB_SHA256:
-        with urllib.request.urlopen(DEB_URL, timeout=120) as response:
-            data = response.read()
-        if _sha256(data) != DEB_SHA256:
-            raise ValueError(f"{DEB_URL}: SHA-256 mismatch; expected {DEB_SHA256}")
-        path.write_bytes(data)
+    path = cache_dir / DEB_FILE
+    if path.exists() and _sha256(path.read_bytes()) == DEB_SHA256:
+        return path
+    with tempfile.TemporaryDirectory() as tmp:
+        try:
+            subprocess.run(
+                ["apt-get", "download", f"{DEB_PACKAGE}={DEB_VERSION}"], cwd=tmp, check=True, capture_output=True, text=True
+            )
+        except (OSError, subprocess.CalledProcessError) as error:
+            detail = getattr(error, "stderr", "") or str(error)
+            raise RuntimeError(f"apt-get download {DEB_PACKAGE}={DEB_VERSION} failed: {detail.strip()}") from error
+        data = next(Path(tmp).glob("*.deb")).read_bytes()
+    if _sha256(data) != DEB_SHA256:
+        raise ValueError(f"{DEB_PACKAGE} {DEB_VERSION}: SHA-256 mismatch; expected {DEB_SHA256}")
+    path.write_bytes(data)
     return path
 
 
