@@ -12,12 +12,10 @@ that built it: its token ids mean nothing under any other vocabulary.
 from __future__ import annotations
 
 import bisect
-import json
 import os
 import zipfile
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Iterable, Iterator
 
 import numpy as np
 
@@ -121,7 +119,9 @@ class Datastore:
                 tokens, suffixes = data["tokens"], data["suffixes"]
                 fingerprint, source = str(data["vocab_fingerprint"]), str(data["source"])
         except (OSError, ValueError, KeyError, EOFError, zipfile.BadZipFile) as error:
-            raise ValueError(f"{path} is not a readable datastore (.npz from `banditspec datastore build`): {error}") from error
+            raise ValueError(
+                f"{path} is not a readable datastore (.npz from `banditspec datastore build`): {error}"
+            ) from error
         problem = _check(version, tokens, suffixes)
         if problem:
             raise ValueError(f"{path} is not a valid datastore: {problem}")

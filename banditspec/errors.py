@@ -4,7 +4,8 @@ from __future__ import annotations
 
 import functools
 import inspect
-from typing import Any, Callable
+from collections.abc import Callable
+from typing import Any
 
 import grpc
 import structlog
@@ -82,7 +83,7 @@ def grpc_errors(method: Callable[..., Any]) -> Callable[..., Any]:
             try:
                 async for item in method(self, request, context):
                     yield item
-            except Exception as error:  # noqa: BLE001 - every failure becomes a status, never a crash
+            except Exception as error:  # every failure becomes a status, never a crash
                 await _abort(context, error)
 
         return stream_wrapper
@@ -91,7 +92,7 @@ def grpc_errors(method: Callable[..., Any]) -> Callable[..., Any]:
     async def unary_wrapper(self: Any, request: Any, context: grpc.aio.ServicerContext) -> Any:
         try:
             return await method(self, request, context)
-        except Exception as error:  # noqa: BLE001 - every failure becomes a status, never a crash
+        except Exception as error:  # every failure becomes a status, never a crash
             await _abort(context, error)
 
     return unary_wrapper

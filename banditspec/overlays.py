@@ -47,8 +47,13 @@ def draft_from_target_layers(target: torch.nn.Module, layers: list[int]) -> torc
     state = {key: value for key, value in source.items() if not key.startswith("model.layers.")}
     for new, old in enumerate(layers):
         prefix = f"model.layers.{old}."
-        state.update({f"model.layers.{new}." + key[len(prefix):]: value
-                      for key, value in source.items() if key.startswith(prefix)})
+        state.update(
+            {
+                f"model.layers.{new}." + key[len(prefix) :]: value
+                for key, value in source.items()
+                if key.startswith(prefix)
+            }
+        )
     draft.load_state_dict(state, strict=False)
     draft.tie_weights()
     draft.get_input_embeddings().requires_grad_(False)
@@ -91,8 +96,10 @@ def _assemble(overlay: Path, record: dict, out: Path, target_dir: Path) -> None:
     missing, unexpected = draft.load_state_dict(tensors, strict=False)
     trained = {name for name, _ in draft.named_parameters() if "embed_tokens" not in name and "lm_head" not in name}
     if unexpected or trained & set(missing):
-        raise ValueError(f"overlay {overlay} does not fit its target: missing {sorted(trained & set(missing))}, "
-                         f"unexpected {sorted(unexpected)}")
+        raise ValueError(
+            f"overlay {overlay} does not fit its target: missing {sorted(trained & set(missing))}, "
+            f"unexpected {sorted(unexpected)}"
+        )
     out.parent.mkdir(parents=True, exist_ok=True)
     with tempfile.TemporaryDirectory(dir=out.parent) as tmp:
         staging = Path(tmp) / out.name

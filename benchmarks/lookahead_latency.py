@@ -24,12 +24,12 @@ from pathlib import Path
 os.environ.setdefault("HF_HUB_OFFLINE", "1")
 os.environ.setdefault("OMP_NUM_THREADS", "1")
 
-import grpc  # noqa: E402
-import torch  # noqa: E402
+import grpc
+import torch
 
-from banditspec.model_paths import resolve_model_path  # noqa: E402
-from banditspec.models import load_causal_lm  # noqa: E402
-from banditspec.v1 import draft_pb2, draft_pb2_grpc  # noqa: E402
+from banditspec.model_paths import resolve_model_path
+from banditspec.models import load_causal_lm
+from banditspec.v1 import draft_pb2, draft_pb2_grpc
 
 ROOT = Path(__file__).resolve().parent
 VARIANTS = {  # name: (spec, baseline name)
@@ -49,7 +49,7 @@ def greedy_references(count: int, max_new_tokens: int) -> list[tuple[list[int], 
         ids = target.tokenizer(prompt["text"])["input_ids"]
         with torch.inference_mode():
             out = target.model.generate(torch.tensor([ids]), max_new_tokens=max_new_tokens, do_sample=False)
-        references.append((ids, out[0, len(ids):].tolist()))
+        references.append((ids, out[0, len(ids) :].tolist()))
     return references
 
 
@@ -57,9 +57,23 @@ def start_service() -> tuple[subprocess.Popen, str]:
     ready = Path(tempfile.mkdtemp()) / "ready"
     names = [f"--drafter={name.replace('^', 'a')}={spec}" for name, (spec, _) in VARIANTS.items()]
     process = subprocess.Popen(
-        [sys.executable, "-m", "banditspec.cli", "serve-draft", "--port", "0", "--ready-file", str(ready),
-         "--device", "cpu", "--dtype", "float32", *names],
-        stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL,
+        [
+            sys.executable,
+            "-m",
+            "banditspec.cli",
+            "serve-draft",
+            "--port",
+            "0",
+            "--ready-file",
+            str(ready),
+            "--device",
+            "cpu",
+            "--dtype",
+            "float32",
+            *names,
+        ],
+        stdout=subprocess.DEVNULL,
+        stderr=subprocess.DEVNULL,
     )
     deadline = time.monotonic() + 300
     while not (ready.exists() and ready.read_text().strip()):
@@ -75,14 +89,23 @@ def busy_wait(seconds: float) -> None:
         pass
 
 
-def replay(stub, drafter: str, ids: list[int], out: list[int], gamma: int, verify_seconds: float) -> list[tuple[float, float]]:
+def replay(
+    stub, drafter: str, ids: list[int], out: list[int], gamma: int, verify_seconds: float
+) -> list[tuple[float, float]]:
     """(round trip, compute) seconds of each proposal of one passage."""
     session, held, new, position, timings = uuid.uuid4().hex, 0, list(ids), 0, []
     while position < len(out) - 1:
         start = time.perf_counter()
-        response = stub.Propose(draft_pb2.ProposeRequest(
-            session_id=session, drafter=drafter, num_tokens=gamma, context_length=held, new_context_ids=new,
-        ), timeout=30)
+        response = stub.Propose(
+            draft_pb2.ProposeRequest(
+                session_id=session,
+                drafter=drafter,
+                num_tokens=gamma,
+                context_length=held,
+                new_context_ids=new,
+            ),
+            timeout=30,
+        )
         timings.append((time.perf_counter() - start, response.compute_seconds))
         held = response.context_length
         busy_wait(verify_seconds)
@@ -115,12 +138,17 @@ def main() -> None:
             for ids, out in references:
                 for name in VARIANTS:
                     timings[name] += replay(stub, name.replace("^", "a"), ids, out, args.gamma, args.verify_ms / 1e3)
-            hits = {d.name: d.lookahead_hits for d in stub.ListDrafters(draft_pb2.ListDraftersRequest(), timeout=30).drafters}
+            hits = {
+                d.name: d.lookahead_hits
+                for d in stub.ListDrafters(draft_pb2.ListDraftersRequest(), timeout=30).drafters
+            }
     finally:
         process.terminate()
         process.wait()
     print(f"{len(references)} passages, γ={args.gamma}, verification emulated as {args.verify_ms} ms of busy CPU")
-    print(f"{'drafter':8s} {'proposals':>9s} {'round trip ms':>13s} {'compute ms':>10s} {'hits':>6s} {'÷ baseline':>10s}")
+    print(
+        f"{'drafter':8s} {'proposals':>9s} {'round trip ms':>13s} {'compute ms':>10s} {'hits':>6s} {'÷ baseline':>10s}"
+    )
     for name, (_, baseline) in VARIANTS.items():
         rows = timings[name]
         trip = sum(t for t, _ in rows) / len(rows)

@@ -16,7 +16,6 @@ from __future__ import annotations
 import argparse
 import json
 import os
-import statistics
 import sys
 import time
 from collections import defaultdict
@@ -25,13 +24,13 @@ from pathlib import Path
 os.environ.setdefault("HF_HUB_OFFLINE", "1")
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
-from banditspec.bench.config import BENCHMARKS_DIR  # noqa: E402
-from banditspec.bench.workload import load_prompts, render_prompts  # noqa: E402
-from banditspec.sampling import SamplingParams  # noqa: E402
-from banditspec.verify_lengths import effective_forward_seconds, padded_lengths  # noqa: E402
-from services.draft.drafters.base import DraftSession  # noqa: E402
-from services.draft.server import build_drafter  # noqa: E402
-from services.draft.specs import DrafterSpec  # noqa: E402
+from banditspec.bench.config import BENCHMARKS_DIR
+from banditspec.bench.workload import load_prompts, render_prompts
+from banditspec.sampling import SamplingParams
+from banditspec.verify_lengths import effective_forward_seconds, padded_lengths
+from services.draft.drafters.base import DraftSession
+from services.draft.server import build_drafter
+from services.draft.specs import DrafterSpec
 
 
 def hf_prompt_lookup(context: list[int], num_tokens: int = 5, max_ngram: int = 2) -> list[int]:
@@ -44,10 +43,12 @@ def hf_prompt_lookup(context: list[int], num_tokens: int = 5, max_ngram: int = 2
     return []
 
 
-def record_answers(model_arg, prompts, dtype: str, max_new_tokens: int, refs: Path, measure: bool) -> tuple[dict, list[float]]:
+def record_answers(
+    model_arg, prompts, dtype: str, max_new_tokens: int, refs: Path, measure: bool
+) -> tuple[dict, list[float]]:
+    from banditspec.bench.methods import hf_call
     from banditspec.model_paths import resolve_model_path
     from banditspec.models import load_causal_lm
-    from banditspec.bench.methods import hf_call
 
     loaded = load_causal_lm(resolve_model_path(model_arg), dtype=dtype)
     render_prompts(prompts, loaded.tokenizer)
@@ -106,8 +107,11 @@ def main() -> None:
     stack_costs = effective_forward_seconds(costs, padded_lengths(costs)) if args.pad else costs
     print("forward ms by tokens:", " ".join(f"{1e3 * c:.0f}" for c in costs[:10]))
 
-    methods = {"hf-plain": (lambda ctx: [], 0.0, costs), "hf-pld": (hf_prompt_lookup, 0.0, costs),
-               "target-only": (lambda ctx: [], args.overhead_ms / 1e3, stack_costs)}
+    methods = {
+        "hf-plain": (lambda ctx: [], 0.0, costs),
+        "hf-pld": (hf_prompt_lookup, 0.0, costs),
+        "target-only": (lambda ctx: [], args.overhead_ms / 1e3, stack_costs),
+    }
     for text in args.drafter:
         spec_text, _, gamma = text.rpartition("@") if "@" in text.split("=", 1)[1].split(":")[-1] else (text, "", "6")
         drafter = build_drafter(DrafterSpec.parse(spec_text), "cpu", args.dtype)
@@ -121,19 +125,30 @@ def main() -> None:
             s, r, d, a = replay(propose, p.ids, answers[p.id], step_costs, overhead)
             for key in (p.kind, "all"):
                 t = totals[name][key]
-                t[0] += s; t[1] += len(answers[p.id]); t[2] += r; t[3] += d; t[4] += a
-    kinds = ["all"] + sorted({p.kind for p in prompts})
+                t[0] += s
+                t[1] += len(answers[p.id])
+                t[2] += r
+                t[3] += d
+                t[4] += a
+    kinds = ["all", *sorted({p.kind for p in prompts})]
     print(f"{'method':36}" + "".join(f"{k[:11]:>12}" for k in kinds))
     base = totals["hf-pld"]
     for name in methods:
-        row = "".join(f"{totals[name][k][1] / totals[name][k][0]:7.1f} {totals[name][k][1] / totals[name][k][0] / (base[k][1] / base[k][0]):.2f}"[:12].rjust(12) for k in kinds)
+        row = "".join(
+            f"{totals[name][k][1] / totals[name][k][0]:7.1f} {totals[name][k][1] / totals[name][k][0] / (base[k][1] / base[k][0]):.2f}"[
+                :12
+            ].rjust(12)
+            for k in kinds
+        )
         t = totals[name]["all"]
         print(f"{name[:36]:36}{row}   acc {t[4] / max(1, t[3]):.2f} tok/round {t[1] / t[2]:.2f}")
     print("\nper-token acceptance (accepted ÷ drafted) per kind")
     print(f"{'method':36}" + "".join(f"{k[:11]:>12}" for k in kinds))
     for name in methods:
         if any(totals[name][k][3] for k in kinds):
-            print(f"{name[:36]:36}" + "".join(f"{totals[name][k][4] / max(1, totals[name][k][3]):12.2f}" for k in kinds))
+            print(
+                f"{name[:36]:36}" + "".join(f"{totals[name][k][4] / max(1, totals[name][k][3]):12.2f}" for k in kinds)
+            )
 
 
 def _proposer(drafter, gamma: int):
@@ -144,7 +159,7 @@ def _proposer(drafter, gamma: int):
         if session is None:
             session = sessions["s"] = DraftSession(list(context), SamplingParams(), 0, prompt_length=len(context))
         else:
-            session.context.extend(context[len(session.context):])
+            session.context.extend(context[len(session.context) :])
         return drafter.propose(session, gamma).token_ids
 
     propose.reset = sessions.clear

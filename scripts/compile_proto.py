@@ -40,7 +40,11 @@ def main() -> int:
         generated = generate(Path(tmp))
         committed = sorted(p.relative_to(ROOT) for p in (ROOT / PACKAGE).glob("*_pb2*"))
         if args.check:
-            stale = [str(p) for p in generated if not (ROOT / p).exists() or not filecmp.cmp(Path(tmp) / p, ROOT / p, shallow=False)]
+            stale = [
+                str(p)
+                for p in generated
+                if not (ROOT / p).exists() or not filecmp.cmp(Path(tmp) / p, ROOT / p, shallow=False)
+            ]
             stale += [str(p) for p in committed if p not in generated]
             if stale:
                 print("stale gRPC stubs, run scripts/compile_proto.py:", *stale, sep="\n  ")

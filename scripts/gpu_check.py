@@ -21,7 +21,7 @@ from pathlib import Path
 
 import grpc
 import torch
-from transformers import AutoModelForCausalLM, AutoTokenizer, LlamaConfig
+from transformers import AutoModelForCausalLM, AutoTokenizer, LlamaConfig, PreTrainedModel
 
 from banditspec.cli.launcher import LocalStack
 from banditspec.v1 import generation_pb2 as gen
@@ -49,6 +49,11 @@ def build_model(tokenizer_dir: Path, out: Path, layers: int | None = None) -> Pa
 def sync(device: str) -> None:
     if device == "cuda":
         torch.cuda.synchronize()
+
+
+def greedy(model: PreTrainedModel, ids: list[int], device: str, max_new_tokens: int) -> torch.Tensor:
+    """transformers' own greedy generate(): the reference the stack's output must match."""
+    return model.generate(torch.tensor([ids], device=device), max_new_tokens=max_new_tokens, do_sample=False)
 
 
 def stream(stub, request):
@@ -99,18 +104,17 @@ def main() -> None:
             section: dict = {"arms": arms, "prompts": []}
             for ids in prompts:
                 row: dict = {}
-                generate = lambda: model.generate(  # noqa: E731
-                    torch.tensor([ids], device=device), max_new_tokens=args.max_new_tokens, do_sample=False
-                )
-                generate()
+                greedy(model, ids, device, args.max_new_tokens)  # warm-up
                 sync(device)
                 start = time.perf_counter()
-                expected = generate()[0, len(ids) :].tolist()
+                expected = greedy(model, ids, device, args.max_new_tokens)[0, len(ids) :].tolist()
                 sync(device)
                 row["generate_tok_s"] = len(expected) / (time.perf_counter() - start)
-                for label, kw in [("target-only", dict(policy=gen.POLICY_FIXED, allowed_arms=["target-only"]))] + [
-                    (arm, dict(policy=gen.POLICY_FIXED, allowed_arms=[arm])) for arm in arms if arm != "target-only"
-                ] + [("ucbspec", dict(policy=gen.POLICY_UCBSPEC))]:
+                for label, kw in (
+                    [("target-only", dict(policy=gen.POLICY_FIXED, allowed_arms=["target-only"]))]
+                    + [(arm, dict(policy=gen.POLICY_FIXED, allowed_arms=[arm])) for arm in arms if arm != "target-only"]
+                    + [("ucbspec", dict(policy=gen.POLICY_UCBSPEC))]
+                ):
                     stream(stub, request(ids, 8, **kw))  # warm-up
                     rounds, final = stream(stub, request(ids, args.max_new_tokens, **kw))
                     overheads = [r.wall_seconds - r.service_seconds for r in rounds]
@@ -121,7 +125,9 @@ def main() -> None:
                         "overhead_median_ms": 1e3 * statistics.median(overheads),
                     }
                 section["prompts"].append(row)
-            sampled = dict(temperature=0.8, top_p=0.95, seed=1234, policy=gen.POLICY_FIXED, allowed_arms=["local/small/4"])
+            sampled = dict(
+                temperature=0.8, top_p=0.95, seed=1234, policy=gen.POLICY_FIXED, allowed_arms=["local/small/4"]
+            )
             first = stub.Generate(request(prompts[0], 48, **sampled), timeout=120)
             second = stub.Generate(request(prompts[0], 48, **sampled), timeout=120)
             section["sampled_reproducible"] = list(first.token_ids) == list(second.token_ids)

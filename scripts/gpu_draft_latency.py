@@ -50,8 +50,19 @@ def through_service(label: str, switch_interval: float | None) -> None:
     if switch_interval:
         code += f"sys.setswitchinterval({switch_interval})\n"
     code += "from banditspec.cli import main\nmain()\n"
-    args = ["serve-draft", "--drafter", f"dm=model:{PATH}", "--device", DEVICE, "--dtype", DTYPE, "--port", "0",
-            "--ready-file", str(ready)]
+    args = [
+        "serve-draft",
+        "--drafter",
+        f"dm=model:{PATH}",
+        "--device",
+        DEVICE,
+        "--dtype",
+        DTYPE,
+        "--port",
+        "0",
+        "--ready-file",
+        str(ready),
+    ]
     proc = subprocess.Popen([sys.executable, "-c", code, *args], stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
     try:
         for _ in range(600):
@@ -65,8 +76,14 @@ def through_service(label: str, switch_interval: float | None) -> None:
             walls, computes = [], []
             for i in range(ROUNDS + 1):
                 request = draft_pb2.ProposeRequest(
-                    session_id="s", drafter="dm", num_tokens=4, context_length=held, new_context_ids=context[held:],
-                    sampling=common_pb2.SamplingParams(), seed=0)
+                    session_id="s",
+                    drafter="dm",
+                    num_tokens=4,
+                    context_length=held,
+                    new_context_ids=context[held:],
+                    sampling=common_pb2.SamplingParams(),
+                    seed=0,
+                )
                 start = time.perf_counter()
                 response = stub.Propose(request, timeout=60)
                 if i:
@@ -74,7 +91,10 @@ def through_service(label: str, switch_interval: float | None) -> None:
                     computes.append(response.compute_seconds)
                 held = len(context)
                 context.extend(list(response.draft_ids[:2]) or [7])
-        print(f"{label:40s} {1e3 * sum(walls) / ROUNDS:7.2f} ms wall, {1e3 * sum(computes) / ROUNDS:7.2f} ms compute", flush=True)
+        print(
+            f"{label:40s} {1e3 * sum(walls) / ROUNDS:7.2f} ms wall, {1e3 * sum(computes) / ROUNDS:7.2f} ms compute",
+            flush=True,
+        )
     finally:
         proc.terminate()
         proc.wait(timeout=30)
@@ -82,7 +102,9 @@ def through_service(label: str, switch_interval: float | None) -> None:
 
 if __name__ == "__main__":
     os.environ.setdefault("HF_HUB_OFFLINE", "1")
-    print(f"device {DEVICE} ({torch.cuda.get_device_name() if DEVICE == 'cuda' else 'cpu'}), switch interval {sys.getswitchinterval()}")
+    print(
+        f"device {DEVICE} ({torch.cuda.get_device_name() if DEVICE == 'cuda' else 'cpu'}), switch interval {sys.getswitchinterval()}"
+    )
     in_process("in-process, main thread", lambda fn: fn())
     pool = ThreadPoolExecutor(max_workers=1)
     in_process("in-process, worker thread", lambda fn: pool.submit(fn).result())

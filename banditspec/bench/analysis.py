@@ -113,6 +113,7 @@ def summary(ms: list[Measurement], oracle_by_prompt: dict[str, Measurement]) -> 
 
 def best_fixed(per_method: dict, per_kind: dict) -> dict:
     """The fixed arm with the highest aggregate tokens/s: over the workload ("all") and within each kind."""
+
     def best(scope: dict) -> str | None:
         fixed = [m for m in scope if is_fixed(m)]
         return max(fixed, key=lambda m: scope[m]["tokens_per_second"]) if fixed else None

@@ -11,8 +11,8 @@ from pathlib import Path
 os.environ.setdefault("HF_HUB_OFFLINE", "1")
 os.environ.setdefault("TRANSFORMERS_NO_ADVISORY_WARNINGS", "1")
 
-from banditspec.bench import __doc__ as BENCH_DOC  # noqa: E402
-from banditspec.bench.config import FAMILIES, FULL, REDUCED, BenchConfig  # noqa: E402
+from banditspec.bench import __doc__ as BENCH_DOC
+from banditspec.bench.config import FAMILIES, FULL, REDUCED, BenchConfig
 
 
 def parse_args(argv: list[str] | None = None) -> BenchConfig:
@@ -25,9 +25,12 @@ def parse_args(argv: list[str] | None = None) -> BenchConfig:
         "assisted baseline pydocs:draft-m.",
     )
     parser.add_argument("--family", choices=sorted(FAMILIES), default="default")
-    parser.add_argument("--reduced", action="store_true",
-                        help=f"smoke run: {REDUCED['limit']} prompt per kind, {REDUCED['max_new_tokens']} new tokens, "
-                        "float32 (explicit flags still win)")  # fmt: skip
+    parser.add_argument(
+        "--reduced",
+        action="store_true",
+        help=f"smoke run: {REDUCED['limit']} prompt per kind, {REDUCED['max_new_tokens']} new tokens, "
+        "float32 (explicit flags still win)",
+    )
     parser.add_argument("--out", help="output directory (default results/bench-FAMILY)")
     parser.add_argument("--dtypes", help=f"comma-separated (default {','.join(FULL['dtypes'])})")
     parser.add_argument("--max-new-tokens", type=int, help=f"default {FULL['max_new_tokens']}")
@@ -39,8 +42,11 @@ def parse_args(argv: list[str] | None = None) -> BenchConfig:
     parser.add_argument("--assistant", help="draft model of the assisted generate() baseline (default: the family's)")
     parser.add_argument("--prompts", help="workload file instead of the family's")
     parser.add_argument("--device", default="auto", help="auto | cpu | cuda (the baselines and the services)")
-    parser.add_argument("--threads", type=int, help="torch threads of the baselines and of each service "
-                        "(default: torch's; --reduced: 1)")  # fmt: skip
+    parser.add_argument(
+        "--threads",
+        type=int,
+        help="torch threads of the baselines and of each service (default: torch's; --reduced: 1)",
+    )
     parser.add_argument("--seed", type=int, default=0, help="request seed of prompt 0; prompt i gets SEED + i")
     parser.add_argument("--timeout", type=float, default=600.0, help="seconds per Generate RPC")
     parser.add_argument("--log-dir", help="service logs under DIR/DTYPE/ (default OUT/logs)")
@@ -116,10 +122,12 @@ def main(argv: list[str] | None = None) -> int:
     except (OSError, ValueError) as error:
         log(f"error: {error}")
         return 2
-    log(f"{config.family}: {len(prompts)} prompts, {config.max_new_tokens} new tokens, "
+    log(
+        f"{config.family}: {len(prompts)} prompts, {config.max_new_tokens} new tokens, "
         f"dtypes {', '.join(config.dtypes)}, {config.repeats} repeat(s), device {config.device}, "
         f"{config.threads or 'default'} thread(s); "
-        f"service logs in {config.log_dir}")  # fmt: skip
+        f"service logs in {config.log_dir}"
+    )
     results, plots = [], {}
     for dtype in config.dtypes:
         result = analyse(run_dtype(config, dtype, prompts, log))
@@ -130,8 +138,10 @@ def main(argv: list[str] | None = None) -> int:
     document["elapsed_seconds"] = time.perf_counter() - start
     json_path, md_path = write_reports(document, config.out)
     print(md_path.read_text())
-    log(f"wrote {json_path}, {md_path} and {sum(len(p) for p in plots.values())} plots "
-        f"in {document['elapsed_seconds']:.0f} s")  # fmt: skip
+    log(
+        f"wrote {json_path}, {md_path} and {sum(len(p) for p in plots.values())} plots "
+        f"in {document['elapsed_seconds']:.0f} s"
+    )
     if bad:
         log(f"FAILED: {len(bad)} float32 stack mismatch(es) or stream inconsistencies")
         return 1

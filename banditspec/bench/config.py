@@ -19,7 +19,9 @@ class Family:
 
 FAMILIES = {
     # pldf: prompt lookup that always drafts γ, as transformers' does: it wins on copy-heavy answers
-    "default": Family("default", BENCHMARKS_DIR / "prompts.json", ("pld=prompt_lookup", "pldf=prompt_lookup:fixed", SUFFIX)),
+    "default": Family(
+        "default", BENCHMARKS_DIR / "prompts.json", ("pld=prompt_lookup", "pldf=prompt_lookup:fixed", SUFFIX)
+    ),
     "pydocs": Family(
         "pydocs",
         BENCHMARKS_DIR / "pydocs_passages.json",

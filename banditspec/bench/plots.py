@@ -7,13 +7,21 @@ from pathlib import Path
 import matplotlib
 
 matplotlib.use("Agg")  # files only: no display on servers and in CI
-import matplotlib.pyplot as plt  # noqa: E402
-from matplotlib.ticker import MaxNLocator  # noqa: E402
+import matplotlib.pyplot as plt
+from matplotlib.ticker import MaxNLocator
 
-from banditspec.bench.methods import ADAPTIVE, ASSISTED, ORACLE, PLAIN, PLD  # noqa: E402
+from banditspec.bench.methods import ADAPTIVE, ASSISTED, ORACLE, PLAIN, PLD
 
-COLOURS = {PLAIN: "#1f4e79", PLD: "#2e86c1", ASSISTED: "#85c1e9", ORACLE: "black",
-           "ucbspec": "tab:red", "ucbspec-cf": "tab:green", "exp3spec": "tab:orange", "uniform": "tab:purple"}  # fmt: skip
+COLOURS = {
+    PLAIN: "#1f4e79",
+    PLD: "#2e86c1",
+    ASSISTED: "#85c1e9",
+    ORACLE: "black",
+    "ucbspec": "tab:red",
+    "ucbspec-cf": "tab:green",
+    "exp3spec": "tab:orange",
+    "uniform": "tab:purple",
+}
 
 
 def write_plots(result: dict, out: Path) -> dict[str, Path]:
@@ -41,8 +49,15 @@ def plot_throughput(result: dict, path: Path) -> None:
     for i, method in enumerate(methods):
         colour = COLOURS.get(method) or fixed_colours(0.25 + 0.6 * fixed.index(method) / max(1, len(fixed) - 1))
         heights = [values[s].get(method, {}).get("tokens_per_second", 0.0) for s in scopes]
-        ax.bar([j + (i - (len(methods) - 1) / 2) * width for j in range(len(scopes))], heights, width,
-               label=method, color=colour, edgecolor="white", linewidth=0.3)  # fmt: skip
+        ax.bar(
+            [j + (i - (len(methods) - 1) / 2) * width for j in range(len(scopes))],
+            heights,
+            width,
+            label=method,
+            color=colour,
+            edgecolor="white",
+            linewidth=0.3,
+        )
     ax.set_xticks(range(len(scopes)), scopes)
     ax.set_ylabel("tokens/s (total tokens / total seconds)")
     ax.set_title(f"Throughput per method and prompt kind ({result['dtype']})")
@@ -68,9 +83,15 @@ def plot_arm_shares(result: dict, path: Path) -> None:
     policies = [p for p in ADAPTIVE if p in result["arm_shares"]]
     arms = list(dict.fromkeys(a for p in policies for a in result["arm_shares"][p]["shares"]))
     colours = plt.get_cmap("tab20")
-    fig, axes = plt.subplots(1, max(1, len(policies)), figsize=(5 * max(1, len(policies)) + 2, 4.5), sharey=True,
-                             squeeze=False, layout="constrained")  # fmt: skip
-    for ax, policy in zip(axes[0], policies):
+    fig, axes = plt.subplots(
+        1,
+        max(1, len(policies)),
+        figsize=(5 * max(1, len(policies)) + 2, 4.5),
+        sharey=True,
+        squeeze=False,
+        layout="constrained",
+    )
+    for ax, policy in zip(axes[0], policies, strict=False):
         data = result["arm_shares"][policy]
         # step="post" draws each bucket as a flat band: add the end of the last bucket.
         starts = data["bucket_starts"]

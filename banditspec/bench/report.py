@@ -62,17 +62,24 @@ def dtype_section(r: dict, plots: dict) -> list[str]:
     methods, kinds = r["methods"], r["kinds"]
     stack = [m for m in methods if r["per_method"][m]["rounds"] is not None]
     lines = ["", f"## {r['dtype']}", "", "### Tokens/s", ""]
-    lines += table(["method", "all", *kinds], [
-        [f"`{m}`", _num(r["per_method"][m]["tokens_per_second"]),
-         *(_num(r["per_kind"][k].get(m, {}).get("tokens_per_second")) for k in kinds)]
-        for m in methods
-    ])  # fmt: skip
+    lines += table(
+        ["method", "all", *kinds],
+        [
+            [
+                f"`{m}`",
+                _num(r["per_method"][m]["tokens_per_second"]),
+                *(_num(r["per_kind"][k].get(m, {}).get("tokens_per_second")) for k in kinds),
+            ]
+            for m in methods
+        ],
+    )
     best = r["best_fixed"]
     picks = Counter(r["oracle_arms"].values())
     lines += [
         "",
         f"Best fixed arm over the workload: `{best['all']}`; per kind: "
-        + ", ".join(f"{k} `{best[k]}`" for k in kinds) + ".",
+        + ", ".join(f"{k} `{best[k]}`" for k in kinds)
+        + ".",
         "Oracle picks: " + ", ".join(f"`{arm}` ×{n}" for arm, n in picks.most_common()) + ".",
         "",
         "### Ratios (tokens/s ÷ tokens/s)",
@@ -80,22 +87,33 @@ def dtype_section(r: dict, plots: dict) -> list[str]:
         "Per kind, the best fixed arm is the best one for that kind.",
         "",
     ]
-    lines += table(["ratio", "all", *kinds], [
-        [f"{policy} ÷ {BASELINE_NAMES.get(base, base)}", *(_ratio(v.get(scope)) for scope in ["all", *kinds])]
-        for policy, bases in r["ratios"].items() for base, v in bases.items()
-    ])  # fmt: skip
+    lines += table(
+        ["ratio", "all", *kinds],
+        [
+            [f"{policy} ÷ {BASELINE_NAMES.get(base, base)}", *(_ratio(v.get(scope)) for scope in ["all", *kinds])]
+            for policy, bases in r["ratios"].items()
+            for base, v in bases.items()
+        ],
+    )
     lines += ["", "### Rounds, acceptance and regret", ""]
     lines += table(
-        ["method", "rounds", "tokens/round", "accepted/round", "acceptance", "rounds regret (sum, mean)",
-         "time regret s (sum, mean)"],
+        [
+            "method",
+            "rounds",
+            "tokens/round",
+            "accepted/round",
+            "acceptance",
+            "rounds regret (sum, mean)",
+            "time regret s (sum, mean)",
+        ],
         [regret_row(m, r["per_method"][m]) for m in methods],
-    )  # fmt: skip
+    )
     lines += ["", "### Acceptance per kind (accepted ÷ drafted tokens, accepted tokens per round)", ""]
-    lines += table(["method", *kinds], [
-        [f"`{m}`", *(_acceptance(r["per_kind"][k].get(m)) for k in kinds)] for m in stack
-    ])  # fmt: skip
+    lines += table(
+        ["method", *kinds], [[f"`{m}`", *(_acceptance(r["per_kind"][k].get(m)) for k in kinds)] for m in stack]
+    )
     lines += arm_pulls(r)
-    lines += ["", "### Correctness and overhead", ""] + correctness(r)
+    lines += ["", "### Correctness and overhead", "", *correctness(r)]
     if plots:
         lines += ["", "### Plots", ""] + [f"![{name}]({file})" for name, file in plots.items()]
     return lines
@@ -107,8 +125,15 @@ def regret_row(method: str, s: dict) -> list[str]:
     time_regret = "–"
     if s["time_regret_seconds"] is not None:
         time_regret = f"{s['time_regret_seconds']:+.2f} ({s['time_regret_mean_seconds']:+.3f})"
-    return [f"`{method}`", rounds, _num(s["tokens_per_round"], 2), _num(s["accepted_per_round"], 2),
-            _num(s["acceptance"], 2), rounds_regret, time_regret]  # fmt: skip
+    return [
+        f"`{method}`",
+        rounds,
+        _num(s["tokens_per_round"], 2),
+        _num(s["accepted_per_round"], 2),
+        _num(s["acceptance"], 2),
+        rounds_regret,
+        time_regret,
+    ]
 
 
 def arm_pulls(r: dict) -> list[str]:
@@ -131,16 +156,21 @@ def correctness(r: dict) -> list[str]:
     if not r["mismatches"]:
         lines.append(f"- every output equals `{PLAIN}`'s token for token.")
     for m in r["mismatches"]:
-        lines.append(f"- MISMATCH `{m['prompt']}` `{m['method']}` (repeat {m['repeat']}): first difference at token "
-                     f"{m['first_difference']}, {m['tokens']} tokens vs {m['reference_tokens']}")  # fmt: skip
+        lines.append(
+            f"- MISMATCH `{m['prompt']}` `{m['method']}` (repeat {m['repeat']}): first difference at token "
+            f"{m['first_difference']}, {m['tokens']} tokens vs {m['reference_tokens']}"
+        )
     if stack_bad and r["dtype"] != "float32":
-        lines.append(f"- {len(stack_bad)} stack mismatch(es) in {r['dtype']}: reported only "
-                     "(rounding differs by batch shape).")  # fmt: skip
+        lines.append(
+            f"- {len(stack_bad)} stack mismatch(es) in {r['dtype']}: reported only (rounding differs by batch shape)."
+        )
     lines += [f"- PROBLEM `{p['prompt']}` `{p['method']}`: {p['problem']}" for p in r["problems"]]
     overall = r["controller_overhead"]["all_stack_rounds"]
     if overall["median_ms"] is not None:
-        lines.append(f"- controller overhead per round (round wall − service compute): "
-                     f"median {overall['median_ms']:.2f} ms over {overall['rounds']} rounds.")  # fmt: skip
+        lines.append(
+            f"- controller overhead per round (round wall − service compute): "
+            f"median {overall['median_ms']:.2f} ms over {overall['rounds']} rounds."
+        )
     return lines
 
 

@@ -21,8 +21,8 @@ from banditspec.bench.methods import (
     stack_methods,
 )
 from banditspec.bench.workload import Prompt
-from banditspec.model_paths import resolve_model_path
 from banditspec.cli.launcher import LocalStack
+from banditspec.model_paths import resolve_model_path
 from banditspec.tokens import common_prefix_length
 from banditspec.v1 import generation_pb2_grpc
 

@@ -22,9 +22,9 @@ import numpy as np
 import torch
 from transformers import AutoModelForCausalLM, AutoTokenizer, LlamaConfig, LlamaForCausalLM
 
+from banditspec.models import vocab_fingerprint
 from banditspec.overlays import OVERLAY_JSON, draft_from_target_layers
 from banditspec.training.overlay_build import save_overlay
-from banditspec.models import vocab_fingerprint
 from banditspec.training.pydocs import corpus
 from banditspec.training.pydocs.train import TrainConfig, held_out_windows, train
 
@@ -60,12 +60,14 @@ def token_stream(tokenizer, texts: list[str]) -> np.ndarray:
     eos = tokenizer.eos_token_id if tokenizer.eos_token_id is not None else 0
     ids = tokenizer(texts, add_special_tokens=False)["input_ids"]
     dtype = np.uint16 if len(tokenizer) <= 65535 else np.int32
-    return np.concatenate([np.array(doc + [eos], dtype=dtype) for doc in ids])
+    return np.concatenate([np.array([*doc, eos], dtype=dtype) for doc in ids])
 
 
 def main(argv: list[str] | None = None) -> None:
     parser = argparse.ArgumentParser(prog="banditspec distill", description=__doc__.splitlines()[0])
-    parser.add_argument("--target", default="default", help="target model directory, or 'default' (SmolLM2-135M-Instruct)")
+    parser.add_argument(
+        "--target", default="default", help="target model directory, or 'default' (SmolLM2-135M-Instruct)"
+    )
     parser.add_argument("--out", type=Path, required=True)
     parser.add_argument("--text", nargs="*", default=[], help="training text files (default: the pydocs corpus)")
     parser.add_argument("--cache-dir", type=Path, default=Path.home() / ".cache/banditspec/downloads")
@@ -73,9 +75,15 @@ def main(argv: list[str] | None = None) -> None:
     parser.add_argument("--layers", type=int, default=2)
     parser.add_argument("--heads", type=int, default=4)
     parser.add_argument("--intermediate", type=int, default=704)
-    parser.add_argument("--init-layers", default="", help="comma-separated target layer indices: a draft of the "
-                        "target's own layers, frozen embedding, saved as an overlay (ignores --hidden/--layers/...)")
-    parser.add_argument("--cpu-bf16", action="store_true", help="bfloat16 autocast on CPU as well (CUDA always uses it)")
+    parser.add_argument(
+        "--init-layers",
+        default="",
+        help="comma-separated target layer indices: a draft of the "
+        "target's own layers, frozen embedding, saved as an overlay (ignores --hidden/--layers/...)",
+    )
+    parser.add_argument(
+        "--cpu-bf16", action="store_true", help="bfloat16 autocast on CPU as well (CUDA always uses it)"
+    )
     parser.add_argument("--steps", type=int, default=2000)
     parser.add_argument("--batch-size", type=int, default=8)
     parser.add_argument("--seq-len", type=int, default=256)
@@ -86,7 +94,11 @@ def main(argv: list[str] | None = None) -> None:
     parser.add_argument("--device", default="cuda" if torch.cuda.is_available() else "cpu")
     parser.add_argument("--seed", type=int, default=20250702)
     args = parser.parse_args(argv)
-    if args.out.exists() and any(args.out.iterdir()) and not any((args.out / f).exists() for f in ("config.json", OVERLAY_JSON)):
+    if (
+        args.out.exists()
+        and any(args.out.iterdir())
+        and not any((args.out / f).exists() for f in ("config.json", OVERLAY_JSON))
+    ):
         parser.error(f"{args.out} exists and is not a model directory; not overwriting it")
 
     from banditspec.model_paths import resolve_model_path
@@ -122,10 +134,18 @@ def main(argv: list[str] | None = None) -> None:
     else:
         draft = LlamaForCausalLM(draft_config(target.config, args.hidden, args.layers, args.heads, args.intermediate))
         project_embedding(target, draft)
-        architecture = {"hidden": args.hidden, "layers": args.layers, "heads": args.heads, "intermediate": args.intermediate}
-    print(f"target {target_dir.name}: {sum(p.numel() for p in target.parameters()) / 1e6:.1f}M; "
-          f"draft {sum(p.numel() for p in draft.parameters()) / 1e6:.2f}M parameters; "
-          f"{len(train_tokens)} training tokens", flush=True)
+        architecture = {
+            "hidden": args.hidden,
+            "layers": args.layers,
+            "heads": args.heads,
+            "intermediate": args.intermediate,
+        }
+    print(
+        f"target {target_dir.name}: {sum(p.numel() for p in target.parameters()) / 1e6:.1f}M; "
+        f"draft {sum(p.numel() for p in draft.parameters()) / 1e6:.2f}M parameters; "
+        f"{len(train_tokens)} training tokens",
+        flush=True,
+    )
     config = TrainConfig(
         args.steps,
         batch_size=args.batch_size,
@@ -136,13 +156,21 @@ def main(argv: list[str] | None = None) -> None:
         max_seconds=args.max_minutes * 60,
         seed=args.seed,
     )
-    report = train(draft, train_tokens, held, config, device, teacher=target, log=lambda line: print(line, flush=True),
-                   autocast_cpu=args.cpu_bf16)
+    report = train(
+        draft,
+        train_tokens,
+        held,
+        config,
+        device,
+        teacher=target,
+        log=lambda line: print(line, flush=True),
+        autocast_cpu=args.cpu_bf16,
+    )
     shutil.rmtree(args.out, ignore_errors=True)
     record = {
         "target": args.target if args.target == "default" else str(target_dir),
         "data": data,
-        "training_tokens": int(len(train_tokens)),
+        "training_tokens": len(train_tokens),
         "architecture": architecture,
         "recipe": {k: str(v) for k, v in vars(args).items()},
         "device": str(device),

@@ -16,8 +16,11 @@ def save_overlay(draft: torch.nn.Module, out: Path, record: dict) -> Path:
     from safetensors.torch import save_file
 
     shared = {id(draft.get_input_embeddings().weight), id(draft.get_output_embeddings().weight)}
-    tensors = {name: parameter.detach().to("cpu", torch.bfloat16).contiguous()
-               for name, parameter in draft.named_parameters() if id(parameter) not in shared}
+    tensors = {
+        name: parameter.detach().to("cpu", torch.bfloat16).contiguous()
+        for name, parameter in draft.named_parameters()
+        if id(parameter) not in shared
+    }
     out.mkdir(parents=True, exist_ok=True)
     save_file(tensors, str(out / OVERLAY_TENSORS))
     record = dict(record, sha256=hashlib.sha256((out / OVERLAY_TENSORS).read_bytes()).hexdigest())

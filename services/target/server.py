@@ -6,18 +6,17 @@ import asyncio
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
 
-import grpc
 import structlog
 import torch
 
 from banditspec import distributions
-from banditspec.model_paths import resolve_model_path
 from banditspec.errors import InvalidArgument, Unavailable, grpc_errors
+from banditspec.model_paths import resolve_model_path
 from banditspec.models import load_causal_lm
 from banditspec.sampling import SamplingParams
 from banditspec.serving import run_server
-from banditspec.verify_lengths import padded_lengths
 from banditspec.v1 import target_pb2, target_pb2_grpc
+from banditspec.verify_lengths import padded_lengths
 from services.target.engine import TargetEngine
 
 log = structlog.get_logger()

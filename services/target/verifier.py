@@ -26,7 +26,7 @@ def verify_greedy(target_logits: torch.Tensor, draft_ids: list[int]) -> Verdict:
     accepted = 0
     while accepted < len(draft_ids) and draft_ids[accepted] == best[accepted]:
         accepted += 1
-    return Verdict(accepted, draft_ids[:accepted] + [best[accepted]])
+    return Verdict(accepted, [*draft_ids[:accepted], best[accepted]])
 
 
 def verify_sampled(
@@ -63,4 +63,4 @@ def verify_sampled(
         # p == q leaves no residual mass; rejection then had probability 0, so p is a safe fallback.
         last = residual if float(residual.sum()) > 0 else p
     token = int(torch.multinomial(last / last.sum(), 1, generator=generator))
-    return Verdict(accepted, draft_ids[:accepted] + [token])
+    return Verdict(accepted, [*draft_ids[:accepted], token])

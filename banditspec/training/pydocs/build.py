@@ -25,7 +25,6 @@ import numpy as np
 import torch
 from transformers import AutoTokenizer, LlamaConfig, LlamaForCausalLM
 
-from banditspec.model_paths import PYDOCS_DIR  # the shipped artifacts
 from banditspec.training.pydocs import corpus
 from banditspec.training.pydocs.tokenizer import train_tokenizer
 from banditspec.training.pydocs.train import TrainConfig, held_out_windows, train
@@ -50,7 +49,7 @@ def prepare(data_dir: Path, cache_dir: Path) -> dict:
 
     def join(docs: list[corpus.Document]) -> np.ndarray:
         ids = tokenizer([d.text for d in docs], add_special_tokens=False)["input_ids"]
-        return np.concatenate([np.array(doc + [eos], dtype=np.uint16) for doc in ids])
+        return np.concatenate([np.array([*doc, eos], dtype=np.uint16) for doc in ids])
 
     train_tokens, held_tokens = join(train_docs), join(held_docs)
     np.save(data_dir / "train.npy", train_tokens)
@@ -62,8 +61,8 @@ def prepare(data_dir: Path, cache_dir: Path) -> dict:
         "split": f"held out: files whose sha256(path) % {corpus.HELD_OUT_EVERY} == 0",
         "train_files": len(train_docs),
         "held_out_files": [d.path for d in held_docs],
-        "train_tokens": int(len(train_tokens)),
-        "held_out_tokens": int(len(held_tokens)),
+        "train_tokens": len(train_tokens),
+        "held_out_tokens": len(held_tokens),
         "tokenizer": f"byte-level BPE, {len(tokenizer)} tokens, trained on the training files",
     }
     (data_dir / "data.json").write_text(json.dumps(description, indent=2))
@@ -110,7 +109,9 @@ def train_family(
         draft = LlamaForCausalLM(model_config(name, vocab, eos))
         print(f"{name}: {_params(draft) / 1e6:.2f}M parameters", flush=True)
         remaining = budget - (time.perf_counter() - started)
-        config = TrainConfig(draft_steps, learning_rate=2e-3, seed=SEED + 1 + index, max_seconds=remaining / (2 - index))
+        config = TrainConfig(
+            draft_steps, learning_rate=2e-3, seed=SEED + 1 + index, max_seconds=remaining / (2 - index)
+        )
         reports[name] = train(draft, train_tokens, held, config, device, teacher=target).as_dict()
         _save(draft, tokenizer, out_dir / name)
     return reports
@@ -134,7 +135,9 @@ def write_manifest(out_dir: Path, data: dict, reports: dict, recipe: dict) -> di
     }
     manifest = {
         "family": "pydocs",
-        "models": {name: {"architecture": ARCHITECTURES[name], "training": reports.get(name)} for name in ARCHITECTURES},
+        "models": {
+            name: {"architecture": ARCHITECTURES[name], "training": reports.get(name)} for name in ARCHITECTURES
+        },
         "data": data,
         "recipe": recipe,
         "sha256": files,
@@ -145,9 +148,9 @@ def write_manifest(out_dir: Path, data: dict, reports: dict, recipe: dict) -> di
 
 def build_corpus_datastore(tokenizer_path: str, out: Path, cache_dir: Path) -> str:
     """A retrieval datastore over the training split of the corpus, in a target's tokenizer."""
-    from banditspec.training.datastore_build import build_datastore
     from banditspec.model_paths import resolve_model_path
     from banditspec.models import load_tokenizer, vocab_fingerprint
+    from banditspec.training.datastore_build import build_datastore
 
     tokenizer = load_tokenizer(resolve_model_path(tokenizer_path))
     documents = [d for d in corpus.read_documents(corpus.fetch_deb(cache_dir)) if not d.held_out]

@@ -45,7 +45,11 @@ def fetch_deb(cache_dir: Path) -> Path:
     with tempfile.TemporaryDirectory() as tmp:
         try:
             subprocess.run(
-                ["apt-get", "download", f"{DEB_PACKAGE}={DEB_VERSION}"], cwd=tmp, check=True, capture_output=True, text=True
+                ["apt-get", "download", f"{DEB_PACKAGE}={DEB_VERSION}"],
+                cwd=tmp,
+                check=True,
+                capture_output=True,
+                text=True,
             )
         except (OSError, subprocess.CalledProcessError) as error:
             detail = getattr(error, "stderr", "") or str(error)

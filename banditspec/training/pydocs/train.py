@@ -56,7 +56,9 @@ def batches(tokens: np.ndarray, config: TrainConfig, generator: np.random.Genera
 def held_out_windows(tokens: np.ndarray, seq_len: int, count: int) -> torch.Tensor:
     """The first `count` non-overlapping windows: the same every evaluation."""
     count = min(count, len(tokens) // (seq_len + 1))
-    return torch.from_numpy(np.stack([tokens[i * (seq_len + 1) : (i + 1) * (seq_len + 1)] for i in range(count)]).astype(np.int64))
+    return torch.from_numpy(
+        np.stack([tokens[i * (seq_len + 1) : (i + 1) * (seq_len + 1)] for i in range(count)]).astype(np.int64)
+    )
 
 
 def train(
@@ -137,7 +139,10 @@ def _loss(model: torch.nn.Module, batch: torch.Tensor, teacher: torch.nn.Module 
 
 @torch.no_grad()
 def evaluate(
-    model: torch.nn.Module, held_out: torch.Tensor, device: torch.device, teacher: torch.nn.Module | None,
+    model: torch.nn.Module,
+    held_out: torch.Tensor,
+    device: torch.device,
+    teacher: torch.nn.Module | None,
     autocast_cpu: bool = False,
 ) -> tuple[float, float | None]:
     """Held-out loss and, for a draft, the share of positions where its argmax equals the target's."""
@@ -150,6 +155,10 @@ def evaluate(
             losses.append(_loss(model, chunk, teacher).item())
             if teacher is not None:
                 inputs = chunk[:, :-1]
-                agree += (model(input_ids=inputs).logits.argmax(-1) == teacher(input_ids=inputs).logits.argmax(-1)).sum().item()
+                agree += (
+                    (model(input_ids=inputs).logits.argmax(-1) == teacher(input_ids=inputs).logits.argmax(-1))
+                    .sum()
+                    .item()
+                )
                 total += inputs.numel()
     return float(np.mean(losses)), (agree / total if teacher is not None else None)
