@@ -148,7 +148,7 @@ def target_model(tiny_models):
 # the stack -------------------------------------------------------------------------------------
 
 # Tests name arms with two γ per drafter kind (the controller defaults to one).
-TWO_GAMMAS = ["--pld-gammas", "3,6", "--model-gammas", "2,4"]
+TWO_GAMMAS = ["--model-free-gammas", "3,6", "--model-gammas", "2,4"]
 CPU_ARGS = ["--device", "cpu", "--dtype", "float32"]
 
 

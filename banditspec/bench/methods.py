@@ -3,22 +3,19 @@
 from __future__ import annotations
 
 import time
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Callable
 
 import torch
 from transformers import AutoModelForCausalLM
 
+from banditspec.policy_names import POLICY_WIRE_VALUES
 from banditspec.v1 import generation_pb2
 
 PLAIN, PLD, ASSISTED, ORACLE = "hf-plain", "hf-pld", "hf-assisted", "oracle"
-ADAPTIVE = {
-    "ucbspec": generation_pb2.POLICY_UCBSPEC,
-    "ucbspec-cf": generation_pb2.POLICY_UCBSPEC_COUNTERFACTUAL,
-    "exp3spec": generation_pb2.POLICY_EXP3SPEC,
-    "uniform": generation_pb2.POLICY_UNIFORM,
-}
+# Every policy that chooses among arms; `fixed` is measured per arm instead.
+ADAPTIVE = {name: value for name, value in POLICY_WIRE_VALUES.items() if name != "fixed"}
 FIXED_PREFIX = "fixed:"
 PLD_NUM_TOKENS = 5
 
@@ -116,9 +113,7 @@ def response_stats(final: generation_pb2.GenerateResponse) -> dict:
         "controller_overhead_seconds": s.controller_overhead_seconds,
         "policy": s.policy,
         "finish_reason": generation_pb2.FinishReason.Name(final.finish_reason).removeprefix("FINISH_REASON_").lower(),
-        "arms": {
-            a.arm: {"pulls": a.pulls, "drafted": a.drafted_tokens, "accepted": a.accepted_tokens} for a in s.arms
-        },
+        "arms": {a.arm: {"pulls": a.pulls, "drafted": a.drafted_tokens, "accepted": a.accepted_tokens} for a in s.arms},
     }
 
 

@@ -10,6 +10,7 @@ import time
 from pathlib import Path
 
 from banditspec.cli.launcher import DEFAULT_DRAFTERS
+from banditspec.policy_names import DEFAULT_POLICY, POLICY_WIRE_VALUES
 from services.draft.specs import USAGE
 
 os.environ.setdefault("HF_HUB_OFFLINE", "1")
@@ -79,6 +80,13 @@ def _parse_drafts(values: list[str]) -> dict[str, str]:
     return drafts
 
 
+def _model_free_gammas(args: argparse.Namespace) -> str:
+    if args.pld_gammas is None:
+        return str(args.model_free_gammas)
+    print("banditspec: --pld-gammas is deprecated; use --model-free-gammas", file=sys.stderr)
+    return str(args.pld_gammas)
+
+
 def cmd_serve_controller(args: argparse.Namespace) -> None:
     from services.controller.server import ControllerConfig, serve
 
@@ -89,7 +97,7 @@ def cmd_serve_controller(args: argparse.Namespace) -> None:
                 drafts=_parse_drafts(args.draft or []),
                 tokenizer=args.tokenizer,
                 policy=args.policy,
-                pld_gammas=_ints(args.pld_gammas),
+                model_free_gammas=_ints(_model_free_gammas(args)),
                 model_gammas=_ints(args.model_gammas),
                 rpc_timeout=args.rpc_timeout,
                 refresh_seconds=args.refresh_seconds,
@@ -160,7 +168,6 @@ def _generate(args: argparse.Namespace) -> None:
     from google.protobuf import json_format
 
     from banditspec.v1 import generation_pb2, generation_pb2_grpc
-    from services.controller.requests import POLICY_NAMES
 
     request = generation_pb2.GenerateRequest(max_new_tokens=args.max_new_tokens, stop=args.stop or [])
     if args.chat:
@@ -176,7 +183,7 @@ def _generate(args: argparse.Namespace) -> None:
     if args.seed is not None:
         request.seed = args.seed
     if args.policy_override:
-        request.policy = {name: value for value, name in POLICY_NAMES.items()}[args.policy_override]
+        request.policy = POLICY_WIRE_VALUES[args.policy_override]
     request.allowed_arms.extend(args.arm or [])
     with grpc.insecure_channel(args.controller) as channel:
         stub = generation_pb2_grpc.GenerationServiceStub(channel)
@@ -324,8 +331,12 @@ def build_parser() -> argparse.ArgumentParser:
     controller.add_argument("--target", default="127.0.0.1:50051")
     controller.add_argument("--draft", action="append", help="NAME=HOST:PORT of a draft service; repeatable")
     controller.add_argument("--tokenizer", help="tokenizer directory (default: the target's model directory)")
-    controller.add_argument("--policy", default="ucbspec-cf", choices=["ucbspec", "ucbspec-cf", "exp3spec", "fixed", "uniform"])
-    controller.add_argument("--pld-gammas", default="6", help="γ values for model-free drafters (prompt lookup, suffix, retrieval)")
+    controller.add_argument("--policy", default=DEFAULT_POLICY, choices=list(POLICY_WIRE_VALUES))
+    controller.add_argument(
+        "--model-free-gammas", default="6", help="γ values for model-free drafters (prompt lookup, suffix, retrieval)"
+    )
+    # The old spelling said prompt lookup only, yet set γ for every model-free drafter.
+    controller.add_argument("--pld-gammas", dest="pld_gammas", help=argparse.SUPPRESS)
     controller.add_argument("--model-gammas", default="4", help="γ values for model drafters")
     controller.add_argument("--rpc-timeout", type=float, default=60.0)
     controller.add_argument("--refresh-seconds", type=float, default=2.0, help="how often arms follow the draft services' drafters")
@@ -342,7 +353,7 @@ def build_parser() -> argparse.ArgumentParser:
         stack.add_argument("--model", default="default")
         stack.add_argument("--dtype", default=None)
         stack.add_argument("--drafter", action="append")
-        stack.add_argument("--policy", default="ucbspec-cf", choices=["ucbspec", "ucbspec-cf", "exp3spec", "fixed", "uniform"])
+        stack.add_argument("--policy", default=DEFAULT_POLICY, choices=list(POLICY_WIRE_VALUES))
         stack.set_defaults(func=func)
 
     generate = sub.add_parser("generate", help="call the controller")
@@ -357,7 +368,7 @@ def build_parser() -> argparse.ArgumentParser:
         p.add_argument("--seed", type=int)
         p.add_argument("--stop", action="append")
         p.add_argument("--arm", action="append", help="allow only these arms (repeatable)")
-        p.add_argument("--policy-override", dest="policy_override", choices=["ucbspec", "ucbspec-cf", "exp3spec", "fixed", "uniform"])
+        p.add_argument("--policy-override", dest="policy_override", choices=list(POLICY_WIRE_VALUES))
         p.add_argument("--json", action="store_true", help="print the whole response as JSON")
         p.add_argument("--timeout", type=float, default=600.0)
     generate.add_argument("--controller", default="127.0.0.1:50050")

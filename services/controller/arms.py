@@ -33,9 +33,7 @@ def choose_arms(available: list[Arm], allowed: list[str]) -> list[Arm]:
     by_name = {arm.name: arm for arm in available}
     unknown = [name for name in allowed if name not in by_name]
     if unknown:
-        raise ValueError(
-            f"unknown arm(s) {', '.join(map(repr, unknown))}; available: {', '.join(by_name) or 'none'}"
-        )
+        raise ValueError(f"unknown arm(s) {', '.join(map(repr, unknown))}; available: {', '.join(by_name) or 'none'}")
     if len(set(allowed)) != len(allowed):
         raise ValueError("allowed_arms names an arm twice")
     return [by_name[name] for name in allowed]

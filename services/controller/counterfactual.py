@@ -13,9 +13,19 @@ co-observed arms are compared on one scale. Model drafters are not scored: that 
 from __future__ import annotations
 
 from dataclasses import dataclass, field
+from typing import NamedTuple
 
 from banditspec.tokens import common_prefix_length
 from services.controller.arms import Arm
+from services.controller.domain import Proposal
+
+
+class Sample(NamedTuple):
+    """A reward sample for an arm: the tokens its round would have verified, in modelled seconds."""
+
+    arm: int
+    tokens: float
+    seconds: float
 
 
 @dataclass
@@ -62,16 +72,64 @@ class RoundCosts:
 
 
 class CounterfactualScorer:
-    """Pending drafts, resolved against the verified context as it grows."""
+    """Pending drafts, resolved against the verified context as it grows.
 
-    def __init__(self, arms: list[Arm], costs: RoundCosts) -> None:
+    `model_free` names, per draft service, the drafters cheap enough to be asked for a draft every
+    round; the scorer decides which of them each proposal also asks for, and how many tokens."""
+
+    def __init__(self, arms: list[Arm], costs: RoundCosts, model_free: dict[str, set[str]] | None = None) -> None:
         self.arms = arms
         self.costs = costs
         self.pending: list[_Pending] = []
         self.target_only = [i for i, arm in enumerate(arms) if arm.gamma == 0]
+        self.score_drafters: dict[str, list[str]] = {}  # service → its model-free drafters among the arms
+        for arm in arms:
+            if arm.gamma > 0 and arm.drafter in (model_free or {}).get(arm.service, ()):
+                names = self.score_drafters.setdefault(arm.service, [])
+                if arm.drafter not in names:
+                    names.append(arm.drafter)
+        self.score_num_tokens = max((arm.gamma for arm in arms), default=0)
+
+    def alternatives_for(self, arm: Arm) -> list[str]:
+        """The drafters to score beside `arm`'s own draft: the service's other model-free ones."""
+        return [name for name in self.score_drafters.get(arm.service, []) if name != arm.drafter]
 
     def arms_of(self, service: str, drafter: str) -> list[int]:
         return [i for i, a in enumerate(self.arms) if a.service == service and a.drafter == drafter and a.gamma > 0]
+
+    def after_round(
+        self,
+        pulled: int | None,
+        arm: Arm,
+        gamma: int,
+        proposal: Proposal,
+        position: int,
+        wall: float,
+        context: list[int],
+    ) -> list[Sample]:
+        """Learn from a finished round (arm index `pulled`, None for the fallback; γ as played, its
+        draft made at context length `position`; `context` now verified past it) and return the samples
+        the verified text decides."""
+        drafted = len(proposal.token_ids)
+        drafter = f"{arm.service}/{arm.drafter}" if gamma > 0 else None
+        self.costs.observe(drafted, wall, drafter, arm.drafter in self.score_drafters.get(arm.service, []))
+        samples = []
+        if gamma > 0:
+            # The pulled drafter's own draft also decides its arms of smaller γ (a draft's prefix is
+            # the shorter draft); alternatives come from the other model-free drafters.
+            own = [i for i in self.arms_of(arm.service, arm.drafter) if i != pulled and self.arms[i].gamma <= gamma]
+            self.add(position, arm.service, arm.drafter, proposal.token_ids, own)
+            for name, draft in proposal.alternatives.items():
+                self.add(position, arm.service, name, draft)
+            samples += self.target_only_samples(pulled)
+        return samples + self.resolve(context)
+
+    def drop_drafter(self, service: str, drafter: str) -> None:
+        """Stop scoring a drafter that failed and left the request."""
+        self.forget(set(self.arms_of(service, drafter)))
+        names = self.score_drafters.get(service, [])
+        if drafter in names:
+            names.remove(drafter)
 
     def add(self, position: int, service: str, drafter: str, draft: list[int], arms: list[int] | None = None) -> None:
         """Score `draft` (made at context length `position`) for the drafter's arms, or only `arms`."""
@@ -80,17 +138,17 @@ class CounterfactualScorer:
             self.pending.append(_Pending(position, f"{service}/{drafter}", list(draft), arms))
 
     def forget(self, arms: set[int]) -> None:
-        """Stop scoring these arms (their drafter failed and left the request)."""
+        """Stop scoring these arms."""
         for pending in self.pending:
             pending.arms = [i for i in pending.arms if i not in arms]
         self.pending = [p for p in self.pending if p.arms]
 
-    def target_only_samples(self, pulled: int) -> list[tuple[int, float, float]]:
-        """(arm, tokens, modelled seconds) for target-only when another arm was pulled."""
-        return [(i, 1.0, self.costs.seconds(0, None)) for i in self.target_only if i != pulled]
+    def target_only_samples(self, pulled: int | None) -> list[Sample]:
+        """Target-only's sample when another arm was pulled."""
+        return [Sample(i, 1.0, self.costs.seconds(0, None)) for i in self.target_only if i != pulled]
 
-    def resolve(self, context: list[int]) -> list[tuple[int, float, float]]:
-        """(arm, tokens, modelled seconds) for every arm whose draft the verified text now decides."""
+    def resolve(self, context: list[int]) -> list[Sample]:
+        """A sample for every arm whose draft the verified text now decides."""
         samples = []
         still = []
         for pending in self.pending:
@@ -101,7 +159,7 @@ class CounterfactualScorer:
                 drafted = min(len(pending.draft), self.arms[index].gamma)
                 if matched >= drafted or matched < len(known):  # decided: all accepted, or a mismatch seen
                     accepted = min(matched, drafted)
-                    samples.append((index, accepted + 1.0, self.costs.seconds(drafted, pending.drafter)))
+                    samples.append(Sample(index, accepted + 1.0, self.costs.seconds(drafted, pending.drafter)))
                 else:
                     waiting.append(index)
             if waiting:

@@ -7,18 +7,12 @@ import secrets
 import uuid
 
 from banditspec.errors import InvalidArgument
+from banditspec.policy_names import POLICY_NAMES
 from banditspec.sampling import SamplingParams
 from banditspec.v1 import generation_pb2
 from services.controller.arms import Arm, choose_arms
-from services.controller.generation import GenerationRequest, GenerationResult
+from services.controller.domain import GenerationRequest, GenerationResult
 
-POLICY_NAMES = {
-    generation_pb2.POLICY_UCBSPEC: "ucbspec",
-    generation_pb2.POLICY_EXP3SPEC: "exp3spec",
-    generation_pb2.POLICY_FIXED: "fixed",
-    generation_pb2.POLICY_UNIFORM: "uniform",
-    generation_pb2.POLICY_UCBSPEC_COUNTERFACTUAL: "ucbspec-cf",
-}
 FINISH_REASONS = {
     "length": generation_pb2.FINISH_REASON_LENGTH,
     "eos": generation_pb2.FINISH_REASON_EOS,
@@ -104,7 +98,9 @@ def from_pb(
     )
 
 
-def result_to_pb(request: GenerationRequest, result: GenerationResult, overhead_median: float) -> generation_pb2.GenerateResponse:
+def result_to_pb(
+    request: GenerationRequest, result: GenerationResult, overhead_median: float
+) -> generation_pb2.GenerateResponse:
     generated = len(result.token_ids)
     arms = [
         generation_pb2.ArmStats(

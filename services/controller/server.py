@@ -9,16 +9,19 @@ from dataclasses import dataclass, field
 import grpc
 import structlog
 from prometheus_client import start_http_server
+from transformers import PreTrainedTokenizerBase
 
 from banditspec.errors import DeadlineExceeded, InvalidArgument, ServiceError, Unavailable, grpc_errors
 from banditspec.models import load_tokenizer, vocab_fingerprint
+from banditspec.policy_names import DEFAULT_POLICY
 from banditspec.serving import run_server
-from banditspec.verify_lengths import filled_gamma
 from banditspec.v1 import generation_pb2, generation_pb2_grpc
+from banditspec.verify_lengths import filled_gamma
 from services.controller import metrics
 from services.controller.arms import TARGET_ONLY_ARM, Arm
 from services.controller.clients import DraftClient, TargetClient
-from services.controller.generation import Deadline, Generation, GenerationRequest
+from services.controller.domain import Deadline, GenerationRequest
+from services.controller.generation import Generation
 from services.controller.requests import from_pb, result_to_pb
 from services.controller.reward import StepTimeEstimate
 
@@ -30,10 +33,10 @@ class ControllerConfig:
     target: str = "127.0.0.1:50051"
     drafts: dict[str, str] = field(default_factory=lambda: {"local": "127.0.0.1:50052"})
     tokenizer: str | None = None  # a directory; default: the target's model directory
-    policy: str = "ucbspec-cf"  # measured best on the default family; plain UCBSpec at temperature > 0
+    policy: str = DEFAULT_POLICY
     # One γ per drafter by default: every drafter stops its draft where it is unsure (match length,
     # tree confidence, draft-model confidence), so γ is a cap, and fewer arms explore less.
-    pld_gammas: list[int] = field(default_factory=lambda: [6])
+    model_free_gammas: list[int] = field(default_factory=lambda: [6])
     model_gammas: list[int] = field(default_factory=lambda: [4])
     rpc_timeout: float = 60.0
     refresh_seconds: float = 2.0
@@ -50,7 +53,7 @@ class Controller:
         self.config = config
         self.target = TargetClient(config.target)
         self.drafts = {name: DraftClient(name, address) for name, address in config.drafts.items()}
-        self.tokenizer = None
+        self.tokenizer: PreTrainedTokenizerBase | None = None
         self.step_estimate: StepTimeEstimate | None = None
         self.arms: list[Arm] = [TARGET_ONLY_ARM]
         self._refresher: asyncio.Task | None = None
@@ -58,33 +61,37 @@ class Controller:
     async def connect(self) -> None:
         info = await self.target.connect(self.config.rpc_timeout)
         path = self.config.tokenizer or info.model_name
-        self.tokenizer = load_tokenizer(path)
-        fingerprint = vocab_fingerprint(self.tokenizer)
+        tokenizer = load_tokenizer(path)
+        fingerprint = vocab_fingerprint(tokenizer)
         if fingerprint != info.vocab_fingerprint:
             raise SystemExit(
                 f"tokenizer {path} has vocabulary fingerprint {fingerprint}, the target has {info.vocab_fingerprint}"
             )
+        self.tokenizer = tokenizer
         # One target step plus about a millisecond of RPC, until target-only rounds refine it.
         self.step_estimate = StepTimeEstimate(info.decode_step_seconds + 0.001)
         await self.refresh_arms()
         self._refresher = asyncio.create_task(self._refresh_forever())
-        log.info("controller connected", target=self.config.target, model=info.model_name, arms=[a.name for a in self.arms])
+        log.info(
+            "controller connected", target=self.config.target, model=info.model_name, arms=[a.name for a in self.arms]
+        )
 
     async def refresh_arms(self) -> None:
         """Re-list each draft service's drafters, so arms follow runtime loads and unloads."""
         # Model-free drafts fill the verify positions the target pads to anyway; a draft model pays per token.
-        lengths = list(self.target.info.verify_lengths)
-        model_free = list(dict.fromkeys(filled_gamma(lengths, gamma) for gamma in self.config.pld_gammas))
-        gammas = {"prompt_lookup": model_free, "suffix": model_free, "retrieval": model_free, "model": self.config.model_gammas}
+        lengths = self.target.info.verify_lengths
+        model_free = list(dict.fromkeys(filled_gamma(lengths, gamma) for gamma in self.config.model_free_gammas))
         arms = [TARGET_ONLY_ARM]
         for client in self.drafts.values():
             try:
                 await client.refresh(self.target.info.vocab_fingerprint, timeout=min(5.0, self.config.rpc_timeout))
             except grpc.aio.AioRpcError as error:
                 if client.drafters:
-                    log.warning("draft service unreachable; its arms are withdrawn", service=client.name, code=error.code().name)
+                    log.warning(
+                        "draft service unreachable; its arms are withdrawn", service=client.name, code=error.code().name
+                    )
                 client.drafters = []
-            arms.extend(client.arms(gammas))
+            arms.extend(client.arms(model_free, self.config.model_gammas))
         self.arms = arms
 
     async def _refresh_forever(self) -> None:
@@ -119,6 +126,8 @@ class Controller:
             raise InvalidArgument(f"{error}; {reason}" if reason else str(error)) from error
 
     def generation(self, request: GenerationRequest, context: grpc.aio.ServicerContext) -> Generation:
+        if self.tokenizer is None or self.step_estimate is None:
+            raise Unavailable("the controller is still connecting")
         deadline = Deadline(context.time_remaining(), self.config.rpc_timeout)
         return Generation(request, self.target, self.drafts, self.tokenizer, self.step_estimate, deadline)
 

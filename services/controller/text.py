@@ -23,7 +23,7 @@ class TextStream:
         self.settled_text = ""
 
     def _decode(self, ids: list[int]) -> str:
-        return self.tokenizer.decode(ids, skip_special_tokens=True)
+        return str(self.tokenizer.decode(ids, skip_special_tokens=True))
 
     def add(self, new_ids: list[int]) -> tuple[list[int], str]:
         """Append verified tokens; returns the ones kept (a stop string cuts the rest) and new text."""

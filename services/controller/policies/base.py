@@ -1,4 +1,4 @@
-"""The policy interface: choose an arm, learn from its reward, drop an arm that failed."""
+"""The policy interface: choose an arm, learn from rewards, drop an arm that failed."""
 
 from __future__ import annotations
 
@@ -8,10 +8,17 @@ from typing import Protocol
 class Policy(Protocol):
     name: str
 
-    def select(self) -> int: ...
+    def select(self) -> int | None:
+        """The arm to pull this round; None when every arm is disabled (the caller falls back)."""
 
     def update(self, arm: int, reward: float) -> None:
-        """reward: the round's normalised reward in [0, 1]."""
+        """The pulled arm's normalised reward in [0, 1]; ends the round."""
+
+    def observe(self, arm: int, reward: float) -> None:
+        """A reward sample for an arm not pulled (scored counterfactually): a sample, not a round.
+        Policies that cannot use one ignore it."""
 
     def disable(self, arm: int) -> None:
         """Never choose this arm again (its drafter went away)."""
+
+    def is_active(self, arm: int) -> bool: ...

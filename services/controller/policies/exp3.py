@@ -31,9 +31,9 @@ class EXP3Spec:
         weights = np.exp(scores - scores[self.active].max())  # shift for stability; same ratios
         return weights / weights.sum()
 
-    def select(self) -> int:
+    def select(self) -> int | None:
         if not self.active.any():
-            raise RuntimeError("every arm is disabled")
+            return None
         self.last_probs = self.probabilities(self.rounds + 1)
         return int(self.rng.choice(self.num_arms, p=self.last_probs))
 
@@ -44,5 +44,11 @@ class EXP3Spec:
         self.loss_estimates[arm] += loss / self.last_probs[arm]
         self.rounds += 1
 
+    def observe(self, arm: int, reward: float) -> None:
+        pass  # importance weighting needs the probability an arm was drawn with: an unpulled sample has none
+
     def disable(self, arm: int) -> None:
         self.active[arm] = False
+
+    def is_active(self, arm: int) -> bool:
+        return bool(self.active[arm])

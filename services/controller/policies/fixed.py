@@ -12,14 +12,18 @@ class FixedArm:
         self.arm = arm
         self.disabled = False
 
-    def select(self) -> int:
-        if self.disabled:
-            raise RuntimeError("the fixed arm is disabled")
-        return self.arm
+    def select(self) -> int | None:
+        return None if self.disabled else self.arm
 
     def update(self, arm: int, reward: float) -> None:
+        pass
+
+    def observe(self, arm: int, reward: float) -> None:
         pass
 
     def disable(self, arm: int) -> None:
         if arm == self.arm:
             self.disabled = True
+
+    def is_active(self, arm: int) -> bool:
+        return arm == self.arm and not self.disabled

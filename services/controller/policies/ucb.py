@@ -18,7 +18,9 @@ MIN_SPREAD = 0.05
 MIN_SAMPLES_FOR_SPREAD = 8
 
 
-def confidence_radius(pulls: int, round_index: int, num_arms: int, reward_range: float = 1.0, delta: float = 0.5) -> float:
+def confidence_radius(
+    pulls: int, round_index: int, num_arms: int, reward_range: float = 1.0, delta: float = 0.5
+) -> float:
     n = pulls
     log_term = math.log(num_arms * round_index**2 * math.sqrt(1 + n) / delta)
     return (reward_range / 2) * math.sqrt((1 + n) / n**2 * (1 + 2 * log_term))
@@ -27,7 +29,9 @@ def confidence_radius(pulls: int, round_index: int, num_arms: int, reward_range:
 class UCBSpec:
     name = "ucbspec"
 
-    def __init__(self, num_arms: int, reward_range: float = 1.0, delta: float = 0.5, measured_spread: bool = False) -> None:
+    def __init__(
+        self, num_arms: int, reward_range: float = 1.0, delta: float = 0.5, measured_spread: bool = False
+    ) -> None:
         if num_arms < 1:
             raise ValueError("UCBSpec needs at least one arm")
         self.num_arms = num_arms
@@ -59,10 +63,10 @@ class UCBSpec:
         # confidence_radius is linear in R: pass 2 * spread as the range
         return mean + confidence_radius(n, round_index, self.num_arms, 2 * scale, self.delta)
 
-    def select(self) -> int:
+    def select(self) -> int | None:
         candidates = [i for i in range(self.num_arms) if self.active[i]]
         if not candidates:
-            raise RuntimeError("every arm is disabled")
+            return None
         for arm in candidates:  # warm-up, in arm order
             if self.pulls[arm] == 0:
                 return arm
@@ -85,3 +89,6 @@ class UCBSpec:
 
     def disable(self, arm: int) -> None:
         self.active[arm] = False
+
+    def is_active(self, arm: int) -> bool:
+        return self.active[arm]

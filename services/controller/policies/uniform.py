@@ -14,14 +14,20 @@ class UniformRandom:
         self.rng = rng
         self.active = [True] * num_arms
 
-    def select(self) -> int:
+    def select(self) -> int | None:
         candidates = [i for i, on in enumerate(self.active) if on]
         if not candidates:
-            raise RuntimeError("every arm is disabled")
+            return None
         return candidates[int(self.rng.integers(len(candidates)))]
 
     def update(self, arm: int, reward: float) -> None:
         pass  # learns nothing, by design
 
+    def observe(self, arm: int, reward: float) -> None:
+        pass
+
     def disable(self, arm: int) -> None:
         self.active[arm] = False
+
+    def is_active(self, arm: int) -> bool:
+        return self.active[arm]
