@@ -18,10 +18,6 @@ class Arm:
     def drafted(cls, service: str, drafter: str, gamma: int) -> Arm:
         return cls(f"{service}/{drafter}/{gamma}", service, drafter, gamma)
 
-    @property
-    def speculates(self) -> bool:
-        return self.gamma > 0
-
 
 TARGET_ONLY_ARM = Arm(TARGET_ONLY)
 
