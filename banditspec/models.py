@@ -9,7 +9,7 @@ from dataclasses import dataclass
 from pathlib import Path
 
 import torch
-from transformers import AutoModelForCausalLM, AutoTokenizer, DynamicCache, PreTrainedTokenizerBase
+from transformers import AutoModelForCausalLM, AutoTokenizer, DynamicCache, PreTrainedModel, PreTrainedTokenizerBase
 
 DTYPES = {"float32": torch.float32, "bfloat16": torch.bfloat16, "float16": torch.float16}
 
@@ -44,7 +44,7 @@ def load_tokenizer(path: str | Path) -> PreTrainedTokenizerBase:
 
 @dataclass
 class LoadedModel:
-    model: torch.nn.Module
+    model: PreTrainedModel
     tokenizer: PreTrainedTokenizerBase
     path: str
     device: torch.device
@@ -84,7 +84,7 @@ class LoadedModel:
         return [min(t) for t in times]
 
 
-def _eos_ids(model: torch.nn.Module, tokenizer: PreTrainedTokenizerBase) -> list[int]:
+def _eos_ids(model: PreTrainedModel, tokenizer: PreTrainedTokenizerBase) -> list[int]:
     eos = getattr(getattr(model, "generation_config", None), "eos_token_id", None)
     if eos is None:
         eos = tokenizer.eos_token_id
@@ -101,7 +101,10 @@ def load_causal_lm(path: str | Path, device: str | None = None, dtype: str | Non
     torch_dtype = resolve_dtype(dtype, torch_device)
     tokenizer = load_tokenizer(path)
     try:
-        model = AutoModelForCausalLM.from_pretrained(str(path), dtype=torch_dtype).to(torch_device).eval()
+        model = AutoModelForCausalLM.from_pretrained(str(path), dtype=torch_dtype)
+        # transformers wraps PreTrainedModel.to in functools.wraps(Module.to), which mypy cannot bind as a method.
+        model.to(torch_device)  # type: ignore[arg-type]
+        model.eval()
     except (OSError, ValueError) as error:
         raise ValueError(f"cannot load a causal LM from {path}: {error}") from error
     config = model.config

@@ -15,11 +15,15 @@ import shutil
 import tempfile
 from collections.abc import Callable
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 import structlog
 import torch
 
 from banditspec.cache import cache_dir
+
+if TYPE_CHECKING:  # transformers loads lazily, inside the functions that need it
+    from transformers import PreTrainedModel
 
 OVERLAY_JSON = "overlay.json"
 OVERLAY_TENSORS = "overlay.safetensors"
@@ -31,7 +35,7 @@ def is_overlay(path: Path) -> bool:
     return (path / OVERLAY_JSON).exists() and not (path / "config.json").exists()
 
 
-def draft_from_target_layers(target: torch.nn.Module, layers: list[int]) -> torch.nn.Module:
+def draft_from_target_layers(target: PreTrainedModel, layers: list[int]) -> PreTrainedModel:
     """A model of the target's architecture with only `layers` (copied, trainable); embedding frozen."""
     from transformers import AutoModelForCausalLM
 

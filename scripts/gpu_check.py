@@ -21,7 +21,7 @@ from pathlib import Path
 
 import grpc
 import torch
-from transformers import AutoModelForCausalLM, AutoTokenizer, LlamaConfig, PreTrainedModel
+from transformers import AutoModelForCausalLM, AutoTokenizer, LlamaConfig
 
 from banditspec.cli.launcher import LocalStack
 from banditspec.v1 import generation_pb2 as gen
@@ -51,7 +51,7 @@ def sync(device: str) -> None:
         torch.cuda.synchronize()
 
 
-def greedy(model: PreTrainedModel, ids: list[int], device: str, max_new_tokens: int) -> torch.Tensor:
+def greedy(model, ids: list[int], device: str, max_new_tokens: int):
     """transformers' own greedy generate(): the reference the stack's output must match."""
     return model.generate(torch.tensor([ids], device=device), max_new_tokens=max_new_tokens, do_sample=False)
 

@@ -25,7 +25,7 @@ def analyse(raw: dict) -> dict:
     hf = [m for m in raw["methods"] if not is_stack(m)]
     methods = hf + ([ORACLE] if oracle_rows else []) + [m for m in raw["methods"] if is_stack(m)]
     per_method = {name: summary(ms, by_prompt) for (name,), ms in group(rows, "method").items()}
-    per_kind = {kind: {} for kind in kinds}
+    per_kind: dict[str, dict[str, dict]] = {kind: {} for kind in kinds}
     for (kind, name), ms in group(rows, "kind", "method").items():
         per_kind[kind][name] = summary(ms, by_prompt)
     best = best_fixed(per_method, per_kind)
@@ -38,7 +38,7 @@ def analyse(raw: dict) -> dict:
         "per_method": per_method,
         "per_kind": per_kind,
         "best_fixed": best,
-        "oracle_arms": {m.prompt: m.stats["arm"] for m in oracle_rows},
+        "oracle_arms": {m.prompt: m.stats["arm"] for m in oracle_rows if m.stats is not None},  # oracle() sets stats
         "ratios": ratios(per_method, per_kind, best),
         "regret_curves": regret_curves(measured, by_prompt, kinds),
         "arm_shares": arm_shares(measured, raw["arms"]),
@@ -85,9 +85,15 @@ def prompt_regret(m: Measurement, best: Measurement | None) -> dict:
 def summary(ms: list[Measurement], oracle_by_prompt: dict[str, Measurement]) -> dict:
     """Throughput (total tokens / total seconds), rounds, acceptance and regret of one method over `ms`."""
     tokens, seconds = sum(m.tokens for m in ms), sum(m.seconds for m in ms)
-    out = {"prompts": len(ms), "tokens": tokens, "seconds": seconds, "tokens_per_second": ratio(tokens, seconds) or 0.0}
-    stacked = all(m.rounds is not None for m in ms)
-    rounds = sum(m.rounds for m in ms) if stacked else None
+    out: dict[str, float | None] = {
+        "prompts": len(ms),
+        "tokens": tokens,
+        "seconds": seconds,
+        "tokens_per_second": ratio(tokens, seconds) or 0.0,
+    }
+    round_counts = [m.rounds for m in ms if m.rounds is not None]
+    stacked = len(round_counts) == len(ms)  # every call went through the stack, which counts rounds
+    rounds = sum(round_counts) if stacked else None
     arms = [a for m in ms for a in ((m.stats or {}).get("arms") or {}).values()]
     accepted, drafted = sum(a["accepted"] for a in arms), sum(a["drafted"] for a in arms)
     out |= {
@@ -210,7 +216,9 @@ def arm_shares(measurements: list[Measurement], arms: list[str]) -> dict:
 def overhead_summary(overheads: dict[str, list[float]]) -> dict:
     """Controller overhead per round (round wall − compute the services report): median per method and overall."""
     every = [x for values in overheads.values() for x in values]
-    summary = {name: {"rounds": len(v), "median_ms": statistics.median(v) * 1e3} for name, v in overheads.items() if v}
+    summary: dict[str, dict[str, float | None]] = {
+        name: {"rounds": len(v), "median_ms": statistics.median(v) * 1e3} for name, v in overheads.items() if v
+    }
     summary["all_stack_rounds"] = {"rounds": len(every), "median_ms": statistics.median(every) * 1e3 if every else None}
     return summary
 

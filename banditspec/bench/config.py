@@ -4,6 +4,7 @@ from __future__ import annotations
 
 from dataclasses import asdict, dataclass
 from pathlib import Path
+from typing import TypedDict
 
 BENCHMARKS_DIR = Path(__file__).resolve().parents[2] / "benchmarks"
 SUFFIX = "sfx=suffix:24:off"  # memory off: earlier runs of a prompt by other methods must not leak its answer
@@ -29,11 +30,20 @@ FAMILIES = {
         assistant="pydocs:draft-m",
     ),
 }
+
+
+class Preset(TypedDict):
+    dtypes: list[str]
+    max_new_tokens: int
+    limit: int | None  # prompts per kind (None: all)
+    threads: int | None
+
+
 # Full run vs --reduced (a smoke run that also feeds the test: 1 prompt per kind, short answers, float32).
 # The reduced run uses one torch thread per process: the in-process model and three services on a 2-core
 # machine otherwise spin-wait against each other, and a tiny model's call takes ~10x longer.
-FULL = {"dtypes": ["float32", "bfloat16"], "max_new_tokens": 128, "limit": None, "threads": None}
-REDUCED = {"dtypes": ["float32"], "max_new_tokens": 24, "limit": 1, "threads": 1}
+FULL: Preset = {"dtypes": ["float32", "bfloat16"], "max_new_tokens": 128, "limit": None, "threads": None}
+REDUCED: Preset = {"dtypes": ["float32"], "max_new_tokens": 24, "limit": 1, "threads": 1}
 
 
 @dataclass

@@ -6,9 +6,10 @@ import time
 from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
+from typing import cast
 
 import torch
-from transformers import AutoModelForCausalLM
+from transformers import AutoModelForCausalLM, PreTrainedModel
 
 from banditspec.policy_names import POLICY_WIRE_VALUES
 from banditspec.v1 import generation_pb2
@@ -52,9 +53,11 @@ class Method:
 # --- in-process transformers baselines --------------------------------------------------------------------
 
 
-def load_model(path: Path, dtype: str, device: str):
+def load_model(path: Path, dtype: str, device: str) -> PreTrainedModel:
     model = AutoModelForCausalLM.from_pretrained(str(path), dtype=getattr(torch, dtype))
-    return model.to(device).eval()
+    # transformers wraps PreTrainedModel.to in functools.wraps(Module.to), which mypy cannot bind as a method.
+    model.to(device)  # type: ignore[arg-type]
+    return model.eval()
 
 
 def hf_call(model, prompt_ids: list[int], max_new_tokens: int, **generate_kwargs) -> Call:
@@ -94,9 +97,16 @@ def list_arms(stub, timeout: float) -> list[str]:
     return [arm.name for arm in stub.ListArms(generation_pb2.ListArmsRequest(), timeout=timeout).arms]
 
 
-def stack_request(prompt_ids: list[int], max_new_tokens: int, policy: int, arms: list[str], seed: int):
+def stack_request(
+    prompt_ids: list[int], max_new_tokens: int, policy: int, arms: list[str], seed: int
+) -> generation_pb2.GenerateRequest:
+    # protoc's stubs type an enum field as its enum class; a policy's wire value is that enum's int.
     request = generation_pb2.GenerateRequest(
-        max_new_tokens=max_new_tokens, temperature=0.0, policy=policy, allowed_arms=arms, seed=seed
+        max_new_tokens=max_new_tokens,
+        temperature=0.0,
+        policy=cast(generation_pb2.Policy, policy),
+        allowed_arms=arms,
+        seed=seed,
     )
     request.token_ids.ids.extend(prompt_ids)
     return request

@@ -17,10 +17,18 @@ import math
 import shutil
 import time
 from pathlib import Path
+from typing import cast
 
 import numpy as np
 import torch
-from transformers import AutoModelForCausalLM, AutoTokenizer, LlamaConfig, LlamaForCausalLM
+from transformers import (
+    AutoModelForCausalLM,
+    AutoTokenizer,
+    LlamaConfig,
+    LlamaForCausalLM,
+    PreTrainedConfig,
+    PreTrainedModel,
+)
 
 from banditspec.models import vocab_fingerprint
 from banditspec.overlays import OVERLAY_JSON, draft_from_target_layers
@@ -29,7 +37,17 @@ from banditspec.training.pydocs import corpus
 from banditspec.training.pydocs.train import TrainConfig, held_out_windows, train
 
 
-def draft_config(target_config, hidden: int, layers: int, heads: int, intermediate: int) -> LlamaConfig:
+def rope_theta(config: PreTrainedConfig) -> float:
+    """The target's RoPE base: transformers 5 keeps it in `rope_parameters`, earlier versions as `rope_theta`."""
+    rope = getattr(config, "rope_parameters", None)
+    if isinstance(rope, dict) and "rope_theta" in rope:
+        return float(rope["rope_theta"])
+    return float(getattr(config, "rope_theta", 10000.0))
+
+
+def draft_config(
+    target_config: PreTrainedConfig, hidden: int, layers: int, heads: int, intermediate: int
+) -> LlamaConfig:
     return LlamaConfig(
         vocab_size=target_config.vocab_size,
         hidden_size=hidden,
@@ -38,7 +56,7 @@ def draft_config(target_config, hidden: int, layers: int, heads: int, intermedia
         num_attention_heads=heads,
         num_key_value_heads=heads,
         max_position_embeddings=target_config.max_position_embeddings,
-        rope_theta=getattr(target_config, "rope_theta", 10000.0),
+        rope_parameters={"rope_type": "default", "rope_theta": rope_theta(target_config)},
         tie_word_embeddings=True,
         bos_token_id=target_config.bos_token_id,
         eos_token_id=target_config.eos_token_id,
@@ -46,14 +64,19 @@ def draft_config(target_config, hidden: int, layers: int, heads: int, intermedia
     )
 
 
-def project_embedding(target: torch.nn.Module, draft: LlamaForCausalLM) -> None:
+def _embedding_weight(model: PreTrainedModel) -> torch.Tensor:
+    # get_input_embeddings() is typed as a plain Module, whose attributes type as `Tensor | Module`.
+    return cast(torch.Tensor, model.get_input_embeddings().weight)
+
+
+def project_embedding(target: PreTrainedModel, draft: LlamaForCausalLM) -> None:
     """Start the draft's embedding as the target's, projected onto its top `hidden` right singular vectors."""
-    source = target.get_input_embeddings().weight.detach().float()
+    source = _embedding_weight(target).detach().float()
     hidden = draft.config.hidden_size
     if hidden >= source.shape[1]:
         return
     _, _, vh = torch.linalg.svd(source, full_matrices=False)
-    draft.get_input_embeddings().weight.data.copy_(source @ vh[:hidden].T)
+    _embedding_weight(draft).data.copy_(source @ vh[:hidden].T)
 
 
 def token_stream(tokenizer, texts: list[str]) -> np.ndarray:
@@ -107,7 +130,10 @@ def main(argv: list[str] | None = None) -> None:
     device = torch.device(args.device)
     tokenizer = AutoTokenizer.from_pretrained(str(target_dir))
     dtype = torch.bfloat16 if device.type == "cuda" or args.cpu_bf16 else torch.float32
-    target = AutoModelForCausalLM.from_pretrained(str(target_dir), dtype=dtype).to(device).eval().requires_grad_(False)
+    target = AutoModelForCausalLM.from_pretrained(str(target_dir), dtype=dtype)
+    # transformers wraps PreTrainedModel.to in functools.wraps(Module.to), which mypy cannot bind as a method.
+    target.to(device)  # type: ignore[arg-type]
+    target.eval().requires_grad_(False)
     if len(args.text) == 1:  # one file: its last tenth is held out, never trained on
         tokens = token_stream(tokenizer, [Path(args.text[0]).read_text(encoding="utf-8")])
         split = len(tokens) * 9 // 10

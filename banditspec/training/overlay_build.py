@@ -5,13 +5,17 @@ from __future__ import annotations
 import hashlib
 import json
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 import torch
 
 from banditspec.overlays import OVERLAY_JSON, OVERLAY_TENSORS
 
+if TYPE_CHECKING:
+    from transformers import PreTrainedModel
 
-def save_overlay(draft: torch.nn.Module, out: Path, record: dict) -> Path:
+
+def save_overlay(draft: PreTrainedModel, out: Path, record: dict) -> Path:
     """Write the draft's trained tensors (bfloat16) and `record` (must name `target` and `layers`)."""
     from safetensors.torch import save_file
 

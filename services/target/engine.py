@@ -90,6 +90,7 @@ class TargetEngine:
         else:
             target_probs = probabilities(logits, session.sampling)
             q = None if draft_probs is None else draft_probs.to(target_probs.device)
+            assert session.generator is not None  # open() gives every sampling session its generator
             verdict = verify_sampled(target_probs, draft_ids, q, session.generator)
         dropped = gamma - verdict.accepted + padding
         if dropped:

@@ -73,13 +73,16 @@ def model_config(name: str, vocab_size: int, eos: int) -> LlamaConfig:
     arch = ARCHITECTURES[name]
     return LlamaConfig(
         vocab_size=vocab_size,
+        hidden_size=arch["hidden_size"],
+        intermediate_size=arch["intermediate_size"],
+        num_hidden_layers=arch["num_hidden_layers"],
+        num_attention_heads=arch["num_attention_heads"],
         num_key_value_heads=arch["num_attention_heads"],
         max_position_embeddings=1024,
         tie_word_embeddings=True,
         bos_token_id=eos,
         eos_token_id=eos,
         pad_token_id=eos,
-        **arch,
     )
 
 
@@ -102,7 +105,8 @@ def train_family(
     ).as_dict()
     _save(target, tokenizer, out_dir / "target")
     # Distil from the weights that ship: bfloat16-rounded, computed in float32.
-    target.to(torch.bfloat16).float().requires_grad_(False)
+    # transformers wraps PreTrainedModel.to in functools.wraps(Module.to), which mypy cannot bind as a method.
+    target.to(torch.bfloat16).float().requires_grad_(False)  # type: ignore[arg-type]
 
     for index, name in enumerate(("draft-m", "draft-s")):
         torch.manual_seed(SEED + 1 + index)
@@ -123,7 +127,8 @@ def _params(model: torch.nn.Module) -> int:
 
 def _save(model: LlamaForCausalLM, tokenizer, directory: Path) -> None:
     shutil.rmtree(directory, ignore_errors=True)
-    copy.deepcopy(model).to("cpu", torch.bfloat16).save_pretrained(directory, safe_serialization=True)
+    # transformers wraps PreTrainedModel.to in functools.wraps(Module.to), which mypy cannot bind as a method.
+    copy.deepcopy(model).to("cpu", torch.bfloat16).save_pretrained(directory, safe_serialization=True)  # type: ignore[arg-type]
     tokenizer.save_pretrained(directory)
 
 

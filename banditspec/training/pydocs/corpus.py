@@ -68,7 +68,9 @@ def read_documents(deb_path: Path) -> list[Document]:
     with tarfile.open(fileobj=io.BytesIO(lzma.decompress(data_tar))) as archive:
         for member in archive.getmembers():
             if member.isfile() and member.name.startswith(SOURCES_PREFIX) and member.name.endswith(".rst.txt"):
-                text = archive.extractfile(member).read().decode("utf-8")
+                file = archive.extractfile(member)
+                assert file is not None  # None only for members that are not regular files
+                text = file.read().decode("utf-8")
                 documents.append(Document(member.name[len(SOURCES_PREFIX) :], text))
     if not documents:
         raise ValueError(f"{deb_path}: no documentation sources found")

@@ -86,7 +86,9 @@ def train(
     )
     schedule = torch.optim.lr_scheduler.LambdaLR(optimizer, lambda step: _lr_factor(step, config))
     autocast = torch.autocast(device.type, dtype=torch.bfloat16, enabled=device.type == "cuda" or autocast_cpu)
-    best = (math.inf, 0, None, None)
+    best_loss, best_step = math.inf, 0
+    best_agreement: float | None = None
+    best_state: dict[str, torch.Tensor] | None = None  # the weights of the best evaluation
     start = time.perf_counter()
     step = 0
     cut_by_time = False
@@ -107,16 +109,18 @@ def train(
                 + (f" agreement {agreement:.3f}" if agreement is not None else "")
                 + f" {time.perf_counter() - start:.0f}s"
             )
-            if held_loss < best[0]:
-                state = {k: v.detach().clone() for k, v in model.state_dict().items()}
-                best = (held_loss, step, agreement, state)
+            if held_loss < best_loss:
+                best_state = {k: v.detach().clone() for k, v in model.state_dict().items()}
+                best_loss, best_step, best_agreement = held_loss, step, agreement
             model.train()
         if last:
             cut_by_time = step < config.steps
             break
-    model.load_state_dict(best[3])
+    if best_state is None:  # no evaluation was finite (the last step always evaluates)
+        raise RuntimeError(f"training diverged: the held-out loss was never finite ({config.steps} steps)")
+    model.load_state_dict(best_state)
     model.eval()
-    return TrainReport(step, time.perf_counter() - start, best[1], best[0], best[2], cut_by_time)
+    return TrainReport(step, time.perf_counter() - start, best_step, best_loss, best_agreement, cut_by_time)
 
 
 def _lr_factor(step: int, config: TrainConfig) -> float:
