@@ -49,19 +49,14 @@ class LocalStack:
         if self._workdir is None:
             self._workdir = Path(tempfile.mkdtemp(prefix="banditspec-stack-"))
         ready = self._workdir / f"{name}.ready.json"
-        log_target = subprocess.DEVNULL
-        if self.log_dir is not None:
-            self.log_dir.mkdir(parents=True, exist_ok=True)
-            log_target = open(self.log_dir / f"{name}.log", "w")  # noqa: SIM115 - closed below
         env = dict(os.environ, HF_HUB_OFFLINE="1", PYTHONUNBUFFERED="1")
-        process = subprocess.Popen(
-            [sys.executable, "-m", "banditspec.cli", *args, "--ready-file", str(ready)],
-            stdout=log_target,
-            stderr=subprocess.STDOUT if self.log_dir is not None else None,
-            env=env,
-        )
-        if log_target is not subprocess.DEVNULL:
-            log_target.close()  # the child has its own descriptor
+        command = [sys.executable, "-m", "banditspec.cli", *args, "--ready-file", str(ready)]
+        if self.log_dir is None:
+            process = subprocess.Popen(command, stdout=subprocess.DEVNULL, env=env)
+        else:
+            self.log_dir.mkdir(parents=True, exist_ok=True)
+            with open(self.log_dir / f"{name}.log", "w") as log_file:  # the child keeps its own descriptor
+                process = subprocess.Popen(command, stdout=log_file, stderr=subprocess.STDOUT, env=env)
         service = Service(name, process, ready)
         self.services.append(service)
         return service

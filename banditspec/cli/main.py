@@ -71,7 +71,7 @@ def cmd_serve_draft(args: argparse.Namespace) -> None:
 
 
 def _parse_drafts(values: list[str]) -> dict[str, str]:
-    drafts = {}
+    drafts: dict[str, str] = {}
     for value in values:
         name, sep, address = value.partition("=")
         if not sep:
@@ -183,7 +183,7 @@ def _generate(args: argparse.Namespace) -> None:
     if args.seed is not None:
         request.seed = args.seed
     if args.policy_override:
-        request.policy = POLICY_WIRE_VALUES[args.policy_override]
+        request.policy = POLICY_WIRE_VALUES[args.policy_override]  # type: ignore[assignment]  # an enum int
     request.allowed_arms.extend(args.arm or [])
     with grpc.insecure_channel(args.controller) as channel:
         stub = generation_pb2_grpc.GenerationServiceStub(channel)
@@ -270,10 +270,11 @@ def cmd_datastore(args: argparse.Namespace) -> None:
 
 
 def cmd_pydocs(argv: list[str]) -> None:
+    from banditspec.model_paths import PYDOCS_DIR
     from banditspec.training.pydocs import build
 
     if argv[:1] == ["verify"]:
-        problems = build.verify(Path(argv[1]) if len(argv) > 1 else build.PYDOCS_DIR)
+        problems = build.verify(Path(argv[1]) if len(argv) > 1 else PYDOCS_DIR)
         if problems:
             sys.exit("error: " + "; ".join(problems))
         print("all files match MANIFEST.json")
