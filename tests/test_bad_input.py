@@ -323,18 +323,23 @@ def drafters(draft_stub) -> set[str]:
 @pytest.mark.usefixtures("still_serves")
 def test_draft_load_drafter_bad_requests(draft_stub, tmp_path):
     before = drafters(draft_stub)
-    model = draft_pb2.DRAFTER_KIND_MODEL
+    model = draft_pb2.ModelDrafterOptions
+    lookup = draft_pb2.PromptLookupOptions
     cases = [
-        draft_pb2.LoadDrafterRequest(name="bad", kind=model, model_path=str(tmp_path / "does-not-exist")),
-        draft_pb2.LoadDrafterRequest(name="bad", kind=model, model_path=str(tmp_path)),  # no config.json
-        draft_pb2.LoadDrafterRequest(name="bad", kind=model),  # no path
-        draft_pb2.LoadDrafterRequest(name="bad"),  # no kind
-        draft_pb2.LoadDrafterRequest(kind=draft_pb2.DRAFTER_KIND_PROMPT_LOOKUP),  # no name
-        draft_pb2.LoadDrafterRequest(name="bad", kind=draft_pb2.DRAFTER_KIND_PROMPT_LOOKUP, min_ngram=3, max_ngram=2),
-        draft_pb2.LoadDrafterRequest(name="bad", kind=draft_pb2.DRAFTER_KIND_PROMPT_LOOKUP, min_ngram=2, max_ngram=800),
-        draft_pb2.LoadDrafterRequest(name="bad", kind=draft_pb2.DRAFTER_KIND_SUFFIX, max_depth=2000),
-        draft_pb2.LoadDrafterRequest(name="bad", kind=model, model_path="x", lookahead_tokens=65),
-        draft_pb2.LoadDrafterRequest(name="bad", kind=model, model_path=str(tmp_path / "overlay")),  # no tensors
+        draft_pb2.LoadDrafterRequest(name="bad", model=model(model_path=str(tmp_path / "does-not-exist"))),
+        draft_pb2.LoadDrafterRequest(name="bad", model=model(model_path=str(tmp_path))),  # no config.json
+        draft_pb2.LoadDrafterRequest(name="bad", model=model()),  # no path
+        draft_pb2.LoadDrafterRequest(name="bad"),  # no options, so no kind
+        draft_pb2.LoadDrafterRequest(prompt_lookup=lookup()),  # no name
+        draft_pb2.LoadDrafterRequest(name="bad", prompt_lookup=lookup(min_ngram=3, max_ngram=2)),
+        draft_pb2.LoadDrafterRequest(name="bad", prompt_lookup=lookup(min_ngram=2, max_ngram=800)),
+        draft_pb2.LoadDrafterRequest(name="bad", prompt_lookup=lookup(min_ngram=0)),  # set: no longer "the default"
+        draft_pb2.LoadDrafterRequest(name="bad", suffix=draft_pb2.SuffixOptions(max_depth=2000)),
+        draft_pb2.LoadDrafterRequest(name="bad", suffix=draft_pb2.SuffixOptions(memory_tokens=-1)),
+        draft_pb2.LoadDrafterRequest(name="bad", retrieval=draft_pb2.RetrievalOptions()),  # no datastore path
+        draft_pb2.LoadDrafterRequest(name="bad", model=model(model_path="x", lookahead_tokens=65)),
+        draft_pb2.LoadDrafterRequest(name="bad", model=model(model_path="x", min_confidence=-1)),
+        draft_pb2.LoadDrafterRequest(name="bad", model=model(model_path=str(tmp_path / "overlay"))),  # no tensors
     ]
     (tmp_path / "overlay").mkdir()
     (tmp_path / "overlay" / "overlay.json").write_text('{"target": "default", "layers": [0]}')
@@ -347,7 +352,7 @@ def test_draft_load_drafter_bad_requests(draft_stub, tmp_path):
 @pytest.mark.usefixtures("still_serves")
 def test_draft_load_drafter_bad_dtype(draft_stub, tiny_models):
     request = draft_pb2.LoadDrafterRequest(
-        name="bad", kind=draft_pb2.DRAFTER_KIND_MODEL, model_path=str(tiny_models.target), dtype="float8"
+        name="bad", model=draft_pb2.ModelDrafterOptions(model_path=str(tiny_models.target), dtype="float8")
     )
     error = rpc_error(draft_stub.LoadDrafter, request)
     assert error.code() == grpc.StatusCode.INVALID_ARGUMENT
@@ -358,7 +363,7 @@ def test_draft_load_drafter_bad_dtype(draft_stub, tiny_models):
 @pytest.mark.usefixtures("still_serves")
 def test_draft_load_drafter_without_weights(draft_stub, weightless_model_dir):
     request = draft_pb2.LoadDrafterRequest(
-        name="bad", kind=draft_pb2.DRAFTER_KIND_MODEL, model_path=str(weightless_model_dir)
+        name="bad", model=draft_pb2.ModelDrafterOptions(model_path=str(weightless_model_dir))
     )
     error = rpc_error(draft_stub.LoadDrafter, request)
     assert error.code() == grpc.StatusCode.INVALID_ARGUMENT, (error.code(), error.details())

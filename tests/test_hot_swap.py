@@ -265,8 +265,8 @@ async def test_replace_model_drafter_under_traffic(clients, references, tiny_mod
         await traffic.warm()
         response = await clients.draft.LoadDrafter(
             draft_pb2.LoadDrafterRequest(
-                name="swap", kind=draft_pb2.DRAFTER_KIND_MODEL, model_path=str(tiny_models.target), replace=True,
-                lookahead_tokens=4,
+                name="swap", replace=True,
+                model=draft_pb2.ModelDrafterOptions(model_path=str(tiny_models.target), lookahead_tokens=4),
             ),
             timeout=RPC_TIMEOUT,
         )
@@ -328,7 +328,7 @@ async def test_load_drafter_under_traffic_adds_arms_that_get_pulled(clients, ref
             await traffic.warm()
             response = await clients.draft.LoadDrafter(
                 draft_pb2.LoadDrafterRequest(
-                    name="fresh", kind=draft_pb2.DRAFTER_KIND_MODEL, model_path=str(tiny_models.near)
+                    name="fresh", model=draft_pb2.ModelDrafterOptions(model_path=str(tiny_models.near))
                 ),
                 timeout=RPC_TIMEOUT,
             )

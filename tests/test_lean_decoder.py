@@ -10,8 +10,8 @@ import torch
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from services.draft.drafters.lean_decoder import LeanCache, LeanLlama, lean_supported
 from banditspec.models import load_causal_lm
+from services.draft.drafters.lean_decoder import LeanCache, LeanLlama, lean_supported
 
 PYDOCS_DRAFT = Path(__file__).resolve().parents[1] / "models" / "pydocs" / "draft-s"
 

@@ -4,6 +4,7 @@ is unsure (min_confidence), after at least one token."""
 from __future__ import annotations
 
 import dataclasses
+import itertools
 
 import pytest
 import torch
@@ -11,10 +12,10 @@ from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
 from banditspec.models import load_causal_lm
-
 from banditspec.sampling import SamplingParams
-from services.draft.drafters.base import DraftSession
-from services.draft.drafters.model import ModelDrafter
+from services.draft.drafters.base import DraftSession, ServiceSettings
+from services.draft.drafters.model import ModelDrafterOptions
+from services.draft.drafters.model_drafter import ModelDrafter
 from services.draft.specs import DrafterSpec
 
 PROMPT = [5, 9, 13, 17, 21, 25]
@@ -42,28 +43,45 @@ def test_greedy_draft_stops_at_the_first_unsure_token(tiny_models):
 
     ordered = sorted(confidences)
     # midway between observed confidences, so float noise between cached and full forwards can't flip a test
-    for threshold in [(a + b) / 2 for a, b in zip(ordered, ordered[1:])] + [1.0]:
+    for threshold in [(a + b) / 2 for a, b in itertools.pairwise(ordered)] + [1.0]:
         drafter = ModelDrafter(f"m{threshold}", never.loaded, min_confidence=threshold)
         expected = tokens[:1]
-        for token, confidence in zip(tokens[1:], confidences[1:]):
+        for token, confidence in zip(tokens[1:], confidences[1:], strict=True):
             if confidence < threshold:
                 break
             expected.append(token)
         assert drafter.propose(session(), 6).token_ids == expected, threshold
 
 
+def options(text: str) -> ModelDrafterOptions:
+    spec = DrafterSpec.parse(text)
+    assert isinstance(spec.options, ModelDrafterOptions)
+    return spec.options
+
+
 def test_spec_sets_and_disables_the_threshold():
-    assert DrafterSpec.parse("m=model:/x@bfloat16~0.25").min_confidence == 0.25
-    assert DrafterSpec.parse("m=model:/x~-1").min_confidence == -1.0
-    assert DrafterSpec.parse("m=model:/x").min_confidence == 0.0  # the drafter's default
-    assert DrafterSpec.parse("m=model:/x~0").min_confidence == -1.0  # ~0: never stop early
-    home = DrafterSpec.parse("m=model:~/drafts/d@bfloat16~0.5")
+    assert options("m=model:/x@bfloat16~0.25").min_confidence == 0.25
+    assert options("m=model:/x~-1").min_confidence == 0.0  # never stop early
+    assert options("m=model:/x").min_confidence is None  # the drafter's default
+    assert options("m=model:/x~0").min_confidence == 0.0  # ~0: never stop early
+    home = options("m=model:~/drafts/d@bfloat16~0.5")
     assert (home.model_path, home.dtype, home.min_confidence) == ("~/drafts/d", "bfloat16", 0.5)
-    assert DrafterSpec.parse("m=model:~/drafts/d").model_path == "~/drafts/d"
+    assert options("m=model:~/drafts/d").model_path == "~/drafts/d"
     with pytest.raises(ValueError, match="at most 1"):
         DrafterSpec.parse("m=model:/x~5")
-    assert DrafterSpec.parse("s=suffix:off").memory_tokens == -1
-    assert DrafterSpec.parse("s=suffix:24:0").memory_tokens == -1
+
+
+def test_built_from_a_spec_with_its_defaults_and_capabilities(tiny_models):
+    settings = ServiceSettings(device="cpu", dtype="float32")
+    default = DrafterSpec.parse(f"m=model:{tiny_models.target}").build(settings)
+    assert isinstance(default, ModelDrafter)
+    assert (default.min_confidence, default.lookahead, default.looks_ahead) == (0.4, 0, False)
+    assert (default.model_free, default.runs_on_worker, default.learns_from_outputs) == (False, True, False)
+    assert default.vocab_size == default.loaded.vocab_size and default.kind == "model"
+    assert str(default.loaded.dtype) == "torch.float32"  # the service's dtype when the spec names none
+    tuned = DrafterSpec.parse(f"m=model:{tiny_models.target}~0^3").build(settings)
+    assert isinstance(tuned, ModelDrafter)
+    assert (tuned.min_confidence, tuned.lookahead, tuned.looks_ahead) == (0.0, 3, True)
 
 
 # lookahead -------------------------------------------------------------------------------------------
@@ -81,7 +99,10 @@ def float64_drafter(tiny_models, name: str, lookahead: int, min_confidence: floa
 @pytest.fixture(scope="module")
 def float64_models(tiny_models):
     return {
-        confidence: (float64_drafter(tiny_models, "plain", 0, confidence), float64_drafter(tiny_models, "ahead", 8, confidence))
+        confidence: (
+            float64_drafter(tiny_models, "plain", 0, confidence),
+            float64_drafter(tiny_models, "ahead", 8, confidence),
+        )
         for confidence in (0.0, 0.15, 0.3)  # on the tiny model, 0.15 stops ~20% of drafts and 0.3 ~75%
     }
 
@@ -122,7 +143,8 @@ def test_lookahead_proposals_equal_plain_drafting(float64_models, data):
         outcome = data.draw(st.sampled_from(["whole, own bonus", "whole, other bonus", "part"]), label="outcome")
         accepted = draft if outcome != "part" else draft[: data.draw(st.integers(0, len(draft) - 1))]
         own = next_greedy_token(plain, plain_session.context + accepted)
-        bonus = own if outcome == "whole, own bonus" else data.draw(st.integers(3, 40).filter(lambda t: t != own))
+        other = st.integers(3, 40).filter(lambda t, own=own: t != own)
+        bonus = own if outcome == "whole, own bonus" else data.draw(other)
         for s in (plain_session, ahead_session):
             s.context.extend([*accepted, bonus])
         # The lookahead drafts once it has fed the guessed bonus: two forwards when γ was reached, one
@@ -168,12 +190,12 @@ def test_lookahead_is_off_for_sampled_sessions_and_unknown_sessions(float64_mode
 
 
 def test_spec_sets_the_lookahead():
-    assert DrafterSpec.parse("m=model:/x@bfloat16~0.25^8").lookahead_tokens == 8
-    spec = DrafterSpec.parse("m=model:/x^6")
-    assert (spec.model_path, spec.lookahead_tokens, spec.min_confidence) == ("/x", 6, 0.0)
-    assert DrafterSpec.parse("m=model:/x^0").lookahead_tokens == -1  # ^0: none
-    assert DrafterSpec.parse("m=model:/x").lookahead_tokens == 0  # the drafter's default
-    assert DrafterSpec.from_pb(DrafterSpec.parse("m=model:/x^5").to_pb()).lookahead_tokens == 5
+    assert options("m=model:/x@bfloat16~0.25^8").lookahead_tokens == 8
+    spec = options("m=model:/x^6")
+    assert (spec.model_path, spec.lookahead_tokens, spec.min_confidence) == ("/x", 6, None)
+    assert options("m=model:/x^0").lookahead_tokens == 0  # ^0: none
+    assert options("m=model:/x").lookahead_tokens is None  # the drafter's default
+    assert DrafterSpec.from_pb(DrafterSpec.parse("m=model:/x^5").to_pb()).options == options("m=model:/x^5")
     with pytest.raises(ValueError, match="at most 64"):
         DrafterSpec.parse("m=model:/x^65")
 

@@ -7,8 +7,9 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 
 from banditspec.sampling import SamplingParams
-from services.draft.drafters.base import DraftSession
-from services.draft.drafters.prompt_lookup import PromptLookupDrafter
+from services.draft.drafters.base import DraftSession, ServiceSettings
+from services.draft.drafters.prompt_lookup import PromptLookupDrafter, PromptLookupOptions
+from services.draft.specs import DrafterSpec
 
 
 def session(context: list[int]) -> DraftSession:
@@ -138,3 +139,43 @@ def test_draft_length_scales_with_the_matched_ngram():
     assert proposal([2, 1, *continuation, 2, 1]) == [20, 21]  # 2-gram
     assert proposal([3, 2, 1, *continuation, 3, 2, 1]) == [20, 21, 22, 23]  # 3-gram
     assert proposal([4, 3, 2, 1, *continuation, 4, 3, 2, 1]) == continuation  # 4-gram = max: up to γ
+
+
+# spec ------------------------------------------------------------------------------------------
+
+
+@pytest.mark.parametrize(
+    ("text", "expected"),
+    [
+        ("pld=prompt_lookup", PromptLookupOptions()),
+        ("pld=prompt_lookup:1-3:fixed", PromptLookupOptions(1, 3, fixed_length=True)),
+        ("pld=prompt_lookup:3", PromptLookupOptions(3, 3)),
+        ("pld=prompt_lookup:3-", PromptLookupOptions(3, 3)),
+        ("pld=prompt_lookup:fixed", PromptLookupOptions(fixed_length=True)),
+        ("pld=prompt_lookup:0-3", PromptLookupOptions(None, 3)),  # a size of 0 took the default, and still does
+    ],
+)
+def test_spec(text, expected):
+    assert DrafterSpec.parse(text).options == expected
+
+
+@pytest.mark.parametrize(
+    "text",
+    ["p=prompt_lookup:40", "p=prompt_lookup:3-2", "p=prompt_lookup:0-1", "p=prompt_lookup:1-3:no", "p=prompt_lookup:x"],
+)
+def test_bad_spec(text):
+    with pytest.raises(ValueError, match="drafter spec"):
+        DrafterSpec.parse(text)
+
+
+def test_built_with_its_defaults_and_capabilities():
+    drafter = DrafterSpec.parse("pld=prompt_lookup").build(ServiceSettings())
+    assert isinstance(drafter, PromptLookupDrafter)
+    assert (drafter.min_ngram, drafter.max_ngram, drafter.scaled) == (2, 4, True)
+    assert (drafter.model_free, drafter.runs_on_worker, drafter.learns_from_outputs, drafter.looks_ahead) == (
+        True, False, False, False
+    )
+    assert drafter.vocab_size is None and drafter.kind == "prompt_lookup"
+    fixed = DrafterSpec.parse("pld=prompt_lookup:1-3:fixed").build(ServiceSettings())
+    assert isinstance(fixed, PromptLookupDrafter)
+    assert (fixed.min_ngram, fixed.max_ngram, fixed.scaled) == (1, 3, False)

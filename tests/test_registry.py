@@ -1,32 +1,159 @@
-"""The draft registry's release finish-sync: drafters that learn from outputs see exactly the finished
+"""The drafter kinds' registry (one declaration per kind, round trips between spec, options and protobuf),
+and the draft registry's release finish-sync: drafters that learn from outputs see exactly the finished
 answer, and nothing out of step with what the service holds."""
 
 from __future__ import annotations
 
+import grpc
 import pytest
 
 from banditspec.errors import InvalidArgument
 from banditspec.sampling import SamplingParams
+from banditspec.v1 import draft_pb2
+from services.draft.drafters.base import DraftSession, ModelFree, Proposal
+from services.draft.drafters.kinds import KINDS
 from services.draft.drafters.prompt_lookup import PromptLookupDrafter
 from services.draft.registry import MAX_DRAFT_TOKENS, DrafterRegistry
+from services.draft.specs import KIND_NAMES, USAGE, DrafterSpec
+
+# Spec strings of every kind, as users type them (the README's and the CLI's examples among them).
+SPECS = {
+    "prompt_lookup": [
+        "pld=prompt_lookup", "pld=prompt_lookup:1-3:fixed", "pld=prompt_lookup:3", "p=prompt_lookup:fixed"
+    ],
+    "model": [
+        "dm=model:pydocs:draft-m@bfloat16~0.3^8",
+        "m=model:/x",
+        "m=model:~/drafts/d@float32",
+        "m=model:/x~0^0",
+        "m=model:/x~-1^4",
+    ],
+    "suffix": ["sfx=suffix", "sfx=suffix:24:off", "sfx=suffix:off", "sfx=suffix:16:5000"],
+    "retrieval": ["rest=retrieval:PATH:16", "rest=retrieval:/data/code.npz", "rest=retrieval:a:b"],
+}
 
 
-class Recorder:
+# the kinds ---------------------------------------------------------------------------------------
+
+
+def test_every_kind_has_specs_here():
+    assert set(SPECS) == set(KINDS)
+
+
+@pytest.mark.parametrize("text", [text for texts in SPECS.values() for text in texts])
+def test_spec_round_trips_through_options_and_protobuf(text):
+    spec = DrafterSpec.parse(text)
+    kind = KINDS[spec.kind]
+    assert isinstance(spec.options, kind.options)
+    assert kind.options.parse(text.partition("=")[2].partition(":")[2]) == spec.options
+    request = spec.to_pb(replace=True)
+    assert request.WhichOneof("options") == spec.kind and request.name == spec.name and request.replace
+    wire = draft_pb2.LoadDrafterRequest.FromString(request.SerializeToString())
+    assert DrafterSpec.from_pb(wire) == spec
+    assert kind.options.from_pb(getattr(wire, spec.kind)) == spec.options
+
+
+def test_unset_options_stay_unset_on_the_wire():
+    request = DrafterSpec.parse("s=suffix").to_pb()
+    assert request.WhichOneof("options") == "suffix"  # an all-default message still names the kind
+    assert not request.suffix.HasField("max_depth") and not request.suffix.HasField("memory_tokens")
+    off = DrafterSpec.parse("s=suffix:off").to_pb()
+    assert off.suffix.HasField("memory_tokens") and off.suffix.memory_tokens == 0
+
+
+def test_kinds_match_the_proto():
+    oneof = draft_pb2.LoadDrafterRequest.DESCRIPTOR.oneofs_by_name["options"]
+    assert [field.name for field in oneof.fields] == list(KINDS)
+    for field in oneof.fields:
+        kind = KINDS[field.name]
+        assert DrafterSpec.parse(SPECS[kind.name][0]).options.to_pb().DESCRIPTOR is field.message_type
+        assert draft_pb2.DrafterKind.Name(kind.enum) == f"DRAFTER_KIND_{kind.name.upper()}"
+    assert {kind.enum: name for name, kind in KINDS.items()} == KIND_NAMES
+
+
+def test_usage_lists_every_kind():
+    for name, kind in KINDS.items():
+        assert kind.usage.startswith(f"NAME={name}") and kind.usage in USAGE
+    with pytest.raises(ValueError, match="expected NAME=prompt_lookup") as info:
+        DrafterSpec.parse("x=nope")
+    assert all(kind.usage in str(info.value) for kind in KINDS.values())
+
+
+@pytest.mark.parametrize("text", ["x", "x=", "=suffix", "x=nope", "x=model", "x=model:", "x=model:@bfloat16"])
+def test_bad_specs(text):
+    with pytest.raises(ValueError, match="drafter spec"):
+        DrafterSpec.parse(text)
+
+
+@pytest.mark.parametrize(
+    ("request_", "message"),
+    [
+        (draft_pb2.LoadDrafterRequest(name="x"), "set one of prompt_lookup, model, suffix, retrieval"),
+        (draft_pb2.LoadDrafterRequest(suffix=draft_pb2.SuffixOptions()), "needs a name"),
+        (draft_pb2.LoadDrafterRequest(name="x", model=draft_pb2.ModelDrafterOptions()), "needs a model path"),
+        (
+            draft_pb2.LoadDrafterRequest(name="x", model=draft_pb2.ModelDrafterOptions(model_path="m", dtype="")),
+            "dtype",
+        ),
+        (draft_pb2.LoadDrafterRequest(name="x", retrieval=draft_pb2.RetrievalOptions(max_depth=8)), "datastore path"),
+        (draft_pb2.LoadDrafterRequest(name="x", suffix=draft_pb2.SuffixOptions(max_depth=0)), r"\[1, 256\]"),
+    ],
+)
+def test_bad_requests(request_, message):
+    with pytest.raises(ValueError, match=message):
+        DrafterSpec.from_pb(request_)
+
+
+class _Aborted(Exception):
+    pass
+
+
+class _Context:
+    def set_trailing_metadata(self, metadata) -> None:
+        pass
+
+    async def abort(self, code, details):
+        raise _Aborted(code, details)
+
+
+async def test_load_drafter_without_options_is_invalid_argument_and_infos_carry_the_flags():
+    from services.draft.server import DraftConfig, DraftServicer
+
+    servicer = DraftServicer(DraftConfig(drafters=[]))
+    try:
+        with pytest.raises(_Aborted) as info:
+            await servicer.LoadDrafter(draft_pb2.LoadDrafterRequest(name="x"), _Context())
+        assert info.value.args[0] == grpc.StatusCode.INVALID_ARGUMENT and "set one of" in info.value.args[1]
+        for text in ("pld=prompt_lookup:1-2", "sfx=suffix:8:off"):
+            await servicer.LoadDrafter(DrafterSpec.parse(text).to_pb(), _Context())
+        listed = await servicer.ListDrafters(draft_pb2.ListDraftersRequest(), _Context())
+        flags = {d.name: (d.kind, d.model_free, d.learns_from_outputs) for d in listed.drafters}
+        assert flags == {
+            "pld": (draft_pb2.DRAFTER_KIND_PROMPT_LOOKUP, True, False),
+            "sfx": (draft_pb2.DRAFTER_KIND_SUFFIX, True, True),
+        }
+    finally:
+        for executor in (servicer.worker, servicer.loader, servicer.learner, servicer.ahead_worker):
+            executor.shutdown(wait=True)
+
+
+# the draft registry ------------------------------------------------------------------------------
+
+
+class Recorder(ModelFree):
     """A drafter that records what it was taught."""
 
-    name, kind, vocab_fingerprint, source, device = "rec", "suffix", "", "test", "cpu"
+    name, kind, vocab_fingerprint, source = "rec", "recorder", "", "test"
+    learns_from_outputs = True
 
     def __init__(self) -> None:
         self.taught: list[tuple[list[int], int]] = []
 
-    def propose(self, session, num_tokens):
+    def propose(self, session: DraftSession, num_tokens: int) -> Proposal:
         raise NotImplementedError
 
-    def finish(self, session) -> None:
+    def finish(self, session: DraftSession) -> None:
         self.taught.append((list(session.context), session.prompt_length))
-
-    def close(self) -> None:
-        pass
 
 
 @pytest.fixture
@@ -53,6 +180,16 @@ def test_out_of_step_sync_is_not_learned(registry):
     assert registry.release("s", 5, [9], prompt_length=3)  # released, but not learned from
     assert registry.get("rec").taught == []
     assert "s" not in registry.sessions
+
+
+def test_only_drafters_that_learn_are_taught(registry):
+    class Deaf(Recorder):
+        name, learns_from_outputs = "deaf", False
+
+    registry.add(Deaf())
+    registry.sync("s", 0, [1, 2, 3], SamplingParams(), 0)
+    registry.release("s", 3, [9], prompt_length=3)
+    assert registry.get("rec").taught == [([1, 2, 3, 9], 3)] and registry.get("deaf").taught == []
 
 
 def test_a_context_never_held_needs_its_prompt_boundary(registry):

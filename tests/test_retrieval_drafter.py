@@ -8,16 +8,17 @@ import json
 import grpc
 import numpy as np
 import pytest
+from conftest import RPC_TIMEOUT, list_arm_names, reference_greedy, wait_for
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
 from banditspec.datastore import SEPARATOR, Datastore, suffix_array
-from banditspec.training.datastore_build import build_datastore, recorded_outputs
 from banditspec.sampling import SamplingParams
+from banditspec.training.datastore_build import build_datastore, recorded_outputs
 from banditspec.v1 import draft_pb2, generation_pb2
-from conftest import RPC_TIMEOUT, list_arm_names, reference_greedy, wait_for
-from services.draft.drafters.base import DraftSession
-from services.draft.drafters.retrieval import RetrievalDrafter
+from services.draft.drafters.base import DraftSession, ServiceSettings
+from services.draft.drafters.retrieval import RetrievalDrafter, RetrievalOptions
+from services.draft.specs import DrafterSpec
 
 documents = st.lists(st.lists(st.integers(0, 3), max_size=12), max_size=5)
 
@@ -123,8 +124,39 @@ def test_reports_its_datastore(tmp_path):
     rest = RetrievalDrafter.load("rest", path, max_depth=8)
     assert rest.vocab_fingerprint == "abc123" and rest.kind == "retrieval"
     assert str(path) in rest.source and "5 tokens" in rest.source and rest.max_depth == 8
+    assert (rest.model_free, rest.runs_on_worker, rest.learns_from_outputs) == (True, False, False)
+    assert rest.vocab_size is None
     with pytest.raises(ValueError, match="min_depth"):
         RetrievalDrafter.load("rest", path, max_depth=1)
+
+
+@pytest.mark.parametrize(
+    ("text", "expected"),
+    [
+        ("rest=retrieval:PATH:16", RetrievalOptions("PATH", 16)),
+        ("rest=retrieval:PATH", RetrievalOptions("PATH")),
+        ("rest=retrieval:C:/data/x.npz", RetrievalOptions("C:/data/x.npz")),  # only a trailing :DIGITS is a depth
+        ("rest=retrieval:a:16:8", RetrievalOptions("a:16", 8)),
+        ("rest=retrieval:PATH:0", RetrievalOptions("PATH")),  # a depth of 0 took the default, and still does
+    ],
+)
+def test_spec(text, expected):
+    assert DrafterSpec.parse(text).options == expected
+
+
+@pytest.mark.parametrize("text", ["r=retrieval", "r=retrieval:", "r=retrieval::16", "r=retrieval:PATH:300"])
+def test_bad_spec(text):
+    with pytest.raises(ValueError, match="drafter spec"):
+        DrafterSpec.parse(text)
+
+
+def test_built_from_a_spec(tmp_path):
+    path = tmp_path / "store.npz"
+    build_datastore([[1, 2, 3], [4, 5]], "abc123", "unit test").save(path)
+    default = DrafterSpec.parse(f"rest=retrieval:{path}").build(ServiceSettings())
+    assert isinstance(default, RetrievalDrafter) and default.max_depth == 16
+    deep = DrafterSpec.parse(f"rest=retrieval:{path}:32").build(ServiceSettings())
+    assert isinstance(deep, RetrievalDrafter) and deep.max_depth == 32
 
 
 # the file --------------------------------------------------------------------------------------
@@ -169,7 +201,8 @@ def test_bad_files_are_rejected_clearly(tmp_path):
 def test_recorded_outputs_accepts_json_lines_and_generate_json(tmp_path):
     path = tmp_path / "outputs.jsonl"
     pretty = json.dumps({"request_id": "r", "token_ids": [4, 5], "stats": {"rounds": 1}}, indent=2)
-    path.write_text(json.dumps({"token_ids": [1, 2, 3]}) + "\n\n" + pretty + "\n" + json.dumps({"token_ids": []}) + "\n")
+    empty = json.dumps({"token_ids": []})
+    path.write_text(json.dumps({"token_ids": [1, 2, 3]}) + "\n\n" + pretty + "\n" + empty + "\n")
     assert list(recorded_outputs(path)) == [[1, 2, 3], [4, 5], []]
     path.write_text(json.dumps({"token_ids": [1]}) + "\n" + json.dumps({"text": "no ids"}) + "\n")
     with pytest.raises(ValueError, match="line 2"):
@@ -216,7 +249,10 @@ def test_datastore_build_command(tmp_path, tiny_models, tiny_tokenizer, capsys):
     with pytest.raises(SystemExit, match="--text"):
         banditspec("datastore", "build", "--tokenizer", str(tiny_models.target), "--out", str(out))
     with pytest.raises(SystemExit, match="no such file or directory"):
-        banditspec("datastore", "build", "--tokenizer", str(tiny_models.target), "--out", str(out), "--text", str(tmp_path / "nope"))
+        banditspec(
+            "datastore", "build", "--tokenizer", str(tiny_models.target), "--out", str(out),
+            "--text", str(tmp_path / "nope"),
+        )
 
 
 # through the services --------------------------------------------------------------------------
@@ -227,7 +263,7 @@ def test_load_drafter_with_a_bad_datastore_is_invalid_argument(draft_stub, tmp_p
     garbage.write_bytes(b"\x00" * 64)
     for path, mentions in ((tmp_path / "missing.npz", "no datastore file"), (garbage, "not a readable datastore")):
         request = draft_pb2.LoadDrafterRequest(
-            name="bad-rest", kind=draft_pb2.DRAFTER_KIND_RETRIEVAL, datastore_path=str(path)
+            name="bad-rest", retrieval=draft_pb2.RetrievalOptions(datastore_path=str(path))
         )
         with pytest.raises(grpc.RpcError) as info:
             draft_stub.LoadDrafter(request, timeout=RPC_TIMEOUT)
@@ -244,15 +280,17 @@ def test_greedy_output_through_a_runtime_loaded_retrieval_drafter(
     reference = reference_greedy(target_model, prompt, 24)
     path = tmp_path / "reference.npz"
     # The reference itself, so the drafter's guesses are right; and a decoy that shares its start.
-    build_datastore([prompt + reference, prompt[:3] + [40, 41, 42]], vocab_fingerprint(tiny_tokenizer), "test").save(path)
+    documents = [prompt + reference, [*prompt[:3], 40, 41, 42]]
+    build_datastore(documents, vocab_fingerprint(tiny_tokenizer), "test").save(path)
     name = "rest-e2e"
     arm = f"local/{name}/6"
     response = draft_stub.LoadDrafter(
-        draft_pb2.LoadDrafterRequest(name=name, kind=draft_pb2.DRAFTER_KIND_RETRIEVAL, datastore_path=str(path)),
+        draft_pb2.LoadDrafterRequest(name=name, retrieval=draft_pb2.RetrievalOptions(datastore_path=str(path))),
         timeout=RPC_TIMEOUT,
     )
     try:
         assert response.drafter.vocab_fingerprint == vocab_fingerprint(tiny_tokenizer)
+        assert response.drafter.model_free and not response.drafter.learns_from_outputs
         assert str(path) in response.drafter.source
         wait_for(lambda: arm in list_arm_names(generation_stub), timeout=20)
         request = generation_pb2.GenerateRequest(max_new_tokens=24, allowed_arms=[arm])

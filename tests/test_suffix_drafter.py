@@ -3,19 +3,21 @@ real services, where a second request learns from the first one's answer."""
 
 from __future__ import annotations
 
+import itertools
 import random
 from collections import Counter
 
 import grpc
 import pytest
+from conftest import RPC_TIMEOUT, local_stack, reference_greedy, wait_for
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
 from banditspec.sampling import SamplingParams
 from banditspec.v1 import draft_pb2, draft_pb2_grpc, generation_pb2, generation_pb2_grpc
-from conftest import RPC_TIMEOUT, local_stack, reference_greedy, wait_for
-from services.draft.drafters.base import DraftSession
-from services.draft.drafters.suffix import SuffixDrafter, SuffixTrie
+from services.draft.drafters.base import DraftSession, ServiceSettings
+from services.draft.drafters.suffix import SuffixDrafter, SuffixOptions, SuffixTrie
+from services.draft.specs import DrafterSpec
 
 TOKENS = st.integers(min_value=0, max_value=4)  # a small alphabet, so that patterns repeat
 SEQUENCES = st.lists(TOKENS, max_size=40)
@@ -62,8 +64,8 @@ def trie_counts(trie: SuffixTrie) -> Counter:
         assert node is trie.root or node.count >= 2  # canonical: a node seen once is a reference
         assert node.total == sum(child.count for child in node.children.values())
         for token, child in node.children.items():
-            counts[prefix + (token,)] += child.count
-            walk(child, prefix + (token,))
+            counts[(*prefix, token)] += child.count
+            walk(child, (*prefix, token))
 
     walk(trie.root, ())
     return counts
@@ -333,7 +335,7 @@ def test_incremental_updates_give_the_same_proposals_as_a_fresh_session(full, cu
     for output in outputs:
         finished(drafter, [], output)
     growing = session([])
-    for cut in sorted({min(c, len(full)) for c in cuts}) + [len(full)]:
+    for cut in [*sorted({min(c, len(full)) for c in cuts}), len(full)]:
         growing.context.extend(full[len(growing.context) : cut])  # in place, as the registry does
         for num_tokens in (1, 3, 8):
             assert drafter.propose(growing, num_tokens) == drafter.propose(session(growing.context), num_tokens)
@@ -357,6 +359,43 @@ def test_insert_then_evict_restores_the_tree(base, extra, max_depth):
     assert trie.nodes == 1 and not trie.root.children and trie.root.total == 0
 
 
+# spec ------------------------------------------------------------------------------------------
+
+
+@pytest.mark.parametrize(
+    ("text", "expected"),
+    [
+        ("sfx=suffix", SuffixOptions()),
+        ("sfx=suffix:24:off", SuffixOptions(24, 0)),
+        ("sfx=suffix:off", SuffixOptions(None, 0)),
+        ("sfx=suffix:24:0", SuffixOptions(24, 0)),  # 0 is off too
+        ("sfx=suffix:16:5000", SuffixOptions(16, 5000)),
+        ("sfx=suffix:16:", SuffixOptions(16)),
+        ("sfx=suffix:0", SuffixOptions()),  # a depth of 0 took the default, and still does
+    ],
+)
+def test_spec(text, expected):
+    assert DrafterSpec.parse(text).options == expected
+
+
+@pytest.mark.parametrize("text", ["s=suffix:300", "s=suffix:x", "s=suffix:8:-5", "s=suffix:off:5"])
+def test_bad_spec(text):
+    with pytest.raises(ValueError, match="drafter spec"):
+        DrafterSpec.parse(text)
+
+
+def test_built_with_its_defaults_and_capabilities():
+    drafter = DrafterSpec.parse("sfx=suffix").build(ServiceSettings())
+    assert isinstance(drafter, SuffixDrafter)
+    assert (drafter.max_depth, drafter.memory_tokens) == (24, 200_000)
+    assert (drafter.model_free, drafter.runs_on_worker, drafter.learns_from_outputs, drafter.looks_ahead) == (
+        True, False, True, False
+    )
+    off = DrafterSpec.parse("sfx=suffix:8:off").build(ServiceSettings())
+    assert isinstance(off, SuffixDrafter)
+    assert (off.max_depth, off.memory_tokens) == (8, 0)
+
+
 # end to end --------------------------------------------------------------------------------------
 
 MAX_NEW = 24
@@ -373,7 +412,7 @@ def test_second_request_drafts_from_the_first_answer(suffix_stack, target_model)
     # A prompt whose answer repeats no pair of tokens: its own tree can never propose, so whatever the
     # second request accepts was learned from the first one's output.
     def repeats_no_pair(tokens: list[int]) -> bool:
-        return len(set(zip(tokens, tokens[1:]))) == len(tokens) - 1
+        return len(set(itertools.pairwise(tokens))) == len(tokens) - 1
 
     prompts = ([37, 48, 54], [30, 23, 42], [36, 19, 6, 54], [48, 7, 15])  # found by trying: most answers loop
     answers = ((p, reference_greedy(target_model, p, MAX_NEW)) for p in prompts)
@@ -388,6 +427,8 @@ def test_second_request_drafts_from_the_first_answer(suffix_stack, target_model)
         generate = generation_pb2_grpc.GenerationServiceStub(controller).Generate
         draft_info = draft_pb2_grpc.DraftServiceStub(draft).Info
 
+        (info,) = draft_info(draft_pb2.DraftInfoRequest(), timeout=RPC_TIMEOUT).drafters
+        assert (info.kind, info.model_free, info.learns_from_outputs) == (draft_pb2.DRAFTER_KIND_SUFFIX, True, True)
         first = generate(req, timeout=RPC_TIMEOUT)
         assert list(first.token_ids) == expected
         assert [a.arm for a in first.stats.arms] == [arm]

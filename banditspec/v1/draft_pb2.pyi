@@ -22,20 +22,24 @@ DRAFTER_KIND_SUFFIX: DrafterKind
 DRAFTER_KIND_RETRIEVAL: DrafterKind
 
 class DrafterInfo(_message.Message):
-    __slots__ = ("name", "kind", "vocab_fingerprint", "source", "device", "lookahead_hits")
+    __slots__ = ("name", "kind", "vocab_fingerprint", "source", "device", "lookahead_hits", "model_free", "learns_from_outputs")
     NAME_FIELD_NUMBER: _ClassVar[int]
     KIND_FIELD_NUMBER: _ClassVar[int]
     VOCAB_FINGERPRINT_FIELD_NUMBER: _ClassVar[int]
     SOURCE_FIELD_NUMBER: _ClassVar[int]
     DEVICE_FIELD_NUMBER: _ClassVar[int]
     LOOKAHEAD_HITS_FIELD_NUMBER: _ClassVar[int]
+    MODEL_FREE_FIELD_NUMBER: _ClassVar[int]
+    LEARNS_FROM_OUTPUTS_FIELD_NUMBER: _ClassVar[int]
     name: str
     kind: DrafterKind
     vocab_fingerprint: str
     source: str
     device: str
     lookahead_hits: int
-    def __init__(self, name: _Optional[str] = ..., kind: _Optional[_Union[DrafterKind, str]] = ..., vocab_fingerprint: _Optional[str] = ..., source: _Optional[str] = ..., device: _Optional[str] = ..., lookahead_hits: _Optional[int] = ...) -> None: ...
+    model_free: bool
+    learns_from_outputs: bool
+    def __init__(self, name: _Optional[str] = ..., kind: _Optional[_Union[DrafterKind, str]] = ..., vocab_fingerprint: _Optional[str] = ..., source: _Optional[str] = ..., device: _Optional[str] = ..., lookahead_hits: _Optional[int] = ..., model_free: _Optional[bool] = ..., learns_from_outputs: _Optional[bool] = ...) -> None: ...
 
 class DraftInfoRequest(_message.Message):
     __slots__ = ()
@@ -122,34 +126,58 @@ class ReleaseDraftSessionResponse(_message.Message):
     def __init__(self, released: _Optional[bool] = ...) -> None: ...
 
 class LoadDrafterRequest(_message.Message):
-    __slots__ = ("name", "kind", "model_path", "dtype", "min_ngram", "max_ngram", "replace", "fixed_length", "datastore_path", "max_depth", "memory_tokens", "min_confidence", "lookahead_tokens")
+    __slots__ = ("name", "replace", "prompt_lookup", "model", "suffix", "retrieval")
     NAME_FIELD_NUMBER: _ClassVar[int]
-    KIND_FIELD_NUMBER: _ClassVar[int]
-    MODEL_PATH_FIELD_NUMBER: _ClassVar[int]
-    DTYPE_FIELD_NUMBER: _ClassVar[int]
+    REPLACE_FIELD_NUMBER: _ClassVar[int]
+    PROMPT_LOOKUP_FIELD_NUMBER: _ClassVar[int]
+    MODEL_FIELD_NUMBER: _ClassVar[int]
+    SUFFIX_FIELD_NUMBER: _ClassVar[int]
+    RETRIEVAL_FIELD_NUMBER: _ClassVar[int]
+    name: str
+    replace: bool
+    prompt_lookup: PromptLookupOptions
+    model: ModelDrafterOptions
+    suffix: SuffixOptions
+    retrieval: RetrievalOptions
+    def __init__(self, name: _Optional[str] = ..., replace: _Optional[bool] = ..., prompt_lookup: _Optional[_Union[PromptLookupOptions, _Mapping]] = ..., model: _Optional[_Union[ModelDrafterOptions, _Mapping]] = ..., suffix: _Optional[_Union[SuffixOptions, _Mapping]] = ..., retrieval: _Optional[_Union[RetrievalOptions, _Mapping]] = ...) -> None: ...
+
+class PromptLookupOptions(_message.Message):
+    __slots__ = ("min_ngram", "max_ngram", "fixed_length")
     MIN_NGRAM_FIELD_NUMBER: _ClassVar[int]
     MAX_NGRAM_FIELD_NUMBER: _ClassVar[int]
-    REPLACE_FIELD_NUMBER: _ClassVar[int]
     FIXED_LENGTH_FIELD_NUMBER: _ClassVar[int]
-    DATASTORE_PATH_FIELD_NUMBER: _ClassVar[int]
-    MAX_DEPTH_FIELD_NUMBER: _ClassVar[int]
-    MEMORY_TOKENS_FIELD_NUMBER: _ClassVar[int]
-    MIN_CONFIDENCE_FIELD_NUMBER: _ClassVar[int]
-    LOOKAHEAD_TOKENS_FIELD_NUMBER: _ClassVar[int]
-    name: str
-    kind: DrafterKind
-    model_path: str
-    dtype: str
     min_ngram: int
     max_ngram: int
-    replace: bool
     fixed_length: bool
-    datastore_path: str
-    max_depth: int
-    memory_tokens: int
+    def __init__(self, min_ngram: _Optional[int] = ..., max_ngram: _Optional[int] = ..., fixed_length: _Optional[bool] = ...) -> None: ...
+
+class ModelDrafterOptions(_message.Message):
+    __slots__ = ("model_path", "dtype", "min_confidence", "lookahead_tokens")
+    MODEL_PATH_FIELD_NUMBER: _ClassVar[int]
+    DTYPE_FIELD_NUMBER: _ClassVar[int]
+    MIN_CONFIDENCE_FIELD_NUMBER: _ClassVar[int]
+    LOOKAHEAD_TOKENS_FIELD_NUMBER: _ClassVar[int]
+    model_path: str
+    dtype: str
     min_confidence: float
     lookahead_tokens: int
-    def __init__(self, name: _Optional[str] = ..., kind: _Optional[_Union[DrafterKind, str]] = ..., model_path: _Optional[str] = ..., dtype: _Optional[str] = ..., min_ngram: _Optional[int] = ..., max_ngram: _Optional[int] = ..., replace: _Optional[bool] = ..., fixed_length: _Optional[bool] = ..., datastore_path: _Optional[str] = ..., max_depth: _Optional[int] = ..., memory_tokens: _Optional[int] = ..., min_confidence: _Optional[float] = ..., lookahead_tokens: _Optional[int] = ...) -> None: ...
+    def __init__(self, model_path: _Optional[str] = ..., dtype: _Optional[str] = ..., min_confidence: _Optional[float] = ..., lookahead_tokens: _Optional[int] = ...) -> None: ...
+
+class SuffixOptions(_message.Message):
+    __slots__ = ("max_depth", "memory_tokens")
+    MAX_DEPTH_FIELD_NUMBER: _ClassVar[int]
+    MEMORY_TOKENS_FIELD_NUMBER: _ClassVar[int]
+    max_depth: int
+    memory_tokens: int
+    def __init__(self, max_depth: _Optional[int] = ..., memory_tokens: _Optional[int] = ...) -> None: ...
+
+class RetrievalOptions(_message.Message):
+    __slots__ = ("datastore_path", "max_depth")
+    DATASTORE_PATH_FIELD_NUMBER: _ClassVar[int]
+    MAX_DEPTH_FIELD_NUMBER: _ClassVar[int]
+    datastore_path: str
+    max_depth: int
+    def __init__(self, datastore_path: _Optional[str] = ..., max_depth: _Optional[int] = ...) -> None: ...
 
 class LoadDrafterResponse(_message.Message):
     __slots__ = ("drafter", "load_seconds")

@@ -10,7 +10,6 @@ from banditspec.errors import AlreadyExists, InvalidArgument, NotFound, OutOfSyn
 from banditspec.sampling import SamplingParams
 from services.draft.drafters.base import Drafter, DraftSession, Proposal
 
-
 MAX_DRAFT_TOKENS = 64  # γ beyond this is a client error, and it bounds what a proposal allocates
 MAX_CONTEXT_TOKENS = 1 << 17  # per session: bounds memory and the model-free drafters' indexing time
 
@@ -77,12 +76,12 @@ class DrafterRegistry:
         if context_length == 0:
             if not new_ids:
                 raise InvalidArgument("opening a session needs its context in new_context_ids")
-            session = DraftSession(list(new_ids), sampling, seed, prompt_length=len(new_ids), max_token_id=top)
+            opened = DraftSession(list(new_ids), sampling, seed, prompt_length=len(new_ids), max_token_id=top)
             self.sessions.pop(session_id, None)
-            self.sessions[session_id] = session
+            self.sessions[session_id] = opened
             while len(self.sessions) > self.max_sessions:
                 self.sessions.popitem(last=False)
-            return session
+            return opened
         session = self.sessions.get(session_id)
         if session is None:
             raise SessionLost(f"session {session_id!r} is not held by this draft service; resend the full context")
@@ -98,7 +97,8 @@ class DrafterRegistry:
     def _check_ids(self, new_ids: list[int], held: int, vocab_size: int | None, held_max: int) -> int:
         """Raises InvalidArgument for a context that would be too long or hold a bad id; returns its largest id."""
         if held + len(new_ids) > self.max_context:
-            raise InvalidArgument(f"a session's context is at most {self.max_context} tokens, got {held + len(new_ids)}")
+            total = held + len(new_ids)
+            raise InvalidArgument(f"a session's context is at most {self.max_context} tokens, got {total}")
         if new_ids and min(new_ids) < 0:
             raise InvalidArgument(f"token ids must be >= 0, got {min(new_ids)}")
         top = max(held_max, max(new_ids, default=-1))
@@ -139,8 +139,8 @@ class DrafterRegistry:
         session = learn_from
         if prompt_length > 0:
             session.prompt_length = min(prompt_length, len(session.context))
-        finishes = [drafter.finish for drafter in self.drafters.values() if hasattr(drafter, "finish")]
-        if finishes:  # drafters that learn from finished outputs
+        finishes = [drafter.finish for drafter in self.drafters.values() if drafter.learns_from_outputs]
+        if finishes:
 
             def learn_all() -> None:
                 for finish in finishes:

@@ -13,18 +13,14 @@ from dataclasses import dataclass, field
 import structlog
 
 from banditspec import distributions
-from banditspec.model_paths import resolve_model_path
 from banditspec.errors import AlreadyExists, InvalidArgument, grpc_errors
 from banditspec.sampling import SamplingParams
 from banditspec.serving import run_server
 from banditspec.v1 import draft_pb2, draft_pb2_grpc
-from services.draft.drafters.base import Drafter
-from services.draft.drafters.model import ModelDrafter
-from services.draft.drafters.prompt_lookup import PromptLookupDrafter
-from services.draft.drafters.retrieval import RetrievalDrafter
-from services.draft.drafters.suffix import SuffixDrafter
+from services.draft.drafters.base import Drafter, DraftSession, ServiceSettings
+from services.draft.drafters.kinds import KINDS
 from services.draft.registry import MAX_DRAFT_TOKENS, DrafterRegistry
-from services.draft.specs import KINDS, DrafterSpec
+from services.draft.specs import DrafterSpec
 
 log = structlog.get_logger()
 
@@ -43,32 +39,20 @@ class DraftConfig:
 
 
 def build_drafter(spec: DrafterSpec, device: str | None, default_dtype: str | None) -> Drafter:
-    if spec.kind == "prompt_lookup":
-        return PromptLookupDrafter(
-            spec.name, spec.min_ngram or 2, spec.max_ngram or 4, scaled=not spec.fixed_length
-        )
-    if spec.kind == "suffix":
-        options = {"max_depth": spec.max_depth} if spec.max_depth else {}
-        if spec.memory_tokens:
-            options["memory_tokens"] = max(0, spec.memory_tokens)  # -1: remember no outputs
-        return SuffixDrafter(spec.name, **options)
-    if spec.kind == "retrieval":
-        return RetrievalDrafter.load(spec.name, spec.datastore_path, **({"max_depth": spec.max_depth} if spec.max_depth else {}))
-    path = str(resolve_model_path(spec.model_path))
-    options = {} if spec.min_confidence == 0 else {"min_confidence": max(0.0, spec.min_confidence)}
-    if spec.lookahead_tokens:
-        options["lookahead"] = max(0, spec.lookahead_tokens)
-    return ModelDrafter.load(spec.name, path, device=device, dtype=spec.dtype or default_dtype, **options)
+    return spec.build(ServiceSettings(device, default_dtype))
 
 
 def drafter_info(drafter: Drafter) -> draft_pb2.DrafterInfo:
+    kind = KINDS.get(drafter.kind)
     return draft_pb2.DrafterInfo(
         name=drafter.name,
-        kind=KINDS[drafter.kind],
+        kind=kind.enum if kind else draft_pb2.DRAFTER_KIND_UNSPECIFIED,
         vocab_fingerprint=drafter.vocab_fingerprint,
         source=drafter.source,
         device=drafter.device,
-        lookahead_hits=getattr(drafter, "lookahead_hits", 0),
+        lookahead_hits=drafter.lookahead_hits,
+        model_free=drafter.model_free,
+        learns_from_outputs=drafter.learns_from_outputs,
     )
 
 
@@ -113,18 +97,18 @@ class DraftServicer(draft_pb2_grpc.DraftServiceServicer):
         future.add_done_callback(self._job_ended)
         return await asyncio.wrap_future(future)
 
-    def _propose_on_worker(self, drafter: Drafter, session, num_tokens: int):
+    def _propose_on_worker(self, drafter: Drafter, session: DraftSession, num_tokens: int):
         try:
             return self.registry.propose(drafter, session, num_tokens)
         finally:
             # Here rather than after the await: a cancelled RPC must not leave a retired drafter's state.
             self.registry.forget_if_retired(drafter, session)
 
-    def _draft_ahead(self, drafter: ModelDrafter, session) -> None:
+    def _draft_ahead(self, drafter: Drafter, session: DraftSession) -> None:
         future = self.ahead_worker.submit(self._look_ahead, drafter, session)
         future.add_done_callback(_log_failure)
 
-    def _look_ahead(self, drafter: ModelDrafter, session) -> None:
+    def _look_ahead(self, drafter: Drafter, session: DraftSession) -> None:
         if self._model_work_waiting():
             return
         with self.model_lock:
@@ -179,17 +163,17 @@ class DraftServicer(draft_pb2_grpc.DraftServiceServicer):
             list(request.new_context_ids),
             sampling,
             request.seed,
-            vocab_size=drafter.loaded.vocab_size if drafter.kind == "model" else None,
+            vocab_size=drafter.vocab_size,
         )
-        if drafter.kind == "model":
+        if drafter.runs_on_worker:
             proposal, seconds = await self._on_worker(self._propose_on_worker, drafter, session, request.num_tokens)
             if (
-                drafter.lookahead > 0 and proposal.token_ids and session.sampling.greedy
+                drafter.looks_ahead and proposal.token_ids and session.sampling.greedy
                 and self.registry.drafters.get(drafter.name) is drafter
                 and self.registry.sessions.get(request.session_id) is session
             ):
                 self._draft_ahead(drafter, session)
-        else:  # model-free drafters cost microseconds: a thread hop would cost more than the work
+        else:  # microseconds of work: a thread hop would cost more, and it must not queue behind a forward
             proposal, seconds = self.registry.propose(drafter, session, request.num_tokens)
         probs = [] if proposal.probs is None else [distributions.encode(row) for row in proposal.probs]
         return draft_pb2.ProposeResponse(
@@ -200,14 +184,16 @@ class DraftServicer(draft_pb2_grpc.DraftServiceServicer):
             alternatives=self._alternatives(request, session),
         )
 
-    def _alternatives(self, request: draft_pb2.ProposeRequest, session) -> list[draft_pb2.AlternativeDraft]:
+    def _alternatives(
+        self, request: draft_pb2.ProposeRequest, session: DraftSession
+    ) -> list[draft_pb2.AlternativeDraft]:
         """Drafts of other model-free drafters for the same context, for counterfactual scoring. Skips
-        names that are gone or are models (a model forward per round would cost what scoring saves)."""
+        names that are gone or not model-free (a model forward per round would cost what scoring saves)."""
         alternatives = []
         num_tokens = min(max(0, request.score_num_tokens), MAX_DRAFT_TOKENS)
         for name in dict.fromkeys(request.score_drafters):
             drafter = self.registry.drafters.get(name)
-            if drafter is None or drafter.kind == "model" or name == request.drafter:
+            if drafter is None or not drafter.model_free or name == request.drafter:
                 continue
             try:
                 proposal, _ = self.registry.propose(drafter, session, num_tokens)
@@ -272,8 +258,9 @@ async def serve(config: DraftConfig) -> None:
 
     async def close() -> None:
         for drafter in servicer.registry.drafters.values():
-            if getattr(drafter, "lookahead", 0) > 0:
-                log.info("lookahead", drafter=drafter.name, proposals=drafter.proposals, hits=drafter.lookahead_hits)
+            if drafter.looks_ahead:
+                proposals = getattr(drafter, "proposals", None)  # a model drafter's own count
+                log.info("lookahead", drafter=drafter.name, proposals=proposals, hits=drafter.lookahead_hits)
         with servicer.pending_lock:
             servicer.pending_model_jobs += 1  # stops a running lookahead at its next forward
         servicer.ahead_worker.shutdown(wait=True, cancel_futures=True)

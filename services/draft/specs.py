@@ -1,9 +1,13 @@
-"""Drafter specifications, one string per drafter (CLI flags, `drafters load`):
+"""Drafter specifications, one string per drafter (CLI flags, `drafters load`): NAME=KIND[:ARGS], e.g.
 
-    NAME=prompt_lookup[:MIN-MAX][:fixed]
-    NAME=model:PATH[@DTYPE][~MIN_CONFIDENCE][^LOOKAHEAD_TOKENS]
-    NAME=suffix[:DEPTH[:MEMORY_TOKENS|off]]
-    NAME=retrieval:DATASTORE_PATH[:DEPTH]
+    pld=prompt_lookup:1-3:fixed
+    dm=model:pydocs:draft-m@bfloat16~0.3^8
+    sfx=suffix:24:off
+    rest=retrieval:PATH:16
+
+Each kind's module declares its ARGS (services/draft/drafters/kinds.py lists the kinds; USAGE spells
+them out). Here: the generic part, NAME and KIND and the dispatch of ARGS, and the LoadDrafterRequest
+round trip, whose `options` field names the kind.
 """
 
 from __future__ import annotations
@@ -11,155 +15,67 @@ from __future__ import annotations
 from dataclasses import dataclass
 
 from banditspec.v1 import draft_pb2
+from services.draft.drafters.base import Drafter, DrafterOptions, ServiceSettings
+from services.draft.drafters.kinds import KINDS
 
-KINDS = {
-    "prompt_lookup": draft_pb2.DRAFTER_KIND_PROMPT_LOOKUP,
-    "model": draft_pb2.DRAFTER_KIND_MODEL,
-    "suffix": draft_pb2.DRAFTER_KIND_SUFFIX,
-    "retrieval": draft_pb2.DRAFTER_KIND_RETRIEVAL,
-}
-USAGE = (
-    "NAME=prompt_lookup[:MIN-MAX][:fixed], NAME=model:PATH[@DTYPE][~MIN_CONFIDENCE][^LOOKAHEAD], NAME=suffix[:DEPTH[:MEMORY_TOKENS|off]] "
-    "or NAME=retrieval:DATASTORE_PATH[:DEPTH]"
-)
-KIND_NAMES = {value: key for key, value in KINDS.items()}
-MAX_LOOKAHEAD_TOKENS = 64
-MAX_NGRAM = 32  # prompt lookup indexes (max - min + 1) n-grams per context token
-MAX_DEPTH = 256  # suffix / retrieval: matching costs up to max_depth steps per token
+_USAGES = [kind.usage for kind in KINDS.values()]
+USAGE = ", ".join(_USAGES[:-1]) + " or " + _USAGES[-1] if len(_USAGES) > 1 else _USAGES[0]
+# DrafterKind value → kind name. Kept for importers that still map DrafterInfo.kind; new code should act on
+# DrafterInfo's capability flags (model_free, learns_from_outputs) instead.
+KIND_NAMES = {kind.enum: name for name, kind in KINDS.items()}
 
 
 @dataclass(frozen=True)
 class DrafterSpec:
+    """A drafter to load: its name, its kind, and that kind's options."""
+
     name: str
     kind: str
-    model_path: str = ""
-    dtype: str = ""
-    min_ngram: int = 0
-    max_ngram: int = 0
-    fixed_length: bool = False
-    datastore_path: str = ""
-    max_depth: int = 0
-    memory_tokens: int = 0
-    min_confidence: float = 0.0  # 0: the drafter's default; negative: never stop early
-    lookahead_tokens: int = 0  # 0: the drafter's default; negative: no lookahead
+    options: DrafterOptions
 
     def __post_init__(self) -> None:
-        if not 0 <= self.min_ngram <= MAX_NGRAM or not 0 <= self.max_ngram <= MAX_NGRAM:
-            raise ValueError(f"drafter {self.name!r}: n-gram sizes must be in [1, {MAX_NGRAM}]")
-        if not -1 <= self.lookahead_tokens <= MAX_LOOKAHEAD_TOKENS:
-            raise ValueError(f"drafter {self.name!r}: lookahead is at most {MAX_LOOKAHEAD_TOKENS} tokens, got {self.lookahead_tokens}")
-        if not 0 <= self.max_depth <= MAX_DEPTH:
-            raise ValueError(f"drafter {self.name!r}: max_depth must be in [1, {MAX_DEPTH}], got {self.max_depth}")
+        if not self.name:
+            raise ValueError("a drafter needs a name")
+        kind = KINDS.get(self.kind)
+        if kind is None:
+            raise ValueError(f"unknown drafter kind {self.kind!r}; expected one of {', '.join(KINDS)}")
+        if not isinstance(self.options, kind.options):
+            raise TypeError(f"a {self.kind} drafter takes {kind.options.__name__}, got {type(self.options).__name__}")
 
     @classmethod
     def parse(cls, text: str) -> DrafterSpec:
         name, sep, rest = text.partition("=")
         if not sep or not name or not rest:
             raise ValueError(f"drafter spec {text!r}: expected {USAGE}")
-        kind, _, arg = rest.partition(":")
-        if kind == "prompt_lookup":
-            sizes, _, flag = arg.partition(":")
-            if sizes == "fixed" and not flag:
-                sizes, flag = "", "fixed"
-            if flag not in ("", "fixed"):
-                raise ValueError(f"drafter spec {text!r}: unknown prompt_lookup option {flag!r}")
-            if not sizes:
-                return cls(name, kind, fixed_length=bool(flag))
-            low, _, high = sizes.partition("-")
-            return cls(name, kind, min_ngram=int(low), max_ngram=int(high or low), fixed_length=bool(flag))
-        if kind == "model":
-            if not arg:
-                raise ValueError(f"drafter spec {text!r}: a model drafter needs a path")
-            lookahead = 0  # the drafter's default
-            head, sep, tokens = arg.rpartition("^")
-            if sep and tokens.isdigit():
-                arg, lookahead = head, int(tokens) or -1  # ^0: none (0 itself means "default" on the wire)
-            min_confidence = 0.0  # the drafter's default
-            head, sep, confidence = arg.rpartition("~")
-            if sep and _is_number(confidence):  # a '~' elsewhere (a home-relative path) is part of the path
-                arg, min_confidence = head, float(confidence)
-                if not min_confidence <= 1.0:
-                    raise ValueError(f"drafter spec {text!r}: a confidence threshold is at most 1")
-                if min_confidence <= 0.0:
-                    min_confidence = -1.0  # ~0: never stop early (0 itself means "default" on the wire)
-            path, _, dtype = arg.partition("@")
-            if not path:
-                raise ValueError(f"drafter spec {text!r}: a model drafter needs a path")
-            return cls(
-                name, kind, model_path=path, dtype=dtype, min_confidence=min_confidence, lookahead_tokens=lookahead
-            )
-        if kind == "suffix":
-            depth, _, memory = arg.partition(":")
-            if depth == "off" and not memory:
-                depth, memory = "", "off"
-            # off or 0: no learning across requests (0 itself means "default" on the wire)
-            remembered = -1 if memory in ("off", "0") else _int(text, memory)
-            return cls(name, kind, max_depth=_int(text, depth), memory_tokens=remembered)
-        if kind == "retrieval":
-            path, _, depth = arg.rpartition(":") if arg.rpartition(":")[2].isdigit() else (arg, "", "")
-            if not path:
-                raise ValueError(f"drafter spec {text!r}: a retrieval drafter needs a datastore path")
-            return cls(name, kind, datastore_path=path, max_depth=_int(text, depth))
-        raise ValueError(f"drafter spec {text!r}: unknown kind {kind!r}; expected {USAGE}")
+        kind_name, _, args = rest.partition(":")
+        kind = KINDS.get(kind_name)
+        if kind is None:
+            raise ValueError(f"drafter spec {text!r}: unknown kind {kind_name!r}; expected {USAGE}")
+        try:
+            options = kind.options.parse(args)
+        except ValueError as error:
+            raise ValueError(f"drafter spec {text!r}: {error}") from error
+        return cls(name, kind_name, options)
 
     def to_pb(self, replace: bool = False) -> draft_pb2.LoadDrafterRequest:
-        return draft_pb2.LoadDrafterRequest(
-            name=self.name,
-            kind=KINDS[self.kind],
-            model_path=self.model_path,
-            dtype=self.dtype,
-            min_ngram=self.min_ngram,
-            max_ngram=self.max_ngram,
-            replace=replace,
-            fixed_length=self.fixed_length,
-            datastore_path=self.datastore_path,
-            max_depth=self.max_depth,
-            memory_tokens=self.memory_tokens,
-            min_confidence=self.min_confidence,
-            lookahead_tokens=self.lookahead_tokens,
-        )
+        # Set by keyword: an all-default options message is still present, and so still names the kind.
+        return draft_pb2.LoadDrafterRequest(name=self.name, replace=replace, **{self.kind: self.options.to_pb()})
 
     @classmethod
     def from_pb(cls, pb: draft_pb2.LoadDrafterRequest) -> DrafterSpec:
-        if pb.kind not in KIND_NAMES:
-            raise ValueError(f"LoadDrafter needs a kind, one of {', '.join(draft_pb2.DrafterKind.keys()[1:])}")
         if not pb.name:
             raise ValueError("LoadDrafter needs a name")
-        if pb.kind == draft_pb2.DRAFTER_KIND_MODEL and not pb.model_path:
-            raise ValueError("a model drafter needs model_path")
-        if pb.kind == draft_pb2.DRAFTER_KIND_RETRIEVAL and not pb.datastore_path:
-            raise ValueError("a retrieval drafter needs datastore_path")
-        if not pb.min_confidence <= 1.0:
-            raise ValueError(f"min_confidence must be <= 1, got {pb.min_confidence}")
-        if pb.memory_tokens < -1:
-            raise ValueError("memory_tokens must be >= -1")
-        return cls(
-            pb.name,
-            KIND_NAMES[pb.kind],
-            pb.model_path,
-            pb.dtype,
-            pb.min_ngram,
-            pb.max_ngram,
-            pb.fixed_length,
-            pb.datastore_path,
-            pb.max_depth,
-            pb.memory_tokens,
-            pb.min_confidence,
-            pb.lookahead_tokens,
-        )
+        field = pb.WhichOneof("options")
+        if field is None:
+            raise ValueError(f"LoadDrafter needs the options of its drafter's kind: set one of {', '.join(KINDS)}")
+        kind = KINDS.get(field)
+        if kind is None:  # a kind in the proto that this service does not register
+            raise ValueError(f"this draft service cannot load {field} drafters; it knows {', '.join(KINDS)}")
+        try:
+            options = kind.options.from_pb(getattr(pb, field))
+        except ValueError as error:
+            raise ValueError(f"drafter {pb.name!r}: {error}") from error
+        return cls(pb.name, field, options)
 
-
-def _is_number(value: str) -> bool:
-    try:
-        float(value)
-    except ValueError:
-        return False
-    return True
-
-
-def _int(text: str, value: str) -> int:
-    if not value:
-        return 0
-    if not value.isdigit():
-        raise ValueError(f"drafter spec {text!r}: {value!r} is not a non-negative integer")
-    return int(value)
+    def build(self, settings: ServiceSettings) -> Drafter:
+        return self.options.build(self.name, settings)

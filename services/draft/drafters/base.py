@@ -1,20 +1,35 @@
-"""The drafter interface: propose γ tokens for a session's context.
+"""The drafter interface, and how a drafter kind declares itself.
 
-A drafter keeps whatever per-session state it needs in `DraftSession.state[drafter name]`, so
-releasing a session or unloading a drafter frees it. A proposal's `probs` is None for a
-deterministic draft (the verifier then treats it as a point mass). A drafter that learns across
-requests implements `finish(session)`: the registry calls it when a session is released, with the
-finished text at `session.context[session.prompt_length:]`.
+A drafter proposes γ tokens for a session's context. It keeps whatever per-session state it needs in
+`DraftSession.state[drafter name]`, so releasing a session or unloading a drafter frees it. A
+proposal's `probs` is None for a deterministic draft (the verifier then treats it as a point mass).
+
+The service serves a drafter by its capability flags, never by its kind: `runs_on_worker` drafters
+propose on the model worker thread (model-free proposals never queue behind a model forward),
+`vocab_size` bounds the token ids a session may hold, `learns_from_outputs` drafters get `finish(session)`
+when a session is released (the finished text is `session.context[session.prompt_length:]`), and
+`looks_ahead` drafters get `draft_ahead` while the target verifies.
+
+A kind is declared once, in its module, as `KIND = Kind(...)`: its spec syntax, its options (a frozen
+dataclass that parses ARGS, validates itself, converts to and from its protobuf message, and builds the
+drafter), and is listed in kinds.py.
+
+Nothing here imports torch: spec parsing (the CLI, the controller) must stay cheap to import.
 """
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from dataclasses import dataclass, field
-from typing import Any, Protocol
+from typing import TYPE_CHECKING, Any, Generic, Protocol, Self, TypeVar
 
-import torch
+from google.protobuf.message import Message
 
-from banditspec.sampling import SamplingParams
+if TYPE_CHECKING:
+    import torch
+
+    from banditspec.sampling import SamplingParams
+    from banditspec.v1.draft_pb2 import DrafterKind
 
 
 @dataclass
@@ -24,7 +39,7 @@ class DraftSession:
     seed: int
     state: dict[str, Any] = field(default_factory=dict)
     prompt_length: int = 0  # context tokens present when the session opened
-    max_token_id: int = -1  # the largest id in context, to check it against a model drafter's vocabulary
+    max_token_id: int = -1  # the largest id in context, to check it against a drafter's vocabulary
 
 
 @dataclass(frozen=True)
@@ -35,11 +50,102 @@ class Proposal:
 
 class Drafter(Protocol):
     name: str
-    kind: str  # "prompt_lookup" | "model" | "suffix" | "retrieval"
-    vocab_fingerprint: str  # "" for a model-free drafter
+    kind: str  # the name of its Kind, for display
+    vocab_fingerprint: str  # "" when its ids mean the same text under any tokenizer
     source: str
     device: str
+    # capabilities
+    model_free: bool  # no model forward: a proposal costs microseconds, cheap enough to score every round
+    vocab_size: int | None  # context ids must be below it (a model's embedding rows); None: any id
+    runs_on_worker: bool  # proposes on the service's model worker thread, one proposal at a time
+    learns_from_outputs: bool  # `finish` learns from a released session's output
+    looks_ahead: bool  # `draft_ahead` drafts the next round while the target verifies
+    lookahead_hits: int  # proposals answered from a lookahead so far
 
     def propose(self, session: DraftSession, num_tokens: int) -> Proposal: ...
 
+    def finish(self, session: DraftSession) -> None:
+        """Learn from a released session (learns_from_outputs drafters; the registry calls no other)."""
+
+    def draft_ahead(self, session: DraftSession, preempted: Callable[[], bool]) -> None:
+        """Draft the next round ahead (looks_ahead drafters); stop as soon as `preempted()` is true."""
+
     def close(self) -> None: ...
+
+
+class ModelFree:
+    """Defaults for a drafter without a model: it proposes on the event loop (a thread hop would cost
+    more than the work), takes any token id, and neither learns nor drafts ahead unless it says so."""
+
+    device = "cpu"
+    model_free = True
+    vocab_size: int | None = None
+    runs_on_worker = False
+    learns_from_outputs = False
+    looks_ahead = False
+    lookahead_hits = 0
+
+    def finish(self, session: DraftSession) -> None:
+        """Nothing to learn."""
+
+    def draft_ahead(self, session: DraftSession, preempted: Callable[[], bool]) -> None:
+        """Nothing to draft ahead."""
+
+    def close(self) -> None:
+        """Nothing to free."""
+
+
+@dataclass(frozen=True)
+class ServiceSettings:
+    """What the draft service, not a drafter's spec, decides for the drafters it builds."""
+
+    device: str | None = None  # None: the best available
+    dtype: str | None = None  # for model drafters whose options name none; None: the model's own
+
+
+class DrafterOptions(Protocol):
+    """A kind's options: a frozen dataclass that raises ValueError when invalid. A field left None
+    takes the drafter's default (and is left unset in the protobuf message)."""
+
+    @classmethod
+    def parse(cls, args: str) -> Self:
+        """From a spec's ARGS, the text after `NAME=KIND:` ("" when there is none)."""
+        ...
+
+    @classmethod
+    def from_pb(cls, pb: Any) -> Self:
+        """From the kind's message in LoadDrafterRequest.options."""
+        ...
+
+    def to_pb(self) -> Message: ...
+
+    def build(self, name: str, settings: ServiceSettings) -> Drafter:
+        """Load the drafter (may take seconds: the service runs it on its loader thread)."""
+        ...
+
+
+OptionsT = TypeVar("OptionsT", bound=DrafterOptions)
+
+
+@dataclass(frozen=True)
+class Kind(Generic[OptionsT]):
+    """A drafter kind, as its module declares it."""
+
+    name: str  # the spec's KIND, and the name of its field in LoadDrafterRequest.options
+    enum: DrafterKind  # for DrafterInfo.kind
+    usage: str  # its spec syntax, e.g. "NAME=suffix[:DEPTH[:MEMORY_TOKENS|off]]"
+    options: type[OptionsT]
+
+
+def optional_field(pb: Message, name: str) -> Any:
+    """A proto3 `optional` field's value, None when unset."""
+    return getattr(pb, name) if pb.HasField(name) else None
+
+
+def spec_count(value: str) -> int | None:
+    """A spec's count argument; "" and 0 take the drafter's default (None), as they always have."""
+    if not value:
+        return None
+    if not value.isdigit():
+        raise ValueError(f"{value!r} is not a non-negative integer")
+    return int(value) or None

@@ -1,190 +1,121 @@
-"""A small causal LM as drafter, with its own per-session KV cache.
+"""The model drafter kind: a small causal LM with its own per-session KV cache (model_drafter.py).
 
-Greedy requests get a deterministic (argmax) draft that stops early where the drafter is unsure (its
-top probability below `min_confidence`, as transformers' assistant_confidence_threshold does): γ is
-then a cap, and a verified position the target would likely reject is not paid for. Sampled requests
-draw from q after the request's temperature/top-k/top-p, and ship q so the target can apply the
-speculative-sampling rule.
+Spec: NAME=model:PATH[@DTYPE][~MIN_CONFIDENCE][^LOOKAHEAD]. PATH is a model directory or a name such
+as pydocs:draft-m; DTYPE defaults to the service's; greedy drafts stop below MIN_CONFIDENCE (default
+0.4; ~0: never stop early); LOOKAHEAD greedy tokens are drafted while the target verifies (default
+none). A '~' or '^' not followed by a number is part of the path (~/drafts/d).
 
-Lookahead (greedy only): while the target verifies a draft, `draft_ahead` guesses the round's outcome
-(every token accepted, then the drafter's own next token as the target's bonus) and drafts the next
-round from that guess. When the guess holds, the next proposal is read off without a forward; when it
-does not, the usual prefix crop discards it. It runs on an otherwise idle worker, and stops between
-forwards as soon as any proposal is waiting (`preempted`).
+This module stays free of torch and transformers (seconds to import): the CLI and the controller parse
+specs without them. `ModelDrafter` is imported when a drafter is built, or when asked for by name here.
 """
 
 from __future__ import annotations
 
-import zlib
-from collections.abc import Callable
-from dataclasses import dataclass, field
+from dataclasses import dataclass
+from typing import TYPE_CHECKING, Any, Self
 
-import torch
-from transformers import DynamicCache
+from banditspec.v1 import draft_pb2
+from services.draft.drafters.base import Drafter, Kind, ServiceSettings, optional_field
 
-from services.draft.drafters.lean_decoder import LeanCache, LeanLlama, lean_supported
-from banditspec.models import LoadedModel, load_causal_lm
-from banditspec.sampling import probabilities
-from banditspec.tokens import common_prefix_length
-from services.draft.drafters.base import DraftSession, Proposal
-
-
-@dataclass
-class _ModelState:
-    cache: DynamicCache | LeanCache
-    generator: torch.Generator | None
-    cached_ids: list[int] = field(default_factory=list)  # tokens whose keys/values are in the cache
-    # After a greedy proposal: its context + draft, and the logits after them when already computed.
-    drafted_context: list[int] | None = None
-    next_logits: torch.Tensor | None = None
-    last_num_tokens: int = 0  # the γ asked last: most likely the next round's too
-    # Lookahead: the greedy draft (`ahead`) for the context `cached_ids[:ahead_from]`; the cache holds
-    # that context and every token of `ahead` but the last. `ahead_complete`: it stopped where a proposal
-    # would (an unsure token), so it needs no continuation.
-    ahead: list[int] = field(default_factory=list)
-    ahead_from: int = 0
-    ahead_complete: bool = False
-
+if TYPE_CHECKING:
+    from services.draft.drafters.model_drafter import ModelDrafter
 
 DEFAULT_MIN_CONFIDENCE = 0.4
-DEFAULT_LOOKAHEAD = 0  # tokens drafted ahead during verification; the service turns it on per drafter
+DEFAULT_LOOKAHEAD = 0  # tokens drafted ahead during verification; the spec turns it on per drafter
+MAX_LOOKAHEAD_TOKENS = 64
 
 
-class ModelDrafter:
-    kind = "model"
+@dataclass(frozen=True)
+class ModelDrafterOptions:
+    model_path: str
+    dtype: str | None = None  # None: the service's
+    min_confidence: float | None = None  # 0: never stop early
+    lookahead_tokens: int | None = None  # 0: no lookahead
 
-    def __init__(
-        self, name: str, loaded: LoadedModel, min_confidence: float = DEFAULT_MIN_CONFIDENCE,
-        lookahead: int = DEFAULT_LOOKAHEAD,
-    ) -> None:
-        self.name = name
-        self.loaded = loaded
-        self.min_confidence = min_confidence
-        self.lookahead = lookahead
-        self.lookahead_hits = 0  # proposals answered (at least in part) from a lookahead
-        self.proposals = 0
-        self.vocab_fingerprint = loaded.fingerprint
-        notes = [f"greedy drafts stop below confidence {min_confidence}"] if min_confidence > 0 else []
-        notes += [f"drafts up to {lookahead} tokens ahead during verification"] if lookahead > 0 else []
-        self.source = loaded.path + (f" ({'; '.join(notes)})" if notes else "")
-        self.device = str(loaded.device)
-        # Llama drafts run the lean forward (the same logits, a fraction of the per-token overhead).
-        self.decoder: LeanLlama | LoadedModel = (
-            LeanLlama(loaded.model, loaded.max_context) if lean_supported(loaded.model) else loaded
-        )
+    def __post_init__(self) -> None:
+        if not self.model_path:
+            raise ValueError("a model drafter needs a model path")
+        if self.dtype == "":
+            raise ValueError("dtype must not be empty; leave it unset for the service's default")
+        if self.min_confidence is not None and not 0.0 <= self.min_confidence <= 1.0:
+            raise ValueError(f"min_confidence must be in [0, 1], got {self.min_confidence}")
+        if self.lookahead_tokens is not None and not 0 <= self.lookahead_tokens <= MAX_LOOKAHEAD_TOKENS:
+            raise ValueError(f"lookahead is at most {MAX_LOOKAHEAD_TOKENS} tokens, got {self.lookahead_tokens}")
 
     @classmethod
-    def load(
-        cls, name: str, path: str, device: str | None = None, dtype: str | None = None,
-        min_confidence: float = DEFAULT_MIN_CONFIDENCE, lookahead: int = DEFAULT_LOOKAHEAD,
-    ) -> ModelDrafter:
-        return cls(name, load_causal_lm(path, device=device, dtype=dtype), min_confidence, lookahead)
+    def parse(cls, args: str) -> Self:
+        lookahead = None
+        head, sep, tokens = args.rpartition("^")
+        if sep and tokens.isdigit():
+            args, lookahead = head, int(tokens)
+        min_confidence = None
+        head, sep, confidence = args.rpartition("~")
+        if sep and _is_number(confidence):  # a '~' elsewhere (a home-relative path) is part of the path
+            args, min_confidence = head, float(confidence)
+            if not min_confidence <= 1.0:
+                raise ValueError("a confidence threshold is at most 1")
+            min_confidence = max(0.0, min_confidence)  # ~0 or below: never stop early
+        path, _, dtype = args.partition("@")
+        return cls(path, dtype or None, min_confidence, lookahead)
 
-    def _state(self, session: DraftSession) -> _ModelState:
-        state = session.state.get(self.name)
-        if state is None:
-            generator = None
-            if not session.sampling.greedy:
-                # Seeded from the request and the drafter's name: reproducible, independent of other drafters.
-                generator = torch.Generator(device=self.loaded.device)
-                generator.manual_seed((session.seed ^ zlib.crc32(self.name.encode())) & 0xFFFF_FFFF_FFFF_FFFF)
-            state = session.state[self.name] = _ModelState(self.decoder.new_cache(), generator)
-        return state
+    @classmethod
+    def from_pb(cls, pb: draft_pb2.ModelDrafterOptions) -> Self:
+        return cls(
+            pb.model_path,
+            optional_field(pb, "dtype"),
+            optional_field(pb, "min_confidence"),
+            optional_field(pb, "lookahead_tokens"),
+        )
 
-    def _unsure(self, logits: torch.Tensor, token: int) -> bool:
-        return self.min_confidence > 0 and float(torch.softmax(logits.float(), -1)[token]) < self.min_confidence
+    def to_pb(self) -> draft_pb2.ModelDrafterOptions:
+        return draft_pb2.ModelDrafterOptions(
+            model_path=self.model_path,
+            dtype=self.dtype,
+            min_confidence=self.min_confidence,
+            lookahead_tokens=self.lookahead_tokens,
+        )
 
-    def _trim(self, state: _ModelState, keep: int) -> None:
-        """Keep the first `keep` cached tokens."""
-        if len(state.cached_ids) > keep:
-            state.cache.crop(-(len(state.cached_ids) - keep))
-            del state.cached_ids[keep:]
+    def build(self, name: str, settings: ServiceSettings) -> Drafter:
+        from banditspec.model_paths import resolve_model_path
+        from services.draft.drafters.model_drafter import ModelDrafter
 
-    @torch.inference_mode()
-    def propose(self, session: DraftSession, num_tokens: int) -> Proposal:
-        context = session.context
-        room = self.loaded.max_context - len(context)
-        num_tokens = min(num_tokens, room)
-        held = session.state.get(self.name)
-        if held is not None:  # nothing to look ahead from until this proposal drafts
-            held.drafted_context = held.next_logits = None
-        if num_tokens <= 0:
-            return Proposal([])
-        state = self._state(session)
-        self.proposals += 1
-        state.last_num_tokens = num_tokens
-        sampling = session.sampling
-        draft: list[int] = []
-        rows: list[torch.Tensor] = []
-        ahead, state.ahead = state.ahead, []
-        if ahead and state.ahead_from == len(context) and state.cached_ids[: len(context)] == context:
-            # The lookahead guessed this context: its draft is this proposal's, as far as it goes.
-            self.lookahead_hits += 1
-            draft = ahead[:num_tokens]
-            self._trim(state, len(context) + len(draft) - 1)
-            if len(draft) == num_tokens or state.ahead_complete:
-                state.drafted_context = context + draft
-                return Proposal(draft)
-            feed = [draft[-1]]
-        else:
-            # Keep the cached prefix the context still agrees with; feed at least one token for logits.
-            self._trim(state, min(common_prefix_length(state.cached_ids, context), len(context) - 1))
-            feed = context[len(state.cached_ids):]
-        logits = None
-        while len(draft) < num_tokens:
-            logits = self.decoder.forward(feed, state.cache, last_only=True)[-1]
-            state.cached_ids.extend(feed)
-            if sampling.greedy:
-                token = int(torch.argmax(logits))
-                if draft and self._unsure(logits, token):
-                    break  # the first token is always drafted: the arm was chosen to draft
-            else:
-                q = probabilities(logits, sampling)
-                token = int(torch.multinomial(q, 1, generator=state.generator))
-                rows.append(q)
-            draft.append(token)
-            feed = [token]
-        if sampling.greedy:
-            state.drafted_context = context + draft
-            # Logits after the whole draft, when the loop computed them (it stopped at an unsure token).
-            state.next_logits = logits if len(state.cached_ids) == len(state.drafted_context) else None
-        return Proposal(draft, torch.stack(rows) if rows else None)
+        return ModelDrafter.load(
+            name,
+            str(resolve_model_path(self.model_path)),
+            device=settings.device,
+            dtype=self.dtype or settings.dtype,
+            min_confidence=DEFAULT_MIN_CONFIDENCE if self.min_confidence is None else self.min_confidence,
+            lookahead=DEFAULT_LOOKAHEAD if self.lookahead_tokens is None else self.lookahead_tokens,
+        )
 
-    @torch.inference_mode()
-    def draft_ahead(self, session: DraftSession, preempted: Callable[[], bool]) -> None:
-        """Draft the next round for the guess that this round's draft is accepted whole, the target's bonus
-        token being the drafter's own next one. Returns early when `preempted()` turns true."""
-        state = session.state.get(self.name)
-        if self.lookahead <= 0 or state is None or state.drafted_context is None or preempted():
-            return
-        drafted, logits = state.drafted_context, state.next_logits
-        state.drafted_context = state.next_logits = None
-        # As many tokens as the last round asked for: more would be wasted when the next round asks the same,
-        # and would more often still be running (holding the GIL and the worker) when that round arrives.
-        limit = min(self.lookahead, state.last_num_tokens)
-        if len(drafted) + 1 + limit > self.loaded.max_context:
-            return
-        if logits is None:  # the draft's last token is not fed yet
-            unfed = drafted[len(state.cached_ids):]
-            logits = self.decoder.forward(unfed, state.cache, last_only=True)[-1]
-            state.cached_ids.extend(unfed)
-        feed = [int(torch.argmax(logits))]  # the guessed bonus token
-        ahead: list[int] = []
-        complete = False
-        while len(ahead) < limit and not preempted():
-            logits = self.decoder.forward(feed, state.cache, last_only=True)[-1]
-            state.cached_ids.extend(feed)
-            if not ahead:
-                state.ahead_from = len(state.cached_ids)
-            token = int(torch.argmax(logits))
-            if ahead and self._unsure(logits, token):
-                complete = True
-                break
-            ahead.append(token)
-            feed = [token]
-        state.ahead, state.ahead_complete = ahead, complete
 
-    def close(self) -> None:
-        del self.decoder, self.loaded
-        if torch.cuda.is_available():
-            torch.cuda.empty_cache()
+KIND = Kind(
+    "model", draft_pb2.DRAFTER_KIND_MODEL, "NAME=model:PATH[@DTYPE][~MIN_CONFIDENCE][^LOOKAHEAD]", ModelDrafterOptions
+)
+
+
+def _is_number(value: str) -> bool:
+    try:
+        float(value)
+    except ValueError:
+        return False
+    return True
+
+
+def __getattr__(name: str) -> Any:
+    # `from services.draft.drafters.model import ModelDrafter` keeps working, at the cost of the import.
+    if name == "ModelDrafter":
+        from services.draft.drafters.model_drafter import ModelDrafter
+
+        return ModelDrafter
+    raise AttributeError(f"module {__name__!r} has no attribute {name!r}")
+
+
+__all__ = [
+    "DEFAULT_LOOKAHEAD",
+    "DEFAULT_MIN_CONFIDENCE",
+    "KIND",
+    "MAX_LOOKAHEAD_TOKENS",
+    "ModelDrafter",
+    "ModelDrafterOptions",
+]

@@ -4,15 +4,83 @@ Model-free and deterministic. The draft is as long as the evidence: a match of n
 proposes at most max(1, 2(n - 1)) tokens, a match of max_ngram tokens up to γ. Verifying a token the
 target rejects is not free (on a CPU each extra position costs ~13% of a step), and short matches
 are right less often; replaying this project's benchmark outputs, the cap gave ~6% more tokens/s
-than always proposing γ (`scaled=False` turns it off). An incremental index maps each n-gram to the position after its latest
-occurrence, so a round costs O(new tokens), not O(context).
+than always proposing γ (`scaled=False` turns it off). An incremental index maps each n-gram to the
+position after its latest occurrence, so a round costs O(new tokens), not O(context).
+
+Spec: NAME=prompt_lookup[:MIN-MAX][:fixed] (MIN alone means MIN-MIN; fixed turns the cap off).
 """
 
 from __future__ import annotations
 
 from dataclasses import dataclass, field
+from typing import Self
 
-from services.draft.drafters.base import DraftSession, Proposal
+from banditspec.v1 import draft_pb2
+from services.draft.drafters.base import (
+    Drafter,
+    DraftSession,
+    Kind,
+    ModelFree,
+    Proposal,
+    ServiceSettings,
+    optional_field,
+)
+
+DEFAULT_MIN_NGRAM = 2
+DEFAULT_MAX_NGRAM = 4
+MAX_NGRAM = 32  # the index holds (max - min + 1) n-grams per context token
+
+
+@dataclass(frozen=True)
+class PromptLookupOptions:
+    min_ngram: int | None = None
+    max_ngram: int | None = None
+    fixed_length: bool = False  # always up to γ tokens, however short the match
+
+    def __post_init__(self) -> None:
+        for size in (self.min_ngram, self.max_ngram):
+            if size is not None and not 1 <= size <= MAX_NGRAM:
+                raise ValueError(f"n-gram sizes must be in [1, {MAX_NGRAM}], got {size}")
+        if not self.low <= self.high:
+            raise ValueError(f"need min_ngram <= max_ngram, got {self.low}, {self.high}")
+
+    @property
+    def low(self) -> int:
+        return DEFAULT_MIN_NGRAM if self.min_ngram is None else self.min_ngram
+
+    @property
+    def high(self) -> int:
+        return DEFAULT_MAX_NGRAM if self.max_ngram is None else self.max_ngram
+
+    @classmethod
+    def parse(cls, args: str) -> Self:
+        sizes, _, flag = args.partition(":")
+        if sizes == "fixed" and not flag:
+            sizes, flag = "", "fixed"
+        if flag not in ("", "fixed"):
+            raise ValueError(f"unknown prompt_lookup option {flag!r}")
+        if not sizes:
+            return cls(fixed_length=bool(flag))
+        low, _, high = sizes.partition("-")
+        # A size of 0 takes the default, as it always has.
+        return cls(int(low) or None, int(high or low) or None, fixed_length=bool(flag))
+
+    @classmethod
+    def from_pb(cls, pb: draft_pb2.PromptLookupOptions) -> Self:
+        return cls(optional_field(pb, "min_ngram"), optional_field(pb, "max_ngram"), pb.fixed_length)
+
+    def to_pb(self) -> draft_pb2.PromptLookupOptions:
+        return draft_pb2.PromptLookupOptions(
+            min_ngram=self.min_ngram, max_ngram=self.max_ngram, fixed_length=self.fixed_length
+        )
+
+    def build(self, name: str, settings: ServiceSettings) -> Drafter:
+        return PromptLookupDrafter(name, self.low, self.high, scaled=not self.fixed_length)
+
+
+KIND = Kind(
+    "prompt_lookup", draft_pb2.DRAFTER_KIND_PROMPT_LOOKUP, "NAME=prompt_lookup[:MIN-MAX][:fixed]", PromptLookupOptions
+)
 
 
 @dataclass
@@ -22,12 +90,14 @@ class _NgramIndex:
     indexed_until: int = 0  # n-grams ending before this index are in `follow`
 
 
-class PromptLookupDrafter:
-    kind = "prompt_lookup"
+class PromptLookupDrafter(ModelFree):
+    kind = KIND.name
     vocab_fingerprint = ""
-    device = "cpu"
 
-    def __init__(self, name: str = "pld", min_ngram: int = 2, max_ngram: int = 4, scaled: bool = True) -> None:
+    def __init__(
+        self, name: str = "pld", min_ngram: int = DEFAULT_MIN_NGRAM, max_ngram: int = DEFAULT_MAX_NGRAM,
+        scaled: bool = True,
+    ) -> None:
         if not 1 <= min_ngram <= max_ngram:
             raise ValueError(f"need 1 <= min_ngram <= max_ngram, got {min_ngram}, {max_ngram}")
         self.name = name
@@ -64,6 +134,3 @@ class PromptLookupDrafter:
                     length = min(length, max(1, 2 * (n - 1)))
                 return Proposal(context[start : start + length])
         return Proposal([])
-
-    def close(self) -> None:
-        pass

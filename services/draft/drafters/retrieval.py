@@ -7,27 +7,77 @@ project verifies one sequence per round, so the draft is the trie's most frequen
 each next token holds at least `min_share` of its parent's occurrences (weak guesses cost a verified
 position and are rarely accepted). Model-free and deterministic; the vocabulary fingerprint is the
 datastore's, since its token ids are only meaningful under the tokenizer that built it.
+
+Spec: NAME=retrieval:DATASTORE_PATH[:DEPTH] (a datastore built by `banditspec datastore build`).
 """
 
 from __future__ import annotations
 
+from dataclasses import dataclass
 from pathlib import Path
+from typing import TYPE_CHECKING, Any, Self
 
-import numpy as np
+from banditspec.v1 import draft_pb2
+from services.draft.drafters.base import (
+    Drafter,
+    DraftSession,
+    Kind,
+    ModelFree,
+    Proposal,
+    ServiceSettings,
+    optional_field,
+    spec_count,
+)
 
-from banditspec.datastore import SEPARATOR, Datastore
-from services.draft.drafters.base import DraftSession, Proposal
+if TYPE_CHECKING:
+    from banditspec.datastore import Datastore
+
+DEFAULT_MAX_DEPTH = 16
+MAX_DEPTH = 256  # matching costs up to log2(max_depth) datastore lookups, each up to max_depth tokens long
 
 
-class RetrievalDrafter:
-    kind = "retrieval"
-    device = "cpu"
+@dataclass(frozen=True)
+class RetrievalOptions:
+    datastore_path: str
+    max_depth: int | None = None
+
+    def __post_init__(self) -> None:
+        if not self.datastore_path:
+            raise ValueError("a retrieval drafter needs a datastore path")
+        if self.max_depth is not None and not 1 <= self.max_depth <= MAX_DEPTH:
+            raise ValueError(f"max_depth must be in [1, {MAX_DEPTH}], got {self.max_depth}")
+
+    @classmethod
+    def parse(cls, args: str) -> Self:
+        # A trailing :DIGITS is the depth; any other colon is part of the path.
+        path, _, depth = args.rpartition(":") if args.rpartition(":")[2].isdigit() else (args, "", "")
+        return cls(path, spec_count(depth))
+
+    @classmethod
+    def from_pb(cls, pb: draft_pb2.RetrievalOptions) -> Self:
+        return cls(pb.datastore_path, optional_field(pb, "max_depth"))
+
+    def to_pb(self) -> draft_pb2.RetrievalOptions:
+        return draft_pb2.RetrievalOptions(datastore_path=self.datastore_path, max_depth=self.max_depth)
+
+    def build(self, name: str, settings: ServiceSettings) -> Drafter:
+        depth = DEFAULT_MAX_DEPTH if self.max_depth is None else self.max_depth
+        return RetrievalDrafter.load(name, self.datastore_path, max_depth=depth)
+
+
+KIND = Kind(
+    "retrieval", draft_pb2.DRAFTER_KIND_RETRIEVAL, "NAME=retrieval:DATASTORE_PATH[:DEPTH]", RetrievalOptions
+)
+
+
+class RetrievalDrafter(ModelFree):
+    kind = KIND.name
 
     def __init__(
         self,
         name: str,
         datastore: Datastore,
-        max_depth: int = 16,
+        max_depth: int = DEFAULT_MAX_DEPTH,
         min_depth: int = 2,
         max_occurrences: int = 64,
         min_share: float = 0.3,
@@ -47,7 +97,9 @@ class RetrievalDrafter:
         self.source = f"{label or 'datastore'} ({datastore.num_tokens:,} tokens, depth {min_depth}..{max_depth})"
 
     @classmethod
-    def load(cls, name: str, path: str | Path, max_depth: int = 16, **options) -> RetrievalDrafter:
+    def load(cls, name: str, path: str | Path, max_depth: int = DEFAULT_MAX_DEPTH, **options: Any) -> RetrievalDrafter:
+        from banditspec.datastore import Datastore
+
         return cls(name, Datastore.load(path), max_depth=max_depth, label=str(path), **options)
 
     def _match(self, context: list[int]) -> tuple[int, int, int]:
@@ -67,6 +119,11 @@ class RetrievalDrafter:
         return best
 
     def propose(self, session: DraftSession, num_tokens: int) -> Proposal:
+        # Imported here, not with the module: declaring the kind (spec parsing in the CLI) needs no numpy.
+        import numpy as np
+
+        from banditspec.datastore import SEPARATOR
+
         if num_tokens <= 0:
             return Proposal([])
         length, lo, hi = self._match(session.context)
@@ -90,6 +147,3 @@ class RetrievalDrafter:
             draft.append(token)
             rows = rows[rows[:, depth] == token]
         return Proposal(draft)
-
-    def close(self) -> None:
-        pass

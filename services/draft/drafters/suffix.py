@@ -28,6 +28,8 @@ The form is canonical (count 1 ⟺ a reference), so removing a sequence restores
 global tree remembers at most `memory_tokens` output tokens and at most `max_nodes` node objects
 (repetitive text makes up to max_depth nodes per token): past either, the oldest outputs are evicted
 (FIFO) by decrementing the counts along their paths and deleting nodes that drop to zero.
+
+Spec: NAME=suffix[:DEPTH[:MEMORY_TOKENS|off]] (off or 0: no learning across requests).
 """
 
 from __future__ import annotations
@@ -36,15 +38,66 @@ import threading
 from collections import deque
 from collections.abc import Sequence
 from dataclasses import dataclass, field
+from typing import Self
 
-from services.draft.drafters.base import DraftSession, Proposal
+from banditspec.v1 import draft_pb2
+from services.draft.drafters.base import (
+    Drafter,
+    DraftSession,
+    Kind,
+    ModelFree,
+    Proposal,
+    ServiceSettings,
+    optional_field,
+    spec_count,
+)
+
+DEFAULT_MAX_DEPTH = 24
+DEFAULT_MEMORY_TOKENS = 200_000
+MAX_DEPTH = 256  # matching costs up to max_depth steps per token
+
+
+@dataclass(frozen=True)
+class SuffixOptions:
+    max_depth: int | None = None
+    memory_tokens: int | None = None  # 0: remember no outputs
+
+    def __post_init__(self) -> None:
+        if self.max_depth is not None and not 1 <= self.max_depth <= MAX_DEPTH:
+            raise ValueError(f"max_depth must be in [1, {MAX_DEPTH}], got {self.max_depth}")
+        if self.memory_tokens is not None and self.memory_tokens < 0:
+            raise ValueError(f"memory_tokens must be >= 0, got {self.memory_tokens}")
+
+    @classmethod
+    def parse(cls, args: str) -> Self:
+        depth, _, memory = args.partition(":")
+        if depth == "off" and not memory:
+            depth, memory = "", "off"
+        return cls(spec_count(depth), 0 if memory in ("off", "0") else spec_count(memory))
+
+    @classmethod
+    def from_pb(cls, pb: draft_pb2.SuffixOptions) -> Self:
+        return cls(optional_field(pb, "max_depth"), optional_field(pb, "memory_tokens"))
+
+    def to_pb(self) -> draft_pb2.SuffixOptions:
+        return draft_pb2.SuffixOptions(max_depth=self.max_depth, memory_tokens=self.memory_tokens)
+
+    def build(self, name: str, settings: ServiceSettings) -> Drafter:
+        return SuffixDrafter(
+            name,
+            DEFAULT_MAX_DEPTH if self.max_depth is None else self.max_depth,
+            DEFAULT_MEMORY_TOKENS if self.memory_tokens is None else self.memory_tokens,
+        )
+
+
+KIND = Kind("suffix", draft_pb2.DRAFTER_KIND_SUFFIX, "NAME=suffix[:DEPTH[:MEMORY_TOKENS|off]]", SuffixOptions)
 
 
 class _Node:
     """Explicit (children is a dict) or, with count 1, a reference: its only path continues with
     seq[pos : min(limit, len(seq))]."""
 
-    __slots__ = ("count", "total", "children", "seq", "pos", "limit")
+    __slots__ = ("children", "count", "limit", "pos", "seq", "total")
 
     def __init__(self, count: int = 0, seq: Sequence[int] | None = None, pos: int = 0, limit: int = 0) -> None:
         self.count = count
@@ -170,16 +223,16 @@ class _SessionTree:
         self.indexed = len(context)
 
 
-class SuffixDrafter:
-    kind = "suffix"
+class SuffixDrafter(ModelFree):
+    kind = KIND.name
     vocab_fingerprint = ""
-    device = "cpu"
+    learns_from_outputs = True
 
     def __init__(
         self,
         name: str = "suffix",
-        max_depth: int = 24,
-        memory_tokens: int = 200_000,
+        max_depth: int = DEFAULT_MAX_DEPTH,
+        memory_tokens: int = DEFAULT_MEMORY_TOKENS,
         min_match: int = 2,
         threshold: float = 0.1,
         max_nodes: int = 1_000_000,  # ~150 MB of CPython objects
