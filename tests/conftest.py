@@ -10,6 +10,7 @@ from __future__ import annotations
 from contextlib import contextmanager
 
 import os
+import subprocess
 import tempfile
 import time
 from dataclasses import dataclass
@@ -27,6 +28,31 @@ os.environ.setdefault("TRANSFORMERS_NO_ADVISORY_WARNINGS", "1")
 os.environ.setdefault("OMP_NUM_THREADS", "1")
 
 RPC_TIMEOUT = 60.0
+TIERS = ("unit", "integration", "real_model")
+
+
+@pytest.fixture(autouse=True)
+def _unit_tier_starts_no_process(request: pytest.FixtureRequest, monkeypatch: pytest.MonkeyPatch) -> None:
+    """The unit tier (tests/unit) tests plain objects in this process: a test that starts a service or any
+    other process belongs in tests/integration."""
+    if Path(request.node.path).parent.name != "unit":
+        return
+
+    def refuse(*args: object, **kwargs: object) -> None:
+        raise AssertionError("a unit test started a process; move it to tests/integration")
+
+    monkeypatch.setattr(subprocess.Popen, "__init__", refuse)
+
+
+def pytest_collection_modifyitems(items: list[pytest.Item]) -> None:
+    """Every test sits in a tier directory; the real-model tier also carries its marker."""
+    for item in items:
+        tier = Path(item.path).parent.name
+        if tier not in TIERS:
+            raise pytest.UsageError(f"{item.nodeid}: tests live in tests/{{{','.join(TIERS)}}}/")
+        if tier == "real_model":
+            item.add_marker(pytest.mark.real_model)
+
 
 EOS_ID = 0
 WORDS = (
@@ -154,7 +180,13 @@ CPU_ARGS = ["--device", "cpu", "--dtype", "float32"]
 
 @contextmanager
 def local_stack(
-    tmp_path_factory, name: str, model, drafters: list[str], controller_args=(), service_args=(), startup_timeout=300,
+    tmp_path_factory,
+    name: str,
+    model,
+    drafters: list[str],
+    controller_args=(),
+    service_args=(),
+    startup_timeout=300,
     target_args=("--verify-padding", "off"),
 ):
     """target + draft service + controller as processes on loopback (CPU, float32), controller on a free
@@ -197,7 +229,9 @@ def stack(tiny_models, tmp_path_factory):
         f"other=model:{tiny_models.other}",
         f"alien=model:{tiny_models.alien}",
     ]
-    with local_stack(tmp_path_factory, "stack", tiny_models.target, drafters, ["--policy", "ucbspec", *TWO_GAMMAS]) as stack:
+    with local_stack(
+        tmp_path_factory, "stack", tiny_models.target, drafters, ["--policy", "ucbspec", *TWO_GAMMAS]
+    ) as stack:
         yield stack
 
 
@@ -254,4 +288,4 @@ def reference_greedy(model, prompt_ids: list[int], max_new_tokens: int) -> list[
 
     with torch.inference_mode():
         out = model.generate(torch.tensor([prompt_ids]), do_sample=False, max_new_tokens=max_new_tokens)
-    return out[0, len(prompt_ids):].tolist()
+    return out[0, len(prompt_ids) :].tolist()

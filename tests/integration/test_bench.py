@@ -6,13 +6,10 @@ from __future__ import annotations
 import json
 import math
 
-import numpy as np
 import pytest
 
-from banditspec.bench import analysis
 from banditspec.bench.cli import main
 from banditspec.bench.methods import ADAPTIVE, ASSISTED, ORACLE, PLAIN, PLD
-from banditspec.bench.run import Measurement
 
 PNG_MAGIC = b"\x89PNG\r\n\x1a\n"
 
@@ -66,7 +63,7 @@ def test_ratios_regret_curves_and_shares_are_finite(reduced_run):
         assert curves["all"] and all(_finite(v) for v in curves["all"])
         assert all(_finite(v) for curve in curves["per_kind"].values() for v in curve)
         shares = result["arm_shares"][policy]["shares"]
-        columns = list(zip(*shares.values()))
+        columns = list(zip(*shares.values(), strict=True))
         assert columns and all(math.isclose(sum(c), 1.0) for c in columns)
 
 
@@ -83,28 +80,3 @@ def test_markdown_tables_and_png_plots(reduced_run):
     for name in ("throughput-float32.png", "regret-float32.png", "arm-shares-float32.png"):
         assert (out / name).read_bytes()[:8] == PNG_MAGIC, name
         assert f"]({name})" in markdown
-
-
-def _m(prompt: str, method: str, tokens: int, seconds: float, rounds: int | None, trace=None) -> Measurement:
-    return Measurement(
-        "float32", prompt, "k", method, tokens, seconds, tokens / seconds, [seconds], None,
-        rounds=rounds, round_seconds=None if rounds is None else seconds - 0.1, trace=trace,
-    )  # fmt: skip
-
-
-def test_oracle_regret_and_shares_arithmetic():
-    trace = {"arms": ["a", "a", "b", "b"], "tokens": [2, 2, 1, 1], "seconds": [0.2, 0.2, 0.2, 0.2]}
-    rows = [
-        _m("p", "fixed:a", 6, 1.1, 3),  # 6 tok/s: the oracle; decode rate 6 / 1.0
-        _m("p", "fixed:b", 6, 2.1, 6),
-        _m("p", "ucbspec", 6, 1.5, 4, trace),
-    ]
-    [best] = analysis.oracle(rows)
-    assert best.method == ORACLE and best.stats["arm"] == "fixed:a"
-    regret = analysis.prompt_regret(rows[2], best)
-    assert regret["rounds_regret"] == 1 and math.isclose(regret["time_regret_seconds"], 1.5 - 1.1)
-    curve = analysis.regret_curves(rows, {"p": best}, ["k"])["ucbspec"]["all"]
-    assert [round(x, 6) for x in curve] == [round(s - t / 6, 6) for s, t in ((0.2, 2), (0.4, 4), (0.6, 5), (0.8, 6))]
-    shares = analysis.arm_shares(rows, ["a", "b"])["ucbspec"]
-    assert shares["bucket_size"] == 1 and shares["shares"] == {"a": [1, 1, 0, 0], "b": [0, 0, 1, 1]}
-    assert analysis.mean_padded([np.array([1.0, 3.0]), np.array([2.0])]) == [1.5, 2.5]

@@ -13,7 +13,9 @@ ARMS = [TARGET_ONLY_ARM, Arm.drafted("local", "pld", 3), Arm.drafted("local", "p
 
 
 def costs() -> RoundCosts:
-    return RoundCosts(forward_seconds=[0.010 + 0.001 * k for k in range(16)], target_only_overhead=0.002, drafted_overhead=0.003)
+    return RoundCosts(
+        forward_seconds=[0.010 + 0.001 * k for k in range(16)], target_only_overhead=0.002, drafted_overhead=0.003
+    )
 
 
 def test_modelled_round_seconds_use_the_forward_cost_of_k_plus_one_tokens():
@@ -83,61 +85,6 @@ def test_observations_count_as_samples_but_not_rounds():
     policy.update(0, 0.2)
     assert policy.pulls == [1, 1, 0] and policy.rounds == 1
     assert policy.select() == 2  # warm-up only waits for arms never observed
-
-
-# through the services ----------------------------------------------------------------------------
-
-MAX_NEW = 32
-PROMPTS = ([5, 9, 5, 9, 5], [12, 30, 7, 12, 30], [40, 41, 42, 40, 41])
-
-
-@pytest.fixture(scope="module")
-def two_drafter_stack(tiny_models, tmp_path_factory):
-    from conftest import local_stack
-
-    drafters = ["pld=prompt_lookup:1-3:fixed", "sfx=suffix:24:off"]
-    with local_stack(tmp_path_factory, "counterfactual-stack", tiny_models.target, drafters, ["--policy", "ucbspec-cf"]) as stack:
-        yield stack
-
-
-def test_draft_service_returns_alternatives_of_model_free_drafters(two_drafter_stack):
-    import grpc
-
-    from banditspec.v1 import draft_pb2, draft_pb2_grpc
-
-    with grpc.insecure_channel(two_drafter_stack.address("draft")) as channel:
-        stub = draft_pb2_grpc.DraftServiceStub(channel)
-        response = stub.Propose(
-            draft_pb2.ProposeRequest(
-                session_id="alt", drafter="pld", num_tokens=2, context_length=0, new_context_ids=[1, 2, 3, 1, 2],
-                score_drafters=["sfx", "pld", "gone"], score_num_tokens=4,
-            ),
-            timeout=30,
-        )
-    assert list(response.draft_ids) == [3, 1]
-    # the pulled drafter and unknown names are skipped; sfx continues "1 2" as "3 1 2" up to 4 tokens
-    assert [a.drafter for a in response.alternatives] == ["sfx"]
-    assert list(response.alternatives[0].draft_ids)[:3] == [3, 1, 2]
-
-
-def test_counterfactual_ucb_is_lossless_and_scores_unpulled_drafters(two_drafter_stack, target_model):
-    import grpc
-
-    from banditspec.v1 import generation_pb2, generation_pb2_grpc
-    from conftest import reference_greedy
-
-    observed: dict[str, int] = {}
-    with grpc.insecure_channel(two_drafter_stack.address("controller")) as channel:
-        stub = generation_pb2_grpc.GenerationServiceStub(channel)
-        for prompt in PROMPTS:
-            request = generation_pb2.GenerateRequest(max_new_tokens=MAX_NEW)
-            request.token_ids.ids.extend(prompt)
-            response = stub.Generate(request, timeout=120)
-            assert list(response.token_ids) == reference_greedy(target_model, list(prompt), MAX_NEW)
-            assert response.stats.policy == "ucbspec-cf"
-            for arm in response.stats.arms:
-                observed[arm.arm] = observed.get(arm.arm, 0) + arm.counterfactual_observations
-    assert observed["target-only"] > 0 and observed["local/sfx/6"] > 0 and observed["local/pld/6"] > 0
 
 
 def test_measured_spread_replaces_the_worst_case_scale_once_enough_samples_exist():

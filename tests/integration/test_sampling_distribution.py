@@ -13,11 +13,11 @@ from concurrent.futures import ThreadPoolExecutor
 import numpy as np
 import pytest
 import torch
+from conftest import RPC_TIMEOUT
 from scipy import stats
 
 from banditspec.sampling import SamplingParams, probabilities
 from banditspec.v1 import generation_pb2
-from conftest import RPC_TIMEOUT
 
 SIGNIFICANCE = 1e-3
 REQUESTS = 500
@@ -51,7 +51,7 @@ def exact_two_token_distribution(model, prompt: list[int], params: SamplingParam
             if a == eos:  # generation ends at EOS after one token
                 cells[(a,)] = float(first[a])
                 continue
-            second = probabilities(model(torch.tensor([prompt + [a]])).logits[0, -1], params)
+            second = probabilities(model(torch.tensor([[*prompt, a]])).logits[0, -1], params)
             for b in torch.nonzero(second).flatten().tolist():
                 cells[(a, b)] = float(first[a]) * float(second[b])
     total = sum(cells.values())
@@ -106,9 +106,13 @@ def sample_outputs(stub, prompt, params: SamplingParams, policy, arms, seeds) ->
 
 CASES = [
     # a sampled model draft that ships q, differing from p: rejections and residual sampling
-    pytest.param(SamplingParams(temperature=1.0, top_k=5), generation_pb2.POLICY_FIXED, ["local/near/2"], id="model-q-topk"),
+    pytest.param(
+        SamplingParams(temperature=1.0, top_k=5), generation_pb2.POLICY_FIXED, ["local/near/2"], id="model-q-topk"
+    ),
     # a deterministic prompt-lookup draft: a point mass q
-    pytest.param(SamplingParams(temperature=0.8, top_p=0.8), generation_pb2.POLICY_FIXED, ["local/pld/3"], id="pld-topp"),
+    pytest.param(
+        SamplingParams(temperature=0.8, top_p=0.8), generation_pb2.POLICY_FIXED, ["local/pld/3"], id="pld-topp"
+    ),
     # EXP3Spec draws an arm from the first round on: both kinds of drafts and the target alone mix
     pytest.param(
         SamplingParams(temperature=1.3, top_k=4, top_p=0.95),

@@ -6,26 +6,15 @@ from __future__ import annotations
 import io
 import json
 
-import grpc
 import numpy as np
 import pytest
 import torch
-from transformers import AutoModelForCausalLM, LlamaConfig, LlamaForCausalLM
+from transformers import LlamaConfig, LlamaForCausalLM
 
 from banditspec.model_paths import PYDOCS_DIR, resolve_model_path
-from banditspec.training.pydocs import build, corpus
 from banditspec.training.distill import project_embedding
+from banditspec.training.pydocs import build, corpus
 from banditspec.training.pydocs.train import TrainConfig, held_out_windows, train
-from banditspec.v1 import generation_pb2, generation_pb2_grpc
-from conftest import local_stack, reference_greedy
-
-PROMPTS = [
-    ".. function:: dumps(obj, *, skipkeys=False, ensure_ascii=True",
-    "The :mod:`socket` module provides access to the BSD socket interface.",
-    "   >>> import json\n   >>> json.dumps(",
-    "+------------+------------------+\n| Option     | Meaning          |\n",
-]
-MAX_NEW = 40
 
 
 def test_shipped_artifacts_match_their_manifest_and_size_budget():
@@ -80,8 +69,14 @@ def test_held_out_split_is_a_function_of_the_path():
 
 def _tiny(hidden: int, layers: int, vocab: int = 64) -> LlamaForCausalLM:
     config = LlamaConfig(
-        vocab_size=vocab, hidden_size=hidden, intermediate_size=2 * hidden, num_hidden_layers=layers,
-        num_attention_heads=2, num_key_value_heads=2, max_position_embeddings=128, tie_word_embeddings=True,
+        vocab_size=vocab,
+        hidden_size=hidden,
+        intermediate_size=2 * hidden,
+        num_hidden_layers=layers,
+        num_attention_heads=2,
+        num_key_value_heads=2,
+        max_position_embeddings=128,
+        tie_word_embeddings=True,
     )
     return LlamaForCausalLM(config)
 
@@ -110,34 +105,3 @@ def test_projected_embedding_keeps_the_target_geometry():
     # the projection onto the top singular directions keeps most of the energy of the rows
     assert projected.pow(2).sum() > 0.25 * source.pow(2).sum()
     assert projected.shape == (64, 8)
-
-
-@pytest.fixture(scope="module")
-def pydocs_stack(tmp_path_factory):
-    drafters = ["dm=model:pydocs:draft-m", "ds=model:pydocs:draft-s", "pld=prompt_lookup"]
-    with local_stack(tmp_path_factory, "pydocs-stack", "pydocs", drafters, ["--policy", "ucbspec"]) as stack:
-        yield stack
-
-
-def test_pydocs_models_serve_losslessly_and_drafts_are_accepted(pydocs_stack):
-    target_dir = resolve_model_path("pydocs")
-    model = AutoModelForCausalLM.from_pretrained(str(target_dir), dtype=torch.float32).eval()
-    from transformers import AutoTokenizer
-
-    tokenizer = AutoTokenizer.from_pretrained(str(target_dir))
-    accepted = {"local/dm/4": 0, "local/ds/4": 0}
-    with grpc.insecure_channel(pydocs_stack.address("controller")) as channel:
-        stub = generation_pb2_grpc.GenerationServiceStub(channel)
-        for prompt in PROMPTS:
-            expected = reference_greedy(model, tokenizer.encode(prompt), MAX_NEW)
-            for arm in [*accepted, None]:
-                request = generation_pb2.GenerateRequest(text=prompt, max_new_tokens=MAX_NEW)
-                if arm is not None:
-                    request.policy = generation_pb2.POLICY_FIXED
-                    request.allowed_arms.append(arm)
-                response = stub.Generate(request, timeout=120)
-                assert list(response.token_ids) == expected, (prompt, arm)
-                if arm is not None:
-                    accepted[arm] += next(a.accepted_tokens for a in response.stats.arms if a.arm == arm)
-    # trained drafts agree with their target well beyond chance (1/4096 per token)
-    assert all(count > MAX_NEW for count in accepted.values()), accepted

@@ -7,16 +7,16 @@ import json
 
 import pytest
 import torch
+from conftest import WORDS
 from safetensors.torch import load_file
 
 from banditspec.model_paths import resolve_model_path
-from banditspec.overlays import OVERLAY_JSON, OVERLAY_TENSORS, draft_from_target_layers
 from banditspec.models import load_causal_lm
-from banditspec.training import distill
+from banditspec.overlays import OVERLAY_JSON, OVERLAY_TENSORS, draft_from_target_layers
 from banditspec.sampling import SamplingParams
+from banditspec.training import distill
 from services.draft.drafters.base import DraftSession
 from services.draft.drafters.model import ModelDrafter
-from conftest import WORDS
 
 
 @pytest.fixture(scope="module")
@@ -27,11 +27,31 @@ def overlay(tiny_models, tmp_path_factory):
         text = " ".join(words[(i * 7 + index) % len(words)] for i in range(600))
         (root / f"text{index}.txt").write_text(text)
     out = root / "draft"
-    distill.main([
-        "--target", str(tiny_models.target), "--out", str(out), "--text", str(root / "text0.txt"), str(root / "text1.txt"),
-        "--init-layers", "1", "--steps", "4", "--batch-size", "2", "--seq-len", "16", "--eval-every", "2",
-        "--held-out-windows", "2", "--device", "cpu",
-    ])
+    distill.main(
+        [
+            "--target",
+            str(tiny_models.target),
+            "--out",
+            str(out),
+            "--text",
+            str(root / "text0.txt"),
+            str(root / "text1.txt"),
+            "--init-layers",
+            "1",
+            "--steps",
+            "4",
+            "--batch-size",
+            "2",
+            "--seq-len",
+            "16",
+            "--eval-every",
+            "2",
+            "--held-out-windows",
+            "2",
+            "--device",
+            "cpu",
+        ]
+    )
     return out
 
 

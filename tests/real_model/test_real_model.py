@@ -6,9 +6,9 @@ from __future__ import annotations
 
 import grpc
 import pytest
+from conftest import TWO_GAMMAS, local_stack, reference_greedy
 
 from banditspec.v1 import generation_pb2, generation_pb2_grpc
-from conftest import TWO_GAMMAS, local_stack, reference_greedy
 
 pytestmark = pytest.mark.real_model
 

@@ -11,9 +11,9 @@ from concurrent.futures import ThreadPoolExecutor
 
 import grpc
 import pytest
+from conftest import RPC_TIMEOUT, TWO_GAMMAS, local_stack, reference_greedy
 
 from banditspec.v1 import generation_pb2, generation_pb2_grpc
-from conftest import RPC_TIMEOUT, TWO_GAMMAS, local_stack, reference_greedy
 
 PROMPTS = [[3, 4, 5, 6, 3, 4, 5], [7, 8, 9, 7, 8], [10, 11, 12, 13, 10, 11], [20, 21, 22, 20, 21]]
 MAX_NEW = 24
@@ -40,6 +40,6 @@ def test_concurrent_requests_survive_evictions(one_session_stack, target_model):
 
     with ThreadPoolExecutor(len(PROMPTS)) as pool:
         outputs = list(pool.map(generate, PROMPTS * 2))
-    for prompt, output in zip(PROMPTS * 2, outputs):
+    for prompt, output in zip(PROMPTS * 2, outputs, strict=True):
         assert output == reference_greedy(target_model, prompt, MAX_NEW)
     channel.close()

@@ -74,5 +74,5 @@ def test_padded_verify_equals_unpadded(loaded, temperature):
         expected = _run(plain, prompt, drafts, sampling)
         got = _run(padded, prompt, drafts, sampling)
     assert got == expected
-    outcomes, context, cached = got
+    _outcomes, context, cached = got
     assert cached == len(context) - 1  # the padding and the rejected drafts are cropped

@@ -93,7 +93,7 @@ def test_partial_stop_prefix_completed_is_never_emitted(tok):
 
 def test_held_back_prefix_comes_out_at_finish(tok):
     stream = TextStream(tok, ["mat x"])
-    kept, delta = stream.add(ids(tok, "a mat"))
+    _kept, delta = stream.add(ids(tok, "a mat"))
     assert delta == "a "
     assert not stream.stopped
     assert stream.finish() == "mat"
@@ -108,13 +108,13 @@ def test_earliest_of_several_stop_strings_wins(tok):
 
 def test_empty_stop_string_is_ignored(tok):
     stream = TextStream(tok, [""])
-    kept, text = feed(stream, [ids(tok, "the cat")])
+    _kept, text = feed(stream, [ids(tok, "the cat")])
     assert not stream.stopped and text == "the cat"
 
 
 def test_special_tokens_are_skipped_in_text(tok):
     stream = TextStream(tok, [])
-    kept, text = feed(stream, [ids(tok, "the cat") + [tok.eos_token_id]])
+    kept, text = feed(stream, [[*ids(tok, "the cat"), tok.eos_token_id]])
     assert kept[-1] == tok.eos_token_id
     assert text == "the cat"
 

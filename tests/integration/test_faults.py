@@ -9,9 +9,9 @@ from __future__ import annotations
 
 import grpc
 import pytest
+from conftest import RPC_TIMEOUT, TWO_GAMMAS, list_arm_names, local_stack, reference_greedy, wait_for
 
 from banditspec.v1 import generation_pb2, generation_pb2_grpc
-from conftest import RPC_TIMEOUT, TWO_GAMMAS, list_arm_names, local_stack, reference_greedy, wait_for
 
 PROMPT = [3, 4, 5, 6, 3, 4, 5]
 MAX_NEW = 16

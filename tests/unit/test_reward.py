@@ -11,7 +11,9 @@ from services.controller.reward import RewardScale, StepTimeEstimate
 
 def test_ceiling_is_best_all_accepted_round():
     forwards = [0.050, 0.055, 0.060, 0.070, 0.080]  # k = 1..5 tokens
-    scale = RewardScale.for_arms(max_gamma=3, forward_seconds=forwards, round_overhead_seconds=0.002, step_seconds=0.052)
+    scale = RewardScale.for_arms(
+        max_gamma=3, forward_seconds=forwards, round_overhead_seconds=0.002, step_seconds=0.052
+    )
     # k = 1..4 allowed (γ ≤ 3): 1/.052, 2/.057, 3/.062, 4/.072 → the last is best
     assert scale.ceiling_tokens_per_second == pytest.approx(4 / 0.072)
     assert scale.normalise(4 / 0.072) == pytest.approx(1.0)
