@@ -25,7 +25,7 @@ from banditspec.model_paths import resolve_model_path
 from banditspec.sampling import SamplingParams
 from banditspec.v1 import common_pb2, draft_pb2, draft_pb2_grpc
 from services.draft.drafters.base import DraftSession
-from services.draft.drafters.model import ModelDrafter
+from services.draft.drafters.model_drafter import ModelDrafter
 
 DEVICE = sys.argv[1] if len(sys.argv) > 1 else "cuda"
 DTYPE = "bfloat16" if DEVICE == "cuda" else "float32"

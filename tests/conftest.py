@@ -7,15 +7,14 @@ exactly as they would load a real checkpoint.
 
 from __future__ import annotations
 
-from contextlib import contextmanager
-
 import os
 import subprocess
 import tempfile
 import time
+from collections.abc import Iterator
+from contextlib import contextmanager
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Iterator
 
 import grpc
 import pytest
@@ -55,11 +54,63 @@ def pytest_collection_modifyitems(items: list[pytest.Item]) -> None:
 
 
 EOS_ID = 0
-WORDS = (
-    "the cat sat on a mat dog ran to big red sun is hot and cold sky blue sea fish swim up down left "
-    "right one two three four five six seven eight nine ten yes no we you they it go stop end start fast "
-    "slow hello world foo bar baz qux zip zap"
-).split()
+WORDS = [
+    "the",
+    "cat",
+    "sat",
+    "on",
+    "a",
+    "mat",
+    "dog",
+    "ran",
+    "to",
+    "big",
+    "red",
+    "sun",
+    "is",
+    "hot",
+    "and",
+    "cold",
+    "sky",
+    "blue",
+    "sea",
+    "fish",
+    "swim",
+    "up",
+    "down",
+    "left",
+    "right",
+    "one",
+    "two",
+    "three",
+    "four",
+    "five",
+    "six",
+    "seven",
+    "eight",
+    "nine",
+    "ten",
+    "yes",
+    "no",
+    "we",
+    "you",
+    "they",
+    "it",
+    "go",
+    "stop",
+    "end",
+    "start",
+    "fast",
+    "slow",
+    "hello",
+    "world",
+    "foo",
+    "bar",
+    "baz",
+    "qux",
+    "zip",
+    "zap",
+]
 # A second vocabulary of the same size whose ids mean different text: a different fingerprint.
 ALIEN_WORDS = [f"x{i}" for i in range(len(WORDS))]
 

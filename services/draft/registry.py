@@ -115,7 +115,11 @@ class DrafterRegistry:
         return proposal, time.perf_counter() - start
 
     def release(
-        self, session_id: str, context_length: int = 0, new_ids: list[int] | None = None, prompt_length: int = 0,
+        self,
+        session_id: str,
+        context_length: int = 0,
+        new_ids: list[int] | None = None,
+        prompt_length: int = 0,
         learn: Callable[[Callable[[], None]], object] = lambda task: task(),
     ) -> bool:
         """Drop a session; with new_ids, first bring it up to date so learning drafters see the whole answer.

@@ -168,7 +168,9 @@ class DraftServicer(draft_pb2_grpc.DraftServiceServicer):
         if drafter.runs_on_worker:
             proposal, seconds = await self._on_worker(self._propose_on_worker, drafter, session, request.num_tokens)
             if (
-                drafter.looks_ahead and proposal.token_ids and session.sampling.greedy
+                drafter.looks_ahead
+                and proposal.token_ids
+                and session.sampling.greedy
                 and self.registry.drafters.get(drafter.name) is drafter
                 and self.registry.sessions.get(request.session_id) is session
             ):
@@ -209,7 +211,10 @@ class DraftServicer(draft_pb2_grpc.DraftServiceServicer):
             raise InvalidArgument("session_id is required")
         learning = []
         released = self.registry.release(
-            request.session_id, request.context_length, list(request.new_context_ids), request.prompt_length,
+            request.session_id,
+            request.context_length,
+            list(request.new_context_ids),
+            request.prompt_length,
             learn=lambda task: learning.append(self.learner.submit(task)),
         )
         # Answer once learned, so the caller's next request can draw on it; other rounds run meanwhile.

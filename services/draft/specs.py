@@ -20,9 +20,6 @@ from services.draft.drafters.kinds import KINDS
 
 _USAGES = [kind.usage for kind in KINDS.values()]
 USAGE = ", ".join(_USAGES[:-1]) + " or " + _USAGES[-1] if len(_USAGES) > 1 else _USAGES[0]
-# DrafterKind value → kind name. Kept for importers that still map DrafterInfo.kind; new code should act on
-# DrafterInfo's capability flags (model_free, learns_from_outputs) instead.
-KIND_NAMES = {kind.enum: name for name, kind in KINDS.items()}
 
 
 @dataclass(frozen=True)

@@ -257,7 +257,9 @@ def test_reflection_serves_the_file_descriptor(stack):
 
 def test_runtime_load_and_unload_drafter(generation_stub, draft_stub, tiny_models, references):
     load = draft_stub.LoadDrafter(
-        draft_pb2.LoadDrafterRequest(name="late", kind=draft_pb2.DRAFTER_KIND_MODEL, model_path=str(tiny_models.other)),
+        draft_pb2.LoadDrafterRequest(
+            name="late", model=draft_pb2.ModelDrafterOptions(model_path=str(tiny_models.other))
+        ),
         timeout=RPC_TIMEOUT,
     )
     try:
@@ -279,13 +281,13 @@ def test_runtime_load_and_unload_drafter(generation_stub, draft_stub, tiny_model
         # A second load under the same name needs replace.
         with pytest.raises(grpc.RpcError) as error:
             draft_stub.LoadDrafter(
-                draft_pb2.LoadDrafterRequest(name="late", kind=draft_pb2.DRAFTER_KIND_PROMPT_LOOKUP),
+                draft_pb2.LoadDrafterRequest(name="late", prompt_lookup=draft_pb2.PromptLookupOptions()),
                 timeout=RPC_TIMEOUT,
             )
         assert error.value.code() == grpc.StatusCode.ALREADY_EXISTS
         replaced = draft_stub.LoadDrafter(
             draft_pb2.LoadDrafterRequest(
-                name="late", kind=draft_pb2.DRAFTER_KIND_PROMPT_LOOKUP, min_ngram=1, max_ngram=2, replace=True
+                name="late", prompt_lookup=draft_pb2.PromptLookupOptions(min_ngram=1, max_ngram=2), replace=True
             ),
             timeout=RPC_TIMEOUT,
         )

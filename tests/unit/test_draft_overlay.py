@@ -16,7 +16,7 @@ from banditspec.overlays import OVERLAY_JSON, OVERLAY_TENSORS, draft_from_target
 from banditspec.sampling import SamplingParams
 from banditspec.training import distill
 from services.draft.drafters.base import DraftSession
-from services.draft.drafters.model import ModelDrafter
+from services.draft.drafters.model_drafter import ModelDrafter
 
 
 @pytest.fixture(scope="module")

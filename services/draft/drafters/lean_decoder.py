@@ -21,8 +21,9 @@ STATIC_ROPE_TYPES = {"default", "linear", "llama3"}
 class LeanCache:
     """Keys and values of one sequence, [layers, kv_heads, capacity, head_dim], grown by doubling."""
 
-    def __init__(self, layers: int, kv_heads: int, head_dim: int, dtype: torch.dtype, device: torch.device,
-                 capacity: int = 256) -> None:
+    def __init__(
+        self, layers: int, kv_heads: int, head_dim: int, dtype: torch.dtype, device: torch.device, capacity: int = 256
+    ) -> None:
         self.keys = torch.zeros(layers, kv_heads, capacity, head_dim, dtype=dtype, device=device)
         self.values = torch.zeros_like(self.keys)
         self.length = 0
@@ -103,7 +104,10 @@ class LeanLlama:
             cache.keys[index, :, start:end] = key
             cache.values[index, :, start:end] = value
             attended = F.scaled_dot_product_attention(
-                query, cache.keys[index, :, :end], cache.values[index, :, :end], attn_mask=mask,
+                query,
+                cache.keys[index, :, :end],
+                cache.values[index, :, :end],
+                attn_mask=mask,
                 enable_gqa=self.kv_heads != self.heads,
             )
             hidden = hidden + attention.o_proj(attended.transpose(0, 1).reshape(count, -1))

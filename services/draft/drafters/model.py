@@ -6,22 +6,17 @@ as pydocs:draft-m; DTYPE defaults to the service's; greedy drafts stop below MIN
 none). A '~' or '^' not followed by a number is part of the path (~/drafts/d).
 
 This module stays free of torch and transformers (seconds to import): the CLI and the controller parse
-specs without them. `ModelDrafter` is imported when a drafter is built, or when asked for by name here.
+specs without them. `ModelDrafter` (model_drafter.py) is imported when a drafter is built.
 """
 
 from __future__ import annotations
 
 from dataclasses import dataclass
-from typing import TYPE_CHECKING, Any, Self
+from typing import Any, Self
 
 from banditspec.v1 import draft_pb2
 from services.draft.drafters.base import Drafter, Kind, ServiceSettings, optional_field
 
-if TYPE_CHECKING:
-    from services.draft.drafters.model_drafter import ModelDrafter
-
-DEFAULT_MIN_CONFIDENCE = 0.4
-DEFAULT_LOOKAHEAD = 0  # tokens drafted ahead during verification; the spec turns it on per drafter
 MAX_LOOKAHEAD_TOKENS = 64
 
 
@@ -79,14 +74,13 @@ class ModelDrafterOptions:
         from banditspec.model_paths import resolve_model_path
         from services.draft.drafters.model_drafter import ModelDrafter
 
-        return ModelDrafter.load(
-            name,
-            str(resolve_model_path(self.model_path)),
-            device=settings.device,
-            dtype=self.dtype or settings.dtype,
-            min_confidence=DEFAULT_MIN_CONFIDENCE if self.min_confidence is None else self.min_confidence,
-            lookahead=DEFAULT_LOOKAHEAD if self.lookahead_tokens is None else self.lookahead_tokens,
-        )
+        chosen: dict[str, Any] = {}  # unset options keep the drafter's defaults
+        if self.min_confidence is not None:
+            chosen["min_confidence"] = self.min_confidence
+        if self.lookahead_tokens is not None:
+            chosen["lookahead"] = self.lookahead_tokens
+        path = str(resolve_model_path(self.model_path))
+        return ModelDrafter.load(name, path, device=settings.device, dtype=self.dtype or settings.dtype, **chosen)
 
 
 KIND = Kind(
@@ -102,20 +96,8 @@ def _is_number(value: str) -> bool:
     return True
 
 
-def __getattr__(name: str) -> Any:
-    # `from services.draft.drafters.model import ModelDrafter` keeps working, at the cost of the import.
-    if name == "ModelDrafter":
-        from services.draft.drafters.model_drafter import ModelDrafter
-
-        return ModelDrafter
-    raise AttributeError(f"module {__name__!r} has no attribute {name!r}")
-
-
 __all__ = [
-    "DEFAULT_LOOKAHEAD",
-    "DEFAULT_MIN_CONFIDENCE",
     "KIND",
     "MAX_LOOKAHEAD_TOKENS",
-    "ModelDrafter",
     "ModelDrafterOptions",
 ]

@@ -30,7 +30,9 @@ from banditspec.sampling import probabilities
 from banditspec.tokens import common_prefix_length
 from services.draft.drafters.base import DraftSession, Proposal
 from services.draft.drafters.lean_decoder import LeanCache, LeanLlama, lean_supported
-from services.draft.drafters.model import DEFAULT_LOOKAHEAD, DEFAULT_MIN_CONFIDENCE, KIND
+
+DEFAULT_MIN_CONFIDENCE = 0.4
+DEFAULT_LOOKAHEAD = 0  # tokens drafted ahead during verification; the spec turns it on per drafter
 
 
 @dataclass
@@ -51,13 +53,16 @@ class _ModelState:
 
 
 class ModelDrafter:
-    kind = KIND.name
+    kind = "model"  # the kind model.py declares (it imports this module, not the other way round)
     model_free = False
     runs_on_worker = True  # one forward at a time, off the event loop
     learns_from_outputs = False
 
     def __init__(
-        self, name: str, loaded: LoadedModel, min_confidence: float = DEFAULT_MIN_CONFIDENCE,
+        self,
+        name: str,
+        loaded: LoadedModel,
+        min_confidence: float = DEFAULT_MIN_CONFIDENCE,
         lookahead: int = DEFAULT_LOOKAHEAD,
     ) -> None:
         self.name = name
@@ -80,8 +85,13 @@ class ModelDrafter:
 
     @classmethod
     def load(
-        cls, name: str, path: str, device: str | None = None, dtype: str | None = None,
-        min_confidence: float = DEFAULT_MIN_CONFIDENCE, lookahead: int = DEFAULT_LOOKAHEAD,
+        cls,
+        name: str,
+        path: str,
+        device: str | None = None,
+        dtype: str | None = None,
+        min_confidence: float = DEFAULT_MIN_CONFIDENCE,
+        lookahead: int = DEFAULT_LOOKAHEAD,
     ) -> ModelDrafter:
         return cls(name, load_causal_lm(path, device=device, dtype=dtype), min_confidence, lookahead)
 
@@ -134,7 +144,7 @@ class ModelDrafter:
         else:
             # Keep the cached prefix the context still agrees with; feed at least one token for logits.
             self._trim(state, min(common_prefix_length(state.cached_ids, context), len(context) - 1))
-            feed = context[len(state.cached_ids):]
+            feed = context[len(state.cached_ids) :]
         logits = None
         while len(draft) < num_tokens:
             logits = self.decoder.forward(feed, state.cache, last_only=True)[-1]
@@ -170,7 +180,7 @@ class ModelDrafter:
         if len(drafted) + 1 + limit > self.loaded.max_context:
             return
         if logits is None:  # the draft's last token is not fed yet
-            unfed = drafted[len(state.cached_ids):]
+            unfed = drafted[len(state.cached_ids) :]
             logits = self.decoder.forward(unfed, state.cache, last_only=True)[-1]
             state.cached_ids.extend(unfed)
         feed = [int(torch.argmax(logits))]  # the guessed bonus token

@@ -95,7 +95,10 @@ class PromptLookupDrafter(ModelFree):
     vocab_fingerprint = ""
 
     def __init__(
-        self, name: str = "pld", min_ngram: int = DEFAULT_MIN_NGRAM, max_ngram: int = DEFAULT_MAX_NGRAM,
+        self,
+        name: str = "pld",
+        min_ngram: int = DEFAULT_MIN_NGRAM,
+        max_ngram: int = DEFAULT_MAX_NGRAM,
         scaled: bool = True,
     ) -> None:
         if not 1 <= min_ngram <= max_ngram:

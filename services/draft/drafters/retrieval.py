@@ -65,9 +65,7 @@ class RetrievalOptions:
         return RetrievalDrafter.load(name, self.datastore_path, max_depth=depth)
 
 
-KIND = Kind(
-    "retrieval", draft_pb2.DRAFTER_KIND_RETRIEVAL, "NAME=retrieval:DATASTORE_PATH[:DEPTH]", RetrievalOptions
-)
+KIND = Kind("retrieval", draft_pb2.DRAFTER_KIND_RETRIEVAL, "NAME=retrieval:DATASTORE_PATH[:DEPTH]", RetrievalOptions)
 
 
 class RetrievalDrafter(ModelFree):

@@ -19,9 +19,9 @@ from dataclasses import dataclass, field
 
 import grpc
 import pytest
+from conftest import EOS_ID, RPC_TIMEOUT, TWO_GAMMAS, local_stack, reference_greedy
 
 from banditspec.v1 import draft_pb2, draft_pb2_grpc, generation_pb2, generation_pb2_grpc
-from conftest import EOS_ID, RPC_TIMEOUT, TWO_GAMMAS, local_stack, reference_greedy
 
 pytestmark = pytest.mark.timeout(300)  # a hung swap fails the test instead of stalling the suite
 
@@ -39,8 +39,14 @@ WAIT = 30.0  # deadline for polled conditions (the controller re-lists drafters 
 def swap_stack(tiny_models, tmp_path_factory):
     """Drafters: pld; swap (the independent model, replaced by a copy of the target); doomed (the
     noisy copy, unloaded). The model drafters draft ahead, so swaps also meet running lookaheads."""
-    drafters = ["pld=prompt_lookup:1-3:fixed", f"swap=model:{tiny_models.other}^4", f"doomed=model:{tiny_models.near}^4"]
-    with local_stack(tmp_path_factory, "swap-stack", tiny_models.target, drafters, ["--policy", "ucbspec", *TWO_GAMMAS]) as stack:
+    drafters = [
+        "pld=prompt_lookup:1-3:fixed",
+        f"swap=model:{tiny_models.other}^4",
+        f"doomed=model:{tiny_models.near}^4",
+    ]
+    with local_stack(
+        tmp_path_factory, "swap-stack", tiny_models.target, drafters, ["--policy", "ucbspec", *TWO_GAMMAS]
+    ) as stack:
         yield stack
 
 
@@ -265,7 +271,8 @@ async def test_replace_model_drafter_under_traffic(clients, references, tiny_mod
         await traffic.warm()
         response = await clients.draft.LoadDrafter(
             draft_pb2.LoadDrafterRequest(
-                name="swap", replace=True,
+                name="swap",
+                replace=True,
                 model=draft_pb2.ModelDrafterOptions(model_path=str(tiny_models.target), lookahead_tokens=4),
             ),
             timeout=RPC_TIMEOUT,
@@ -311,7 +318,8 @@ async def test_unload_drafter_under_traffic(clients, references):
     # A pinned stream lost its drafter mid-answer and finished on the target alone. (A request on a
     # fixed arm pulls no other arm unless that arm's drafter failed.)
     fell_back = [
-        o for o in outcomes
+        o
+        for o in outcomes
         if o.plan.pinned and o.plan.policy == FIXED and any(r.arm == "target-only" for r in o.rounds)
     ]
     assert fell_back, "no pinned stream was still drafting with the unloaded drafter when it went"

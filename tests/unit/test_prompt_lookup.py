@@ -173,7 +173,10 @@ def test_built_with_its_defaults_and_capabilities():
     assert isinstance(drafter, PromptLookupDrafter)
     assert (drafter.min_ngram, drafter.max_ngram, drafter.scaled) == (2, 4, True)
     assert (drafter.model_free, drafter.runs_on_worker, drafter.learns_from_outputs, drafter.looks_ahead) == (
-        True, False, False, False
+        True,
+        False,
+        False,
+        False,
     )
     assert drafter.vocab_size is None and drafter.kind == "prompt_lookup"
     fixed = DrafterSpec.parse("pld=prompt_lookup:1-3:fixed").build(ServiceSettings())

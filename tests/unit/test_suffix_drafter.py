@@ -3,18 +3,14 @@ real services, where a second request learns from the first one's answer."""
 
 from __future__ import annotations
 
-import itertools
 import random
 from collections import Counter
 
-import grpc
 import pytest
-from conftest import RPC_TIMEOUT, local_stack, reference_greedy, wait_for
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
 from banditspec.sampling import SamplingParams
-from banditspec.v1 import draft_pb2, draft_pb2_grpc, generation_pb2, generation_pb2_grpc
 from services.draft.drafters.base import DraftSession, ServiceSettings
 from services.draft.drafters.suffix import SuffixDrafter, SuffixOptions, SuffixTrie
 from services.draft.specs import DrafterSpec
@@ -319,9 +315,7 @@ def test_every_proposal_continues_an_earlier_occurrence(context, outputs, num_to
         # The matched suffix (≥ min_match tokens) and the draft lie on one path, so they occur together.
         pattern = context[-drafter.min_match :] + draft
         texts = [context, *outputs]
-        assert any(
-            text[i : i + len(pattern)] == pattern for text in texts for i in range(len(text) - len(pattern) + 1)
-        )
+        assert any(text[i : i + len(pattern)] == pattern for text in texts for i in range(len(text) - len(pattern) + 1))
 
 
 @settings(max_examples=150, deadline=None)
@@ -389,56 +383,11 @@ def test_built_with_its_defaults_and_capabilities():
     assert isinstance(drafter, SuffixDrafter)
     assert (drafter.max_depth, drafter.memory_tokens) == (24, 200_000)
     assert (drafter.model_free, drafter.runs_on_worker, drafter.learns_from_outputs, drafter.looks_ahead) == (
-        True, False, True, False
+        True,
+        False,
+        True,
+        False,
     )
     off = DrafterSpec.parse("sfx=suffix:8:off").build(ServiceSettings())
     assert isinstance(off, SuffixDrafter)
     assert (off.max_depth, off.memory_tokens) == (8, 0)
-
-
-# end to end --------------------------------------------------------------------------------------
-
-MAX_NEW = 24
-
-
-@pytest.fixture(scope="module")
-def suffix_stack(tiny_models, tmp_path_factory):
-    """target + a draft service with only a suffix drafter + controller (the shared stack has none)."""
-    with local_stack(tmp_path_factory, "suffix-stack", tiny_models.target, ["sfx=suffix"]) as stack:
-        yield stack
-
-
-def test_second_request_drafts_from_the_first_answer(suffix_stack, target_model):
-    # A prompt whose answer repeats no pair of tokens: its own tree can never propose, so whatever the
-    # second request accepts was learned from the first one's output.
-    def repeats_no_pair(tokens: list[int]) -> bool:
-        return len(set(itertools.pairwise(tokens))) == len(tokens) - 1
-
-    prompts = ([37, 48, 54], [30, 23, 42], [36, 19, 6, 54], [48, 7, 15])  # found by trying: most answers loop
-    answers = ((p, reference_greedy(target_model, p, MAX_NEW)) for p in prompts)
-    prompt, expected = next((p, answer) for p, answer in answers if repeats_no_pair(p + answer))
-    arm = "local/sfx/6"
-    req = generation_pb2.GenerateRequest(max_new_tokens=MAX_NEW, policy=generation_pb2.POLICY_FIXED, allowed_arms=[arm])
-    req.token_ids.ids.extend(prompt)
-    with (
-        grpc.insecure_channel(suffix_stack.address("controller")) as controller,
-        grpc.insecure_channel(suffix_stack.address("draft")) as draft,
-    ):
-        generate = generation_pb2_grpc.GenerationServiceStub(controller).Generate
-        draft_info = draft_pb2_grpc.DraftServiceStub(draft).Info
-
-        (info,) = draft_info(draft_pb2.DraftInfoRequest(), timeout=RPC_TIMEOUT).drafters
-        assert (info.kind, info.model_free, info.learns_from_outputs) == (draft_pb2.DRAFTER_KIND_SUFFIX, True, True)
-        first = generate(req, timeout=RPC_TIMEOUT)
-        assert list(first.token_ids) == expected
-        assert [a.arm for a in first.stats.arms] == [arm]
-        assert first.stats.arms[0].accepted_tokens == 0
-        # The controller releases in the background; the draft service learns the answer on release.
-        wait_for(lambda: draft_info(draft_pb2.DraftInfoRequest(), timeout=RPC_TIMEOUT).sessions == 0)
-
-        second = generate(req, timeout=RPC_TIMEOUT)
-        assert list(second.token_ids) == expected
-        stats = second.stats.arms[0]
-        assert stats.arm == arm and stats.accepted_tokens > 0
-        assert stats.accepted_tokens == stats.drafted_tokens  # the target repeats itself exactly
-        assert second.stats.rounds < first.stats.rounds

@@ -13,13 +13,15 @@ from hypothesis import strategies as st
 from banditspec.models import load_causal_lm
 from services.draft.drafters.lean_decoder import LeanCache, LeanLlama, lean_supported
 
-PYDOCS_DRAFT = Path(__file__).resolve().parents[1] / "models" / "pydocs" / "draft-s"
+PYDOCS_DRAFT = Path(__file__).resolve().parents[2] / "models" / "pydocs" / "draft-s"
 
 
 def run_both(loaded, lean: LeanLlama, steps: list[tuple[str, int]], vocab: int) -> None:
     """Apply ('feed', n) / ('crop', n) steps to an HF cache and a lean cache; logits must agree at every feed."""
-    hf_cache, lean_cache = loaded.new_cache(), LeanCache(
-        len(lean.layers), lean.kv_heads, lean.head_dim, lean.dtype, lean.device, capacity=8)
+    hf_cache, lean_cache = (
+        loaded.new_cache(),
+        LeanCache(len(lean.layers), lean.kv_heads, lean.head_dim, lean.dtype, lean.device, capacity=8),
+    )
     generator = torch.Generator().manual_seed(len(steps))
     length = 0
     for number, (action, count) in enumerate(steps):
@@ -59,8 +61,12 @@ def test_cache_grows_past_its_initial_capacity(tiny):
 
 def test_shipped_pydocs_draft_matches():
     loaded = load_causal_lm(PYDOCS_DRAFT, device="cpu", dtype="float32")
-    run_both(loaded, LeanLlama(loaded.model, loaded.max_context), [("feed", 60), ("feed", 1), ("crop", 1), ("feed", 4)],
-             loaded.vocab_size)
+    run_both(
+        loaded,
+        LeanLlama(loaded.model, loaded.max_context),
+        [("feed", 60), ("feed", 1), ("crop", 1), ("feed", 4)],
+        loaded.vocab_size,
+    )
 
 
 def test_context_beyond_the_model_positions_is_refused(tiny):

@@ -9,10 +9,10 @@ import uuid
 import grpc
 import numpy as np
 import pytest
+from conftest import RPC_TIMEOUT, reference_greedy
 
 from banditspec.errors import REASON_KEY, SESSION_LOST
 from banditspec.v1 import common_pb2, draft_pb2, generation_pb2, target_pb2
-from conftest import RPC_TIMEOUT, reference_greedy
 
 GOOD_PROMPT = [10, 11, 12, 13, 14]
 
@@ -152,13 +152,13 @@ def test_target_verify_with_a_stale_context_length_is_session_lost(target_stub):
 
 def test_target_rejects_out_of_vocab_ids(target_stub, tiny_models):
     vocab = tiny_models.vocab_size
-    error = rpc_error(
-        target_stub.OpenSession, target_pb2.OpenSessionRequest(session_id="oov", context_ids=[3, vocab])
-    )
+    error = rpc_error(target_stub.OpenSession, target_pb2.OpenSessionRequest(session_id="oov", context_ids=[3, vocab]))
     assert error.code() == grpc.StatusCode.INVALID_ARGUMENT
     session = open_session(target_stub)
     for bad in ([vocab], [-1], [4, 10**6]):
-        error = rpc_error(target_stub.Verify, target_pb2.VerifyRequest(session_id=session, context_length=3, draft_ids=bad))
+        error = rpc_error(
+            target_stub.Verify, target_pb2.VerifyRequest(session_id=session, context_length=3, draft_ids=bad)
+        )
         assert error.code() == grpc.StatusCode.INVALID_ARGUMENT, bad
     # Nothing was consumed by the rejected calls.
     response = target_stub.Verify(
@@ -179,7 +179,9 @@ def test_target_rejects_bad_sessions(target_stub):
             grpc.StatusCode.INVALID_ARGUMENT,
         ),
         (
-            target_pb2.OpenSessionRequest(session_id="s", context_ids=[3], sampling=common_pb2.SamplingParams(top_p=2.0)),
+            target_pb2.OpenSessionRequest(
+                session_id="s", context_ids=[3], sampling=common_pb2.SamplingParams(top_p=2.0)
+            ),
             grpc.StatusCode.INVALID_ARGUMENT,
         ),
     ]
@@ -189,7 +191,9 @@ def test_target_rejects_bad_sessions(target_stub):
 
 def test_target_verify_past_the_context_is_out_of_range(target_stub):
     session = open_session(target_stub, context=[3] * 250)
-    error = rpc_error(target_stub.Verify, target_pb2.VerifyRequest(session_id=session, context_length=250, draft_ids=[4] * 8))
+    error = rpc_error(
+        target_stub.Verify, target_pb2.VerifyRequest(session_id=session, context_length=250, draft_ids=[4] * 8)
+    )
     assert error.code() == grpc.StatusCode.OUT_OF_RANGE
 
 
@@ -225,10 +229,14 @@ def test_target_rejects_bad_draft_distributions(target_stub, tiny_models):
 
 
 def test_target_release_unknown_session(target_stub):
-    response = target_stub.ReleaseSession(target_pb2.ReleaseSessionRequest(session_id="never-opened"), timeout=RPC_TIMEOUT)
+    response = target_stub.ReleaseSession(
+        target_pb2.ReleaseSessionRequest(session_id="never-opened"), timeout=RPC_TIMEOUT
+    )
     assert response.released is False
     session = open_session(target_stub)
-    assert target_stub.ReleaseSession(target_pb2.ReleaseSessionRequest(session_id=session), timeout=RPC_TIMEOUT).released
+    assert target_stub.ReleaseSession(
+        target_pb2.ReleaseSessionRequest(session_id=session), timeout=RPC_TIMEOUT
+    ).released
     error = rpc_error(target_stub.Verify, target_pb2.VerifyRequest(session_id=session, context_length=3))
     assert error.code() == grpc.StatusCode.FAILED_PRECONDITION
 
@@ -237,7 +245,9 @@ def test_target_release_unknown_session(target_stub):
 
 
 def propose(**fields) -> draft_pb2.ProposeRequest:
-    defaults = dict(session_id=uuid.uuid4().hex, drafter="pld", num_tokens=3, context_length=0, new_context_ids=[3, 4, 3])
+    defaults = dict(
+        session_id=uuid.uuid4().hex, drafter="pld", num_tokens=3, context_length=0, new_context_ids=[3, 4, 3]
+    )
     defaults.update(fields)
     return draft_pb2.ProposeRequest(**defaults)
 
@@ -302,7 +312,9 @@ def test_draft_rejects_bad_token_ids_and_keeps_the_session(draft_stub, tiny_mode
     assert response.context_length == 4 and all(0 <= t < vocab for t in response.draft_ids)
     # A model-free drafter accepts ids past a model's vocabulary; a model drafter then refuses the session.
     draft_stub.Propose(propose(session_id=session, context_length=4, new_context_ids=[vocab + 5]), timeout=RPC_TIMEOUT)
-    error = rpc_error(draft_stub.Propose, propose(session_id=session, drafter="near", context_length=5, new_context_ids=[]))
+    error = rpc_error(
+        draft_stub.Propose, propose(session_id=session, drafter="near", context_length=5, new_context_ids=[])
+    )
     assert error.code() == grpc.StatusCode.INVALID_ARGUMENT and "vocabulary" in error.details()
 
 

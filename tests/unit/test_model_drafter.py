@@ -33,7 +33,7 @@ def argmax_continuation(drafter: ModelDrafter, steps: int) -> tuple[list[int], l
             probs = torch.softmax(logits, -1)
             ids.append(int(probs.argmax()))
             confidences.append(float(probs.max()))
-    return ids[len(PROMPT):], confidences
+    return ids[len(PROMPT) :], confidences
 
 
 def test_greedy_draft_stops_at_the_first_unsure_token(tiny_models):
