@@ -75,7 +75,9 @@ class LocalStack:
 
     def start(self) -> LocalStack:
         try:
-            target = self._spawn("target", ["serve-target", "--model", self.model, "--port", "0", *self.extra_target_args])
+            target = self._spawn(
+                "target", ["serve-target", "--model", self.model, "--port", "0", *self.extra_target_args]
+            )
             draft = self._spawn(
                 "draft",
                 ["serve-draft", "--port", "0", *[f"--drafter={d}" for d in self.drafters], *self.extra_draft_args],
@@ -85,9 +87,12 @@ class LocalStack:
                 "controller",
                 [
                     "serve-controller",
-                    "--target", target_address,
-                    "--draft", f"local={draft_address}",
-                    "--port", str(self.controller_port),
+                    "--target",
+                    target_address,
+                    "--draft",
+                    f"local={draft_address}",
+                    "--port",
+                    str(self.controller_port),
                     *self.extra_controller_args,
                 ],
             )

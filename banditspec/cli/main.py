@@ -111,9 +111,8 @@ def cmd_serve_controller(args: argparse.Namespace) -> None:
 
 
 def _stack(args: argparse.Namespace):
-    from banditspec.cli.launcher import LocalStack
-
     from banditspec.cache import cache_dir
+    from banditspec.cli.launcher import LocalStack
 
     target_args = ["--dtype", args.dtype] if args.dtype else []
     return LocalStack(
@@ -135,7 +134,10 @@ def cmd_up(args: argparse.Namespace) -> None:
     stack.start()
     for service in stack.services:
         print(f"  {service.name:<10} {service.address}  (pid {service.process.pid})", flush=True)
-    print(f"ready: banditspec generate --controller {stack.address('controller')} 'your prompt'   (Ctrl-C stops)", flush=True)
+    print(
+        f"ready: banditspec generate --controller {stack.address('controller')} 'your prompt'   (Ctrl-C stops)",
+        flush=True,
+    )
     stopping = []
     signal.signal(signal.SIGTERM, lambda *_: stopping.append(True))
     try:
@@ -190,7 +192,11 @@ def _generate(args: argparse.Namespace) -> None:
         try:
             if args.json:
                 response = stub.Generate(request, timeout=args.timeout)
-                print(json_format.MessageToJson(response, preserving_proto_field_name=True, always_print_fields_with_no_presence=True))
+                print(
+                    json_format.MessageToJson(
+                        response, preserving_proto_field_name=True, always_print_fields_with_no_presence=True
+                    )
+                )
                 return
             final = None
             for message in stub.GenerateStream(request, timeout=args.timeout):
@@ -216,7 +222,9 @@ def _print_stats(response) -> None:
     print(f"{'arm':<22}{'pulls':>7}{'drafted':>9}{'accepted':>10}{'accept%':>9}{'tok/s':>9}")
     for arm in stats.arms:
         rate = 100 * arm.accepted_tokens / arm.drafted_tokens if arm.drafted_tokens else 0.0
-        print(f"{arm.arm:<22}{arm.pulls:>7}{arm.drafted_tokens:>9}{arm.accepted_tokens:>10}{rate:>8.0f}%{arm.mean_reward:>9.1f}")
+        print(
+            f"{arm.arm:<22}{arm.pulls:>7}{arm.drafted_tokens:>9}{arm.accepted_tokens:>10}{rate:>8.0f}%{arm.mean_reward:>9.1f}"
+        )
 
 
 def cmd_drafters(args: argparse.Namespace) -> None:
@@ -244,9 +252,9 @@ def cmd_drafters(args: argparse.Namespace) -> None:
 
 
 def cmd_datastore(args: argparse.Namespace) -> None:
-    from banditspec.training.datastore_build import build_datastore, recorded_outputs, text_files
     from banditspec.model_paths import resolve_model_path
     from banditspec.models import load_tokenizer, vocab_fingerprint
+    from banditspec.training.datastore_build import build_datastore, recorded_outputs, text_files
 
     if not args.text and not args.outputs:
         sys.exit("error: give --text and/or --outputs")
@@ -312,16 +320,24 @@ def build_parser() -> argparse.ArgumentParser:
     target = sub.add_parser("serve-target", help="run the target (verifier) service")
     target.add_argument("--model", default="default", help="HF model directory, or 'default' (SmolLM2-135M-Instruct)")
     target.add_argument("--device", default="auto")
-    target.add_argument("--dtype", default="auto", help="float32 | bfloat16 | float16 (auto: float32 on CPU, bfloat16 on CUDA)")
+    target.add_argument(
+        "--dtype", default="auto", help="float32 | bfloat16 | float16 (auto: float32 on CPU, bfloat16 on CUDA)"
+    )
     target.add_argument("--max-sessions", type=int, default=64)
     target.add_argument("--threads", type=int, default=0, help="torch CPU threads (0: torch's default)")
-    target.add_argument("--verify-padding", choices=["auto", "off"], default="auto",
-                        help="auto: pad a verify to a longer forward where the measured one is cheaper")
+    target.add_argument(
+        "--verify-padding",
+        choices=["auto", "off"],
+        default="auto",
+        help="auto: pad a verify to a longer forward where the measured one is cheaper",
+    )
     _service_args(target, 50051)
     target.set_defaults(func=cmd_serve_target)
 
     draft = sub.add_parser("serve-draft", help="run a draft service")
-    draft.add_argument("--drafter", action="append", help=f"{USAGE}; repeatable (default: {' '.join(DEFAULT_DRAFTERS)})")
+    draft.add_argument(
+        "--drafter", action="append", help=f"{USAGE}; repeatable (default: {' '.join(DEFAULT_DRAFTERS)})"
+    )
     draft.add_argument("--device", default="auto")
     draft.add_argument("--dtype", default="auto")
     draft.add_argument("--max-sessions", type=int, default=256)
@@ -340,7 +356,9 @@ def build_parser() -> argparse.ArgumentParser:
     controller.add_argument("--pld-gammas", dest="pld_gammas", help=argparse.SUPPRESS)
     controller.add_argument("--model-gammas", default="4", help="γ values for model drafters")
     controller.add_argument("--rpc-timeout", type=float, default=60.0)
-    controller.add_argument("--refresh-seconds", type=float, default=2.0, help="how often arms follow the draft services' drafters")
+    controller.add_argument(
+        "--refresh-seconds", type=float, default=2.0, help="how often arms follow the draft services' drafters"
+    )
     controller.add_argument("--metrics-port", type=int, help="serve Prometheus metrics on this port")
     _service_args(controller, 50050)
     controller.set_defaults(func=cmd_serve_controller)
@@ -387,10 +405,14 @@ def build_parser() -> argparse.ArgumentParser:
     datastore = sub.add_parser("datastore", help="build a token datastore for retrieval drafters")
     datastore_sub = datastore.add_subparsers(dest="action", required=True)
     build = datastore_sub.add_parser("build", help="index text files and/or recorded outputs into one .npz file")
-    build.add_argument("--tokenizer", required=True, help="model or tokenizer directory, or 'default'; must be the target's")
+    build.add_argument(
+        "--tokenizer", required=True, help="model or tokenizer directory, or 'default'; must be the target's"
+    )
     build.add_argument("--out", required=True, help="the datastore file to write (.npz)")
     build.add_argument("--text", action="append", help="a text file (one document) or a directory of them; repeatable")
-    build.add_argument("--outputs", action="append", help="JSON lines with top-level token_ids (generate --json); repeatable")
+    build.add_argument(
+        "--outputs", action="append", help="JSON lines with top-level token_ids (generate --json); repeatable"
+    )
     build.add_argument("--glob", default="*.txt", help="which files to take from --text directories (default *.txt)")
     build.set_defaults(func=cmd_datastore)
 

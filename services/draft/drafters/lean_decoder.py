@@ -10,8 +10,11 @@ token), and a test holds its logits to those of the `transformers` forward.
 
 from __future__ import annotations
 
+from typing import Any
+
 import torch
 import torch.nn.functional as F
+from transformers import PreTrainedModel
 from transformers.models.llama.modeling_llama import apply_rotary_pos_emb
 
 # Rotary variants whose tables depend only on the position (no dynamic rescaling at run time).
@@ -61,13 +64,14 @@ def lean_supported(model: torch.nn.Module) -> bool:
 class LeanLlama:
     """`new_cache()` and `forward(ids, cache)` with the same meaning as `LoadedModel`'s, for a LlamaForCausalLM."""
 
-    def __init__(self, model: torch.nn.Module, max_positions: int) -> None:
+    def __init__(self, model: PreTrainedModel, max_positions: int) -> None:
         if not lean_supported(model):
             raise ValueError("the lean decoder supports Llama models with static rotary embeddings only")
         config = model.config
-        self.decoder = model.model
-        self.lm_head = model.lm_head
-        self.layers = list(self.decoder.layers)
+        # A LlamaModel and its head; nn.Module's __getattr__ would type every submodule as Tensor | Module.
+        self.decoder: Any = model.model
+        self.lm_head: Any = model.lm_head
+        self.layers: list[Any] = list(self.decoder.layers)
         self.heads = config.num_attention_heads
         self.kv_heads = config.num_key_value_heads
         self.head_dim = getattr(config, "head_dim", None) or config.hidden_size // self.heads

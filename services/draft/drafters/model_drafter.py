@@ -21,6 +21,7 @@ from __future__ import annotations
 import zlib
 from collections.abc import Callable
 from dataclasses import dataclass, field
+from typing import Any, Protocol
 
 import torch
 from transformers import DynamicCache
@@ -33,6 +34,14 @@ from services.draft.drafters.lean_decoder import LeanCache, LeanLlama, lean_supp
 
 DEFAULT_MIN_CONFIDENCE = 0.4
 DEFAULT_LOOKAHEAD = 0  # tokens drafted ahead during verification; the spec turns it on per drafter
+
+
+class _Decoder(Protocol):
+    """What drafting needs of a model: the lean decoder and `LoadedModel` each keep their own cache type."""
+
+    def new_cache(self) -> Any: ...
+
+    def forward(self, input_ids: list[int], cache: Any, last_only: bool = False) -> torch.Tensor: ...
 
 
 @dataclass
@@ -79,9 +88,7 @@ class ModelDrafter:
         self.source = loaded.path + (f" ({'; '.join(notes)})" if notes else "")
         self.device = str(loaded.device)
         # Llama drafts run the lean forward (the same logits, a fraction of the per-token overhead).
-        self.decoder: LeanLlama | LoadedModel = (
-            LeanLlama(loaded.model, loaded.max_context) if lean_supported(loaded.model) else loaded
-        )
+        self.decoder: _Decoder = LeanLlama(loaded.model, loaded.max_context) if lean_supported(loaded.model) else loaded
 
     @classmethod
     def load(

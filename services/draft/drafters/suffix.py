@@ -183,9 +183,10 @@ class SuffixTrie:
         node, offset = self.root, 0
         for token in tokens:
             if node.children is not None:
-                node = node.children.get(token)
-                if node is None:
+                child = node.children.get(token)
+                if child is None:
                     return None
+                node = child
             else:
                 at = node.pos + offset
                 if at >= min(node.limit, len(node.seq)) or node.seq[at] != token:
