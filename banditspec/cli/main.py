@@ -249,6 +249,8 @@ def cmd_drafters(args: argparse.Namespace) -> None:
                 print(f"unloaded {args.spec}")
         except grpc.RpcError as error:
             sys.exit(f"error: {error.code().name}: {error.details()}")
+        except ValueError as error:  # a malformed spec, refused before any call
+            sys.exit(f"error: {error}")
 
 
 def cmd_datastore(args: argparse.Namespace) -> None:
@@ -395,12 +397,17 @@ def build_parser() -> argparse.ArgumentParser:
     generate.set_defaults(func=cmd_generate)
 
     drafters = sub.add_parser("drafters", help="list, load or unload drafters on a running draft service")
-    drafters.add_argument("action", choices=["list", "load", "unload"])
-    drafters.add_argument("spec", nargs="?", help="load: NAME=KIND[:ARG]; unload: NAME")
-    drafters.add_argument("--draft", default="127.0.0.1:50052")
-    drafters.add_argument("--replace", action="store_true", help="swap out a drafter of the same name")
-    drafters.add_argument("--timeout", type=float, default=300.0)
-    drafters.set_defaults(func=cmd_drafters)
+    # One subcommand each, so options may come before or after the spec.
+    drafters_sub = drafters.add_subparsers(dest="action", required=True)
+    for action, spec_help in (("list", None), ("load", f"NAME=KIND[:ARGS]: {USAGE}"), ("unload", "NAME")):
+        command = drafters_sub.add_parser(action, help=f"{action} drafters")
+        if spec_help:
+            command.add_argument("spec", help=spec_help)
+        command.add_argument("--draft", default="127.0.0.1:50052", help="the draft service's HOST:PORT")
+        command.add_argument("--timeout", type=float, default=300.0)
+        if action == "load":
+            command.add_argument("--replace", action="store_true", help="swap out a drafter of the same name")
+        command.set_defaults(func=cmd_drafters)
 
     datastore = sub.add_parser("datastore", help="build a token datastore for retrieval drafters")
     datastore_sub = datastore.add_subparsers(dest="action", required=True)

@@ -31,7 +31,6 @@ class TargetConfig:
     host: str = "127.0.0.1"
     port: int = 50051
     ready_file: str | None = None
-    threads: int | None = None
     verify_padding: bool = True
 
 

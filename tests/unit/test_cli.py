@@ -1,0 +1,42 @@
+"""The command line's parsing: drafters subcommands take options on either side of the spec, policy
+choices come from the one policy table, and the old γ flag still works."""
+
+from __future__ import annotations
+
+import pytest
+
+from banditspec.cli import build_parser
+from banditspec.cli.main import _model_free_gammas
+from banditspec.policy_names import POLICY_WIRE_VALUES
+
+
+@pytest.mark.parametrize(
+    "argv",
+    [
+        ["drafters", "load", "--draft", "h:1", "x=prompt_lookup"],
+        ["drafters", "load", "x=prompt_lookup", "--draft", "h:1"],
+    ],
+)
+def test_drafters_load_takes_options_before_or_after_the_spec(argv):
+    args = build_parser().parse_args(argv)
+    assert (args.action, args.spec, args.draft, args.replace) == ("load", "x=prompt_lookup", "h:1", False)
+
+
+def test_drafters_list_needs_no_spec():
+    args = build_parser().parse_args(["drafters", "list", "--draft", "h:1"])
+    assert (args.action, args.draft) == ("list", "h:1")
+
+
+def test_policy_choices_are_the_policy_table():
+    parser = build_parser()
+    for name in POLICY_WIRE_VALUES:
+        assert parser.parse_args(["serve-controller", "--policy", name]).policy == name
+    with pytest.raises(SystemExit):
+        parser.parse_args(["serve-controller", "--policy", "thompson"])
+
+
+def test_the_old_gamma_flag_is_a_deprecated_alias(capsys):
+    parser = build_parser()
+    assert _model_free_gammas(parser.parse_args(["serve-controller", "--model-free-gammas", "3,6"])) == "3,6"
+    assert _model_free_gammas(parser.parse_args(["serve-controller", "--pld-gammas", "5"])) == "5"
+    assert "deprecated" in capsys.readouterr().err
