@@ -68,7 +68,10 @@ async def run_server(
     for service in ["", *service_names]:
         await health.set(service, health_pb2.HealthCheckResponse.SERVING)
     if ready_file:
-        Path(ready_file).write_text(json.dumps({"address": address, "port": bound}))
+        # Written whole, then renamed: a reader polling for the file never sees it half-written.
+        staging = Path(f"{ready_file}.tmp")
+        staging.write_text(json.dumps({"address": address, "port": bound}))
+        staging.replace(ready_file)
     log.info("serving", server=name, address=address)
 
     await stop.wait()
