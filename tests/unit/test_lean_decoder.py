@@ -11,7 +11,7 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 
 from banditspec.models import load_causal_lm
-from services.draft.drafters.lean_decoder import LeanCache, LeanLlama, lean_supported
+from banditspec.lean_llama import LeanCache, LeanLlama, lean_supported
 
 PYDOCS_DRAFT = Path(__file__).resolve().parents[2] / "models" / "pydocs" / "draft-s"
 

@@ -1,0 +1,87 @@
+"""The batched lean forward: rows of different cached lengths and feed sizes in one pass give each row
+the logits it would get alone, leave each cache as a lone feed would, and a row's own mask and positions
+carry a token tree (each node sees its ancestors at its depth)."""
+
+from __future__ import annotations
+
+import pytest
+import torch
+from hypothesis import given, settings
+from hypothesis import strategies as st
+
+from banditspec.lean_llama import Feed, LeanLlama
+from banditspec.models import load_causal_lm
+
+TOLERANCE = {"atol": 2e-5, "rtol": 2e-5}
+
+
+@pytest.fixture(scope="module")
+def lean(tiny_models):
+    loaded = load_causal_lm(tiny_models.target, device="cpu", dtype="float32")
+    return LeanLlama(loaded.model, loaded.max_context), tiny_models.vocab_size
+
+
+def ids(generator: torch.Generator, vocab: int, count: int) -> list[int]:
+    return torch.randint(3, vocab, (count,), generator=generator).tolist()
+
+
+@settings(max_examples=20, deadline=None)
+@given(
+    st.lists(
+        st.tuples(st.integers(1, 40), st.integers(1, 9), st.sampled_from(["all", "last", "none"])),
+        min_size=1,
+        max_size=6,
+    ),
+    st.integers(0, 1000),
+)
+def test_a_batch_gives_every_row_its_lone_logits(lean, rows, seed):
+    model, vocab = lean
+    generator = torch.Generator().manual_seed(seed)
+    alone, batched, feeds = [], [], []
+    for cached, fed, wanted in rows:
+        context, new = ids(generator, vocab, cached), ids(generator, vocab, fed)
+        solo, shared = model.new_cache(), model.new_cache()
+        model.forward(context, solo)
+        model.forward(context, shared)
+        alone.append((model.forward(new, solo), solo))
+        feeds.append(Feed(shared, new, wanted))
+        batched.append(shared)
+    outputs = model.forward_batch(feeds)
+    for (expected, solo), got, feed, shared in zip(alone, outputs, feeds, batched, strict=True):
+        assert shared.length == solo.length
+        torch.testing.assert_close(shared.keys[:, :, : shared.length], solo.keys[:, :, : solo.length], **TOLERANCE)
+        if feed.logits == "none":
+            assert got is None
+            continue
+        assert got is not None
+        torch.testing.assert_close(got, expected if feed.logits == "all" else expected[-1:], **TOLERANCE)
+
+
+def test_a_row_carries_a_token_tree(lean):
+    """Tree a → (b, c): with the ancestor mask and depth positions, c's logits are those of the chain a, c."""
+    model, vocab = lean
+    generator = torch.Generator().manual_seed(7)
+    context, (a, b, c) = ids(generator, vocab, 12), ids(generator, vocab, 3)
+    chain = model.new_cache()
+    model.forward(context, chain)
+    expected = model.forward([a, c], chain)
+
+    tree = model.new_cache()
+    model.forward(context, tree)
+    start = tree.length
+    mask = torch.ones(3, start + 3, dtype=torch.bool)
+    mask[0, start + 1 :] = False  # a sees itself
+    mask[1, start + 2] = False  # b sees a and itself
+    mask[2, start + 1] = False  # c sees a and itself, not its sibling b
+    (got,) = model.forward_batch([Feed(tree, [a, b, c], "all", positions=[start, start + 1, start + 1], mask=mask)])
+    assert got is not None
+    torch.testing.assert_close(got[0], expected[0], **TOLERANCE)
+    torch.testing.assert_close(got[2], expected[1], **TOLERANCE)
+
+
+def test_bad_rows_are_refused(lean):
+    model, _ = lean
+    with pytest.raises(ValueError, match="at least one token"):
+        model.forward_batch([Feed(model.new_cache(), [])])
+    with pytest.raises(ValueError, match="mask must be"):
+        model.forward_batch([Feed(model.new_cache(), [3, 4], mask=torch.ones(1, 2, dtype=torch.bool))])
