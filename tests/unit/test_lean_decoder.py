@@ -10,8 +10,8 @@ import torch
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from banditspec.models import load_causal_lm
 from banditspec.lean_llama import LeanCache, LeanLlama, lean_supported
+from banditspec.models import load_causal_lm
 
 PYDOCS_DRAFT = Path(__file__).resolve().parents[2] / "models" / "pydocs" / "draft-s"
 

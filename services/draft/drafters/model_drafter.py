@@ -26,11 +26,11 @@ from typing import Any, Protocol
 import torch
 from transformers import DynamicCache
 
+from banditspec.lean_llama import LeanCache, LeanLlama, lean_supported
 from banditspec.models import LoadedModel, load_causal_lm
 from banditspec.sampling import probabilities
 from banditspec.tokens import common_prefix_length
 from services.draft.drafters.base import DraftSession, Proposal
-from banditspec.lean_llama import LeanCache, LeanLlama, lean_supported
 
 DEFAULT_MIN_CONFIDENCE = 0.4
 DEFAULT_LOOKAHEAD = 0  # tokens drafted ahead during verification; the spec turns it on per drafter
