@@ -47,6 +47,14 @@ def cmd_serve_target(args: argparse.Namespace) -> None:
                 port=args.port,
                 ready_file=args.ready_file,
                 verify_padding=args.verify_padding == "auto",
+                **{  # unset: the engine's defaults (the CLI does not import torch to learn them)
+                    key: value
+                    for key, value in (
+                        ("max_batch_tokens", args.max_batch_tokens),
+                        ("prefill_chunk", args.prefill_chunk),
+                    )
+                    if value is not None
+                },
             )
         )
     )
@@ -326,6 +334,13 @@ def build_parser() -> argparse.ArgumentParser:
         "--dtype", default="auto", help="float32 | bfloat16 | float16 (auto: float32 on CPU, bfloat16 on CUDA)"
     )
     target.add_argument("--max-sessions", type=int, default=64)
+    target.add_argument(
+        "--max-batch-tokens", type=int,
+        help="tokens one forward may carry across sessions, bounding a round's wait (default 256)",
+    )  # fmt: skip
+    target.add_argument(
+        "--prefill-chunk", type=int, help="prompt tokens per forward while other sessions wait (default 64)",
+    )  # fmt: skip
     target.add_argument("--threads", type=int, default=0, help="torch CPU threads (0: torch's default)")
     target.add_argument(
         "--verify-padding",

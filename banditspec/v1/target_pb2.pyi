@@ -72,16 +72,22 @@ class VerifyRequest(_message.Message):
     def __init__(self, session_id: _Optional[str] = ..., context_length: _Optional[int] = ..., draft_ids: _Optional[_Iterable[int]] = ..., draft_probs: _Optional[_Iterable[_Union[_common_pb2.TokenDistribution, _Mapping]]] = ..., reopen: _Optional[_Union[OpenSessionRequest, _Mapping]] = ...) -> None: ...
 
 class VerifyResponse(_message.Message):
-    __slots__ = ("accepted", "token_ids", "context_length", "compute_seconds")
+    __slots__ = ("accepted", "token_ids", "context_length", "compute_seconds", "batch_rows", "batch_tokens", "batch_forward_seconds")
     ACCEPTED_FIELD_NUMBER: _ClassVar[int]
     TOKEN_IDS_FIELD_NUMBER: _ClassVar[int]
     CONTEXT_LENGTH_FIELD_NUMBER: _ClassVar[int]
     COMPUTE_SECONDS_FIELD_NUMBER: _ClassVar[int]
+    BATCH_ROWS_FIELD_NUMBER: _ClassVar[int]
+    BATCH_TOKENS_FIELD_NUMBER: _ClassVar[int]
+    BATCH_FORWARD_SECONDS_FIELD_NUMBER: _ClassVar[int]
     accepted: int
     token_ids: _containers.RepeatedScalarFieldContainer[int]
     context_length: int
     compute_seconds: float
-    def __init__(self, accepted: _Optional[int] = ..., token_ids: _Optional[_Iterable[int]] = ..., context_length: _Optional[int] = ..., compute_seconds: _Optional[float] = ...) -> None: ...
+    batch_rows: int
+    batch_tokens: int
+    batch_forward_seconds: float
+    def __init__(self, accepted: _Optional[int] = ..., token_ids: _Optional[_Iterable[int]] = ..., context_length: _Optional[int] = ..., compute_seconds: _Optional[float] = ..., batch_rows: _Optional[int] = ..., batch_tokens: _Optional[int] = ..., batch_forward_seconds: _Optional[float] = ...) -> None: ...
 
 class ReleaseSessionRequest(_message.Message):
     __slots__ = ("session_id",)

@@ -1,10 +1,11 @@
-"""The target's gRPC edge: protobuf in, engine calls on one worker thread, protobuf out."""
+"""The target's gRPC edge: protobuf in, jobs to the batching scheduler, protobuf out."""
 
 from __future__ import annotations
 
 import asyncio
-from concurrent.futures import ThreadPoolExecutor
+from collections.abc import Callable
 from dataclasses import dataclass
+from typing import Any
 
 import structlog
 import torch
@@ -17,7 +18,15 @@ from banditspec.sampling import SamplingParams
 from banditspec.serving import run_server
 from banditspec.v1 import target_pb2, target_pb2_grpc
 from banditspec.verify_lengths import padded_lengths
-from services.target.engine import TargetEngine
+from services.target.engine import (
+    DEFAULT_MAX_BATCH_TOKENS,
+    DEFAULT_PREFILL_CHUNK,
+    OpenJob,
+    TargetEngine,
+    VerifyJob,
+    VerifyResult,
+)
+from services.target.scheduler import Scheduler
 
 log = structlog.get_logger()
 
@@ -32,29 +41,42 @@ class TargetConfig:
     port: int = 50051
     ready_file: str | None = None
     verify_padding: bool = True
+    max_batch_tokens: int = DEFAULT_MAX_BATCH_TOKENS
+    prefill_chunk: int = DEFAULT_PREFILL_CHUNK
 
 
 class TargetServicer(target_pb2_grpc.TargetServiceServicer):
     def __init__(self) -> None:
         self.engine: TargetEngine | None = None
+        self.scheduler: Scheduler | None = None
         self.forward_seconds: list[float] = []
-        # One thread: model work is serialised and stays off the event loop.
-        self.executor = ThreadPoolExecutor(max_workers=1, thread_name_prefix="target-model")
-
-    async def _run(self, fn, *args):
-        return await asyncio.get_running_loop().run_in_executor(self.executor, fn, *args)
 
     def _engine(self) -> TargetEngine:
         if self.engine is None:
             raise Unavailable("the target model is still loading")
         return self.engine
 
+    def _scheduler(self) -> Scheduler:
+        if self.scheduler is None:
+            raise Unavailable("the target model is still loading")
+        return self.scheduler
+
+    async def _call(self, fn: Callable[..., Any], *args: Any) -> Any:
+        return await asyncio.wrap_future(self._scheduler().call(fn, *args))
+
     def load(self, config: TargetConfig) -> None:
         path = resolve_model_path(config.model)
         loaded = load_causal_lm(path, device=config.device, dtype=config.dtype)
         self.forward_seconds = loaded.measure_forwards()
         verify_lengths = padded_lengths(self.forward_seconds) if config.verify_padding else []
-        self.engine = TargetEngine(loaded, max_sessions=config.max_sessions, verify_lengths=verify_lengths)
+        self.engine = TargetEngine(
+            loaded,
+            max_sessions=config.max_sessions,
+            verify_lengths=verify_lengths,
+            max_batch_tokens=config.max_batch_tokens,
+            prefill_chunk=config.prefill_chunk,
+        )
+        self.scheduler = Scheduler(self.engine)
         log.info(
             "target model loaded",
             path=str(path),
@@ -62,6 +84,7 @@ class TargetServicer(target_pb2_grpc.TargetServiceServicer):
             dtype=str(loaded.dtype).removeprefix("torch."),
             forward_ms=[round(t * 1e3, 1) for t in self.forward_seconds],
             padded={n: m for n, m in enumerate(verify_lengths, 1) if m != n},
+            batched=self.engine.batches_rows,
         )
 
     @grpc_errors
@@ -84,10 +107,12 @@ class TargetServicer(target_pb2_grpc.TargetServiceServicer):
 
     @grpc_errors
     async def OpenSession(self, request, context):
-        engine = self._engine()
         sampling = SamplingParams.from_pb(request.sampling)
-        seconds = await self._run(engine.open, request.session_id, list(request.context_ids), sampling, request.seed)
-        return target_pb2.OpenSessionResponse(context_length=len(request.context_ids), compute_seconds=seconds)
+        job = OpenJob(request.session_id, context_ids=list(request.context_ids), sampling=sampling, seed=request.seed)
+        await asyncio.wrap_future(self._scheduler().submit(job))
+        return target_pb2.OpenSessionResponse(
+            context_length=len(request.context_ids), compute_seconds=job.compute_seconds
+        )
 
     async def _verify(self, request: target_pb2.VerifyRequest) -> target_pb2.VerifyResponse:
         engine = self._engine()
@@ -106,14 +131,24 @@ class TargetServicer(target_pb2_grpc.TargetServiceServicer):
                 SamplingParams.from_pb(request.reopen.sampling),
                 request.reopen.seed,
             )
-        result = await self._run(
-            engine.verify, request.session_id, request.context_length, list(request.draft_ids), draft_probs, reopen
+        job = VerifyJob(
+            request.session_id,
+            context_length=request.context_length,
+            draft_ids=list(request.draft_ids),
+            draft_probs=draft_probs,
+            reopen=reopen,
         )
+        await asyncio.wrap_future(self._scheduler().submit(job))
+        result = job.result
+        assert isinstance(result, VerifyResult)
         return target_pb2.VerifyResponse(
             accepted=result.verdict.accepted,
             token_ids=result.verdict.tokens,
             context_length=result.context_length,
             compute_seconds=result.compute_seconds,
+            batch_rows=result.batch.rows,
+            batch_tokens=result.batch.tokens,
+            batch_forward_seconds=result.batch.forward_seconds,
         )
 
     @grpc_errors
@@ -127,7 +162,7 @@ class TargetServicer(target_pb2_grpc.TargetServiceServicer):
 
     @grpc_errors
     async def ReleaseSession(self, request, context):
-        released = await self._run(self._engine().release, request.session_id)
+        released = await self._call(self._engine().release, request.session_id)
         return target_pb2.ReleaseSessionResponse(released=released)
 
 
@@ -135,10 +170,11 @@ async def serve(config: TargetConfig) -> None:
     servicer = TargetServicer()
 
     async def load() -> None:
-        await servicer._run(servicer.load, config)
+        await asyncio.to_thread(servicer.load, config)
 
     async def close() -> None:
-        servicer.executor.shutdown(wait=True)
+        if servicer.scheduler is not None:
+            await asyncio.to_thread(servicer.scheduler.close)
 
     await run_server(
         name="target",

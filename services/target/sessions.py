@@ -9,13 +9,14 @@ import torch
 from transformers import DynamicCache
 
 from banditspec.errors import SessionLost
+from banditspec.lean_llama import LeanCache
 from banditspec.sampling import SamplingParams
 
 
 @dataclass
 class TargetSession:
     context: list[int]
-    cache: DynamicCache
+    cache: DynamicCache | LeanCache  # LeanCache on a Llama target, whose sessions share forwards
     sampling: SamplingParams
     generator: torch.Generator | None
     # The cache always holds context[:-1]: the last token is fed with the next draft.
