@@ -320,7 +320,13 @@ def cmd_bench(argv: list[str]) -> None:
     sys.exit(bench_main(argv))
 
 
-TRAINING_COMMANDS = {"pydocs": cmd_pydocs, "distill": cmd_distill, "bench": cmd_bench}
+def cmd_loadtest(argv: list[str]) -> None:
+    from banditspec.bench.loadtest import main as loadtest_main
+
+    sys.exit(loadtest_main(argv))
+
+
+TRAINING_COMMANDS = {"pydocs": cmd_pydocs, "distill": cmd_distill, "bench": cmd_bench, "loadtest": cmd_loadtest}
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -442,6 +448,7 @@ def build_parser() -> argparse.ArgumentParser:
     sub.add_parser("pydocs", help="build (or verify) the pydocs model family: banditspec pydocs build --help")
     sub.add_parser("distill", help="distil a draft model from any target: banditspec distill --help")
     sub.add_parser("bench", help="benchmark the stack against transformers generate(): banditspec bench --help")
+    sub.add_parser("loadtest", help="N concurrent clients against batched baselines: banditspec loadtest --help")
     return parser
 
 

@@ -1,0 +1,423 @@
+"""`banditspec loadtest`: N concurrent streaming clients against a local stack, side by side with
+transformers' batched baselines, for N = 1, 2, 4, 8, 16.
+
+Per N, N client threads each stream `--requests-per-client` requests of the workload (greedy), and the
+phase reports aggregate tokens/s (all tokens ÷ the phase's wall time), time to first token, request
+latency p50/p99, the arms' pull shares and the mean γ pulled, and each service's resident memory. The
+baselines run the same prompts in-process, N at a time: `generate()` on a left-padded static batch (plain
+decoding), and transformers' continuous batching (`generate_batch`), each checked against the target's
+own greedy output. Every stack output is checked against it too: batching must stay lossless.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import statistics
+import threading
+import time
+from dataclasses import asdict, dataclass, field
+from pathlib import Path
+from typing import Any
+
+os.environ.setdefault("HF_HUB_OFFLINE", "1")
+os.environ.setdefault("TRANSFORMERS_NO_ADVISORY_WARNINGS", "1")
+
+import grpc
+import torch
+
+from banditspec.bench.config import FAMILIES
+from banditspec.bench.machine import machine
+from banditspec.bench.workload import Prompt, load_prompts, render_prompts
+from banditspec.cli.launcher import LocalStack
+from banditspec.model_paths import resolve_model_path
+from banditspec.policy_names import DEFAULT_POLICY, POLICY_WIRE_VALUES
+from banditspec.tokens import common_prefix_length
+from banditspec.v1 import generation_pb2, generation_pb2_grpc
+
+DEFAULT_CLIENTS = (1, 2, 4, 8, 16)
+
+
+@dataclass
+class Request:
+    """One client request as the client saw it."""
+
+    prompt: str
+    tokens: list[int]
+    seconds: float
+    first_token_seconds: float
+    arms: dict[str, int] = field(default_factory=dict)  # arm → pulls
+    error: str = ""
+
+
+@dataclass
+class Phase:
+    """One method at one N."""
+
+    method: str
+    clients: int
+    requests: int
+    tokens: int
+    seconds: float
+    tokens_per_second: float
+    ttft_p50: float | None = None
+    latency_p50: float | None = None
+    latency_p99: float | None = None
+    arm_shares: dict[str, float] = field(default_factory=dict)
+    mean_gamma: float | None = None
+    errors: int = 0
+    mismatches: int = 0  # outputs that differ from the target's own greedy output
+    first_mismatch: dict | None = None
+    rss_mib: dict[str, float] = field(default_factory=dict)
+    note: str = ""
+
+
+def percentile(values: list[float], q: float) -> float:
+    ordered = sorted(values)
+    index = min(len(ordered) - 1, max(0, round(q * (len(ordered) - 1))))
+    return ordered[index]
+
+
+def gamma_of(arm: str) -> int:
+    return 0 if arm == "target-only" else int(arm.rsplit("/", 1)[1])
+
+
+# --- the stack ----------------------------------------------------------------------------------------------
+
+
+def stream_request(stub, prompt: Prompt, max_new_tokens: int, policy: str, arms: list[str], timeout: float) -> Request:
+    request = generation_pb2.GenerateRequest(max_new_tokens=max_new_tokens, temperature=0.0, seed=0)
+    request.policy = POLICY_WIRE_VALUES[policy]  # type: ignore[assignment]  # an enum int
+    request.allowed_arms.extend(arms)
+    request.token_ids.ids.extend(prompt.ids)
+    start = time.perf_counter()
+    first = None
+    try:
+        for message in stub.GenerateStream(request, timeout=timeout):
+            if message.HasField("round"):
+                if first is None and message.round.token_ids:
+                    first = time.perf_counter() - start
+                continue
+            final = message.final
+            pulls = {arm.arm: arm.pulls for arm in final.stats.arms if arm.pulls}
+            seconds = time.perf_counter() - start
+            return Request(prompt.id, list(final.token_ids), seconds, first or seconds, pulls)
+    except grpc.RpcError as error:
+        return Request(prompt.id, [], time.perf_counter() - start, 0.0, error=f"{error.code().name}: {error.details()}")
+    return Request(prompt.id, [], time.perf_counter() - start, 0.0, error="the stream ended without a result")
+
+
+def run_clients(
+    address: str, assignments: list[list[Prompt]], max_new_tokens: int, policy: str, arms: list[str], timeout: float
+) -> tuple[list[Request], float]:
+    """One thread per client, each with its own channel, streaming its prompts one after another."""
+    results: list[list[Request]] = [[] for _ in assignments]
+    start_line = threading.Barrier(len(assignments) + 1)
+
+    def client(index: int) -> None:
+        with grpc.insecure_channel(address) as channel:
+            stub = generation_pb2_grpc.GenerationServiceStub(channel)
+            grpc.channel_ready_future(channel).result(timeout=30)
+            start_line.wait()
+            for prompt in assignments[index]:
+                results[index].append(stream_request(stub, prompt, max_new_tokens, policy, arms, timeout))
+
+    threads = [threading.Thread(target=client, args=(i,), daemon=True) for i in range(len(assignments))]
+    for thread in threads:
+        thread.start()
+    start_line.wait()
+    start = time.perf_counter()
+    for thread in threads:
+        thread.join()
+    return [r for rs in results for r in rs], time.perf_counter() - start
+
+
+def stack_phase(method: str, clients: int, requests: list[Request], seconds: float, references: dict) -> Phase:
+    done = [r for r in requests if not r.error]
+    tokens = sum(len(r.tokens) for r in done)
+    pulls: dict[str, int] = {}
+    for r in done:
+        for arm, count in r.arms.items():
+            pulls[arm] = pulls.get(arm, 0) + count
+    total_pulls = sum(pulls.values())
+    phase = Phase(
+        method,
+        clients,
+        len(requests),
+        tokens,
+        seconds,
+        tokens / seconds if seconds else 0.0,
+        errors=len(requests) - len(done),
+    )
+    if done:
+        latencies = [r.seconds for r in done]
+        phase.ttft_p50 = statistics.median(r.first_token_seconds for r in done)
+        phase.latency_p50, phase.latency_p99 = percentile(latencies, 0.5), percentile(latencies, 0.99)
+    if total_pulls:
+        phase.arm_shares = {arm: pulls[arm] / total_pulls for arm in sorted(pulls)}
+        phase.mean_gamma = sum(gamma_of(arm) * n for arm, n in pulls.items()) / total_pulls
+    check(phase, [(r.prompt, r.tokens) for r in done], references)
+    return phase
+
+
+def check(phase: Phase, outputs: list[tuple[str, list[int]]], references: dict[str, list[int]]) -> None:
+    for prompt, tokens in outputs:
+        expected = references.get(prompt)
+        if expected is not None and tokens != expected:
+            phase.mismatches += 1
+            if phase.first_mismatch is None:
+                phase.first_mismatch = {"prompt": prompt, "at_token": common_prefix_length(tokens, expected)}
+
+
+def resident_mib(stack: LocalStack) -> dict[str, float]:
+    """Each service's peak resident memory so far (VmHWM), MiB."""
+    out = {}
+    for service in stack.services:
+        for line in Path(f"/proc/{service.process.pid}/status").read_text().splitlines():
+            if line.startswith("VmHWM:"):
+                out[service.name] = int(line.split()[1]) / 1024
+    return out
+
+
+# --- in-process baselines ---------------------------------------------------------------------------------
+
+
+@torch.inference_mode()
+def padded_generate(model, prompts: list[Prompt], max_new_tokens: int, pad: int, eos: set[int]) -> list[list[int]]:
+    """Plain greedy `generate()` on one left-padded batch; each output cut after its first EOS."""
+    width = max(len(p.ids) for p in prompts)
+    ids = torch.tensor([[pad] * (width - len(p.ids)) + p.ids for p in prompts])
+    mask = torch.tensor([[0] * (width - len(p.ids)) + [1] * len(p.ids) for p in prompts])
+    out = model.generate(
+        input_ids=ids, attention_mask=mask, max_new_tokens=max_new_tokens, do_sample=False, pad_token_id=pad
+    )
+    return [cut_at_eos(row[width:].tolist(), eos) for row in out]
+
+
+def cut_at_eos(tokens: list[int], eos: set[int]) -> list[int]:
+    for index, token in enumerate(tokens):
+        if token in eos:
+            return tokens[: index + 1]
+    return tokens
+
+
+def batch_phase(method: str, clients: int, outputs: list[tuple[str, list[int]]], seconds: float, references) -> Phase:
+    tokens = sum(len(t) for _, t in outputs)
+    phase = Phase(method, clients, len(outputs), tokens, seconds, tokens / seconds if seconds else 0.0)
+    check(phase, outputs, references)
+    return phase
+
+
+def run_padded(model, batches: list[list[Prompt]], clients: int, max_new: int, pad: int, eos, references) -> Phase:
+    outputs, start = [], time.perf_counter()
+    for batch in batches:
+        outputs += list(zip([p.id for p in batch], padded_generate(model, batch, max_new, pad, eos), strict=True))
+    return batch_phase("generate-padded", clients, outputs, time.perf_counter() - start, references)
+
+
+def run_continuous(model, prompts: list[Prompt], clients: int, max_new: int, eos, references) -> Phase:
+    """transformers' continuous batching over the phase's prompts, at most `clients` at a time."""
+    from transformers import GenerationConfig
+
+    config = GenerationConfig(max_new_tokens=max_new, do_sample=False, eos_token_id=sorted(eos))
+    start = time.perf_counter()
+    try:
+        results = model.generate_batch([p.ids for p in prompts], generation_config=config, progress_bar=False)
+    except Exception as error:  # not every transformers release runs it on a CPU
+        return Phase("generate-continuous", clients, len(prompts), 0, 0.0, 0.0, errors=len(prompts), note=repr(error))
+    seconds = time.perf_counter() - start
+    ordered = [results[key] for key in sorted(results, key=lambda k: int(k.rsplit("_", 1)[1]))]
+    outputs = [(p.id, cut_at_eos(list(r.generated_tokens), eos)) for p, r in zip(prompts, ordered, strict=True)]
+    return batch_phase("generate-continuous", clients, outputs, seconds, references)
+
+
+# --- the run ------------------------------------------------------------------------------------------------
+
+
+def assign(prompts: list[Prompt], clients: int, per_client: int) -> list[list[Prompt]]:
+    """Client c's requests: consecutive prompts, so N = 1 and N = 8 see the same workload mix."""
+    return [[prompts[(c * per_client + r) % len(prompts)] for r in range(per_client)] for c in range(clients)]
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(prog="banditspec loadtest", description=__doc__.split("\n\n")[0])
+    parser.add_argument("--family", choices=sorted(FAMILIES), default="default")
+    parser.add_argument("--clients", default=",".join(map(str, DEFAULT_CLIENTS)), help="comma-separated N values")
+    parser.add_argument("--requests-per-client", type=int, default=2)
+    parser.add_argument("--max-new-tokens", type=int, default=64)
+    parser.add_argument("--dtype", default="float32")
+    parser.add_argument("--device", default="cpu")
+    parser.add_argument("--policy", default=DEFAULT_POLICY, choices=list(POLICY_WIRE_VALUES))
+    parser.add_argument("--fixed-at", default="8", help="N values at which every arm also runs fixed ('' for none)")
+    parser.add_argument("--baselines", default="padded,continuous", help="comma-separated: padded, continuous")
+    parser.add_argument(
+        "--continuous-at", default="1,8", help="N values for generate_batch ('' for all): it is slow on a CPU"
+    )
+    parser.add_argument("--drafter", action="append", help="drafter specs (default: the family's)")
+    parser.add_argument("--timeout", type=float, default=600.0, help="seconds per request")
+    parser.add_argument("--out", default="results/loadtest")
+    args = parser.parse_args(argv)
+
+    from transformers import AutoModelForCausalLM, AutoTokenizer
+
+    family = FAMILIES[args.family]
+    model_path = resolve_model_path(family.model)
+    tokenizer = AutoTokenizer.from_pretrained(str(model_path))
+    counts = [int(n) for n in args.clients.split(",") if n]
+    fixed_at = {int(n) for n in args.fixed_at.split(",") if n}
+    baselines = {b for b in args.baselines.split(",") if b}
+    continuous_at = {int(n) for n in args.continuous_at.split(",") if n} or set(counts)
+    prompts = load_prompts(family.prompts)
+    render_prompts(prompts, tokenizer)
+    used = {p.id: p for n in counts for ps in assign(prompts, n, args.requests_per_client) for p in ps}
+
+    model = AutoModelForCausalLM.from_pretrained(str(model_path), dtype=getattr(torch, args.dtype)).eval()
+    eos = {tokenizer.eos_token_id} | set(_as_list(model.generation_config.eos_token_id))
+    pad = tokenizer.pad_token_id if tokenizer.pad_token_id is not None else tokenizer.eos_token_id
+    print(f"references: greedy generate() of {len(used)} prompts, one at a time", flush=True)
+    references = {pid: padded_generate(model, [p], args.max_new_tokens, pad, eos)[0] for pid, p in used.items()}
+
+    out = Path(args.out)
+    out.mkdir(parents=True, exist_ok=True)
+    phases: list[Phase] = []
+    device_args = ["--dtype", args.dtype, "--device", args.device]
+    with LocalStack(
+        model=str(model_path),
+        drafters=args.drafter or list(family.drafters),
+        controller_port=0,
+        extra_target_args=device_args,
+        extra_draft_args=device_args,
+        log_dir=out / "logs",
+    ) as stack:
+        address = stack.address("controller")
+        with grpc.insecure_channel(address) as channel:
+            stub = generation_pb2_grpc.GenerationServiceStub(channel)
+            arms = [arm.name for arm in stub.ListArms(generation_pb2.ListArmsRequest(), timeout=30).arms]
+            stream_request(stub, prompts[0], 8, args.policy, [], args.timeout)  # warm-up
+        for clients in counts:
+            assignments = assign(prompts, clients, args.requests_per_client)
+            methods = [(args.policy, [])] + ([("fixed:" + a, [a]) for a in arms] if clients in fixed_at else [])
+            for method, allowed in methods:
+                policy = "fixed" if allowed else args.policy
+                requests, seconds = run_clients(
+                    address, assignments, args.max_new_tokens, policy, allowed, args.timeout
+                )
+                phase = stack_phase(method, clients, requests, seconds, references)
+                phase.rss_mib = resident_mib(stack)
+                phases.append(phase)
+                print(_line(phase), flush=True)
+            batch_prompts = [p for ps in assignments for p in ps]
+            if "padded" in baselines:
+                batches = [[assignments[c][r] for c in range(clients)] for r in range(args.requests_per_client)]
+                phases.append(run_padded(model, batches, clients, args.max_new_tokens, pad, eos, references))
+                print(_line(phases[-1]), flush=True)
+            if "continuous" in baselines and clients in continuous_at:
+                phases.append(run_continuous(model, batch_prompts, clients, args.max_new_tokens, eos, references))
+                print(_line(phases[-1]), flush=True)
+
+    document = {
+        "machine": machine(args.device),
+        "config": vars(args) | {"arms": arms, "prompts": len(prompts)},
+        "phases": [asdict(p) for p in phases],
+    }
+    (out / "loadtest.json").write_text(json.dumps(document, indent=1))
+    (out / "loadtest.md").write_text(report(document))
+    plot(phases, args.policy, out / "loadtest.png")
+    print(f"wrote {out / 'loadtest.json'}, {out / 'loadtest.md'}, {out / 'loadtest.png'}")
+    bad = [p for p in phases if p.method == args.policy or p.method.startswith("fixed:")]
+    return 1 if any(p.mismatches or p.errors for p in bad) else 0
+
+
+def _as_list(value: Any) -> list[int]:
+    if value is None:
+        return []
+    return [value] if isinstance(value, int) else list(value)
+
+
+def _line(p: Phase) -> str:
+    extra = f" p50 {p.latency_p50:.2f}s p99 {p.latency_p99:.2f}s γ̄ {p.mean_gamma:.2f}" if p.latency_p50 else ""
+    return (
+        f"N={p.clients:<3} {p.method:<24} {p.tokens_per_second:7.1f} tok/s{extra}"
+        f" mismatches {p.mismatches} errors {p.errors} {p.note}"
+    )
+
+
+def report(document: dict) -> str:
+    phases = [Phase(**p) for p in document["phases"]]
+    config = document["config"]
+    policy = config["policy"]
+    base = {p.clients: p for p in phases if p.method == policy}
+    one = base.get(1)
+    lines = [
+        "# Load test",
+        "",
+        f"`banditspec loadtest {' '.join(_argv(config))}` at commit {document['machine'].get('git_commit', '?')}: "
+        f"{config['family']} family, {config['dtype']} on {config['device']}, {config['max_new_tokens']} new tokens, "
+        f"greedy, {config['requests_per_client']} requests per client; arms {', '.join(config['arms'])}.",
+        "",
+        "| N | method | requests | tok/s | ÷ N=1 | ÷ padded generate() | TTFT p50 s | latency p50 s | p99 s | "
+        "p99 ÷ p50 | mean γ | errors | ≠ target |",
+        "|---:|---|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|",
+    ]
+    padded = {p.clients: p for p in phases if p.method == "generate-padded"}
+    for p in phases:
+        ratio_one = f"{p.tokens_per_second / one.tokens_per_second:.2f}" if one and one.tokens_per_second else ""
+        pad = padded.get(p.clients)
+        ratio_pad = f"{p.tokens_per_second / pad.tokens_per_second:.2f}" if pad and pad.tokens_per_second else ""
+        spread = f"{p.latency_p99 / p.latency_p50:.2f}" if p.latency_p50 and p.latency_p99 else ""
+        lines.append(
+            f"| {p.clients} | {p.method} | {p.requests} | {p.tokens_per_second:.1f} | {ratio_one} | {ratio_pad} | "
+            f"{_num(p.ttft_p50)} | {_num(p.latency_p50)} | {_num(p.latency_p99)} | {spread} | {_num(p.mean_gamma)} | "
+            f"{p.errors} | {p.mismatches} |"
+        )
+    lines += ["", "Arm shares of the adaptive policy (pulls ÷ all pulls):", ""]
+    arms = config["arms"]
+    lines += ["| N | " + " | ".join(arms) + " |", "|---:|" + "---:|" * len(arms)]
+    for clients, p in sorted(base.items()):
+        lines.append(f"| {clients} | " + " | ".join(f"{p.arm_shares.get(a, 0.0):.2f}" for a in arms) + " |")
+    lines += ["", "Peak resident memory per service (MiB, VmHWM) after each N:", ""]
+    services = sorted({s for p in base.values() for s in p.rss_mib})
+    lines += ["| N | " + " | ".join(services) + " |", "|---:|" + "---:|" * len(services)]
+    for clients, p in sorted(base.items()):
+        lines.append(f"| {clients} | " + " | ".join(f"{p.rss_mib.get(s, 0):.0f}" for s in services) + " |")
+    notes = [f"- {p.method} at N={p.clients}: {p.note}" for p in phases if p.note]
+    if notes:
+        lines += ["", *notes]
+    return "\n".join(lines) + "\n"
+
+
+def _argv(config: dict) -> list[str]:
+    keys = ("family", "clients", "requests_per_client", "max_new_tokens", "dtype", "device", "policy", "fixed_at")
+    return [f"--{k.replace('_', '-')} {config[k]}" for k in keys]
+
+
+def _num(value: float | None) -> str:
+    return "" if value is None else f"{value:.2f}"
+
+
+def plot(phases: list[Phase], policy: str, path: Path) -> None:
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    figure, (throughput, latency) = plt.subplots(1, 2, figsize=(11, 4), layout="constrained")
+    for method in (policy, "generate-padded", "generate-continuous"):
+        points = sorted((p.clients, p.tokens_per_second) for p in phases if p.method == method and p.tokens)
+        if points:
+            throughput.plot(*zip(*points, strict=True), marker="o", label=method)
+    points = sorted((p.clients, p.latency_p99) for p in phases if p.method == policy and p.latency_p99)
+    if points:
+        latency.plot(*zip(*points, strict=True), marker="o", label=f"{policy} p99")
+    points = sorted((p.clients, p.latency_p50) for p in phases if p.method == policy and p.latency_p50)
+    if points:
+        latency.plot(*zip(*points, strict=True), marker="o", label=f"{policy} p50")
+    for axis, title, unit in ((throughput, "Aggregate throughput", "tokens/s"), (latency, "Request latency", "s")):
+        axis.set_xscale("log", base=2)
+        axis.set_xlabel("concurrent clients N")
+        axis.set_ylabel(unit)
+        axis.set_title(title)
+        axis.legend()
+    figure.savefig(path, dpi=110)
+    plt.close(figure)
