@@ -2,14 +2,17 @@
 
 Callers submit jobs from any thread and wait on a future. The worker takes every job waiting when a
 forward ends and runs them together (within the engine's token budget); jobs submitted meanwhile join the
-next forward. There is no wait timer: a job that finds the worker idle runs at once, alone, so a lone
-request pays nothing for batching. Other engine work (release) runs between forwards on the same thread,
+next forward. There is no wait timer for a lone request: a job that finds the worker idle runs at once.
+Only sessions whose last verify just finished are waited for, briefly: their next round is on its way
+through the controller and a draft service, and a forward that starts without them leaves them to the
+next one, so the rows split into groups that alternate (measured: 3.6 of 8 sessions per forward). Other engine work (release) runs between forwards on the same thread,
 so the engine is only ever touched by one thread.
 """
 
 from __future__ import annotations
 
 import threading
+import time
 from collections.abc import Callable
 from concurrent.futures import Future
 from typing import Any
@@ -20,6 +23,10 @@ from services.target.engine import Job, TargetEngine
 
 log = structlog.get_logger()
 
+# How long a forward may wait for sessions on their way back: a share of the last forward, with a cap.
+GATHER_SHARE = 0.25
+MAX_GATHER_SECONDS = 0.03
+
 
 class Scheduler:
     def __init__(self, engine: TargetEngine) -> None:
@@ -28,6 +35,9 @@ class Scheduler:
         self._calls: list[tuple[Callable[..., Any], tuple[Any, ...], Future]] = []
         self._wake = threading.Condition()
         self._stopping = False
+        self.stats = StepStats()
+        self._returning: set[str] = set()  # sessions whose verify just finished: their next round is coming
+        self._last_step_seconds = 0.0
         self._thread = threading.Thread(target=self._run, name="target-scheduler", daemon=True)
         self._thread.start()
 
@@ -51,6 +61,11 @@ class Scheduler:
             self._wake.notify()
         return future
 
+    def forget(self, session_id: str) -> None:
+        """The session ended: no round of it is coming back."""
+        with self._wake:
+            self._returning.discard(session_id)
+
     def pending(self) -> int:
         with self._wake:
             return len(self._jobs)
@@ -70,6 +85,8 @@ class Scheduler:
                 if self._stopping and not self._jobs and not self._calls:
                     return
                 calls, self._calls = self._calls, []
+                if self._jobs and not calls:
+                    self._gather()
                 jobs = list(self._jobs)
             for fn, args, future in calls:
                 if future.set_running_or_notify_cancel():
@@ -79,6 +96,7 @@ class Scheduler:
                         future.set_exception(error)
             if not jobs:
                 continue
+            start = time.perf_counter()
             try:
                 self.engine.step([job for job, _ in jobs])
             except Exception as error:  # a bug in a step must not stop the worker: fail that step's jobs
@@ -86,13 +104,58 @@ class Scheduler:
                 for job, _ in jobs:
                     if not job.done:
                         job.fail(error)
+            self._last_step_seconds = time.perf_counter() - start
+            self.stats.record(jobs=len(jobs), seconds=self._last_step_seconds)
             finished = [(job, future) for job, future in jobs if job.done]
             if finished:
                 with self._wake:
                     done = {id(job) for job, _ in finished}
                     self._jobs = [(job, future) for job, future in self._jobs if id(job) not in done]
+                    for job, _ in finished:
+                        if job.error is None:
+                            self._returning.add(job.session_id)
+                        else:
+                            self._returning.discard(job.session_id)
                 for job, future in finished:
                     if job.error is not None:
                         future.set_exception(job.error)
                     else:
                         future.set_result(job)
+
+
+    def _gather(self) -> None:
+        """With the lock held: wait, briefly, for the sessions on their way back (see the module doc)."""
+        deadline = time.perf_counter() + min(MAX_GATHER_SECONDS, GATHER_SHARE * self._last_step_seconds)
+        while not self._stopping:
+            queued = {job.session_id for job, _ in self._jobs}
+            missing = self._returning - queued
+            left = deadline - time.perf_counter()
+            if not missing or left <= 0:
+                self._returning -= missing  # late ones are not waited for again until their next verify
+                return
+            self._wake.wait(left)
+
+
+class StepStats:
+    """Forwards run, the jobs waiting at each, and the time spent, logged every `interval` seconds."""
+
+    def __init__(self, interval: float = 10.0) -> None:
+        self.interval = interval
+        self.since = time.perf_counter()
+        self.steps = self.jobs = 0
+        self.busy = 0.0
+
+    def record(self, jobs: int, seconds: float) -> None:
+        self.steps += 1
+        self.jobs += jobs
+        self.busy += seconds
+        now = time.perf_counter()
+        if now - self.since >= self.interval:
+            log.info(
+                "target steps",
+                steps=self.steps,
+                jobs_per_step=round(self.jobs / self.steps, 2),
+                busy=round(self.busy / (now - self.since), 3),
+                ms_per_step=round(1e3 * self.busy / self.steps, 1),
+            )
+            self.since, self.steps, self.jobs, self.busy = now, 0, 0, 0.0

@@ -162,6 +162,7 @@ class TargetServicer(target_pb2_grpc.TargetServiceServicer):
 
     @grpc_errors
     async def ReleaseSession(self, request, context):
+        self._scheduler().forget(request.session_id)
         released = await self._call(self._engine().release, request.session_id)
         return target_pb2.ReleaseSessionResponse(released=released)
 
