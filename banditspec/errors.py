@@ -45,6 +45,10 @@ class DeadlineExceeded(ServiceError):
     code = grpc.StatusCode.DEADLINE_EXCEEDED
 
 
+class ResourceExhausted(ServiceError):
+    code = grpc.StatusCode.RESOURCE_EXHAUSTED
+
+
 class SessionLost(ServiceError):
     """The service does not hold this session (restart, eviction): the caller resends the full context."""
 

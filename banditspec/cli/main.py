@@ -112,6 +112,8 @@ def cmd_serve_controller(args: argparse.Namespace) -> None:
                 host=args.host,
                 port=args.port,
                 metrics_port=args.metrics_port,
+                max_concurrent=args.max_concurrent,
+                max_queued=args.max_queued,
                 ready_file=args.ready_file,
             )
         )
@@ -379,6 +381,10 @@ def build_parser() -> argparse.ArgumentParser:
     controller.add_argument("--pld-gammas", dest="pld_gammas", help=argparse.SUPPRESS)
     controller.add_argument("--model-gammas", default="4", help="γ values for model drafters")
     controller.add_argument("--rpc-timeout", type=float, default=60.0)
+    controller.add_argument("--max-concurrent", type=int, default=32, help="requests run at once (then they queue)")
+    controller.add_argument(
+        "--max-queued", type=int, default=64, help="requests that may wait; beyond: RESOURCE_EXHAUSTED"
+    )
     controller.add_argument(
         "--refresh-seconds", type=float, default=2.0, help="how often arms follow the draft services' drafters"
     )

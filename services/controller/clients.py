@@ -49,6 +49,7 @@ class TargetInfo:
     vocab_fingerprint: str
     vocab_size: int
     max_context: int
+    max_sessions: int
     eos_token_ids: frozenset[int]
     decode_step_seconds: float
     forward_seconds: list[float]  # [k-1]: a cached forward of k tokens, measured at start-up
@@ -63,6 +64,7 @@ class TargetInfo:
             vocab_fingerprint=pb.vocab_fingerprint,
             vocab_size=pb.vocab_size,
             max_context=pb.max_context,
+            max_sessions=pb.max_sessions,
             eos_token_ids=frozenset(pb.eos_token_ids),
             decode_step_seconds=pb.decode_step_seconds,
             forward_seconds=forward,

@@ -18,6 +18,7 @@ from banditspec.serving import run_server
 from banditspec.v1 import generation_pb2, generation_pb2_grpc
 from banditspec.verify_lengths import filled_gamma
 from services.controller import metrics
+from services.controller.admission import Admission
 from services.controller.arms import TARGET_ONLY_ARM, Arm
 from services.controller.clients import DraftClient, TargetClient
 from services.controller.domain import Deadline, GenerationRequest
@@ -43,6 +44,10 @@ class ControllerConfig:
     host: str = "127.0.0.1"
     port: int = 50050
     metrics_port: int | None = None
+    # At most this many requests run at once (also bounded by the target's sessions); more wait in a
+    # queue of max_queued, beyond which a request is RESOURCE_EXHAUSTED.
+    max_concurrent: int = 32
+    max_queued: int = 64
     ready_file: str | None = None
 
 
@@ -56,6 +61,7 @@ class Controller:
         self.tokenizer: PreTrainedTokenizerBase | None = None
         self.step_estimate: StepTimeEstimate | None = None
         self.arms: list[Arm] = [TARGET_ONLY_ARM]
+        self.admission = Admission(config.max_concurrent, config.max_queued)
         self._refresher: asyncio.Task | None = None
 
     async def connect(self) -> None:
@@ -68,6 +74,9 @@ class Controller:
                 f"tokenizer {path} has vocabulary fingerprint {fingerprint}, the target has {info.vocab_fingerprint}"
             )
         self.tokenizer = tokenizer
+        # More concurrent requests than the target holds sessions would evict and re-prefill them each round.
+        if info.max_sessions and info.max_sessions < self.admission.limit:
+            self.admission = Admission(info.max_sessions, self.config.max_queued)
         # One target step plus about a millisecond of RPC, until target-only rounds refine it.
         self.step_estimate = StepTimeEstimate(info.decode_step_seconds + 0.001)
         await self.refresh_arms()
@@ -177,31 +186,35 @@ class GenerationServicer(generation_pb2_grpc.GenerationServiceServicer):
 
     @grpc_errors
     async def Generate(self, request, context):
-        generation = self.controller.generation(self.controller.request(request), context)
-        async with aclosing(self._events(generation)) as events:
-            async for _ in events:
-                pass
-        return await self._finish(generation)
+        parsed = self.controller.request(request)
+        async with self.controller.admission.slot():
+            generation = self.controller.generation(parsed, context)
+            async with aclosing(self._events(generation)) as events:
+                async for _ in events:
+                    pass
+            return await self._finish(generation)
 
     @grpc_errors
     async def GenerateStream(self, request, context):
-        generation = self.controller.generation(self.controller.request(request), context)
-        # aclosing: a client that hangs up still gets its sessions released at once, not at GC.
-        async with aclosing(self._events(generation)) as events:
-            async for event in events:
-                yield generation_pb2.GenerateStreamResponse(
-                    round=generation_pb2.RoundUpdate(
-                        round=event.round,
-                        arm=event.arm,
-                        drafted=event.drafted,
-                        accepted=event.accepted,
-                        token_ids=event.token_ids,
-                        text=event.text,
-                        wall_seconds=event.wall_seconds,
-                        service_seconds=event.service_seconds,
+        parsed = self.controller.request(request)
+        async with self.controller.admission.slot():
+            generation = self.controller.generation(parsed, context)
+            # aclosing: a client that hangs up still gets its sessions released at once, not at GC.
+            async with aclosing(self._events(generation)) as events:
+                async for event in events:
+                    yield generation_pb2.GenerateStreamResponse(
+                        round=generation_pb2.RoundUpdate(
+                            round=event.round,
+                            arm=event.arm,
+                            drafted=event.drafted,
+                            accepted=event.accepted,
+                            token_ids=event.token_ids,
+                            text=event.text,
+                            wall_seconds=event.wall_seconds,
+                            service_seconds=event.service_seconds,
+                        )
                     )
-                )
-        yield generation_pb2.GenerateStreamResponse(final=await self._finish(generation))
+            yield generation_pb2.GenerateStreamResponse(final=await self._finish(generation))
 
     @grpc_errors
     async def ListArms(self, request, context):

@@ -122,7 +122,6 @@ class Scheduler:
                     else:
                         future.set_result(job)
 
-
     def _gather(self) -> None:
         """With the lock held: wait, briefly, for the sessions on their way back (see the module doc)."""
         deadline = time.perf_counter() + min(MAX_GATHER_SECONDS, GATHER_SHARE * self._last_step_seconds)

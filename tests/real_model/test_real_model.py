@@ -8,6 +8,7 @@ import grpc
 import pytest
 from conftest import TWO_GAMMAS, local_stack, reference_greedy
 
+from banditspec.tokens import common_prefix_length
 from banditspec.v1 import generation_pb2, generation_pb2_grpc
 
 pytestmark = pytest.mark.real_model
@@ -71,6 +72,62 @@ def test_greedy_chat_output_equals_transformers(real_stack, default_model):
                 if arms:  # the draft model proposed, and some of it was accepted
                     (arm,) = [a for a in response.stats.arms if a.pulls]
                     assert arm.arm == arms[0] and arm.accepted_tokens > 0, arm
+
+
+CONCURRENT_CHATS = [
+    "Hi!",
+    "Name two planets.",
+    "Explain in two sentences why the sky is blue, as you would to a child who asks at bedtime.",
+    "Here is a list: apples, pears, plums, cherries, grapes, figs. Repeat the list, then say which fruit you "
+    "would pick for a pie and why, in a few sentences.",
+    "Write a short poem about autumn leaves falling in a quiet park.",
+]
+
+
+def margin_at(model, ids: list[int]) -> float:
+    """The target's top-1 minus top-2 logit for the token after `ids`."""
+    import torch
+
+    with torch.inference_mode():
+        logits = model(torch.tensor([ids])).logits[0, -1]
+    top = torch.topk(logits.float(), 2).values
+    return float(top[0] - top[1])
+
+
+def test_concurrent_greedy_requests_equal_the_target_alone(real_stack, default_model):
+    """Five clients with prompts of different lengths at once: their rounds share the target's forwards, and
+    every answer is still the target's own greedy answer. A flip at a near-tie would be reported with the
+    target's logit margin there (batched kernels may round differently); the comparison is never loosened."""
+    from concurrent.futures import ThreadPoolExecutor
+
+    import torch
+    from transformers import AutoModelForCausalLM, AutoTokenizer
+
+    tokenizer = AutoTokenizer.from_pretrained(str(default_model))
+    model = AutoModelForCausalLM.from_pretrained(str(default_model), dtype=torch.float32).eval()
+    prompts = []
+    for content in CONCURRENT_CHATS:
+        encoded = tokenizer.apply_chat_template(
+            [{"role": "user", "content": content}], add_generation_prompt=True, tokenize=True
+        )
+        prompts.append(list(encoded["input_ids"] if hasattr(encoded, "keys") else encoded))
+    assert len({len(p) for p in prompts}) == len(prompts)  # every prompt length differs
+
+    def generate(prompt: list[int]) -> list[int]:
+        with grpc.insecure_channel(real_stack.address("controller")) as channel:
+            stub = generation_pb2_grpc.GenerationServiceStub(channel)
+            request = generation_pb2.GenerateRequest(max_new_tokens=MAX_NEW, policy=generation_pb2.POLICY_UCBSPEC)
+            request.token_ids.ids.extend(prompt)
+            return list(stub.Generate(request, timeout=600).token_ids)
+
+    with ThreadPoolExecutor(len(prompts)) as pool:
+        outputs = list(pool.map(generate, prompts))
+    for prompt, output in zip(prompts, outputs, strict=True):
+        expected = reference_greedy(model, prompt, MAX_NEW)
+        if output != expected:
+            at = common_prefix_length(output, expected)
+            margin = margin_at(model, prompt + expected[:at])
+            pytest.fail(f"token {at} differs from the target alone (logit margin there {margin:.2e}): {prompt[:8]}…")
 
 
 def test_long_text_streams_like_a_whole_decode(default_model):
