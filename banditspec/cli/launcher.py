@@ -61,6 +61,14 @@ class LocalStack:
         self.services.append(service)
         return service
 
+    def _target_threads(self) -> list[str]:
+        """The services share this machine: the target's torch threads leave a core to the controller and
+        the draft service. With every core in one OpenMP region, a forward waits for whichever thread the
+        other processes preempted (measured on 2 cores, 8 clients, target-only: 22.6 → 43.7 tok/s)."""
+        if "--threads" in self.extra_target_args:
+            return []
+        return ["--threads", str(max(1, (os.cpu_count() or 1) - 1))]
+
     def _wait(self, service: Service) -> str:
         deadline = time.monotonic() + self.startup_timeout
         while time.monotonic() < deadline:
@@ -76,7 +84,16 @@ class LocalStack:
     def start(self) -> LocalStack:
         try:
             target = self._spawn(
-                "target", ["serve-target", "--model", self.model, "--port", "0", *self.extra_target_args]
+                "target",
+                [
+                    "serve-target",
+                    "--model",
+                    self.model,
+                    "--port",
+                    "0",
+                    *self._target_threads(),
+                    *self.extra_target_args,
+                ],
             )
             draft = self._spawn(
                 "draft",
