@@ -141,7 +141,14 @@ class TargetSession:
             log.warning("target lost the session; reopening with the full context", tokens=len(context))
             request.reopen.CopyFrom(self._open_request(context))
             response = await self.stream.exchange(request, self.deadline.timeout())
-        return Verdict(list(response.token_ids), response.accepted, response.compute_seconds)
+        return Verdict(
+            list(response.token_ids),
+            response.accepted,
+            response.compute_seconds,
+            response.batch_rows,
+            response.batch_tokens,
+            response.batch_forward_seconds,
+        )
 
     async def release(self) -> None:
         """Free the session; a failure only costs memory until the target evicts it."""

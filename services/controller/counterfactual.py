@@ -17,6 +17,7 @@ from typing import NamedTuple
 
 from banditspec.tokens import common_prefix_length
 from services.controller.arms import Arm
+from services.controller.batch_cost import Load
 from services.controller.domain import Proposal
 
 
@@ -42,15 +43,19 @@ class RoundCosts:
 
     Overheads (round wall − f(k + 1): RPCs and drafting) are running averages per drafter, so a draft
     model's compute is not charged to prompt lookup; a drafter never pulled yet gets the average of
-    the model-free drafters pulled so far."""
+    the model-free drafters pulled so far. While the round shares its forward (`load`), a round's
+    forward is its share of that forward, as `batch_cost` charges pulled rounds."""
 
     forward_seconds: list[float]  # f(k) for k = 1..len
     target_only_overhead: float
     drafted_overhead: float  # model-free drafters, pooled: the fallback for one never pulled
     weight: float = 0.1
     by_drafter: dict[str, float] = field(default_factory=dict)
+    load: Load | None = None  # the current round's forward, when other rows shared it
 
     def forward(self, tokens: int) -> float:
+        if self.load is not None:
+            return self.load.forward_seconds * tokens / (self.load.others + tokens)
         return self.forward_seconds[min(tokens, len(self.forward_seconds)) - 1]
 
     def seconds(self, drafted: int, drafter: str | None) -> float:

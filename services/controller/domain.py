@@ -48,6 +48,9 @@ class Verdict:
     token_ids: list[int]
     accepted: int
     compute_seconds: float
+    batch_rows: int = 1  # the forward that verified the draft: rows and tokens of every session in it
+    batch_tokens: int = 0
+    batch_forward_seconds: float = 0.0
 
 
 @dataclass(frozen=True)

@@ -24,6 +24,7 @@ from banditspec.errors import OutOfRange
 from banditspec.policy_names import COUNTERFACTUAL_POLICIES
 from services.controller import metrics
 from services.controller.arms import TARGET_ONLY_ARM, Arm
+from services.controller.batch_cost import ForwardCurve, Load, charged_seconds, load_ceiling
 from services.controller.clients import DraftClient, DrafterFailed, TargetClient
 from services.controller.counterfactual import CounterfactualScorer, RoundCosts
 from services.controller.domain import (
@@ -58,6 +59,23 @@ class Round:
     def service_seconds(self) -> float:
         return self.proposal.compute_seconds + self.verdict.compute_seconds
 
+    @property
+    def load(self) -> Load | None:
+        """The other rows of the forward that verified this round; None when it ran alone."""
+        verdict, own = self.verdict, len(self.proposal.token_ids) + 1
+        if verdict.batch_rows <= 1 or verdict.batch_tokens <= own:
+            return None
+        return Load(verdict.batch_tokens - own, verdict.batch_forward_seconds)
+
+    @property
+    def charged_seconds(self) -> float:
+        """Wall time less the share of the forward that verified other rows (see batch_cost)."""
+        verdict = self.verdict
+        own = len(self.proposal.token_ids) + 1
+        return charged_seconds(
+            self.wall_seconds, own, verdict.batch_rows, verdict.batch_tokens, verdict.batch_forward_seconds
+        )
+
 
 class Generation:
     def __init__(
@@ -68,10 +86,12 @@ class Generation:
         tokenizer: PreTrainedTokenizerBase,
         step_estimate: StepTimeEstimate,
         deadline: Deadline,
+        forward_curve: ForwardCurve | None = None,
     ) -> None:
         self.request = request
         self.info = target.info
         self.step_estimate = step_estimate
+        self.forward_curve = forward_curve or ForwardCurve(self.info.forward_seconds)
         session_id = uuid.uuid4().hex
         self.target = target.session(session_id, request.sampling, request.seed, deadline)
         self.drafts = {
@@ -82,10 +102,12 @@ class Generation:
         self.text = TextStream(tokenizer, request.stop)
         self.result = GenerationResult(tallies={arm.name: ArmTally() for arm in request.arms})
         self.policy = make_policy(request.policy, len(request.arms), np.random.default_rng(request.seed))
+        self.max_gamma = max(arm.gamma for arm in request.arms)
+        self.round_overhead = max(0.0, step_estimate.seconds - self.info.decode_step_seconds)
         self.scale = RewardScale.for_arms(
-            max_gamma=max(arm.gamma for arm in request.arms),
+            max_gamma=self.max_gamma,
             forward_seconds=self.info.verify_seconds,
-            round_overhead_seconds=max(0.0, step_estimate.seconds - self.info.decode_step_seconds),
+            round_overhead_seconds=self.round_overhead,
             step_seconds=step_estimate.seconds,
         )
         self.scorer = self._counterfactual_scorer(
@@ -191,13 +213,22 @@ class Generation:
             self.result.finish_reason = "stop"
         return kept, text
 
+    def _normalise(self, tokens_per_second: float, load: Load | None) -> float:
+        """In [0, 1]: against the lone-round ceiling, or against the best round beside the same load."""
+        if load is None:
+            return self.scale.normalise(tokens_per_second)
+        ceiling = load_ceiling(self.forward_curve, load.others, self.max_gamma, self.round_overhead)
+        return min(1.0, max(0.0, tokens_per_second / ceiling))
+
     def _reward(self, played: Round) -> None:
         arm, verdict, wall = played.arm, played.verdict, played.wall_seconds
         drafted, verified = len(played.proposal.token_ids), len(verdict.token_ids)
-        tokens_per_second = verified / wall
+        if verdict.batch_tokens:
+            self.forward_curve.observe(verdict.batch_tokens, verdict.batch_forward_seconds)
+        tokens_per_second = verified / played.charged_seconds
         if played.index is not None:
-            self.policy.update(played.index, self.scale.normalise(tokens_per_second))
-        if arm.gamma == 0:
+            self.policy.update(played.index, self._normalise(tokens_per_second, played.load))
+        if arm.gamma == 0 and played.load is None:  # a lone round: its wall time is a step's
             self.step_estimate.observe(wall)
         tally = self.result.tallies.setdefault(arm.name, ArmTally())
         tally.pulls += 1
@@ -210,13 +241,15 @@ class Generation:
 
     def _learn_counterfactually(self, played: Round, position: int) -> None:
         assert self.scorer is not None
+        load = played.load
+        self.scorer.costs.load = load  # unpulled arms are modelled in the same forward
         samples = self.scorer.after_round(
-            played.index, played.arm, played.gamma, played.proposal, position, played.wall_seconds, self.context
+            played.index, played.arm, played.gamma, played.proposal, position, played.charged_seconds, self.context
         )
         for sample in samples:
             if not self.policy.is_active(sample.arm):
                 continue
-            self.policy.observe(sample.arm, self.scale.normalise(sample.tokens / sample.seconds))
+            self.policy.observe(sample.arm, self._normalise(sample.tokens / sample.seconds, load))
             self.result.tallies.setdefault(self.request.arms[sample.arm].name, ArmTally()).counterfactual += 1
 
     def _drop_drafter(self, arm: Arm, reason: str) -> None:

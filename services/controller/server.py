@@ -20,6 +20,7 @@ from banditspec.verify_lengths import filled_gamma
 from services.controller import metrics
 from services.controller.admission import Admission
 from services.controller.arms import TARGET_ONLY_ARM, Arm
+from services.controller.batch_cost import ForwardCurve
 from services.controller.clients import DraftClient, TargetClient
 from services.controller.domain import Deadline, GenerationRequest
 from services.controller.generation import Generation
@@ -60,6 +61,7 @@ class Controller:
         self.drafts = {name: DraftClient(name, address) for name, address in config.drafts.items()}
         self.tokenizer: PreTrainedTokenizerBase | None = None
         self.step_estimate: StepTimeEstimate | None = None
+        self.forward_curve: ForwardCurve | None = None  # f(tokens in a batch), learnt from every verify
         self.arms: list[Arm] = [TARGET_ONLY_ARM]
         self.admission = Admission(config.max_concurrent, config.max_queued)
         self._refresher: asyncio.Task | None = None
@@ -79,6 +81,7 @@ class Controller:
             self.admission = Admission(info.max_sessions, self.config.max_queued)
         # One target step plus about a millisecond of RPC, until target-only rounds refine it.
         self.step_estimate = StepTimeEstimate(info.decode_step_seconds + 0.001)
+        self.forward_curve = ForwardCurve(info.forward_seconds)
         await self.refresh_arms()
         self._refresher = asyncio.create_task(self._refresh_forever())
         log.info(
@@ -138,7 +141,9 @@ class Controller:
         if self.tokenizer is None or self.step_estimate is None:
             raise Unavailable("the controller is still connecting")
         deadline = Deadline(context.time_remaining(), self.config.rpc_timeout)
-        return Generation(request, self.target, self.drafts, self.tokenizer, self.step_estimate, deadline)
+        return Generation(
+            request, self.target, self.drafts, self.tokenizer, self.step_estimate, deadline, self.forward_curve
+        )
 
     async def close(self) -> None:
         if self._refresher is not None:

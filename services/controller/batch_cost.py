@@ -1,0 +1,72 @@
+"""What a round costs when it shares the target's forward with other requests' rounds.
+
+A batched forward's time depends on every row in it, so a round's wall time says little about its own
+draft: a long draft beside seven other rows adds a few percent to a forward that mostly verifies others'
+tokens, yet slows all of them. Each round is therefore charged its own RPC time plus the share of the
+forward its tokens took, F · own / total; a forward's charges add up to the forward. A lone round (one
+row) is charged its wall time, as without batching.
+
+A charged round is normalised against the best a round of the request's arms could do beside the same
+load: with B tokens of other rows and f(n) the measured cost of a forward of n tokens,
+
+    ceiling(B) = max over k = 1..L+1 of  k / (o + f(B + k) · k / (B + k))
+
+which at B = 0 is the lone-round ceiling of `reward.RewardScale`. f comes from the target's start-up
+curve (n ≤ 16) and, online, from the forwards the target reports with each verify.
+"""
+
+from __future__ import annotations
+
+import bisect
+from dataclasses import dataclass
+
+
+@dataclass(frozen=True)
+class Load:
+    """The forward a round ran in, seen from that round: the other rows' tokens and the forward's time."""
+
+    others: int
+    forward_seconds: float
+
+
+class ForwardCurve:
+    """f(n), seconds of a forward carrying n tokens; shared by every request of a controller."""
+
+    def __init__(self, start_up: list[float], weight: float = 0.1) -> None:
+        self.weight = weight
+        self.points: dict[int, float] = {n: seconds for n, seconds in enumerate(start_up, 1) if seconds > 0}
+
+    def observe(self, tokens: int, seconds: float) -> None:
+        if tokens < 1 or seconds <= 0:
+            return
+        known = self.points.get(tokens)
+        self.points[tokens] = seconds if known is None else known + self.weight * (seconds - known)
+
+    def seconds(self, tokens: int) -> float:
+        """Interpolated between measured sizes; beyond the largest, growing in proportion to the tokens."""
+        if not self.points:
+            return 0.0
+        if tokens in self.points:
+            return self.points[tokens]
+        sizes = sorted(self.points)
+        at = bisect.bisect_left(sizes, tokens)
+        if at == 0:
+            return self.points[sizes[0]]
+        if at == len(sizes):
+            largest = sizes[-1]
+            return self.points[largest] * tokens / largest
+        low, high = sizes[at - 1], sizes[at]
+        share = (tokens - low) / (high - low)
+        return self.points[low] + share * (self.points[high] - self.points[low])
+
+
+def charged_seconds(wall: float, own_tokens: int, batch_rows: int, batch_tokens: int, forward: float) -> float:
+    """The round's wall time, less the part of its forward that verified other rows."""
+    if batch_rows <= 1 or batch_tokens <= own_tokens:
+        return wall
+    return max(1e-6, wall - forward + forward * own_tokens / batch_tokens)
+
+
+def load_ceiling(curve: ForwardCurve, others: int, max_gamma: int, overhead: float) -> float:
+    """Best tokens per charged second for a round of up to max_gamma + 1 tokens beside `others` tokens."""
+    return max(k / (overhead + curve.seconds(others + k) * k / (others + k)) for k in range(1, max_gamma + 2))
