@@ -255,6 +255,11 @@ def main(argv: list[str] | None = None) -> int:
         "--continuous-at", default="1,8", help="N values for generate_batch ('' for all): it is slow on a CPU"
     )
     parser.add_argument("--drafter", action="append", help="drafter specs (default: the family's)")
+    parser.add_argument(
+        "--model-free-gammas",
+        default="2,6",
+        help="the controller's γ values: a short and a long one let the bandit choose",
+    )
     parser.add_argument("--timeout", type=float, default=600.0, help="seconds per request")
     parser.add_argument("--out", default="results/loadtest")
     args = parser.parse_args(argv)
@@ -288,6 +293,7 @@ def main(argv: list[str] | None = None) -> int:
         controller_port=0,
         extra_target_args=device_args,
         extra_draft_args=device_args,
+        extra_controller_args=["--model-free-gammas", args.model_free_gammas],
         log_dir=out / "logs",
     ) as stack:
         address = stack.address("controller")
@@ -388,7 +394,8 @@ def report(document: dict) -> str:
 
 
 def _argv(config: dict) -> list[str]:
-    keys = ("family", "clients", "requests_per_client", "max_new_tokens", "dtype", "device", "policy", "fixed_at")
+    keys = ("family", "clients", "requests_per_client", "max_new_tokens", "dtype", "device", "policy", "fixed_at",
+            "model_free_gammas")  # fmt: skip
     return [f"--{k.replace('_', '-')} {config[k]}" for k in keys]
 
 
