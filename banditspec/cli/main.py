@@ -114,6 +114,7 @@ def cmd_serve_controller(args: argparse.Namespace) -> None:
                 metrics_port=args.metrics_port,
                 max_concurrent=args.max_concurrent,
                 max_queued=args.max_queued,
+                warm_start=args.warm_start == "on",
                 ready_file=args.ready_file,
             )
         )
@@ -382,6 +383,10 @@ def build_parser() -> argparse.ArgumentParser:
     controller.add_argument("--model-gammas", default="4", help="γ values for model drafters")
     controller.add_argument("--rpc-timeout", type=float, default=60.0)
     controller.add_argument("--max-concurrent", type=int, default=32, help="requests run at once (then they queue)")
+    controller.add_argument(
+        "--warm-start", choices=["on", "off"], default="off",
+        help="start each request's bandit from recent requests' arm means at a similar load",
+    )  # fmt: skip
     controller.add_argument(
         "--max-queued", type=int, default=64, help="requests that may wait; beyond: RESOURCE_EXHAUSTED"
     )

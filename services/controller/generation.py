@@ -114,6 +114,7 @@ class Generation:
             {name: client.model_free_drafters() for name, client in drafts.items()}
         )
         self.completed = False
+        self.load = 1  # requests running when this one started (warm starts are per load)
         self.log = log.bind(request_id=request.request_id)
 
     def _counterfactual_scorer(self, model_free: dict[str, set[str]]) -> CounterfactualScorer | None:

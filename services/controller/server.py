@@ -24,6 +24,7 @@ from services.controller.batch_cost import ForwardCurve
 from services.controller.clients import DraftClient, TargetClient
 from services.controller.domain import Deadline, GenerationRequest
 from services.controller.generation import Generation
+from services.controller.priors import ArmPriors
 from services.controller.requests import from_pb, result_to_pb
 from services.controller.reward import StepTimeEstimate
 
@@ -49,6 +50,7 @@ class ControllerConfig:
     # queue of max_queued, beyond which a request is RESOURCE_EXHAUSTED.
     max_concurrent: int = 32
     max_queued: int = 64
+    warm_start: bool = False  # start each request's bandit from recent requests at a similar load
     ready_file: str | None = None
 
 
@@ -64,6 +66,7 @@ class Controller:
         self.forward_curve: ForwardCurve | None = None  # f(tokens in a batch), learnt from every verify
         self.arms: list[Arm] = [TARGET_ONLY_ARM]
         self.admission = Admission(config.max_concurrent, config.max_queued)
+        self.priors = ArmPriors()
         self._refresher: asyncio.Task | None = None
 
     async def connect(self) -> None:
@@ -141,9 +144,22 @@ class Controller:
         if self.tokenizer is None or self.step_estimate is None:
             raise Unavailable("the controller is still connecting")
         deadline = Deadline(context.time_remaining(), self.config.rpc_timeout)
-        return Generation(
+        generation = Generation(
             request, self.target, self.drafts, self.tokenizer, self.step_estimate, deadline, self.forward_curve
         )
+        generation.load = self.admission.running
+        if self.config.warm_start:
+            names = [arm.name for arm in request.arms]
+            for index, (mean, weight) in self.priors.for_arms(generation.load, names).items():
+                generation.policy.prior(index, mean, weight)
+        return generation
+
+    def learn(self, generation: Generation) -> None:
+        """A finished request's measured arm means become the priors of later ones at its load."""
+        if generation.completed:
+            names = [arm.name for arm in generation.request.arms]
+            means = {names[index]: mean for index, mean in generation.policy.means().items()}
+            self.priors.learn(generation.load, means)
 
     async def close(self) -> None:
         if self._refresher is not None:
@@ -159,6 +175,7 @@ class GenerationServicer(generation_pb2_grpc.GenerationServiceServicer):
         self._background: set[asyncio.Task] = set()
 
     async def _finish(self, generation: Generation) -> generation_pb2.GenerateResponse:
+        self.controller.learn(generation)
         metrics.REQUESTS.labels(generation.result.finish_reason).inc()
         response = result_to_pb(generation.request, generation.result, generation.overhead_median())
         log.info(

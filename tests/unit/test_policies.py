@@ -295,6 +295,8 @@ def test_every_policy_implements_the_whole_interface(name):
     assert arm is not None and policy.is_active(arm)
     policy.update(arm, 0.5)
     policy.observe(arm, 0.5)
+    policy.prior(arm, 0.5, 2.0)
+    assert all(0.0 <= mean <= 1.0 for mean in policy.means().values())
     for index in range(3):
         policy.disable(index)
         assert not policy.is_active(index)

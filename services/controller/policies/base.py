@@ -18,6 +18,13 @@ class Policy(Protocol):
         """A reward sample for an arm not pulled (scored counterfactually): a sample, not a round.
         Policies that cannot use one ignore it."""
 
+    def prior(self, arm: int, mean: float, weight: float) -> None:
+        """Start `arm` as if it had been pulled `weight` times with mean reward `mean` (a warm start).
+        Policies that cannot use one ignore it."""
+
+    def means(self) -> dict[int, float]:
+        """arm → the mean reward observed in this request (priors excluded), for arms observed at all."""
+
     def disable(self, arm: int) -> None:
         """Never choose this arm again (its drafter went away)."""
 

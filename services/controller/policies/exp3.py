@@ -44,6 +44,12 @@ class EXP3Spec:
         self.loss_estimates[arm] += loss / self.last_probs[arm]
         self.rounds += 1
 
+    def prior(self, arm: int, mean: float, weight: float) -> None:
+        pass
+
+    def means(self) -> dict[int, float]:
+        return {}
+
     def observe(self, arm: int, reward: float) -> None:
         pass  # importance weighting needs the probability an arm was drawn with: an unpulled sample has none
 

@@ -18,6 +18,12 @@ class FixedArm:
     def update(self, arm: int, reward: float) -> None:
         pass
 
+    def prior(self, arm: int, mean: float, weight: float) -> None:
+        pass
+
+    def means(self) -> dict[int, float]:
+        return {}
+
     def observe(self, arm: int, reward: float) -> None:
         pass
 

@@ -19,7 +19,7 @@ MIN_SAMPLES_FOR_SPREAD = 8
 
 
 def confidence_radius(
-    pulls: int, round_index: int, num_arms: int, reward_range: float = 1.0, delta: float = 0.5
+    pulls: float, round_index: int, num_arms: int, reward_range: float = 1.0, delta: float = 0.5
 ) -> float:
     n = pulls
     log_term = math.log(num_arms * round_index**2 * math.sqrt(1 + n) / delta)
@@ -37,8 +37,10 @@ class UCBSpec:
         self.num_arms = num_arms
         self.reward_range = reward_range
         self.delta = delta
-        self.pulls = [0] * num_arms
+        self.pulls: list[float] = [0] * num_arms  # priors add fractional pseudo-pulls
         self.reward_sums = [0.0] * num_arms
+        self.prior_pulls = [0.0] * num_arms
+        self.prior_sums = [0.0] * num_arms
         self.measured = [[0, 0.0, 0.0] for _ in range(num_arms)]  # pulled rounds: count, sum, sum of squares
         self.measured_spread = measured_spread
         self.active = [True] * num_arms
@@ -86,6 +88,21 @@ class UCBSpec:
         """A reward for an arm not pulled this round (scored counterfactually): a sample, not a round."""
         self.pulls[arm] += 1
         self.reward_sums[arm] += reward
+
+    def prior(self, arm: int, mean: float, weight: float) -> None:
+        """Pseudo-pulls: they count in the arm's mean and its radius, not in the measured spread or t."""
+        self.pulls[arm] += weight
+        self.reward_sums[arm] += mean * weight
+        self.prior_pulls[arm] += weight
+        self.prior_sums[arm] += mean * weight
+
+    def means(self) -> dict[int, float]:
+        out = {}
+        for arm in range(self.num_arms):
+            pulls = self.pulls[arm] - self.prior_pulls[arm]
+            if pulls > 0:
+                out[arm] = (self.reward_sums[arm] - self.prior_sums[arm]) / pulls
+        return out
 
     def disable(self, arm: int) -> None:
         self.active[arm] = False

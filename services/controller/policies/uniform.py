@@ -23,6 +23,12 @@ class UniformRandom:
     def update(self, arm: int, reward: float) -> None:
         pass  # learns nothing, by design
 
+    def prior(self, arm: int, mean: float, weight: float) -> None:
+        pass
+
+    def means(self) -> dict[int, float]:
+        return {}
+
     def observe(self, arm: int, reward: float) -> None:
         pass
 
