@@ -297,7 +297,10 @@ def main(argv: list[str] | None = None) -> int:
         controller_port=0,
         extra_target_args=device_args,
         extra_draft_args=device_args,
-        extra_controller_args=["--model-free-gammas", args.model_free_gammas, *args.controller_arg],
+        extra_controller_args=[
+            *(["--model-free-gammas", args.model_free_gammas] if args.model_free_gammas else []),
+            *args.controller_arg,
+        ],
         log_dir=out / "logs",
     ) as stack:
         address = stack.address("controller")
