@@ -384,7 +384,7 @@ def build_parser() -> argparse.ArgumentParser:
     controller.add_argument("--rpc-timeout", type=float, default=60.0)
     controller.add_argument("--max-concurrent", type=int, default=32, help="requests run at once (then they queue)")
     controller.add_argument(
-        "--warm-start", choices=["on", "off"], default="off",
+        "--warm-start", choices=["on", "off"], default="on",
         help="start each request's bandit from recent requests' arm means at a similar load",
     )  # fmt: skip
     controller.add_argument(

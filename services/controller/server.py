@@ -50,7 +50,7 @@ class ControllerConfig:
     # queue of max_queued, beyond which a request is RESOURCE_EXHAUSTED.
     max_concurrent: int = 32
     max_queued: int = 64
-    warm_start: bool = False  # start each request's bandit from recent requests at a similar load
+    warm_start: bool = True  # start each request's bandit from recent requests at a similar load (priors.py)
     ready_file: str | None = None
 
 
