@@ -1,0 +1,32 @@
+"""`banditspec loadtest` end to end on the small pydocs family: every phase runs, every output equals the
+target's own greedy output, and the report, JSON and plot are written."""
+
+from __future__ import annotations
+
+import json
+
+from banditspec.bench.loadtest import main
+
+PNG_MAGIC = b"\x89PNG\r\n\x1a\n"
+
+
+def test_a_small_load_test_reports_every_phase(tmp_path):
+    out = tmp_path / "loadtest"
+    argv = ["--family", "pydocs", "--clients", "1,2", "--requests-per-client", "1", "--max-new-tokens", "8"]
+    argv += ["--fixed-at", "2", "--baselines", "padded", "--out", str(out)]
+    assert main(argv) == 0
+    document = json.loads((out / "loadtest.json").read_text())
+    phases = document["phases"]
+    arms = document["config"]["arms"]
+    methods = {(p["method"], p["clients"]) for p in phases}
+    assert {("ucbspec-cf", 1), ("ucbspec-cf", 2), ("generate-padded", 1), ("generate-padded", 2)} <= methods
+    assert {(f"fixed:{arm}", 2) for arm in arms} <= methods
+    for phase in phases:
+        assert phase["errors"] == 0 and phase["mismatches"] == 0, phase
+        assert phase["tokens"] > 0 and phase["tokens_per_second"] > 0
+    stack = [p for p in phases if p["method"] == "ucbspec-cf"]
+    assert all(abs(sum(p["arm_shares"].values()) - 1) < 1e-9 for p in stack)
+    assert all(set(p["rss_mib"]) == {"target", "draft", "controller"} for p in stack)
+    report = (out / "loadtest.md").read_text()
+    assert "| 2 | ucbspec-cf |" in report and "Peak resident memory" in report
+    assert (out / "loadtest.png").read_bytes().startswith(PNG_MAGIC)
