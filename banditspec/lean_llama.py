@@ -17,6 +17,7 @@ Tests hold the logits to those of the `transformers` forward.
 
 from __future__ import annotations
 
+import time
 from dataclasses import dataclass
 from typing import Any, Literal
 
@@ -228,4 +229,34 @@ class LeanLlama:
             size = {"all": last - first, "last": 1, "none": 0}[feed.logits]
             out.append(logits[row : row + size] if size else None)
             row += size
+        return out
+
+    @torch.inference_mode()
+    def measure_batches(
+        self,
+        totals: tuple[int, ...] = (24, 32, 48, 64, 96, 128),
+        row_tokens: int = 8,
+        context: int = 256,
+        repeats: int = 3,
+    ) -> dict[int, float]:
+        """Seconds of a batched forward of `total` tokens, as rows of `row_tokens` after `context` cached tokens
+        each (the fastest of `repeats`): the cost of a forward beyond the one-row curve, for the reward."""
+        context = max(1, min(context, self.max_positions - row_tokens - 1))
+        rows = max(totals) // row_tokens
+        caches = [self.new_cache() for _ in range(rows)]
+        for cache in caches:
+            self.forward([0] * context, cache)
+        out: dict[int, float] = {}
+        for total in totals:
+            count = max(1, total // row_tokens)
+            times = []
+            for _ in range(repeats):
+                start = time.perf_counter()
+                self.forward_batch([Feed(cache, [0] * row_tokens, "all") for cache in caches[:count]])
+                if self.device.type == "cuda":
+                    torch.cuda.synchronize()
+                times.append(time.perf_counter() - start)
+                for cache in caches[:count]:
+                    cache.crop(-row_tokens)
+            out[count * row_tokens] = min(times)
         return out

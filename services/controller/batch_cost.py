@@ -12,7 +12,8 @@ load: with B tokens of other rows and f(n) the measured cost of a forward of n t
     ceiling(B) = max over k = 1..L+1 of  k / (o + f(B + k) · k / (B + k))
 
 which at B = 0 is the lone-round ceiling of `reward.RewardScale`. f comes from the target's start-up
-curve (n ≤ 16) and, online, from the forwards the target reports with each verify.
+measurements (one row of n ≤ 16 tokens; batched forwards of 24–128 tokens) and, online, from the forwards
+the target reports with each verify.
 """
 
 from __future__ import annotations
@@ -32,9 +33,10 @@ class Load:
 class ForwardCurve:
     """f(n), seconds of a forward carrying n tokens; shared by every request of a controller."""
 
-    def __init__(self, start_up: list[float], weight: float = 0.1) -> None:
+    def __init__(self, start_up: list[float], batches: dict[int, float] | None = None, weight: float = 0.1) -> None:
         self.weight = weight
         self.points: dict[int, float] = {n: seconds for n, seconds in enumerate(start_up, 1) if seconds > 0}
+        self.points.update({n: seconds for n, seconds in (batches or {}).items() if n > 0 and seconds > 0})
 
     def observe(self, tokens: int, seconds: float) -> None:
         if tokens < 1 or seconds <= 0:

@@ -55,6 +55,7 @@ class TargetInfo:
     forward_seconds: list[float]  # [k-1]: a cached forward of k tokens, measured at start-up
     verify_lengths: list[int]  # [n-1]: the forward length the target runs to verify n tokens
     verify_seconds: list[float]  # [n-1]: a verify of n tokens, padding included
+    batch_forward_seconds: dict[int, float]  # tokens in a batched forward → seconds, measured at start-up
 
     @classmethod
     def from_pb(cls, pb: target_pb2.TargetInfoResponse) -> TargetInfo:
@@ -70,6 +71,7 @@ class TargetInfo:
             forward_seconds=forward,
             verify_lengths=lengths,
             verify_seconds=effective_forward_seconds(forward, lengths),
+            batch_forward_seconds=dict(zip(pb.batch_forward_tokens, pb.batch_forward_seconds, strict=False)),
         )
 
 

@@ -91,7 +91,7 @@ class Generation:
         self.request = request
         self.info = target.info
         self.step_estimate = step_estimate
-        self.forward_curve = forward_curve or ForwardCurve(self.info.forward_seconds)
+        self.forward_curve = forward_curve or ForwardCurve(self.info.forward_seconds, self.info.batch_forward_seconds)
         session_id = uuid.uuid4().hex
         self.target = target.session(session_id, request.sampling, request.seed, deadline)
         self.drafts = {

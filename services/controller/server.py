@@ -84,7 +84,7 @@ class Controller:
             self.admission = Admission(info.max_sessions, self.config.max_queued)
         # One target step plus about a millisecond of RPC, until target-only rounds refine it.
         self.step_estimate = StepTimeEstimate(info.decode_step_seconds + 0.001)
-        self.forward_curve = ForwardCurve(info.forward_seconds)
+        self.forward_curve = ForwardCurve(info.forward_seconds, info.batch_forward_seconds)
         await self.refresh_arms()
         self._refresher = asyncio.create_task(self._refresh_forever())
         log.info(

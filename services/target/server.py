@@ -50,6 +50,7 @@ class TargetServicer(target_pb2_grpc.TargetServiceServicer):
         self.engine: TargetEngine | None = None
         self.scheduler: Scheduler | None = None
         self.forward_seconds: list[float] = []
+        self.batch_seconds: dict[int, float] = {}  # tokens in a batched forward → seconds, at start-up
 
     def _engine(self) -> TargetEngine:
         if self.engine is None:
@@ -76,6 +77,7 @@ class TargetServicer(target_pb2_grpc.TargetServiceServicer):
             max_batch_tokens=config.max_batch_tokens,
             prefill_chunk=config.prefill_chunk,
         )
+        self.batch_seconds = self.engine.decoder.measure_batches() if self.engine.decoder is not None else {}
         self.scheduler = Scheduler(self.engine)
         log.info(
             "target model loaded",
@@ -85,6 +87,7 @@ class TargetServicer(target_pb2_grpc.TargetServiceServicer):
             forward_ms=[round(t * 1e3, 1) for t in self.forward_seconds],
             padded={n: m for n, m in enumerate(verify_lengths, 1) if m != n},
             batched=self.engine.batches_rows,
+            batch_ms={n: round(t * 1e3, 1) for n, t in self.batch_seconds.items()},
         )
 
     @grpc_errors
@@ -103,6 +106,8 @@ class TargetServicer(target_pb2_grpc.TargetServiceServicer):
             forward_seconds=self.forward_seconds,
             max_sessions=engine.sessions.max_sessions,
             verify_lengths=engine.verify_lengths,
+            batch_forward_tokens=list(self.batch_seconds),
+            batch_forward_seconds=list(self.batch_seconds.values()),
         )
 
     @grpc_errors

@@ -51,3 +51,10 @@ def test_the_curve_interpolates_and_follows_reports():
     assert curve.seconds(6) == pytest.approx(0.06 + (6 - 2) / (10 - 2) * (0.10 - 0.06))
     curve.observe(10, 0.20)
     assert curve.seconds(10) == pytest.approx(0.10 + 0.1 * (0.20 - 0.10))
+
+
+def test_start_up_batches_seed_the_curve_beyond_one_row():
+    curve = ForwardCurve([0.05, 0.06], {32: 0.12, 64: 0.20})
+    assert curve.seconds(32) == 0.12
+    assert curve.seconds(48) == pytest.approx(0.16)
+    assert curve.seconds(128) == pytest.approx(0.40)

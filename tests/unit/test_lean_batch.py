@@ -85,3 +85,9 @@ def test_bad_rows_are_refused(lean):
         model.forward_batch([Feed(model.new_cache(), [])])
     with pytest.raises(ValueError, match="mask must be"):
         model.forward_batch([Feed(model.new_cache(), [3, 4], mask=torch.ones(1, 2, dtype=torch.bool))])
+
+
+def test_batches_are_measured_by_their_tokens(lean):
+    model, _ = lean
+    measured = model.measure_batches(totals=(16, 24), row_tokens=8, context=12, repeats=1)
+    assert set(measured) == {16, 24} and all(seconds > 0 for seconds in measured.values())
