@@ -85,6 +85,17 @@ class Feed:
     mask: torch.Tensor | None = None
 
 
+@dataclass(frozen=True)
+class _Row:
+    """A row inside one pass: its cache, its slice of the flat token axis, where it starts, its mask."""
+
+    cache: LeanCache
+    first: int
+    last: int
+    start: int
+    mask: torch.Tensor | None
+
+
 class LeanLlama:
     """`new_cache()` and `forward(ids, cache)` with the same meaning as `LoadedModel`'s, for a LlamaForCausalLM;
     `forward_batch` for many sequences at once."""
@@ -122,25 +133,8 @@ class LeanLlama:
         hidden = self.decoder.embed_tokens(torch.tensor(input_ids, device=self.device))
         cos, sin = self.cos[start:end], self.sin[start:end]
         # One query sees every cached key; a block of queries is causal within itself.
-        mask = None if count == 1 else torch.ones(count, end, dtype=torch.bool, device=self.device).tril(start)
-        for index, layer in enumerate(self.layers):
-            attention = layer.self_attn
-            normed = layer.input_layernorm(hidden)
-            query = attention.q_proj(normed).view(count, self.heads, self.head_dim).transpose(0, 1)
-            key = attention.k_proj(normed).view(count, self.kv_heads, self.head_dim).transpose(0, 1)
-            value = attention.v_proj(normed).view(count, self.kv_heads, self.head_dim).transpose(0, 1)
-            query, key = apply_rotary_pos_emb(query, key, cos, sin, unsqueeze_dim=0)  # tables [count, head_dim]
-            cache.keys[index, :, start:end] = key
-            cache.values[index, :, start:end] = value
-            attended = F.scaled_dot_product_attention(
-                query,
-                cache.keys[index, :, :end],
-                cache.values[index, :, :end],
-                attn_mask=mask,
-                enable_gqa=self.kv_heads != self.heads,
-            )
-            hidden = hidden + attention.o_proj(attended.transpose(0, 1).reshape(count, -1))
-            hidden = hidden + layer.mlp(layer.post_attention_layernorm(hidden))
+        mask = None if count == 1 else self._causal(count, end, start)
+        hidden = self._layers(hidden, cos, sin, [_Row(cache, 0, count, start, mask)])
         cache.length = end
         if last_only:
             hidden = hidden[-1:]
@@ -156,7 +150,6 @@ class LeanLlama:
         for count in counts:
             bounds.append((offset, offset + count))
             offset += count
-        total = offset
         positions: list[int] = []
         masks: list[torch.Tensor | None] = []
         for feed, count, start in zip(feeds, counts, starts, strict=True):
@@ -177,6 +170,19 @@ class LeanLlama:
         at = torch.tensor(positions, device=self.device)
         cos, sin = self.cos[at], self.sin[at]
         hidden = self.decoder.embed_tokens(ids)
+        rows = [
+            _Row(feed.cache, first, last, start, mask)
+            for feed, (first, last), start, mask in zip(feeds, bounds, starts, masks, strict=True)
+        ]
+        hidden = self._layers(hidden, cos, sin, rows)
+        for feed, count, start in zip(feeds, counts, starts, strict=True):
+            feed.cache.length = start + count
+        return self._logits(feeds, bounds, hidden)
+
+    def _layers(self, hidden: torch.Tensor, cos: torch.Tensor, sin: torch.Tensor, rows: list[_Row]) -> torch.Tensor:
+        """The decoder layers over the flat tokens [total, hidden]: projections and MLP for all rows at once,
+        attention per row against its own cache (whose new keys and values it writes)."""
+        total = hidden.shape[0]
         for index, layer in enumerate(self.layers):
             attention = layer.self_attn
             normed = layer.input_layernorm(hidden)
@@ -184,27 +190,25 @@ class LeanLlama:
             key = attention.k_proj(normed).view(total, self.kv_heads, self.head_dim).transpose(0, 1)
             value = attention.v_proj(normed).view(total, self.kv_heads, self.head_dim).transpose(0, 1)
             query, key = apply_rotary_pos_emb(query, key, cos, sin, unsqueeze_dim=0)  # tables [total, head_dim]
-            rows = []
-            for feed, (first, last), start, mask in zip(feeds, bounds, starts, masks, strict=True):
-                end = start + last - first
-                keys, values = feed.cache.keys[index], feed.cache.values[index]
-                keys[:, start:end] = key[:, first:last]
-                values[:, start:end] = value[:, first:last]
-                rows.append(
+            attended = []
+            for row in rows:
+                end = row.start + row.last - row.first
+                keys, values = row.cache.keys[index], row.cache.values[index]
+                keys[:, row.start : end] = key[:, row.first : row.last]
+                values[:, row.start : end] = value[:, row.first : row.last]
+                attended.append(
                     F.scaled_dot_product_attention(
-                        query[:, first:last],
+                        query[:, row.first : row.last],
                         keys[:, :end],
                         values[:, :end],
-                        attn_mask=mask,
+                        attn_mask=row.mask,
                         enable_gqa=self.kv_heads != self.heads,
                     )
                 )
-            attended = rows[0] if len(rows) == 1 else torch.cat(rows, dim=1)
-            hidden = hidden + attention.o_proj(attended.transpose(0, 1).reshape(total, -1))
+            joined = attended[0] if len(attended) == 1 else torch.cat(attended, dim=1)
+            hidden = hidden + attention.o_proj(joined.transpose(0, 1).reshape(total, -1))
             hidden = hidden + layer.mlp(layer.post_attention_layernorm(hidden))
-        for feed, count, start in zip(feeds, counts, starts, strict=True):
-            feed.cache.length = start + count
-        return self._logits(feeds, bounds, hidden)
+        return hidden
 
     def _causal(self, count: int, end: int, start: int) -> torch.Tensor:
         return torch.ones(count, end, dtype=torch.bool, device=self.device).tril(start)
