@@ -29,6 +29,13 @@ class Load:
     others: int
     forward_seconds: float
 
+    @classmethod
+    def of(cls, own_tokens: int, batch_rows: int, batch_tokens: int, forward_seconds: float) -> Load | None:
+        """None when the round had its forward to itself."""
+        if batch_rows <= 1 or batch_tokens <= own_tokens:
+            return None
+        return cls(batch_tokens - own_tokens, forward_seconds)
+
 
 class ForwardCurve:
     """f(n), seconds of a forward carrying n tokens; shared by every request of a controller."""
@@ -37,12 +44,17 @@ class ForwardCurve:
         self.weight = weight
         self.points: dict[int, float] = {n: seconds for n, seconds in enumerate(start_up, 1) if seconds > 0}
         self.points.update({n: seconds for n, seconds in (batches or {}).items() if n > 0 and seconds > 0})
+        self._sizes = sorted(self.points)  # kept sorted: seconds() runs for every round
 
     def observe(self, tokens: int, seconds: float) -> None:
         if tokens < 1 or seconds <= 0:
             return
         known = self.points.get(tokens)
-        self.points[tokens] = seconds if known is None else known + self.weight * (seconds - known)
+        if known is None:
+            bisect.insort(self._sizes, tokens)
+            self.points[tokens] = seconds
+        else:
+            self.points[tokens] = known + self.weight * (seconds - known)
 
     def seconds(self, tokens: int) -> float:
         """Interpolated between measured sizes; beyond the largest, growing in proportion to the tokens."""
@@ -50,7 +62,7 @@ class ForwardCurve:
             return 0.0
         if tokens in self.points:
             return self.points[tokens]
-        sizes = sorted(self.points)
+        sizes = self._sizes
         at = bisect.bisect_left(sizes, tokens)
         if at == 0:
             return self.points[sizes[0]]
@@ -62,11 +74,12 @@ class ForwardCurve:
         return self.points[low] + share * (self.points[high] - self.points[low])
 
 
-def charged_seconds(wall: float, own_tokens: int, batch_rows: int, batch_tokens: int, forward: float) -> float:
+def charged_seconds(wall: float, own_tokens: int, load: Load | None) -> float:
     """The round's wall time, less the part of its forward that verified other rows."""
-    if batch_rows <= 1 or batch_tokens <= own_tokens:
+    if load is None:
         return wall
-    return max(1e-6, wall - forward + forward * own_tokens / batch_tokens)
+    forward = load.forward_seconds
+    return max(1e-6, wall - forward + forward * own_tokens / (own_tokens + load.others))
 
 
 def load_ceiling(curve: ForwardCurve, others: int, max_gamma: int, overhead: float) -> float:

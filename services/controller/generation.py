@@ -15,6 +15,7 @@ import time
 import uuid
 from collections.abc import AsyncIterator
 from dataclasses import dataclass
+from functools import cached_property
 
 import numpy as np
 import structlog
@@ -59,22 +60,21 @@ class Round:
     def service_seconds(self) -> float:
         return self.proposal.compute_seconds + self.verdict.compute_seconds
 
-    @property
+    @cached_property
     def load(self) -> Load | None:
         """The other rows of the forward that verified this round; None when it ran alone."""
-        verdict, own = self.verdict, len(self.proposal.token_ids) + 1
-        if verdict.batch_rows <= 1 or verdict.batch_tokens <= own:
-            return None
-        return Load(verdict.batch_tokens - own, verdict.batch_forward_seconds)
+        verdict = self.verdict
+        return Load.of(self.fed, verdict.batch_rows, verdict.batch_tokens, verdict.batch_forward_seconds)
 
-    @property
+    @cached_property
     def charged_seconds(self) -> float:
         """Wall time less the share of the forward that verified other rows (see batch_cost)."""
-        verdict = self.verdict
-        own = len(self.proposal.token_ids) + 1
-        return charged_seconds(
-            self.wall_seconds, own, verdict.batch_rows, verdict.batch_tokens, verdict.batch_forward_seconds
-        )
+        return charged_seconds(self.wall_seconds, self.fed, self.load)
+
+    @property
+    def fed(self) -> int:
+        """Tokens this round fed the target: its draft and the last committed token."""
+        return len(self.proposal.token_ids) + 1
 
 
 class Generation:

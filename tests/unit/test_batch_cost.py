@@ -6,7 +6,7 @@ from __future__ import annotations
 
 import pytest
 
-from services.controller.batch_cost import ForwardCurve, charged_seconds, load_ceiling
+from services.controller.batch_cost import ForwardCurve, Load, charged_seconds, load_ceiling
 from services.controller.reward import RewardScale
 
 CURVE = [0.050 + 0.002 * k for k in range(16)]  # f(k) for k = 1..16: flat-ish, as a memory-bound CPU forward
@@ -15,13 +15,15 @@ CURVE = [0.050 + 0.002 * k for k in range(16)]  # f(k) for k = 1..16: flat-ish, 
 def test_the_rows_charges_add_up_to_the_forward():
     rows, forward, rpc = [1, 3, 7, 5], 0.2, 0.004
     total = sum(rows)
-    charges = [charged_seconds(forward + rpc, own, len(rows), total, forward) for own in rows]
+    charges = [charged_seconds(forward + rpc, own, Load.of(own, len(rows), total, forward)) for own in rows]
     assert sum(charges) == pytest.approx(forward + len(rows) * rpc)
 
 
 def test_a_lone_round_is_charged_its_wall_time():
-    assert charged_seconds(0.09, own_tokens=7, batch_rows=1, batch_tokens=8, forward=0.08) == 0.09
-    assert charged_seconds(0.09, own_tokens=8, batch_rows=1, batch_tokens=8, forward=0.08) == 0.09
+    for own, rows, tokens in ((7, 1, 8), (8, 1, 8), (8, 2, 8)):  # alone, or beside rows with no tokens
+        load = Load.of(own, batch_rows=rows, batch_tokens=tokens, forward_seconds=0.08)
+        assert load is None
+        assert charged_seconds(0.09, own, load) == 0.09
 
 
 def test_no_load_gives_the_lone_round_ceiling():
