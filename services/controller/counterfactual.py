@@ -111,10 +111,12 @@ class CounterfactualScorer:
         position: int,
         wall: float,
         context: list[int],
+        load: Load | None = None,
     ) -> list[Sample]:
         """Learn from a finished round (arm index `pulled`, None for the fallback; γ as played, its
         draft made at context length `position`; `context` now verified past it) and return the samples
         the verified text decides."""
+        self.costs.load = load  # the round's forward, when other rows shared it: model every arm in it
         drafted = len(proposal.token_ids)
         drafter = f"{arm.service}/{arm.drafter}" if gamma > 0 else None
         self.costs.observe(drafted, wall, drafter, arm.drafter in self.score_drafters.get(arm.service, []))

@@ -243,10 +243,10 @@ class Generation:
     def _learn_counterfactually(self, played: Round, position: int) -> None:
         assert self.scorer is not None
         load = played.load
-        self.scorer.costs.load = load  # unpulled arms are modelled in the same forward
         samples = self.scorer.after_round(
-            played.index, played.arm, played.gamma, played.proposal, position, played.charged_seconds, self.context
-        )
+            played.index, played.arm, played.gamma, played.proposal, position, played.charged_seconds, self.context,
+            load,
+        )  # fmt: skip
         for sample in samples:
             if not self.policy.is_active(sample.arm):
                 continue
