@@ -3,9 +3,6 @@
 from __future__ import annotations
 
 import asyncio
-import os
-import sys
-import threading
 import time
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
@@ -19,6 +16,7 @@ from banditspec.serving import run_server
 from banditspec.v1 import draft_pb2, draft_pb2_grpc
 from services.draft.drafters.base import Drafter, DraftSession, ServiceSettings
 from services.draft.drafters.kinds import KINDS
+from services.draft.model_worker import ModelWorker
 from services.draft.registry import MAX_DRAFT_TOKENS, DrafterRegistry
 from services.draft.specs import DrafterSpec
 
@@ -60,59 +58,19 @@ class DraftServicer(draft_pb2_grpc.DraftServiceServicer):
     def __init__(self, config: DraftConfig) -> None:
         self.config = config
         self.registry = DrafterRegistry(config.max_sessions)
-        # Session and registry updates run on the event loop; model forwards on one worker thread,
-        # loading on another so that a hot swap does not stall traffic.
-        self.worker = ThreadPoolExecutor(max_workers=1, thread_name_prefix="draft-model")
+        # Session and registry updates run on the event loop; model forwards on the model worker (which
+        # batches the proposals waiting for a drafter), loading on another thread so that a hot swap
+        # does not stall traffic.
+        self.models = ModelWorker(self.registry.forget_if_retired)
         self.loader = ThreadPoolExecutor(max_workers=1, thread_name_prefix="draft-loader")
         # Learning from finished outputs (suffix-tree insertion, ~7 ms per 1k tokens) off the event loop.
         self.learner = ThreadPoolExecutor(max_workers=1, thread_name_prefix="draft-learner")
-        # Lookahead (drafting the next round while the target verifies) runs on its own thread at a low CPU
-        # priority, so that it does not take a core from the controller or the target; `model_lock` keeps
-        # it and the worker off the models at the same time. It gives way whenever a worker job is waiting
-        # (before taking the lock and between forwards): a proposal waits for one forward at most.
-        self.ahead_worker = ThreadPoolExecutor(
-            max_workers=1, thread_name_prefix="draft-lookahead", initializer=_low_cpu_priority
-        )
-        self.model_lock = threading.Lock()
-        self.pending_model_jobs = 0  # submitted to the worker, not yet finished or cancelled
-        self.pending_lock = threading.Lock()
 
-    def _model_work_waiting(self) -> bool:
-        return self.pending_model_jobs > 0
-
-    def _locked(self, fn, *args):
-        with self.model_lock:
-            return fn(*args)
-
-    def _job_ended(self, _future) -> None:
-        with self.pending_lock:
-            self.pending_model_jobs -= 1
-
-    async def _on_worker(self, fn, *args):
-        with self.pending_lock:
-            self.pending_model_jobs += 1
-        future = self.worker.submit(self._locked, fn, *args)
-        # Registered before the await's own callback: the count is down before the caller resumes. Runs
-        # on completion and on cancellation (a cancelled RPC cancels a job that has not started) alike.
-        future.add_done_callback(self._job_ended)
-        return await asyncio.wrap_future(future)
-
-    def _propose_on_worker(self, drafter: Drafter, session: DraftSession, num_tokens: int):
-        try:
-            return self.registry.propose(drafter, session, num_tokens)
-        finally:
-            # Here rather than after the await: a cancelled RPC must not leave a retired drafter's state.
-            self.registry.forget_if_retired(drafter, session)
-
-    def _draft_ahead(self, drafter: Drafter, session: DraftSession) -> None:
-        future = self.ahead_worker.submit(self._look_ahead, drafter, session)
-        future.add_done_callback(_log_failure)
-
-    def _look_ahead(self, drafter: Drafter, session: DraftSession) -> None:
-        if self._model_work_waiting():
-            return
-        with self.model_lock:
-            drafter.draft_ahead(session, self._model_work_waiting)
+    def shutdown(self) -> None:
+        """Finish the work queued on the service's threads, then stop them."""
+        self.models.shutdown()
+        self.loader.shutdown(wait=True)
+        self.learner.shutdown(wait=True)
 
     async def _on(self, executor, fn, *args):
         return await asyncio.get_running_loop().run_in_executor(executor, fn, *args)
@@ -124,7 +82,7 @@ class DraftServicer(draft_pb2_grpc.DraftServiceServicer):
         drafter = await self._on(self.loader, build_drafter, spec, self.config.device, self.config.dtype)
         old = self.registry.add(drafter, replace)
         if old is not None:  # on the worker: after any proposal still using it
-            await self._on_worker(old.close)
+            await self.models.run(old.close)
         seconds = time.perf_counter() - start
         log.info("drafter loaded", drafter=spec.name, kind=spec.kind, source=drafter.source, seconds=round(seconds, 2))
         return drafter, seconds
@@ -166,7 +124,7 @@ class DraftServicer(draft_pb2_grpc.DraftServiceServicer):
             vocab_size=drafter.vocab_size,
         )
         if drafter.runs_on_worker:
-            proposal, seconds = await self._on_worker(self._propose_on_worker, drafter, session, request.num_tokens)
+            proposal, seconds = await self.models.propose(drafter, session, request.num_tokens)
             if (
                 drafter.looks_ahead
                 and proposal.token_ids
@@ -174,7 +132,7 @@ class DraftServicer(draft_pb2_grpc.DraftServiceServicer):
                 and self.registry.drafters.get(drafter.name) is drafter
                 and self.registry.sessions.get(request.session_id) is session
             ):
-                self._draft_ahead(drafter, session)
+                self.models.draft_ahead(drafter, session)
         else:  # microseconds of work: a thread hop would cost more, and it must not queue behind a forward
             proposal, seconds = self.registry.propose(drafter, session, request.num_tokens)
         probs = [] if proposal.probs is None else [distributions.encode(row) for row in proposal.probs]
@@ -233,24 +191,9 @@ class DraftServicer(draft_pb2_grpc.DraftServiceServicer):
     @grpc_errors
     async def UnloadDrafter(self, request, context):
         drafter = self.registry.remove(request.name)
-        await self._on_worker(drafter.close)  # after any proposal still using it
+        await self.models.run(drafter.close)  # after any proposal still using it
         log.info("drafter unloaded", drafter=request.name)
         return draft_pb2.UnloadDrafterResponse(unloaded=True)
-
-
-def _low_cpu_priority() -> None:
-    """Nice 10: a core goes to the controller's and the target's wake-ups first, yet a proposal waiting on
-    the lookahead's last forward is not starved (nice 19 gets ~1.5% of a busy core, nice 10 ~10%)."""
-    if sys.platform.startswith("linux"):  # per thread on Linux only (elsewhere it would renice the process)
-        try:
-            os.setpriority(os.PRIO_PROCESS, threading.get_native_id(), 10)
-        except OSError:
-            log.warning("could not lower the lookahead thread's priority")
-
-
-def _log_failure(future) -> None:
-    if not future.cancelled() and future.exception() is not None:
-        log.error("lookahead failed", error=repr(future.exception()))
 
 
 async def serve(config: DraftConfig) -> None:
@@ -266,12 +209,7 @@ async def serve(config: DraftConfig) -> None:
             if drafter.looks_ahead:
                 proposals = getattr(drafter, "proposals", None)  # a model drafter's own count
                 log.info("lookahead", drafter=drafter.name, proposals=proposals, hits=drafter.lookahead_hits)
-        with servicer.pending_lock:
-            servicer.pending_model_jobs += 1  # stops a running lookahead at its next forward
-        servicer.ahead_worker.shutdown(wait=True, cancel_futures=True)
-        servicer.worker.shutdown(wait=True)
-        servicer.loader.shutdown(wait=True)
-        servicer.learner.shutdown(wait=True)
+        servicer.shutdown()
 
     await run_server(
         name="draft",

@@ -438,7 +438,8 @@ async def test_successor_does_not_inherit_state_of_a_proposal_still_queued(tiny_
     try:
         old, _ = await servicer.load(DrafterSpec.parse(f"swap=model:{tiny_models.other}^4"))
         await servicer.Propose(propose(0, prompt), context)
-        servicer.worker.submit(gate.wait)
+        holding = asyncio.create_task(servicer.models.run(gate.wait))
+        await asyncio.sleep(0)  # the hold is on the model thread before the proposal queues
         queued = asyncio.create_task(servicer.Propose(propose(len(prompt), []), context))
         successor = DrafterSpec.parse(f"swap=model:{tiny_models.target}~-1^4")  # always 4 tokens: compare whole drafts
         if how == "replace":
@@ -457,5 +458,5 @@ async def test_successor_does_not_inherit_state_of_a_proposal_still_queued(tiny_
         assert list(response.draft_ids) == reference_greedy(target_model, prompt, 4)
     finally:
         gate.set()
-        servicer.worker.shutdown(wait=True)
-        servicer.loader.shutdown(wait=True)
+        await holding
+        servicer.shutdown()

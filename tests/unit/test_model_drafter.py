@@ -11,6 +11,7 @@ import torch
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
+from banditspec.lean_llama import LeanLlama
 from banditspec.models import load_causal_lm
 from banditspec.sampling import SamplingParams
 from services.draft.drafters.base import DraftSession, ServiceSettings
@@ -225,3 +226,47 @@ def test_drafts_stop_at_the_model_context(tiny_models):
     for room in (2, 1, 0):
         context = [5 + i % 20 for i in range(limit - room)]
         assert len(drafter.propose(DraftSession(context, SamplingParams(), seed=0), 4).token_ids) == room
+
+
+# batching across sessions ----------------------------------------------------------------------------
+
+
+@settings(max_examples=25, deadline=None, suppress_health_check=[HealthCheck.function_scoped_fixture])
+@given(data=st.data())
+def test_batched_proposals_equal_proposals_one_at_a_time(float64_models, data):
+    """Sessions of different lengths, γ, sampling and round outcomes proposed as one batch get what each
+    gets alone: the same tokens, the same q, the same state for the next round."""
+    confidence = data.draw(st.sampled_from(sorted(float64_models)), label="min_confidence")
+    loaded = float64_models[confidence][0].loaded
+    alone = ModelDrafter("d", loaded, min_confidence=confidence)
+    batched = ModelDrafter("d", loaded, min_confidence=confidence)
+    assert isinstance(batched.decoder, LeanLlama)  # the batched forward is what is under test
+    count = data.draw(st.integers(2, 5), label="sessions")
+    pairs = []
+    for index in range(count):
+        prompt = data.draw(st.lists(st.integers(3, 40), min_size=1, max_size=12), label="prompt")
+        sampled = data.draw(st.booleans(), label="sampled")
+        params = SamplingParams(temperature=0.8, top_p=0.9) if sampled else SamplingParams()
+        pairs.append(tuple(DraftSession(list(prompt), params, seed=index, prompt_length=len(prompt)) for _ in "ab"))
+    for _ in range(data.draw(st.integers(1, 4), label="rounds")):
+        gammas = [data.draw(st.integers(0, 6), label="gamma") for _ in pairs]
+        expected = [alone.propose(one, gamma) for (one, _), gamma in zip(pairs, gammas, strict=True)]
+        got = batched.propose_batch([(other, gamma) for (_, other), gamma in zip(pairs, gammas, strict=True)])
+        for want, have in zip(expected, got, strict=True):
+            assert have.token_ids == want.token_ids
+            if want.probs is None:
+                assert have.probs is None
+            else:
+                torch.testing.assert_close(have.probs, want.probs)
+        for (one, other), proposal in zip(pairs, expected, strict=True):
+            accepted = proposal.token_ids[: data.draw(st.integers(0, len(proposal.token_ids)), label="accepted")]
+            bonus = data.draw(st.integers(3, 40), label="bonus")
+            for s in (one, other):
+                s.context.extend([*accepted, bonus])
+
+
+def test_a_batch_names_each_session_once(tiny_models):
+    drafter = ModelDrafter.load("m", str(tiny_models.target), device="cpu", dtype="float32")
+    shared = session()
+    with pytest.raises(ValueError, match="twice"):
+        drafter.propose_batch([(shared, 2), (shared, 3)])

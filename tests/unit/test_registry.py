@@ -135,8 +135,7 @@ async def test_load_drafter_without_options_is_invalid_argument_and_infos_carry_
             "sfx": (draft_pb2.DRAFTER_KIND_SUFFIX, True, True),
         }
     finally:
-        for executor in (servicer.worker, servicer.loader, servicer.learner, servicer.ahead_worker):
-            executor.shutdown(wait=True)
+        servicer.shutdown()
 
 
 # the draft registry ------------------------------------------------------------------------------

@@ -6,6 +6,7 @@ proposal's `probs` is None for a deterministic draft (the verifier then treats i
 
 The service serves a drafter by its capability flags, never by its kind: `runs_on_worker` drafters
 propose on the model worker thread (model-free proposals never queue behind a model forward),
+the sessions waiting for one such drafter propose as one batch (`propose_batch`),
 `vocab_size` bounds the token ids a session may hold, `learns_from_outputs` drafters get `finish(session)`
 when a session is released (the finished text is `session.context[session.prompt_length:]`), and
 `looks_ahead` drafters get `draft_ahead` while the target verifies.
@@ -57,12 +58,16 @@ class Drafter(Protocol):
     # capabilities
     model_free: bool  # no model forward: a proposal costs microseconds, cheap enough to score every round
     vocab_size: int | None  # context ids must be below it (a model's embedding rows); None: any id
-    runs_on_worker: bool  # proposes on the service's model worker thread, one proposal at a time
+    runs_on_worker: bool  # proposes on the service's model worker thread, waiting sessions as one batch
     learns_from_outputs: bool  # `finish` learns from a released session's output
     looks_ahead: bool  # `draft_ahead` drafts the next round while the target verifies
     lookahead_hits: int  # proposals answered from a lookahead so far
 
     def propose(self, session: DraftSession, num_tokens: int) -> Proposal: ...
+
+    def propose_batch(self, requests: list[tuple[DraftSession, int]]) -> list[Proposal]:
+        """`propose` for several distinct sessions at once (runs_on_worker drafters batch their forwards)."""
+        ...
 
     def finish(self, session: DraftSession) -> None:
         """Learn from a released session (learns_from_outputs drafters; the registry calls no other)."""
@@ -84,6 +89,12 @@ class ModelFree:
     learns_from_outputs = False
     looks_ahead = False
     lookahead_hits = 0
+
+    def propose(self, session: DraftSession, num_tokens: int) -> Proposal:
+        raise NotImplementedError
+
+    def propose_batch(self, requests: list[tuple[DraftSession, int]]) -> list[Proposal]:
+        return [self.propose(session, num_tokens) for session, num_tokens in requests]
 
     def finish(self, session: DraftSession) -> None:
         """Nothing to learn."""

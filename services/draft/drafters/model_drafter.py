@@ -26,7 +26,7 @@ from typing import Any, Protocol
 import torch
 from transformers import DynamicCache
 
-from banditspec.lean_llama import LeanCache, LeanLlama, lean_supported
+from banditspec.lean_llama import Feed, LeanCache, LeanLlama, lean_supported
 from banditspec.models import LoadedModel, load_causal_lm
 from banditspec.sampling import probabilities
 from banditspec.tokens import common_prefix_length
@@ -61,10 +61,29 @@ class _ModelState:
     ahead_complete: bool = False
 
 
+@dataclass
+class _Drafting:
+    """One session's proposal while a batch drafts: what it has drafted and what it feeds next."""
+
+    session: DraftSession
+    state: _ModelState | None  # None: nothing to draft (no room left in the model's context)
+    num_tokens: int
+    draft: list[int] = field(default_factory=list)
+    probs: list[torch.Tensor] = field(default_factory=list)  # q of each sampled token
+    feed: list[int] = field(default_factory=list)
+    logits: torch.Tensor | None = None  # after the last token fed
+    done: bool = False
+
+    @property
+    def cache(self) -> Any:
+        assert self.state is not None, "a row with nothing to draft feeds nothing"
+        return self.state.cache
+
+
 class ModelDrafter:
     kind = "model"  # the kind model.py declares (it imports this module, not the other way round)
     model_free = False
-    runs_on_worker = True  # one forward at a time, off the event loop
+    runs_on_worker = True  # off the event loop; the sessions waiting for it propose as one batch
     learns_from_outputs = False
 
     def __init__(
@@ -122,55 +141,79 @@ class ModelDrafter:
             state.cache.crop(-(len(state.cached_ids) - keep))
             del state.cached_ids[keep:]
 
-    @torch.inference_mode()
     def propose(self, session: DraftSession, num_tokens: int) -> Proposal:
+        return self.propose_batch([(session, num_tokens)])[0]
+
+    @torch.inference_mode()
+    def propose_batch(self, requests: list[tuple[DraftSession, int]]) -> list[Proposal]:
+        """Proposals for several sessions (each at most once): every drafting step feeds the rows still
+        drafting as one batched forward, so N sessions cost about one forward per token, not N."""
+        if len({id(session) for session, _ in requests}) != len(requests):
+            raise ValueError("a batch of proposals names a session twice")
+        rows = [self._begin(session, num_tokens) for session, num_tokens in requests]
+        drafting = [row for row in rows if not row.done]
+        while drafting:
+            if len(drafting) == 1 or not isinstance(self.decoder, LeanLlama):
+                logits = [self.decoder.forward(row.feed, row.cache, last_only=True) for row in drafting]
+            else:
+                feeds = [Feed(row.cache, row.feed, "last") for row in drafting]
+                logits = [out for out in self.decoder.forward_batch(feeds) if out is not None]
+            for row, row_logits in zip(drafting, logits, strict=True):
+                self._advance(row, row_logits[-1])
+            drafting = [row for row in drafting if not row.done]
+        return [self._finish(row) for row in rows]
+
+    def _begin(self, session: DraftSession, num_tokens: int) -> _Drafting:
         context = session.context
-        room = self.loaded.max_context - len(context)
-        num_tokens = min(num_tokens, room)
+        num_tokens = min(num_tokens, self.loaded.max_context - len(context))
         held = session.state.get(self.name)
         if held is not None:  # nothing to look ahead from until this proposal drafts
             held.drafted_context = held.next_logits = None
         if num_tokens <= 0:
-            return Proposal([])
+            return _Drafting(session, None, 0, done=True)
         state = self._state(session)
         self.proposals += 1
         state.last_num_tokens = num_tokens
-        sampling = session.sampling
-        draft: list[int] = []
-        rows: list[torch.Tensor] = []
         ahead, state.ahead = state.ahead, []
         if ahead and state.ahead_from == len(context) and state.cached_ids[: len(context)] == context:
             # The lookahead guessed this context: its draft is this proposal's, as far as it goes.
             self.lookahead_hits += 1
             draft = ahead[:num_tokens]
             self._trim(state, len(context) + len(draft) - 1)
-            if len(draft) == num_tokens or state.ahead_complete:
-                state.drafted_context = context + draft
-                return Proposal(draft)
-            feed = [draft[-1]]
-        else:
-            # Keep the cached prefix the context still agrees with; feed at least one token for logits.
-            self._trim(state, min(common_prefix_length(state.cached_ids, context), len(context) - 1))
-            feed = context[len(state.cached_ids) :]
-        logits = None
-        while len(draft) < num_tokens:
-            logits = self.decoder.forward(feed, state.cache, last_only=True)[-1]
-            state.cached_ids.extend(feed)
-            if sampling.greedy:
-                token = int(torch.argmax(logits))
-                if draft and self._unsure(logits, token):
-                    break  # the first token is always drafted: the arm was chosen to draft
-            else:
-                q = probabilities(logits, sampling)
-                token = int(torch.multinomial(q, 1, generator=state.generator))
-                rows.append(q)
-            draft.append(token)
-            feed = [token]
+            done = len(draft) == num_tokens or state.ahead_complete
+            return _Drafting(session, state, num_tokens, draft, feed=[draft[-1]], done=done)
+        # Keep the cached prefix the context still agrees with; feed at least one token for logits.
+        self._trim(state, min(common_prefix_length(state.cached_ids, context), len(context) - 1))
+        return _Drafting(session, state, num_tokens, feed=context[len(state.cached_ids) :])
+
+    def _advance(self, row: _Drafting, logits: torch.Tensor) -> None:
+        """The logits after the row's feed: draft one more token, or stop."""
+        state = row.state
+        assert state is not None
+        state.cached_ids.extend(row.feed)
+        row.logits = logits
+        sampling = row.session.sampling
         if sampling.greedy:
-            state.drafted_context = context + draft
-            # Logits after the whole draft, when the loop computed them (it stopped at an unsure token).
-            state.next_logits = logits if len(state.cached_ids) == len(state.drafted_context) else None
-        return Proposal(draft, torch.stack(rows) if rows else None)
+            token = int(torch.argmax(logits))
+            if row.draft and self._unsure(logits, token):
+                row.done = True  # the first token is always drafted: the arm was chosen to draft
+                return
+        else:
+            q = probabilities(logits, sampling)
+            token = int(torch.multinomial(q, 1, generator=state.generator))
+            row.probs.append(q)
+        row.draft.append(token)
+        row.feed = [token]
+        row.done = len(row.draft) >= row.num_tokens
+
+    def _finish(self, row: _Drafting) -> Proposal:
+        state = row.state
+        if state is not None and row.session.sampling.greedy:
+            state.drafted_context = row.session.context + row.draft
+            # Logits after the whole draft, when drafting computed them (it stopped at an unsure token).
+            fed_all = len(state.cached_ids) == len(state.drafted_context)
+            state.next_logits = row.logits if fed_all else None
+        return Proposal(row.draft, torch.stack(row.probs) if row.probs else None)
 
     @torch.inference_mode()
     def draft_ahead(self, session: DraftSession, preempted: Callable[[], bool]) -> None:

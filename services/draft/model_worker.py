@@ -1,0 +1,155 @@
+"""The draft service's model thread: model drafters' proposals, batched across sessions, and lookahead.
+
+Model forwards run on one worker thread, off the event loop. Proposals for the same drafter that wait
+while the worker is busy run together as one `propose_batch` (one batched forward per drafted token), the
+way the target batches verifications: no wait timer, so a lone proposal starts at once. Lookahead
+(drafting the next round while the target verifies) runs on its own thread at a low CPU priority and
+gives way whenever a proposal is waiting. No gRPC here.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import os
+import sys
+import threading
+import time
+from collections.abc import Callable
+from concurrent.futures import Future, ThreadPoolExecutor
+from dataclasses import dataclass
+from typing import Any, TypeVar
+
+import structlog
+
+from services.draft.drafters.base import Drafter, DraftSession, Proposal
+
+log = structlog.get_logger()
+
+T = TypeVar("T")
+
+
+@dataclass
+class _Waiting:
+    drafter: Drafter
+    session: DraftSession
+    num_tokens: int
+    future: Future  # resolves to (proposal, seconds of the batch it ran in)
+
+
+class ModelWorker:
+    def __init__(self, forget_if_retired: Callable[[Drafter, DraftSession], None]) -> None:
+        # After a proposal: a drafter swapped out while its proposal waited must leave no state behind.
+        self._forget_if_retired = forget_if_retired
+        self._worker = ThreadPoolExecutor(max_workers=1, thread_name_prefix="draft-model")
+        self._ahead = ThreadPoolExecutor(
+            max_workers=1, thread_name_prefix="draft-lookahead", initializer=_low_cpu_priority
+        )
+        self._model_lock = threading.Lock()  # the worker and the lookahead never run a model at once
+        self._lock = threading.Lock()
+        self._pending = 0  # jobs and proposals submitted, not yet finished or cancelled
+        self._waiting: dict[int, list[_Waiting]] = {}  # per drafter (by id: a swap keeps the name), in order
+        self.batches = self.batched_proposals = 0
+
+    def work_waiting(self) -> bool:
+        return self._pending > 0
+
+    async def run(self, fn: Callable[..., T], *args: Any) -> T:
+        """`fn(*args)` on the model thread, after the work already queued there."""
+        future = self._count(self._worker.submit(self._locked, fn, *args))
+        return await asyncio.wrap_future(future)
+
+    async def propose(self, drafter: Drafter, session: DraftSession, num_tokens: int) -> tuple[Proposal, float]:
+        """The proposal and the seconds of the batch it ran in. A cancelled caller's proposal that has not
+        started is dropped from its batch."""
+        future: Future = self._count(Future())
+        with self._lock:
+            queue = self._waiting.setdefault(id(drafter), [])
+            queue.append(_Waiting(drafter, session, num_tokens, future))
+            start_batch = len(queue) == 1  # else a batch job for this drafter is already queued
+        if start_batch:
+            self._worker.submit(self._run_batch, id(drafter))
+        return await asyncio.wrap_future(future)
+
+    def draft_ahead(self, drafter: Drafter, session: DraftSession) -> None:
+        self._ahead.submit(self._look_ahead, drafter, session).add_done_callback(_log_failure)
+
+    def shutdown(self) -> None:
+        with self._lock:
+            self._pending += 1  # stops a running lookahead at its next forward
+        self._ahead.shutdown(wait=True, cancel_futures=True)
+        self._worker.shutdown(wait=True)
+
+    def _count(self, future: Future) -> Future:
+        with self._lock:
+            self._pending += 1
+        # Registered before the awaiting caller's own callback: the count is down before the caller
+        # resumes. Runs on completion and on cancellation alike.
+        future.add_done_callback(self._ended)
+        return future
+
+    def _ended(self, _future: Future) -> None:
+        with self._lock:
+            self._pending -= 1
+
+    def _locked(self, fn: Callable[..., T], *args: Any) -> T:
+        with self._model_lock:
+            return fn(*args)
+
+    def _run_batch(self, key: int) -> None:
+        with self._lock:
+            waiting = self._waiting.pop(key, [])
+        batch: list[_Waiting] = []
+        later: list[_Waiting] = []
+        sessions: set[int] = set()
+        for entry in waiting:
+            if id(entry.session) in sessions:  # one proposal per session per batch
+                later.append(entry)
+            elif entry.future.set_running_or_notify_cancel():  # False: its caller was cancelled
+                sessions.add(id(entry.session))
+                batch.append(entry)
+        if later:
+            with self._lock:
+                queue = self._waiting.setdefault(key, [])
+                queue[:0] = later
+                if len(queue) == len(later):
+                    self._worker.submit(self._run_batch, key)
+        if not batch:
+            return
+        drafter = batch[0].drafter
+        start = time.perf_counter()
+        try:
+            with self._model_lock:
+                proposals = drafter.propose_batch([(entry.session, entry.num_tokens) for entry in batch])
+        except Exception as error:
+            for entry in batch:
+                entry.future.set_exception(error)
+            return
+        finally:
+            for entry in batch:
+                self._forget_if_retired(entry.drafter, entry.session)
+        seconds = time.perf_counter() - start
+        self.batches += 1
+        self.batched_proposals += len(batch)
+        for entry, proposal in zip(batch, proposals, strict=True):
+            entry.future.set_result((proposal, seconds))
+
+    def _look_ahead(self, drafter: Drafter, session: DraftSession) -> None:
+        if self.work_waiting():
+            return
+        with self._model_lock:
+            drafter.draft_ahead(session, self.work_waiting)
+
+
+def _low_cpu_priority() -> None:
+    """Nice 10: a core goes to the controller's and the target's wake-ups first, yet a proposal waiting on
+    the lookahead's last forward is not starved (nice 19 gets ~1.5% of a busy core, nice 10 ~10%)."""
+    if sys.platform.startswith("linux"):  # per thread on Linux only (elsewhere it would renice the process)
+        try:
+            os.setpriority(os.PRIO_PROCESS, threading.get_native_id(), 10)
+        except OSError:
+            log.warning("could not lower the lookahead thread's priority")
+
+
+def _log_failure(future: Future) -> None:
+    if not future.cancelled() and future.exception() is not None:
+        log.error("lookahead failed", error=repr(future.exception()))
