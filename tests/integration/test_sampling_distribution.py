@@ -2,7 +2,9 @@
 
 Two tokens per request over many seeds, through the real stack; the exact distribution of the
 2-token continuation is enumerated from the target model with the same logits → probabilities
-processing; a chi-square test (rare cells pooled) at a fixed significance compares them.
+processing; a chi-square test (rare cells pooled) at a fixed significance compares them. Outputs of
+six tokens (drafts of 3–4 tokens accepted in part, residual samples after a rejection) are checked by
+rank against the target's conditionals (sampling_stats.py), with the check's own power shown.
 """
 
 from __future__ import annotations
@@ -13,7 +15,8 @@ from concurrent.futures import ThreadPoolExecutor
 import numpy as np
 import pytest
 import torch
-from conftest import RPC_TIMEOUT
+from conftest import RPC_TIMEOUT, reference_greedy
+from sampling_stats import RankCounts, biased, rank_counts
 from scipy import stats
 
 from banditspec.sampling import SamplingParams, probabilities
@@ -186,3 +189,113 @@ def test_unseeded_request_reports_the_seed_it_drew_and_replays(generation_stub, 
     request.seed = first.stats.seed
     replay = generation_stub.Generate(request, timeout=RPC_TIMEOUT)
     assert list(replay.token_ids) == list(first.token_ids)
+
+
+# outputs of several tokens: multi-token drafts accepted in part, residual sampling after a rejection ------
+
+LONG = 6  # new tokens per request
+LONG_REQUESTS = 300
+POWER_RUNS = 10
+
+
+def sample_long(stub, prompt, params: SamplingParams, policy, arms, seeds) -> tuple[list[list[int]], Counter]:
+    def one(seed):
+        request = generation_pb2.GenerateRequest(
+            max_new_tokens=LONG,
+            temperature=params.temperature,
+            top_p=params.top_p,
+            top_k=params.top_k,
+            seed=seed,
+            policy=policy,
+            allowed_arms=arms,
+        )
+        request.token_ids.ids.extend(prompt)
+        return stub.Generate(request, timeout=RPC_TIMEOUT)
+
+    with ThreadPoolExecutor(max_workers=6) as pool:
+        responses = list(pool.map(one, seeds))
+    totals = Counter()
+    for response in responses:
+        for arm in response.stats.arms:
+            if arm.arm != "target-only":
+                totals["pulls"] += arm.pulls
+                totals["drafted"] += arm.drafted_tokens
+                totals["accepted"] += arm.accepted_tokens
+                # more accepted than rounds: some round of this request accepted several tokens
+                totals["several accepted"] += arm.accepted_tokens > arm.pulls
+    return [list(r.token_ids) for r in responses], totals
+
+
+LONG_CASES = [
+    # a model draft with q: a rejection at any of 4 positions, then a residual sample
+    pytest.param(SamplingParams(temperature=1.0, top_k=5), generation_pb2.POLICY_FIXED, ["local/near/4"], id="model-q"),
+    # prompt lookup's point-mass drafts of 3 tokens, from a prompt that holds the target's likely continuation
+    pytest.param(SamplingParams(temperature=0.3, top_k=3), generation_pb2.POLICY_FIXED, ["local/pld/3"], id="pld"),
+]
+
+
+@pytest.fixture(scope="module")
+def echo_prompt(target_model) -> list[int]:
+    """Every token but EOS, each followed by the target's greedy choice after it: whatever the target
+    samples, prompt lookup finds it and proposes 3 tokens, the first often the target's likely one."""
+    pairs = []
+    for token in range(1, target_model.config.vocab_size):
+        pairs += [token, *reference_greedy(target_model, [token], 1)]
+    return pairs
+
+
+@pytest.mark.parametrize(("params", "policy", "arms"), LONG_CASES)
+def test_long_sampled_outputs_follow_the_target(
+    generation_stub, target_model, prompt, echo_prompt, params, policy, arms
+):
+    prompt = echo_prompt if arms == ["local/pld/3"] else prompt
+    outputs, totals = sample_long(generation_stub, prompt, params, policy, arms, range(5000, 5000 + LONG_REQUESTS))
+    # Drafts of several tokens, accepted in part: rejections, and rounds that accepted more than one token.
+    assert 0 < totals["accepted"] < totals["drafted"], totals
+    assert totals["drafted"] > 2 * totals["pulls"], totals
+    if arms == ["local/near/4"]:  # point-mass drafts of a random model's text rarely hold for two tokens
+        assert totals["several accepted"] > LONG_REQUESTS // 20, totals
+    counts = rank_counts(target_model, prompt, outputs, params)
+    assert counts.positions > LONG_REQUESTS * LONG // 2
+    pvalue = counts.pvalue()
+    assert pvalue > SIGNIFICANCE, f"p = {pvalue:.2e}; by rank observed {counts.observed}, expected {counts.expected}"
+
+
+def simulated_counts(model, prompt, params, eos: int, bias: float, generator: torch.Generator) -> RankCounts:
+    """Rank counts of LONG_REQUESTS outputs drawn from the target's conditionals, each moved by `bias` in
+    total variation (0: exact sampling), counted against the exact ones: the long test's data, simulated."""
+    counts = RankCounts()
+    sequences = torch.tensor([prompt] * LONG_REQUESTS)
+    alive = [True] * LONG_REQUESTS
+    with torch.inference_mode():
+        for _ in range(LONG):
+            logits = model(sequences).logits[:, -1]
+            drawn = []
+            for row in range(LONG_REQUESTS):
+                probs = probabilities(logits[row], params)
+                token = int(torch.multinomial(biased(probs, bias) if bias else probs, 1, generator=generator))
+                if alive[row]:
+                    counts.add(probs, token)
+                    alive[row] = token != eos
+                drawn.append(token)
+            sequences = torch.cat([sequences, torch.tensor(drawn)[:, None]], dim=1)
+    return counts
+
+
+@pytest.mark.parametrize("params", [case.values[0] for case in LONG_CASES], ids=[case.id for case in LONG_CASES])
+def test_long_check_has_the_power_to_matter(target_model, tiny_tokenizer, prompt, echo_prompt, params):
+    """With the long test's sample size, exact sampling passes and a bias of total variation 0.05 per token
+    (mass moved from the target's top token to its second) is caught in most runs."""
+    generator = torch.Generator().manual_seed(0)
+    eos = tiny_tokenizer.eos_token_id
+    prompt = echo_prompt if params.top_k == 3 else prompt
+    passed = sum(
+        simulated_counts(target_model, prompt, params, eos, 0.0, generator).pvalue() > SIGNIFICANCE
+        for _ in range(POWER_RUNS)
+    )
+    caught = sum(
+        simulated_counts(target_model, prompt, params, eos, 0.05, generator).pvalue() < SIGNIFICANCE
+        for _ in range(POWER_RUNS)
+    )
+    assert passed >= POWER_RUNS - 1, passed
+    assert caught >= 0.8 * POWER_RUNS, f"caught {caught} of {POWER_RUNS}"
