@@ -12,11 +12,15 @@ round trip, whose `options` field names the kind.
 
 from __future__ import annotations
 
+import re
 from dataclasses import dataclass
 
 from banditspec.v1 import draft_pb2
 from services.draft.drafters.base import Drafter, DrafterOptions, ServiceSettings
 from services.draft.drafters.kinds import KINDS
+
+# A drafter's name is part of its arms' names (SERVICE/DRAFTER/γ), of logs and of metric labels.
+NAME = re.compile(r"[A-Za-z0-9][A-Za-z0-9_.-]{0,63}")
 
 _USAGES = [kind.usage for kind in KINDS.values()]
 USAGE = ", ".join(_USAGES[:-1]) + " or " + _USAGES[-1] if len(_USAGES) > 1 else _USAGES[0]
@@ -33,6 +37,10 @@ class DrafterSpec:
     def __post_init__(self) -> None:
         if not self.name:
             raise ValueError("a drafter needs a name")
+        if not NAME.fullmatch(self.name):
+            raise ValueError(
+                f"drafter name {self.name!r}: use 1-64 letters, digits, '_', '.' or '-', starting with a letter or digit"
+            )
         kind = KINDS.get(self.kind)
         if kind is None:
             raise ValueError(f"unknown drafter kind {self.kind!r}; expected one of {', '.join(KINDS)}")

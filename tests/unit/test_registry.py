@@ -221,3 +221,11 @@ def test_a_rejected_sync_leaves_the_session_as_it_was():
     assert registry.sync("s", 4, [3, 49], SamplingParams(), 0, vocab_size=50).context == [1, 2, 1, 2, 3, 49]
     with pytest.raises(InvalidArgument, match="at most 8 tokens"):
         registry.sync("t", 0, list(range(9)), SamplingParams(), 0)
+
+
+@pytest.mark.parametrize("name", ["a/b", "", "-x", "x y", "tab\t", "é", "x" * 65, "9\x83"])
+def test_drafter_names_that_would_break_arm_names_or_logs_are_refused(name):
+    with pytest.raises(ValueError):
+        DrafterSpec.parse(f"{name}=prompt_lookup")
+    with pytest.raises(ValueError):
+        DrafterSpec.from_pb(draft_pb2.LoadDrafterRequest(name=name, prompt_lookup=draft_pb2.PromptLookupOptions()))
