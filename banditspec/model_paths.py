@@ -5,13 +5,37 @@ from __future__ import annotations
 
 from pathlib import Path
 
-from banditspec.default_model import ensure_default_model
+from banditspec.cache import cache_dir
+from banditspec.default_model import default_model_dir, ensure_default_model
 from banditspec.overlays import is_overlay, materialize
 
 DEFAULT = "default"
 MODELS_DIR = Path(__file__).resolve().parents[1] / "models"
 PYDOCS_DIR = MODELS_DIR / "pydocs"
 SMOLLM2_DRAFTS_DIR = MODELS_DIR / "smollm2"
+
+
+def default_model_roots() -> list[Path]:
+    """Where a draft service loads drafters from when no --model-root is given: the shipped models and
+    the model cache (the converted default checkpoint)."""
+    return [MODELS_DIR, cache_dir() / "models"]
+
+
+def is_model_name(path: str | None) -> bool:
+    """A name (default, pydocs[:MEMBER], smollm2:DRAFT) rather than a path."""
+    return path in (None, "", DEFAULT, "pydocs") or str(path).startswith(("pydocs:", "smollm2:"))
+
+
+def model_location(path: str | None) -> Path:
+    """Where a model name or path lives on disk, without building or converting anything (for checking it
+    against the model roots before loading)."""
+    if path is None or path in ("", DEFAULT):
+        return default_model_dir()
+    if path == "pydocs" or path.startswith("pydocs:"):
+        return PYDOCS_DIR / (path.partition(":")[2] or "target")
+    if path.startswith("smollm2:"):
+        return SMOLLM2_DRAFTS_DIR / path.partition(":")[2]
+    return Path(path)
 
 
 def resolve_model_path(path: str | None) -> Path:

@@ -11,7 +11,9 @@ specs without them. `ModelDrafter` (model_drafter.py) is imported when a drafter
 
 from __future__ import annotations
 
-from dataclasses import dataclass
+from collections.abc import Sequence
+from dataclasses import dataclass, replace
+from pathlib import Path
 from typing import Any, Self
 
 from banditspec.v1 import draft_pb2
@@ -69,6 +71,19 @@ class ModelDrafterOptions:
             min_confidence=self.min_confidence,
             lookahead_tokens=self.lookahead_tokens,
         )
+
+    def confined(self, roots: Sequence[Path]) -> Self:
+        """These options with the model's path checked against the model roots (OutsideModelRoots
+        otherwise): a path becomes its resolved form, so what is loaded is what was checked; a name
+        (default, pydocs:..., smollm2:...) stays a name, its directory checked."""
+        from banditspec.model_paths import is_model_name, model_location
+        from banditspec.security import OutsideModelRoots, confine
+
+        try:
+            resolved = confine(model_location(self.model_path), roots)
+        except OutsideModelRoots as error:
+            raise OutsideModelRoots(self.model_path) from error
+        return self if is_model_name(self.model_path) else replace(self, model_path=str(resolved))
 
     def build(self, name: str, settings: ServiceSettings) -> Drafter:
         from banditspec.model_paths import resolve_model_path
