@@ -168,9 +168,11 @@ class ServerSecurity:
     api_key: str | None = field(default=None, repr=False)
     max_receive_bytes: int = 64 * 1024 * 1024
 
-    def describe(self, host: str) -> dict[str, object]:
+    def describe(self, host: str, has_admin: bool = True) -> dict[str, object]:
         """For the start-up log line: what is on, never a secret."""
-        if self.admin_token:
+        if not has_admin:
+            admin = "none"
+        elif self.admin_token:
             admin = "token"
         elif is_loopback(host):
             admin = "open (loopback)"

@@ -64,13 +64,12 @@ async def run_server(
         await health.set(service, health_pb2.HealthCheckResponse.NOT_SERVING)
     await server.start()
     address = f"{host}:{bound}"
-    log.info("listening, loading", server=name, address=address, **security.describe(host))
+    has_admin = any(method.startswith(f"/{s}/") for s in service_names for method in policy.admin_methods)
+    log.info("listening, loading", server=name, address=address, **security.describe(host, has_admin))
     if not is_loopback(host):
         if security.tls is None:
             log.warning("plaintext on a non-loopback address: anyone on the network can call it", server=name)
-        if security.admin_token is None and any(
-            m.startswith(f"/{s}/") for s in service_names for m in policy.admin_methods
-        ):
+        if security.admin_token is None and has_admin:
             log.warning(
                 "admin RPCs are refused: no admin token (BANDITSPEC_ADMIN_TOKEN or --admin-token-file)", server=name
             )
