@@ -233,6 +233,23 @@ def test_the_drafters_command_speaks_tls_and_sends_the_admin_token(secure_stack,
     assert ADMIN_TOKEN not in loaded.stdout + loaded.stderr + unloaded.stdout + unloaded.stderr
 
 
+def test_the_generate_command_speaks_tls_and_sends_the_api_key(secure_stack, certs, secrets_dir):
+    command = [sys.executable, "-m", "banditspec.cli", "generate", "the cat sat", "--max-new-tokens", "4", "--json"]
+    command += ["--controller", secure_stack.address("controller"), "--tls-ca", str(certs.ca)]
+    env = {k: v for k, v in os.environ.items() if k not in (ADMIN_TOKEN_ENV, API_KEY_ENV)}
+    refused = subprocess.run(command, capture_output=True, text=True, timeout=RPC_TIMEOUT, env=env)
+    assert refused.returncode != 0 and "UNAUTHENTICATED" in refused.stderr
+    answered = subprocess.run(
+        [*command, "--api-key-file", str(secrets_dir / "api-key")],
+        capture_output=True,
+        text=True,
+        timeout=RPC_TIMEOUT,
+        env=env,
+    )
+    assert answered.returncode == 0, answered.stderr
+    assert len(json.loads(answered.stdout)["token_ids"]) == 4
+
+
 # model roots -----------------------------------------------------------------------------------
 
 
