@@ -17,8 +17,11 @@ from pathlib import Path
 from typing import Any
 
 import grpc
+import structlog
 
 from banditspec.errors import PermissionDenied
+
+log = structlog.get_logger()
 
 ADMIN_TOKEN_ENV = "BANDITSPEC_ADMIN_TOKEN"
 API_KEY_ENV = "BANDITSPEC_API_KEY"
@@ -51,6 +54,8 @@ def read_secret(env: str, file: str | None) -> str | None:
     if file:
         try:
             text = Path(file).read_text().strip()
+            if Path(file).stat().st_mode & 0o077:
+                log.warning("the token file is readable by other users; chmod 600 it", file=file)
         except OSError as error:
             raise SystemExit(f"cannot read the token file {file}: {error.strerror}") from error
         if not text:

@@ -78,6 +78,8 @@ def secrets_dir(tmp_path_factory) -> Path:
     directory = tmp_path_factory.mktemp("secrets")
     (directory / "admin-token").write_text(ADMIN_TOKEN + "\n")
     (directory / "api-key").write_text(API_KEY + "\n")
+    for name in ("admin-token", "api-key"):
+        (directory / name).chmod(0o600)
     return directory
 
 
