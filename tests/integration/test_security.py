@@ -177,9 +177,9 @@ def test_client_rpcs_need_the_api_key_and_probes_do_not(secure_stack, certs):
     with channel:
         missing = rpc_error(stub.ListArms, generation_pb2.ListArmsRequest())
         assert missing.code() == grpc.StatusCode.UNAUTHENTICATED
-        wrong = rpc_error(stub.ListArms, generation_pb2.ListArmsRequest(), metadata=bearer_metadata("guess"))
+        wrong = rpc_error(stub.ListArms, generation_pb2.ListArmsRequest(), metadata=bearer_metadata("wrong-key-93"))
         assert wrong.code() == grpc.StatusCode.PERMISSION_DENIED
-        assert "guess" not in wrong.details() and API_KEY not in wrong.details()
+        assert "wrong-key-93" not in wrong.details() and API_KEY not in wrong.details()
         stream = stub.GenerateStream(generation_pb2.GenerateRequest(text="the cat", max_new_tokens=4), timeout=30)
         with pytest.raises(grpc.RpcError) as caught:
             list(stream)
@@ -305,6 +305,16 @@ def test_an_oversize_request_is_resource_exhausted(secure_stack, certs):
         error = rpc_error(stub.Generate, request, metadata=bearer_metadata(API_KEY))
     assert error.code() == grpc.StatusCode.RESOURCE_EXHAUSTED
     assert "larger than max" in error.details()
+
+
+def test_no_secret_reaches_the_logs(secure_stack):
+    """After every call above (right, wrong and missing tokens): the services' logs name no secret."""
+    logs = {path.name: path.read_text() for path in sorted(secure_stack.log_dir.glob("*.log"))}
+    assert set(logs) == {"target.log", "draft.log", "controller.log"}
+    assert '"admin_rpcs": "token"' in logs["draft.log"] or "admin_rpcs=token" in logs["draft.log"]
+    for name, text in logs.items():
+        assert ADMIN_TOKEN not in text and API_KEY not in text, name
+        assert "wrong-key-93" not in text and "not-the-token" not in text, name
 
 
 # a service exposed without an admin token --------------------------------------------------------
