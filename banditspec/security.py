@@ -236,15 +236,13 @@ def _check_token(given: str | None, expected: str, what: str) -> Denial | None:
 
 
 def _denied(handler: grpc.RpcMethodHandler, code: grpc.StatusCode, details: str) -> grpc.RpcMethodHandler:
-    """A handler of the same shape as `handler` that only refuses the call."""
+    """A handler of the same shape as `handler` that only refuses the call (without parsing the request:
+    an unauthenticated payload is never deserialized)."""
 
     async def refuse(request: Any, context: grpc.aio.ServicerContext) -> None:
         await context.abort(code, details)
 
-    kwargs = {
-        "request_deserializer": handler.request_deserializer,
-        "response_serializer": handler.response_serializer,
-    }
+    kwargs = {"request_deserializer": None, "response_serializer": handler.response_serializer}
     if handler.request_streaming and handler.response_streaming:
         return grpc.stream_stream_rpc_method_handler(refuse, **kwargs)
     if handler.request_streaming:
