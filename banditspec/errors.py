@@ -33,6 +33,10 @@ class AlreadyExists(ServiceError):
     code = grpc.StatusCode.ALREADY_EXISTS
 
 
+class PermissionDenied(ServiceError):
+    code = grpc.StatusCode.PERMISSION_DENIED
+
+
 class OutOfRange(ServiceError):
     code = grpc.StatusCode.OUT_OF_RANGE
 

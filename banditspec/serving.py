@@ -1,4 +1,5 @@
-"""What every banditspec server shares: health, reflection, readiness, graceful shutdown."""
+"""What every banditspec server shares: health, reflection, readiness, graceful shutdown, and its
+security settings (TLS, credentials, the message limit; banditspec.security)."""
 
 from __future__ import annotations
 
@@ -14,13 +15,12 @@ from grpc_health.v1 import health_pb2, health_pb2_grpc
 from grpc_health.v1._async import HealthServicer
 from grpc_reflection.v1alpha import reflection
 
+from banditspec.channels import CHANNEL_OPTIONS, MAX_MESSAGE_BYTES
+from banditspec.security import AuthInterceptor, AuthPolicy, ServerSecurity, is_loopback
+
 log = structlog.get_logger()
 
-MAX_MESSAGE_BYTES = 64 * 1024 * 1024
-CHANNEL_OPTIONS = [
-    ("grpc.max_send_message_length", MAX_MESSAGE_BYTES),
-    ("grpc.max_receive_message_length", MAX_MESSAGE_BYTES),
-]
+__all__ = ["CHANNEL_OPTIONS", "MAX_MESSAGE_BYTES", "run_server"]
 
 
 async def run_server(
@@ -34,10 +34,19 @@ async def run_server(
     close: Callable[[], Awaitable[None]] | None = None,
     ready_file: str | None = None,
     grace_seconds: float = 10.0,
+    security: ServerSecurity | None = None,
 ) -> None:
     """Bind first and report NOT_SERVING while `load` runs, then SERVING until SIGINT/SIGTERM."""
     service_names = list(service_names)
-    server = grpc.aio.server(options=CHANNEL_OPTIONS)
+    security = security or ServerSecurity()
+    policy = AuthPolicy(host, admin_token=security.admin_token, api_key=security.api_key)
+    server = grpc.aio.server(
+        options=[
+            ("grpc.max_send_message_length", MAX_MESSAGE_BYTES),
+            ("grpc.max_receive_message_length", security.max_receive_bytes),
+        ],
+        interceptors=[] if policy.is_open else [AuthInterceptor(policy)],
+    )
     health = HealthServicer()
     health_pb2_grpc.add_HealthServicer_to_server(health, server)
     register(server)
@@ -45,14 +54,25 @@ async def run_server(
         [*service_names, health_pb2.DESCRIPTOR.services_by_name["Health"].full_name, reflection.SERVICE_NAME],
         server,
     )
-    bound = server.add_insecure_port(f"{host}:{port}")
+    if security.tls is None:
+        bound = server.add_insecure_port(f"{host}:{port}")
+    else:
+        bound = server.add_secure_port(f"{host}:{port}", security.tls.credentials())
     if bound == 0:
         raise SystemExit(f"{name}: cannot bind {host}:{port}")
     for service in ["", *service_names]:
         await health.set(service, health_pb2.HealthCheckResponse.NOT_SERVING)
     await server.start()
     address = f"{host}:{bound}"
-    log.info("listening, loading", server=name, address=address)
+    has_admin = any(method.startswith(f"/{s}/") for s in service_names for method in policy.admin_methods)
+    log.info("listening, loading", server=name, address=address, **security.describe(host, has_admin))
+    if not is_loopback(host):
+        if security.tls is None:
+            log.warning("plaintext on a non-loopback address: anyone on the network can call it", server=name)
+        if security.admin_token is None and has_admin:
+            log.warning(
+                "admin RPCs are refused: no admin token (BANDITSPEC_ADMIN_TOKEN or --admin-token-file)", server=name
+            )
 
     stop = asyncio.Event()
     loop = asyncio.get_running_loop()

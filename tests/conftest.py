@@ -229,6 +229,15 @@ TWO_GAMMAS = ["--model-free-gammas", "3,6", "--model-gammas", "2,4"]
 CPU_ARGS = ["--device", "cpu", "--dtype", "float32"]
 
 
+def model_root_args(tmp_path_factory, model) -> list[str]:
+    """LoadDrafter reads only under the draft service's model roots: tests load the tiny models (beside
+    the target checkpoint) and files they write under pytest's temporary directory."""
+    roots = [tmp_path_factory.getbasetemp()]
+    if Path(str(model)).is_absolute():
+        roots.append(Path(str(model)).parent)
+    return [f"--model-root={root}" for root in roots]
+
+
 @contextmanager
 def local_stack(
     tmp_path_factory,
@@ -239,6 +248,8 @@ def local_stack(
     service_args=(),
     startup_timeout=300,
     target_args=("--verify-padding", "off"),
+    draft_args=(),
+    client_tls=None,
 ):
     """target + draft service + controller as processes on loopback (CPU, float32), controller on a free
     port; prints the services' logs when they fail to start, and stops them all afterwards. Verify
@@ -251,10 +262,11 @@ def local_stack(
         drafters=list(drafters),
         controller_port=0,
         extra_target_args=[*CPU_ARGS, *service_args, *target_args],
-        extra_draft_args=[*CPU_ARGS, *service_args],
+        extra_draft_args=[*CPU_ARGS, *service_args, *model_root_args(tmp_path_factory, model), *draft_args],
         extra_controller_args=list(controller_args),
         log_dir=log_dir,
         startup_timeout=startup_timeout,
+        client_tls=client_tls,
     )
     try:
         stack.start()

@@ -30,6 +30,7 @@ import torch
 from banditspec.bench.config import FAMILIES
 from banditspec.bench.machine import machine
 from banditspec.bench.workload import Prompt, load_prompts, render_prompts
+from banditspec.channels import open_channel
 from banditspec.cli.launcher import LocalStack
 from banditspec.model_paths import resolve_model_path
 from banditspec.policy_names import DEFAULT_POLICY, POLICY_WIRE_VALUES
@@ -116,7 +117,7 @@ def run_clients(
     start_line = threading.Barrier(len(assignments) + 1)
 
     def client(index: int) -> None:
-        with grpc.insecure_channel(address) as channel:
+        with open_channel(address) as channel:
             stub = generation_pb2_grpc.GenerationServiceStub(channel)
             grpc.channel_ready_future(channel).result(timeout=30)
             start_line.wait()
@@ -304,7 +305,7 @@ def main(argv: list[str] | None = None) -> int:
         log_dir=out / "logs",
     ) as stack:
         address = stack.address("controller")
-        with grpc.insecure_channel(address) as channel:
+        with open_channel(address) as channel:
             stub = generation_pb2_grpc.GenerationServiceStub(channel)
             arms = [arm.name for arm in stub.ListArms(generation_pb2.ListArmsRequest(), timeout=30).arms]
             stream_request(stub, prompts[0], 8, args.policy, [], args.timeout)  # warm-up

@@ -21,6 +21,7 @@ from banditspec.bench.methods import (
     stack_methods,
 )
 from banditspec.bench.workload import Prompt
+from banditspec.channels import open_channel
 from banditspec.cli.launcher import LocalStack
 from banditspec.model_paths import resolve_model_path
 from banditspec.tokens import common_prefix_length
@@ -62,7 +63,7 @@ def run_dtype(config: BenchConfig, dtype: str, prompts: list[Prompt], log) -> di
         extra_draft_args=device_args,
         log_dir=config.log_dir / dtype,
     )
-    with stack, grpc.insecure_channel(stack.address("controller")) as channel:
+    with stack, open_channel(stack.address("controller")) as channel:
         stub = generation_pb2_grpc.GenerationServiceStub(channel)
         arms = list_arms(stub, timeout=30)
         log(f"[{dtype}] arms: {', '.join(arms)}")

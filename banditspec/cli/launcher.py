@@ -16,6 +16,9 @@ from pathlib import Path
 import grpc
 from grpc_health.v1 import health_pb2, health_pb2_grpc
 
+from banditspec.channels import open_channel
+from banditspec.security import ClientTLS
+
 
 @dataclass
 class Service:
@@ -42,6 +45,7 @@ class LocalStack:
     extra_controller_args: list[str] = field(default_factory=list)
     log_dir: Path | None = None
     startup_timeout: float = 600.0
+    client_tls: ClientTLS | None = None  # for the health checks, when the services serve TLS
     services: list[Service] = field(default_factory=list)
     _workdir: Path | None = None
 
@@ -76,7 +80,7 @@ class LocalStack:
                 raise RuntimeError(f"{service.name} exited with status {service.process.returncode} while starting")
             if service.ready_file.exists():
                 service.address = json.loads(service.ready_file.read_text())["address"]
-                wait_healthy(service.address, timeout=30)
+                wait_healthy(service.address, timeout=30, tls=self.client_tls)
                 return service.address
             time.sleep(0.1)
         raise TimeoutError(f"{service.name} did not become ready in {self.startup_timeout:.0f}s")
@@ -145,9 +149,9 @@ class LocalStack:
         self.stop()
 
 
-def wait_healthy(address: str, timeout: float) -> None:
+def wait_healthy(address: str, timeout: float, tls: ClientTLS | None = None) -> None:
     deadline = time.monotonic() + timeout
-    with grpc.insecure_channel(address) as channel:
+    with open_channel(address, tls) as channel:
         stub = health_pb2_grpc.HealthStub(channel)
         while True:
             try:

@@ -22,11 +22,44 @@ def _ints(text: str) -> list[int]:
     return [int(x) for x in text.split(",") if x.strip()] if text else []
 
 
-def _service_args(parser: argparse.ArgumentParser, port: int) -> None:
+def _service_args(parser: argparse.ArgumentParser, port: int, max_message_mib: int) -> None:
     parser.add_argument("--host", default="127.0.0.1")
     parser.add_argument("--port", type=int, default=port, help="0 picks a free port")
     parser.add_argument("--ready-file", help="write the bound address here once SERVING")
     parser.add_argument("--log-level", default=None)
+    parser.add_argument("--tls-cert", help="serve TLS with this certificate (PEM; with --tls-key)")
+    parser.add_argument("--tls-key", help="the private key of --tls-cert (PEM)")
+    parser.add_argument("--tls-client-ca", help="mutual TLS: require client certificates signed by this CA (PEM)")
+    parser.add_argument(
+        "--max-message-mib", type=int, default=max_message_mib,
+        help=f"largest request message accepted, MiB (default {max_message_mib}); larger: RESOURCE_EXHAUSTED",
+    )  # fmt: skip
+
+
+def _client_tls_args(parser: argparse.ArgumentParser, what: str) -> None:
+    parser.add_argument("--tls-ca", help=f"connect to the {what} over TLS, trusting this CA (PEM)")
+    parser.add_argument("--tls-cert", help="mutual TLS: this client certificate (PEM; with --tls-key)")
+    parser.add_argument("--tls-key", help="the private key of --tls-cert (PEM)")
+
+
+def _client_tls(args: argparse.Namespace):
+    from banditspec.security import ClientTLS
+
+    # `demo` calls the stack it started, without these flags
+    return ClientTLS.from_flags(*(getattr(args, flag, None) for flag in ("tls_ca", "tls_cert", "tls_key")))
+
+
+def _server_security(args: argparse.Namespace, admin_token: str | None = None, api_key: str | None = None):
+    from banditspec.security import ServerSecurity, ServerTLS
+
+    if args.max_message_mib < 1:
+        sys.exit("error: --max-message-mib must be at least 1")
+    return ServerSecurity(
+        tls=ServerTLS.from_flags(args.tls_cert, args.tls_key, args.tls_client_ca),
+        admin_token=admin_token,
+        api_key=api_key,
+        max_receive_bytes=args.max_message_mib * 1024 * 1024,
+    )
 
 
 def cmd_serve_target(args: argparse.Namespace) -> None:
@@ -47,6 +80,7 @@ def cmd_serve_target(args: argparse.Namespace) -> None:
                 port=args.port,
                 ready_file=args.ready_file,
                 verify_padding=args.verify_padding == "auto",
+                security=_server_security(args),
                 **{  # unset: the engine's defaults (the CLI does not import torch to learn them)
                     key: value
                     for key, value in (
@@ -61,6 +95,7 @@ def cmd_serve_target(args: argparse.Namespace) -> None:
 
 
 def cmd_serve_draft(args: argparse.Namespace) -> None:
+    from banditspec.security import ADMIN_TOKEN_ENV, read_secret
     from services.draft.server import DraftConfig, serve
 
     asyncio.run(
@@ -73,6 +108,8 @@ def cmd_serve_draft(args: argparse.Namespace) -> None:
                 host=args.host,
                 port=args.port,
                 ready_file=args.ready_file,
+                security=_server_security(args, admin_token=read_secret(ADMIN_TOKEN_ENV, args.admin_token_file)),
+                model_roots=[Path(root) for root in args.model_root] if args.model_root else None,
             )
         )
     )
@@ -96,6 +133,7 @@ def _model_free_gammas(args: argparse.Namespace) -> str:
 
 
 def cmd_serve_controller(args: argparse.Namespace) -> None:
+    from banditspec.security import API_KEY_ENV, ClientTLS, read_secret
     from services.controller.server import ControllerConfig, serve
 
     asyncio.run(
@@ -116,6 +154,8 @@ def cmd_serve_controller(args: argparse.Namespace) -> None:
                 max_queued=args.max_queued,
                 warm_start=args.warm_start == "on",
                 ready_file=args.ready_file,
+                security=_server_security(args, api_key=read_secret(API_KEY_ENV, args.api_key_file)),
+                upstream_tls=ClientTLS.from_flags(args.upstream_tls_ca, args.upstream_tls_cert, args.upstream_tls_key),
             )
         )
     )
@@ -132,6 +172,7 @@ def _stack(args: argparse.Namespace):
         drafters=args.drafter or list(DEFAULT_DRAFTERS),
         controller_port=args.port,
         extra_target_args=target_args,
+        extra_draft_args=[f"--model-root={root}" for root in args.model_root or []],
         extra_controller_args=["--policy", args.policy],
     )
 
@@ -180,6 +221,8 @@ def _generate(args: argparse.Namespace) -> None:
     import grpc
     from google.protobuf import json_format
 
+    from banditspec.channels import open_channel
+    from banditspec.security import API_KEY_ENV, bearer_metadata, read_secret
     from banditspec.v1 import generation_pb2, generation_pb2_grpc
 
     request = generation_pb2.GenerateRequest(max_new_tokens=args.max_new_tokens, stop=args.stop or [])
@@ -198,11 +241,12 @@ def _generate(args: argparse.Namespace) -> None:
     if args.policy_override:
         request.policy = POLICY_WIRE_VALUES[args.policy_override]  # type: ignore[assignment]  # an enum int
     request.allowed_arms.extend(args.arm or [])
-    with grpc.insecure_channel(args.controller) as channel:
+    metadata = bearer_metadata(read_secret(API_KEY_ENV, getattr(args, "api_key_file", None)))
+    with open_channel(args.controller, _client_tls(args)) as channel:
         stub = generation_pb2_grpc.GenerationServiceStub(channel)
         try:
             if args.json:
-                response = stub.Generate(request, timeout=args.timeout)
+                response = stub.Generate(request, timeout=args.timeout, metadata=metadata)
                 print(
                     json_format.MessageToJson(
                         response, preserving_proto_field_name=True, always_print_fields_with_no_presence=True
@@ -210,7 +254,7 @@ def _generate(args: argparse.Namespace) -> None:
                 )
                 return
             final = None
-            for message in stub.GenerateStream(request, timeout=args.timeout):
+            for message in stub.GenerateStream(request, timeout=args.timeout, metadata=metadata):
                 if message.HasField("round"):
                     print(message.round.text, end="", flush=True)
                 else:
@@ -241,10 +285,13 @@ def _print_stats(response) -> None:
 def cmd_drafters(args: argparse.Namespace) -> None:
     import grpc
 
+    from banditspec.channels import open_channel
+    from banditspec.security import ADMIN_TOKEN_ENV, bearer_metadata, read_secret
     from banditspec.v1 import draft_pb2, draft_pb2_grpc
     from services.draft.specs import DrafterSpec
 
-    with grpc.insecure_channel(args.draft) as channel:
+    metadata = bearer_metadata(read_secret(ADMIN_TOKEN_ENV, args.admin_token_file))
+    with open_channel(args.draft, _client_tls(args)) as channel:
         stub = draft_pb2_grpc.DraftServiceStub(channel)
         try:
             if args.action == "list":
@@ -253,10 +300,12 @@ def cmd_drafters(args: argparse.Namespace) -> None:
                     print(f"{d.name:<16}{draft_pb2.DrafterKind.Name(d.kind):<30}{d.device:<8}{d.source}{hits}")
             elif args.action == "load":
                 spec = DrafterSpec.parse(args.spec)
-                response = stub.LoadDrafter(spec.to_pb(replace=args.replace), timeout=args.timeout)
+                response = stub.LoadDrafter(spec.to_pb(replace=args.replace), timeout=args.timeout, metadata=metadata)
                 print(f"loaded {response.drafter.name} in {response.load_seconds:.2f}s")
             else:
-                stub.UnloadDrafter(draft_pb2.UnloadDrafterRequest(name=args.spec), timeout=args.timeout)
+                stub.UnloadDrafter(
+                    draft_pb2.UnloadDrafterRequest(name=args.spec), timeout=args.timeout, metadata=metadata
+                )
                 print(f"unloaded {args.spec}")
         except grpc.RpcError as error:
             sys.exit(f"error: {error.code().name}: {error.details()}")
@@ -357,7 +406,7 @@ def build_parser() -> argparse.ArgumentParser:
         default="auto",
         help="auto: pad a verify to a longer forward where the measured one is cheaper",
     )
-    _service_args(target, 50051)
+    _service_args(target, 50051, max_message_mib=64)
     target.set_defaults(func=cmd_serve_target)
 
     draft = sub.add_parser("serve-draft", help="run a draft service")
@@ -367,7 +416,15 @@ def build_parser() -> argparse.ArgumentParser:
     draft.add_argument("--device", default="auto")
     draft.add_argument("--dtype", default="auto")
     draft.add_argument("--max-sessions", type=int, default=256)
-    _service_args(draft, 50052)
+    draft.add_argument(
+        "--model-root", action="append",
+        help="LoadDrafter reads model and datastore files only under this directory; repeatable "
+        "(default: the shipped models/ and the model cache)",
+    )  # fmt: skip
+    draft.add_argument(
+        "--admin-token-file", help="admin token for LoadDrafter/UnloadDrafter (or $BANDITSPEC_ADMIN_TOKEN)"
+    )
+    _service_args(draft, 50052, max_message_mib=64)
     draft.set_defaults(func=cmd_serve_draft)
 
     controller = sub.add_parser("serve-controller", help="run the controller clients call")
@@ -394,7 +451,11 @@ def build_parser() -> argparse.ArgumentParser:
         "--refresh-seconds", type=float, default=2.0, help="how often arms follow the draft services' drafters"
     )
     controller.add_argument("--metrics-port", type=int, help="serve Prometheus metrics on this port")
-    _service_args(controller, 50050)
+    controller.add_argument("--api-key-file", help="require this API key from clients (or $BANDITSPEC_API_KEY)")
+    controller.add_argument("--upstream-tls-ca", help="reach the target and draft services over TLS, trusting this CA")
+    controller.add_argument("--upstream-tls-cert", help="mutual TLS towards the services: this client certificate")
+    controller.add_argument("--upstream-tls-key", help="the private key of --upstream-tls-cert")
+    _service_args(controller, 50050, max_message_mib=4)
     controller.set_defaults(func=cmd_serve_controller)
 
     for name, func, help_text in (
@@ -407,6 +468,7 @@ def build_parser() -> argparse.ArgumentParser:
         stack.add_argument("--dtype", default=None)
         stack.add_argument("--drafter", action="append")
         stack.add_argument("--policy", default=DEFAULT_POLICY, choices=list(POLICY_WIRE_VALUES))
+        stack.add_argument("--model-root", action="append", help="the draft service's --model-root (repeatable)")
         stack.set_defaults(func=func)
 
     generate = sub.add_parser("generate", help="call the controller")
@@ -426,6 +488,8 @@ def build_parser() -> argparse.ArgumentParser:
         p.add_argument("--timeout", type=float, default=600.0)
     generate.add_argument("--controller", default="127.0.0.1:50050")
     generate.add_argument("--chat", action="store_true", help="wrap the prompt in the model's chat template")
+    generate.add_argument("--api-key-file", help="send this API key (or $BANDITSPEC_API_KEY)")
+    _client_tls_args(generate, "controller")
     generate.set_defaults(func=cmd_generate)
 
     drafters = sub.add_parser("drafters", help="list, load or unload drafters on a running draft service")
@@ -439,6 +503,8 @@ def build_parser() -> argparse.ArgumentParser:
         command.add_argument("--timeout", type=float, default=300.0)
         if action == "load":
             command.add_argument("--replace", action="store_true", help="swap out a drafter of the same name")
+        command.add_argument("--admin-token-file", help="send this admin token (or $BANDITSPEC_ADMIN_TOKEN)")
+        _client_tls_args(command, "draft service")
         command.set_defaults(func=cmd_drafters)
 
     datastore = sub.add_parser("datastore", help="build a token datastore for retrieval drafters")

@@ -17,9 +17,10 @@ from typing import Any
 import grpc
 import structlog
 
+from banditspec.channels import open_aio_channel
 from banditspec.errors import is_session_lost
 from banditspec.sampling import SamplingParams
-from banditspec.serving import CHANNEL_OPTIONS
+from banditspec.security import ClientTLS
 from banditspec.v1 import draft_pb2, draft_pb2_grpc, target_pb2, target_pb2_grpc
 from banditspec.verify_lengths import effective_forward_seconds
 from services.controller.arms import Arm
@@ -76,9 +77,9 @@ class TargetInfo:
 
 
 class TargetClient:
-    def __init__(self, address: str) -> None:
+    def __init__(self, address: str, tls: ClientTLS | None = None) -> None:
         self.address = address
-        self.channel = grpc.aio.insecure_channel(address, options=CHANNEL_OPTIONS)
+        self.channel = open_aio_channel(address, tls)
         self.stub = target_pb2_grpc.TargetServiceStub(self.channel)
         self._info: TargetInfo | None = None
 
@@ -181,10 +182,10 @@ class DrafterEntry:
 class DraftClient:
     """One draft service; remembers its drafters and which of them the target accepts."""
 
-    def __init__(self, name: str, address: str) -> None:
+    def __init__(self, name: str, address: str, tls: ClientTLS | None = None) -> None:
         self.name = name
         self.address = address
-        self.channel = grpc.aio.insecure_channel(address, options=CHANNEL_OPTIONS)
+        self.channel = open_aio_channel(address, tls)
         self.stub = draft_pb2_grpc.DraftServiceStub(self.channel)
         self.drafters: list[DrafterEntry] = []
         self.refused: dict[str, str] = {}  # drafter name → why the controller will not use it

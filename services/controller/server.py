@@ -14,6 +14,7 @@ from transformers import PreTrainedTokenizerBase
 from banditspec.errors import DeadlineExceeded, InvalidArgument, ServiceError, Unavailable, grpc_errors
 from banditspec.models import load_tokenizer, vocab_fingerprint
 from banditspec.policy_names import DEFAULT_POLICY
+from banditspec.security import ClientTLS, ServerSecurity
 from banditspec.serving import run_server
 from banditspec.v1 import generation_pb2, generation_pb2_grpc
 from banditspec.verify_lengths import filled_gamma
@@ -52,6 +53,9 @@ class ControllerConfig:
     max_queued: int = 64
     warm_start: bool = True  # start each request's bandit from recent requests at a similar load (priors.py)
     ready_file: str | None = None
+    # TLS and credentials of this server (clients' requests up to 4 MiB); TLS towards the services.
+    security: ServerSecurity = field(default_factory=lambda: ServerSecurity(max_receive_bytes=4 * 1024 * 1024))
+    upstream_tls: ClientTLS | None = None
 
 
 class Controller:
@@ -59,8 +63,8 @@ class Controller:
 
     def __init__(self, config: ControllerConfig) -> None:
         self.config = config
-        self.target = TargetClient(config.target)
-        self.drafts = {name: DraftClient(name, address) for name, address in config.drafts.items()}
+        self.target = TargetClient(config.target, config.upstream_tls)
+        self.drafts = {name: DraftClient(name, address, config.upstream_tls) for name, address in config.drafts.items()}
         self.tokenizer: PreTrainedTokenizerBase | None = None
         self.step_estimate: StepTimeEstimate | None = None
         self.forward_curve: ForwardCurve | None = None  # f(tokens in a batch), learnt from every verify
@@ -271,4 +275,5 @@ async def serve(config: ControllerConfig) -> None:
         load=controller.connect,
         close=controller.close,
         ready_file=config.ready_file,
+        security=config.security,
     )

@@ -6,12 +6,14 @@ import asyncio
 import time
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
+from pathlib import Path
 
 import structlog
 
 from banditspec import distributions
 from banditspec.errors import AlreadyExists, InvalidArgument, grpc_errors
 from banditspec.sampling import SamplingParams
+from banditspec.security import ServerSecurity
 from banditspec.serving import run_server
 from banditspec.v1 import draft_pb2, draft_pb2_grpc
 from services.draft.drafters.base import Drafter, DraftSession, ServiceSettings
@@ -34,6 +36,10 @@ class DraftConfig:
     host: str = "127.0.0.1"
     port: int = 50052
     ready_file: str | None = None
+    security: ServerSecurity = field(default_factory=ServerSecurity)  # TLS, credentials, message limit
+    # LoadDrafter reads files only inside these (None: the shipped models and the model cache); the
+    # start-up drafters are the operator's own and load from anywhere.
+    model_roots: list[Path] | None = None
 
 
 def build_drafter(spec: DrafterSpec, device: str | None, default_dtype: str | None) -> Drafter:
@@ -185,7 +191,8 @@ class DraftServicer(draft_pb2_grpc.DraftServiceServicer):
 
     @grpc_errors
     async def LoadDrafter(self, request, context):
-        drafter, seconds = await self.load(DrafterSpec.from_pb(request), replace=request.replace)
+        spec = DrafterSpec.from_pb(request).confined(self.config.model_roots)
+        drafter, seconds = await self.load(spec, replace=request.replace)
         return draft_pb2.LoadDrafterResponse(drafter=drafter_info(drafter), load_seconds=seconds)
 
     @grpc_errors
@@ -220,4 +227,5 @@ async def serve(config: DraftConfig) -> None:
         load=load,
         close=close,
         ready_file=config.ready_file,
+        security=config.security,
     )

@@ -13,7 +13,9 @@ round trip, whose `options` field names the kind.
 from __future__ import annotations
 
 import re
-from dataclasses import dataclass
+from collections.abc import Sequence
+from dataclasses import dataclass, replace
+from pathlib import Path
 
 from banditspec.v1 import draft_pb2
 from services.draft.drafters.base import Drafter, DrafterOptions, ServiceSettings
@@ -81,6 +83,17 @@ class DrafterSpec:
         except ValueError as error:
             raise ValueError(f"drafter {pb.name!r}: {error}") from error
         return cls(pb.name, field, options)
+
+    def confined(self, roots: Sequence[Path] | None) -> DrafterSpec:
+        """This spec with every file it names checked against the model roots (None: the default roots)
+        and resolved; OutsideModelRoots (PERMISSION_DENIED) for a file outside them. For LoadDrafter: the
+        start-up drafters are the operator's own."""
+        if roots is None:
+            from banditspec.model_paths import default_model_roots
+
+            roots = default_model_roots()
+        confine = getattr(self.options, "confined", None)  # kinds that read files declare it
+        return self if confine is None else replace(self, options=confine(roots))
 
     def build(self, settings: ServiceSettings) -> Drafter:
         return self.options.build(self.name, settings)

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import asyncio
 from collections.abc import Callable
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from typing import Any
 
 import structlog
@@ -15,6 +15,7 @@ from banditspec.errors import InvalidArgument, Unavailable, grpc_errors
 from banditspec.model_paths import resolve_model_path
 from banditspec.models import load_causal_lm
 from banditspec.sampling import SamplingParams
+from banditspec.security import ServerSecurity
 from banditspec.serving import run_server
 from banditspec.v1 import target_pb2, target_pb2_grpc
 from banditspec.verify_lengths import padded_lengths
@@ -43,6 +44,7 @@ class TargetConfig:
     verify_padding: bool = True
     max_batch_tokens: int = DEFAULT_MAX_BATCH_TOKENS
     prefill_chunk: int = DEFAULT_PREFILL_CHUNK
+    security: ServerSecurity = field(default_factory=ServerSecurity)  # TLS, credentials, message limit
 
 
 class TargetServicer(target_pb2_grpc.TargetServiceServicer):
@@ -191,4 +193,5 @@ async def serve(config: TargetConfig) -> None:
         load=load,
         close=close,
         ready_file=config.ready_file,
+        security=config.security,
     )

@@ -40,3 +40,24 @@ def test_the_old_gamma_flag_is_a_deprecated_alias(capsys):
     assert _model_free_gammas(parser.parse_args(["serve-controller", "--model-free-gammas", "3,6"])) == "3,6"
     assert _model_free_gammas(parser.parse_args(["serve-controller", "--pld-gammas", "5"])) == "5"
     assert "deprecated" in capsys.readouterr().err
+
+
+def test_security_flags_build_each_services_settings(tmp_path, monkeypatch):
+    from banditspec.cli.main import _client_tls, _server_security
+    from banditspec.security import ClientTLS, ServerTLS
+
+    parser = build_parser()
+    controller = parser.parse_args(["serve-controller"])
+    assert _server_security(controller).max_receive_bytes == 4 * 1024 * 1024  # clients: a few MiB
+    assert _server_security(controller).tls is None  # plaintext unless configured
+    target = parser.parse_args(["serve-target", "--max-message-mib", "128"])
+    assert _server_security(target).max_receive_bytes == 128 * 1024 * 1024
+    tls = ["--tls-cert", "c", "--tls-key", "k", "--tls-client-ca", "ca"]
+    draft = parser.parse_args(["serve-draft", "--model-root", "/a", "--model-root=/b", *tls, "--admin-token-file", "t"])
+    assert draft.model_root == ["/a", "/b"] and draft.admin_token_file == "t"
+    assert _server_security(draft).tls == ServerTLS("c", "k", "ca")
+    assert _server_security(draft).max_receive_bytes == 64 * 1024 * 1024
+    generate = parser.parse_args(["generate", "hi", "--tls-ca", "ca", "--tls-cert", "c", "--tls-key", "k"])
+    assert _client_tls(generate) == ClientTLS("ca", "c", "k")
+    assert _client_tls(parser.parse_args(["drafters", "list"])) is None
+    assert parser.parse_args(["up", "--model-root", "/m"]).model_root == ["/m"]

@@ -11,7 +11,9 @@ specs without them. `ModelDrafter` (model_drafter.py) is imported when a drafter
 
 from __future__ import annotations
 
-from dataclasses import dataclass
+from collections.abc import Sequence
+from dataclasses import dataclass, replace
+from pathlib import Path
 from typing import Any, Self
 
 from banditspec.v1 import draft_pb2
@@ -26,6 +28,7 @@ class ModelDrafterOptions:
     dtype: str | None = None  # None: the service's
     min_confidence: float | None = None  # 0: never stop early
     lookahead_tokens: int | None = None  # 0: no lookahead
+    fetch: bool = True  # may fetch the default model (False for a load over an RPC; not on the wire)
 
     def __post_init__(self) -> None:
         if not self.model_path:
@@ -70,6 +73,20 @@ class ModelDrafterOptions:
             lookahead_tokens=self.lookahead_tokens,
         )
 
+    def confined(self, roots: Sequence[Path]) -> Self:
+        """These options with the model's path checked against the model roots (OutsideModelRoots
+        otherwise): a path becomes its resolved form, so what is loaded is what was checked; a name
+        (default, pydocs:..., smollm2:...) stays a name, its directory checked. Nothing is fetched."""
+        from banditspec.model_paths import is_model_name, model_location
+        from banditspec.security import OutsideModelRoots, confine
+
+        try:
+            resolved = confine(model_location(self.model_path), roots)
+        except OutsideModelRoots as error:
+            raise OutsideModelRoots(self.model_path) from error
+        path = self.model_path if is_model_name(self.model_path) else str(resolved)
+        return replace(self, model_path=path, fetch=False)
+
     def build(self, name: str, settings: ServiceSettings) -> Drafter:
         from banditspec.model_paths import resolve_model_path
         from services.draft.drafters.model_drafter import ModelDrafter
@@ -79,7 +96,7 @@ class ModelDrafterOptions:
             chosen["min_confidence"] = self.min_confidence
         if self.lookahead_tokens is not None:
             chosen["lookahead"] = self.lookahead_tokens
-        path = str(resolve_model_path(self.model_path))
+        path = str(resolve_model_path(self.model_path, fetch=self.fetch))
         return ModelDrafter.load(name, path, device=settings.device, dtype=self.dtype or settings.dtype, **chosen)
 
 

@@ -13,7 +13,8 @@ Spec: NAME=retrieval:DATASTORE_PATH[:DEPTH] (a datastore built by `banditspec da
 
 from __future__ import annotations
 
-from dataclasses import dataclass
+from collections.abc import Sequence
+from dataclasses import dataclass, replace
 from pathlib import Path
 from typing import TYPE_CHECKING, Any, Self
 
@@ -59,6 +60,12 @@ class RetrievalOptions:
 
     def to_pb(self) -> draft_pb2.RetrievalOptions:
         return draft_pb2.RetrievalOptions(datastore_path=self.datastore_path, max_depth=self.max_depth)
+
+    def confined(self, roots: Sequence[Path]) -> Self:
+        """The datastore's path resolved, if it lies inside the model roots (OutsideModelRoots otherwise)."""
+        from banditspec.security import confine
+
+        return replace(self, datastore_path=str(confine(self.datastore_path, roots)))
 
     def build(self, name: str, settings: ServiceSettings) -> Drafter:
         depth = DEFAULT_MAX_DEPTH if self.max_depth is None else self.max_depth
