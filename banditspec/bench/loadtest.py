@@ -35,7 +35,7 @@ from banditspec.cli.launcher import LocalStack
 from banditspec.model_paths import resolve_model_path
 from banditspec.policy_names import DEFAULT_POLICY, POLICY_WIRE_VALUES
 from banditspec.tokens import common_prefix_length
-from banditspec.v1 import generation_pb2, generation_pb2_grpc
+from banditspec.v1 import generation_pb2, generation_pb2_grpc, target_pb2, target_pb2_grpc
 
 DEFAULT_CLIENTS = (1, 2, 4, 8, 16)
 
@@ -309,6 +309,7 @@ def main(argv: list[str] | None = None) -> int:
             stub = generation_pb2_grpc.GenerationServiceStub(channel)
             arms = [arm.name for arm in stub.ListArms(generation_pb2.ListArmsRequest(), timeout=30).arms]
             stream_request(stub, prompts[0], 8, args.policy, [], args.timeout)  # warm-up
+        forward_ms = target_forward_ms(stack.address("target"))
         for clients in counts:
             assignments = assign(prompts, clients, args.requests_per_client)
             methods = [(args.policy, [])] + ([("fixed:" + a, [a]) for a in arms] if clients in fixed_at else [])
@@ -334,6 +335,7 @@ def main(argv: list[str] | None = None) -> int:
         "machine": machine(args.device),
         "config": vars(args) | {"arms": arms, "prompts": len(prompts)},
         "phases": [asdict(p) for p in phases],
+        "target_forward_ms": forward_ms,
     }
     (out / "loadtest.json").write_text(json.dumps(document, indent=1))
     (out / "loadtest.md").write_text(report(document))
@@ -341,6 +343,18 @@ def main(argv: list[str] | None = None) -> int:
     print(f"wrote {out / 'loadtest.json'}, {out / 'loadtest.md'}, {out / 'loadtest.png'}")
     bad = [p for p in phases if p.method == args.policy or p.method.startswith("fixed:")]
     return 1 if any(p.mismatches or p.errors for p in bad) else 0
+
+
+def target_forward_ms(address: str) -> dict[str, float]:
+    """The target's start-up measurements, by tokens in one forward: one row of 1-16 tokens ("1".."16"),
+    and rows of 8 tokens ("24 in rows of 8"...): what a draft token adds to a forward, alone and beside
+    others, which is what decides whether shorter drafts pay under load."""
+    with open_channel(address) as channel:
+        info = target_pb2_grpc.TargetServiceStub(channel).Info(target_pb2.TargetInfoRequest(), timeout=30)
+    out = {str(k): 1e3 * s for k, s in enumerate(info.forward_seconds, start=1)}
+    for tokens, seconds in zip(info.batch_forward_tokens, info.batch_forward_seconds, strict=True):
+        out[f"{tokens} in rows of 8"] = 1e3 * seconds
+    return out
 
 
 def _as_list(value: Any) -> list[int]:
@@ -395,6 +409,11 @@ def report(document: dict) -> str:
     lines += ["| N | " + " | ".join(services) + " |", "|---:|" + "---:|" * len(services)]
     for clients, p in sorted(base.items()):
         lines.append(f"| {clients} | " + " | ".join(f"{p.rss_mib.get(s, 0):.0f}" for s in services) + " |")
+    forward = document.get("target_forward_ms") or {}
+    if forward:
+        lines += ["", "The target's forward time (ms, measured at start-up) by tokens in one forward:", ""]
+        lines += ["| " + " | ".join(forward) + " |", "|" + "---:|" * len(forward)]
+        lines.append("| " + " | ".join(f"{ms:.1f}" for ms in forward.values()) + " |")
     notes = [f"- {p.method} at N={p.clients}: {p.note}" for p in phases if p.note]
     if notes:
         lines += ["", *notes]
