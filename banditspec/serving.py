@@ -14,6 +14,7 @@ import structlog
 from grpc_health.v1 import health_pb2, health_pb2_grpc
 from grpc_health.v1._async import HealthServicer
 from grpc_reflection.v1alpha import reflection
+from prometheus_client import start_http_server
 
 from banditspec.channels import CHANNEL_OPTIONS, MAX_MESSAGE_BYTES
 from banditspec.security import AuthInterceptor, AuthPolicy, ServerSecurity, is_loopback
@@ -35,8 +36,10 @@ async def run_server(
     ready_file: str | None = None,
     grace_seconds: float = 10.0,
     security: ServerSecurity | None = None,
+    metrics_port: int | None = None,
 ) -> None:
-    """Bind first and report NOT_SERVING while `load` runs, then SERVING until SIGINT/SIGTERM."""
+    """Bind first and report NOT_SERVING while `load` runs, then SERVING until SIGINT/SIGTERM. With
+    `metrics_port`, Prometheus metrics are served over HTTP on host:metrics_port from the start."""
     service_names = list(service_names)
     security = security or ServerSecurity()
     policy = AuthPolicy(host, admin_token=security.admin_token, api_key=security.api_key)
@@ -60,6 +63,11 @@ async def run_server(
         bound = server.add_secure_port(f"{host}:{port}", security.tls.credentials())
     if bound == 0:
         raise SystemExit(f"{name}: cannot bind {host}:{port}")
+    if metrics_port is not None:
+        try:
+            start_http_server(metrics_port, addr=host)
+        except OSError as error:
+            raise SystemExit(f"{name}: cannot serve metrics on {host}:{metrics_port}: {error}") from error
     for service in ["", *service_names]:
         await health.set(service, health_pb2.HealthCheckResponse.NOT_SERVING)
     await server.start()

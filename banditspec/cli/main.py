@@ -27,6 +27,7 @@ def _service_args(parser: argparse.ArgumentParser, port: int, max_message_mib: i
     parser.add_argument("--port", type=int, default=port, help="0 picks a free port")
     parser.add_argument("--ready-file", help="write the bound address here once SERVING")
     parser.add_argument("--log-level", default=None)
+    parser.add_argument("--metrics-port", type=int, help="serve Prometheus metrics over HTTP on host:PORT")
     parser.add_argument("--tls-cert", help="serve TLS with this certificate (PEM; with --tls-key)")
     parser.add_argument("--tls-key", help="the private key of --tls-cert (PEM)")
     parser.add_argument("--tls-client-ca", help="mutual TLS: require client certificates signed by this CA (PEM)")
@@ -81,6 +82,7 @@ def cmd_serve_target(args: argparse.Namespace) -> None:
                 ready_file=args.ready_file,
                 verify_padding=args.verify_padding == "auto",
                 security=_server_security(args),
+                metrics_port=args.metrics_port,
                 **{  # unset: the engine's defaults (the CLI does not import torch to learn them)
                     key: value
                     for key, value in (
@@ -110,6 +112,7 @@ def cmd_serve_draft(args: argparse.Namespace) -> None:
                 ready_file=args.ready_file,
                 security=_server_security(args, admin_token=read_secret(ADMIN_TOKEN_ENV, args.admin_token_file)),
                 model_roots=[Path(root) for root in args.model_root] if args.model_root else None,
+                metrics_port=args.metrics_port,
             )
         )
     )
@@ -450,7 +453,6 @@ def build_parser() -> argparse.ArgumentParser:
     controller.add_argument(
         "--refresh-seconds", type=float, default=2.0, help="how often arms follow the draft services' drafters"
     )
-    controller.add_argument("--metrics-port", type=int, help="serve Prometheus metrics on this port")
     controller.add_argument("--api-key-file", help="require this API key from clients (or $BANDITSPEC_API_KEY)")
     controller.add_argument("--upstream-tls-ca", help="reach the target and draft services over TLS, trusting this CA")
     controller.add_argument("--upstream-tls-cert", help="mutual TLS towards the services: this client certificate")

@@ -83,6 +83,7 @@ class GenerationResult:
     rounds: int = 0
     wall_seconds: float = 0.0
     prefill_seconds: float = 0.0
+    first_token_seconds: float | None = None  # from the request's start to its first verified token
     overheads: list[float] = field(default_factory=list)
     tallies: dict[str, ArmTally] = field(default_factory=dict)
 

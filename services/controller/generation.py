@@ -144,7 +144,10 @@ class Generation:
                 played = await self._play(index, arm, min(arm.gamma, room - 1))
                 if played is None:  # the drafter failed and left the request: choose again
                     continue
-                yield self._settle(played)
+                event = self._settle(played)
+                if self.result.first_token_seconds is None and self.text.ids:
+                    self.result.first_token_seconds = time.perf_counter() - start
+                yield event
                 if self.result.finish_reason in ("eos", "stop"):
                     break
             tail = self.text.finish()
@@ -237,7 +240,7 @@ class Generation:
         tally.accepted += verdict.accepted
         tally.reward_sum += tokens_per_second
         tally.wall_seconds += wall
-        metrics.record_round(arm.name, drafted, verdict.accepted, verified, wall)
+        metrics.record_round(arm, drafted, verdict.accepted, verified, wall)
         self.log.debug("round", arm=arm.name, round=self.result.rounds + 1, drafted=drafted, accepted=verdict.accepted)
 
     def _learn_counterfactually(self, played: Round, position: int) -> None:

@@ -8,7 +8,6 @@ from dataclasses import dataclass, field
 
 import grpc
 import structlog
-from prometheus_client import start_http_server
 from transformers import PreTrainedTokenizerBase
 
 from banditspec.errors import DeadlineExceeded, InvalidArgument, ServiceError, Unavailable, grpc_errors
@@ -180,7 +179,8 @@ class GenerationServicer(generation_pb2_grpc.GenerationServiceServicer):
 
     async def _finish(self, generation: Generation) -> generation_pb2.GenerateResponse:
         self.controller.learn(generation)
-        metrics.REQUESTS.labels(generation.result.finish_reason).inc()
+        result = generation.result
+        metrics.record_request(result.finish_reason, result.wall_seconds, result.first_token_seconds)
         response = result_to_pb(generation.request, generation.result, generation.overhead_median())
         log.info(
             "generated",
@@ -261,9 +261,6 @@ def _upstream(error: grpc.aio.AioRpcError) -> Exception:
 
 async def serve(config: ControllerConfig) -> None:
     controller = Controller(config)
-    if config.metrics_port is not None:
-        start_http_server(config.metrics_port, addr=config.host)
-
     await run_server(
         name="controller",
         host=config.host,
@@ -276,4 +273,5 @@ async def serve(config: ControllerConfig) -> None:
         close=controller.close,
         ready_file=config.ready_file,
         security=config.security,
+        metrics_port=config.metrics_port,
     )

@@ -22,6 +22,7 @@ from typing import Any, TypeVar
 import structlog
 
 from services.draft.drafters.base import Drafter, DraftSession, Proposal
+from services.draft.metrics import BATCH_SIZE
 
 log = structlog.get_logger()
 
@@ -130,6 +131,7 @@ class ModelWorker:
         seconds = time.perf_counter() - start
         self.batches += 1
         self.batched_proposals += len(batch)
+        BATCH_SIZE.labels(drafter.name).observe(len(batch))
         for entry, proposal in zip(batch, proposals, strict=True):
             entry.future.set_result((proposal, seconds))
 

@@ -16,6 +16,7 @@ from banditspec.sampling import SamplingParams
 from banditspec.security import ServerSecurity
 from banditspec.serving import run_server
 from banditspec.v1 import draft_pb2, draft_pb2_grpc
+from services.draft import metrics
 from services.draft.drafters.base import Drafter, DraftSession, ServiceSettings
 from services.draft.drafters.kinds import KINDS
 from services.draft.model_worker import ModelWorker
@@ -40,6 +41,7 @@ class DraftConfig:
     # LoadDrafter reads files only inside these (None: the shipped models and the model cache); the
     # start-up drafters are the operator's own and load from anywhere.
     model_roots: list[Path] | None = None
+    metrics_port: int | None = None  # Prometheus metrics over HTTP on host:metrics_port
 
 
 def build_drafter(spec: DrafterSpec, device: str | None, default_dtype: str | None) -> Drafter:
@@ -141,6 +143,7 @@ class DraftServicer(draft_pb2_grpc.DraftServiceServicer):
                 self.models.draft_ahead(drafter, session)
         else:  # microseconds of work: a thread hop would cost more, and it must not queue behind a forward
             proposal, seconds = self.registry.propose(drafter, session, request.num_tokens)
+        metrics.PROPOSAL_SECONDS.labels(drafter.name).observe(seconds)
         probs = [] if proposal.probs is None else [distributions.encode(row) for row in proposal.probs]
         return draft_pb2.ProposeResponse(
             draft_ids=proposal.token_ids,
@@ -205,6 +208,7 @@ class DraftServicer(draft_pb2_grpc.DraftServiceServicer):
 
 async def serve(config: DraftConfig) -> None:
     servicer = DraftServicer(config)
+    metrics.watch_registry(lambda: servicer.registry)
     specs = [DrafterSpec.parse(text) for text in config.drafters]
 
     async def load() -> None:
@@ -228,4 +232,5 @@ async def serve(config: DraftConfig) -> None:
         close=close,
         ready_file=config.ready_file,
         security=config.security,
+        metrics_port=config.metrics_port,
     )

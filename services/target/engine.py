@@ -114,9 +114,10 @@ class TargetEngine:
         return self.decoder is not None
 
     # one forward ------------------------------------------------------------------------------
-    def step(self, jobs: list[Job]) -> None:
+    def step(self, jobs: list[Job]) -> BatchInfo | None:
         """Advance the ready jobs by one forward within the token budget; jobs that finish (or fail)
-        get `done`. Jobs left out (no budget, or their session already has a row) wait for a later step."""
+        get `done`. Jobs left out (no budget, or their session already has a row) wait for a later step.
+        Returns the forward that ran, if one did."""
         rows: list[_Row] = []
         used = 0
         busy: set[str] = set()
@@ -134,7 +135,7 @@ class TargetEngine:
             busy.add(job.session_id)
             used += len(row.tokens)
         if not rows:
-            return
+            return None
         if len(rows) == 1 and rows[0].verifies:
             self._pad(rows[0])  # a lone verify runs at the cheapest measured length (CPU kernels)
         start = time.perf_counter()
@@ -143,7 +144,7 @@ class TargetEngine:
         except Exception as error:  # a forward that fails fails its rows, not the service
             for row in rows:
                 row.job.fail(error)
-            return
+            return None
         seconds = self._elapsed(start)
         batch = BatchInfo(len(rows), sum(len(row.tokens) for row in rows), seconds)
         for row, logits in zip(rows, outputs, strict=True):
@@ -153,6 +154,7 @@ class TargetEngine:
                 self._settle(row, logits)
             except (ServiceError, ValueError) as error:
                 row.job.fail(error)
+        return batch
 
     def _plan(self, job: Job, used: int, waiting: bool) -> _Row | None:
         """This job's row in the coming forward, or None (finished without one, or no budget left)."""

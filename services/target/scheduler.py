@@ -19,7 +19,7 @@ from typing import Any
 
 import structlog
 
-from services.target.engine import Job, TargetEngine
+from services.target.engine import BatchInfo, Job, TargetEngine
 
 log = structlog.get_logger()
 
@@ -29,8 +29,9 @@ MAX_GATHER_SECONDS = 0.03
 
 
 class Scheduler:
-    def __init__(self, engine: TargetEngine) -> None:
+    def __init__(self, engine: TargetEngine, on_forward: Callable[[BatchInfo], None] | None = None) -> None:
         self.engine = engine
+        self.on_forward = on_forward  # called after every forward that ran (metrics)
         self._jobs: list[tuple[Job, Future]] = []  # submission order: the budget serves the oldest first
         self._calls: list[tuple[Callable[..., Any], tuple[Any, ...], Future]] = []
         self._wake = threading.Condition()
@@ -98,7 +99,9 @@ class Scheduler:
                 continue
             start = time.perf_counter()
             try:
-                self.engine.step([job for job, _ in jobs])
+                batch = self.engine.step([job for job, _ in jobs])
+                if batch is not None and self.on_forward is not None:
+                    self.on_forward(batch)
             except Exception as error:  # a bug in a step must not stop the worker: fail that step's jobs
                 log.exception("target step failed")
                 for job, _ in jobs:

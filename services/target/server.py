@@ -19,6 +19,7 @@ from banditspec.security import ServerSecurity
 from banditspec.serving import run_server
 from banditspec.v1 import target_pb2, target_pb2_grpc
 from banditspec.verify_lengths import padded_lengths
+from services.target import metrics
 from services.target.engine import (
     DEFAULT_MAX_BATCH_TOKENS,
     DEFAULT_PREFILL_CHUNK,
@@ -45,6 +46,7 @@ class TargetConfig:
     max_batch_tokens: int = DEFAULT_MAX_BATCH_TOKENS
     prefill_chunk: int = DEFAULT_PREFILL_CHUNK
     security: ServerSecurity = field(default_factory=ServerSecurity)  # TLS, credentials, message limit
+    metrics_port: int | None = None  # Prometheus metrics over HTTP on host:metrics_port
 
 
 class TargetServicer(target_pb2_grpc.TargetServiceServicer):
@@ -80,7 +82,7 @@ class TargetServicer(target_pb2_grpc.TargetServiceServicer):
             prefill_chunk=config.prefill_chunk,
         )
         self.batch_seconds = self.engine.decoder.measure_batches() if self.engine.decoder is not None else {}
-        self.scheduler = Scheduler(self.engine)
+        self.scheduler = Scheduler(self.engine, on_forward=metrics.record_forward)
         log.info(
             "target model loaded",
             path=str(path),
@@ -176,6 +178,7 @@ class TargetServicer(target_pb2_grpc.TargetServiceServicer):
 
 async def serve(config: TargetConfig) -> None:
     servicer = TargetServicer()
+    metrics.watch_sessions(lambda: servicer.engine.sessions if servicer.engine is not None else None)
 
     async def load() -> None:
         await asyncio.to_thread(servicer.load, config)
@@ -194,4 +197,5 @@ async def serve(config: TargetConfig) -> None:
         close=close,
         ready_file=config.ready_file,
         security=config.security,
+        metrics_port=config.metrics_port,
     )

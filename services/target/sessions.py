@@ -26,6 +26,7 @@ class SessionStore:
     def __init__(self, max_sessions: int) -> None:
         self.max_sessions = max_sessions
         self._sessions: OrderedDict[str, TargetSession] = OrderedDict()
+        self.evictions = 0  # sessions dropped to make room, since start-up
 
     def __len__(self) -> int:
         return len(self._sessions)
@@ -40,6 +41,7 @@ class SessionStore:
         evicted = []
         while len(self._sessions) > self.max_sessions:
             evicted.append(self._sessions.popitem(last=False)[0])
+        self.evictions += len(evicted)
         return evicted
 
     def get(self, session_id: str) -> TargetSession:
