@@ -9,6 +9,7 @@ import sys
 import time
 from pathlib import Path
 
+import banditspec.cli.settings as settings
 from banditspec.cli.launcher import DEFAULT_DRAFTERS
 from banditspec.policy_names import DEFAULT_POLICY, POLICY_WIRE_VALUES
 from services.draft.specs import USAGE
@@ -384,6 +385,10 @@ def cmd_loadtest(argv: list[str]) -> None:
 TRAINING_COMMANDS = {"pydocs": cmd_pydocs, "distill": cmd_distill, "bench": cmd_bench, "loadtest": cmd_loadtest}
 
 
+# Subcommands whose flags also come from BANDITSPEC_* variables and a --config file (cli/settings.py).
+CONFIGURABLE = ("serve-target", "serve-draft", "serve-controller", "up", "demo", "generate")
+
+
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog="banditspec", description=__doc__)
     sub = parser.add_subparsers(dest="command", required=True)
@@ -528,6 +533,8 @@ def build_parser() -> argparse.ArgumentParser:
     sub.add_parser("distill", help="distil a draft model from any target: banditspec distill --help")
     sub.add_parser("bench", help="benchmark the stack against transformers generate(): banditspec bench --help")
     sub.add_parser("loadtest", help="N concurrent clients against batched baselines: banditspec loadtest --help")
+    for name in CONFIGURABLE:
+        settings.add_config_flag(sub.choices[name])
     return parser
 
 
@@ -538,7 +545,9 @@ def main(argv: list[str] | None = None) -> None:
     if argv and argv[0] in TRAINING_COMMANDS:  # they parse their own arguments, --help included
         TRAINING_COMMANDS[argv[0]](argv[1:])
         return
-    args = build_parser().parse_args(argv)
+    parser = build_parser()
+    settings.apply(parser, argv, os.environ)
+    args = parser.parse_args(argv)
     logs.configure(getattr(args, "log_level", None))
     args.func(args)
 
