@@ -27,6 +27,9 @@ def _service_args(parser: argparse.ArgumentParser, port: int) -> None:
     parser.add_argument("--port", type=int, default=port, help="0 picks a free port")
     parser.add_argument("--ready-file", help="write the bound address here once SERVING")
     parser.add_argument("--log-level", default=None)
+    parser.add_argument(
+        "--drain-seconds", type=float, default=10.0, help="after SIGTERM, how long in-flight calls may finish"
+    )
 
 
 def cmd_serve_target(args: argparse.Namespace) -> None:
@@ -108,6 +111,7 @@ def cmd_serve_controller(args: argparse.Namespace) -> None:
                 model_free_gammas=_ints(_model_free_gammas(args)),
                 model_gammas=_ints(args.model_gammas),
                 rpc_timeout=args.rpc_timeout,
+                draft_deadline=args.draft_deadline,
                 refresh_seconds=args.refresh_seconds,
                 host=args.host,
                 port=args.port,
@@ -382,6 +386,10 @@ def build_parser() -> argparse.ArgumentParser:
     controller.add_argument("--pld-gammas", dest="pld_gammas", help=argparse.SUPPRESS)
     controller.add_argument("--model-gammas", default="4", help="γ values for model drafters")
     controller.add_argument("--rpc-timeout", type=float, default=60.0)
+    controller.add_argument(
+        "--draft-deadline", type=float, default=3.0,
+        help="seconds a proposal may take; a slower one costs its drafter the request (and feeds the breaker)",
+    )  # fmt: skip
     controller.add_argument("--max-concurrent", type=int, default=32, help="requests run at once (then they queue)")
     controller.add_argument(
         "--warm-start", choices=["on", "off"], default="on",
@@ -472,6 +480,10 @@ def main(argv: list[str] | None = None) -> None:
         return
     args = build_parser().parse_args(argv)
     logs.configure(getattr(args, "log_level", None))
+    if getattr(args, "drain_seconds", None) is not None:
+        from banditspec import serving
+
+        serving.DRAIN_SECONDS = args.drain_seconds
     args.func(args)
 
 

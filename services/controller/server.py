@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import asyncio
+import time
 from contextlib import aclosing
 from dataclasses import dataclass, field
 
@@ -21,7 +22,7 @@ from services.controller import metrics
 from services.controller.admission import Admission
 from services.controller.arms import TARGET_ONLY_ARM, Arm
 from services.controller.batch_cost import ForwardCurve
-from services.controller.clients import DraftClient, TargetClient
+from services.controller.clients import DEFAULT_DRAFT_DEADLINE_SECONDS, DraftClient, TargetClient
 from services.controller.domain import Deadline, GenerationRequest
 from services.controller.generation import Generation
 from services.controller.priors import ArmPriors
@@ -42,6 +43,7 @@ class ControllerConfig:
     model_free_gammas: list[int] = field(default_factory=lambda: [6])
     model_gammas: list[int] = field(default_factory=lambda: [4])
     rpc_timeout: float = 60.0
+    draft_deadline: float = DEFAULT_DRAFT_DEADLINE_SECONDS  # per proposal; a slower one costs its drafter
     refresh_seconds: float = 2.0
     host: str = "127.0.0.1"
     port: int = 50050
@@ -60,7 +62,9 @@ class Controller:
     def __init__(self, config: ControllerConfig) -> None:
         self.config = config
         self.target = TargetClient(config.target)
-        self.drafts = {name: DraftClient(name, address) for name, address in config.drafts.items()}
+        self.drafts = {
+            name: DraftClient(name, address, config.draft_deadline) for name, address in config.drafts.items()
+        }
         self.tokenizer: PreTrainedTokenizerBase | None = None
         self.step_estimate: StepTimeEstimate | None = None
         self.forward_curve: ForwardCurve | None = None  # f(tokens in a batch), learnt from every verify
@@ -70,7 +74,7 @@ class Controller:
         self._refresher: asyncio.Task | None = None
 
     async def connect(self) -> None:
-        info = await self.target.connect(self.config.rpc_timeout)
+        info = await self.target.connect(self.config.rpc_timeout)  # waits while the target loads
         path = self.config.tokenizer or info.model_name
         tokenizer = load_tokenizer(path)
         fingerprint = vocab_fingerprint(tokenizer)
@@ -97,17 +101,29 @@ class Controller:
         lengths = self.target.info.verify_lengths
         model_free = list(dict.fromkeys(filled_gamma(lengths, gamma) for gamma in self.config.model_free_gammas))
         arms = [TARGET_ONLY_ARM]
+        timeout = min(5.0, self.config.rpc_timeout)
         for client in self.drafts.values():
             try:
-                await client.refresh(self.target.info.vocab_fingerprint, timeout=min(5.0, self.config.rpc_timeout))
+                if not await client.healthy(timeout):  # e.g. restarted and still loading its drafters
+                    raise grpc.aio.AioRpcError(grpc.StatusCode.UNAVAILABLE, None, None, "not SERVING")
+                await client.refresh(self.target.info.vocab_fingerprint, timeout=timeout)
             except grpc.aio.AioRpcError as error:
                 if client.drafters:
                     log.warning(
                         "draft service unreachable; its arms are withdrawn", service=client.name, code=error.code().name
                     )
                 client.drafters = []
+            if client.breaker.open:
+                if not (client.drafters and client.breaker.may_probe(time.monotonic())):
+                    continue  # withdrawn until healthy after the cooldown
+                client.breaker.recovered()
+                log.info("draft service recovered; its arms return", service=client.name)
             arms.extend(client.arms(model_free, self.config.model_gammas))
         self.arms = arms
+
+    def available_arms(self) -> list[Arm]:
+        """The arms of the last refresh, less those of draft services whose breaker opened since."""
+        return [arm for arm in self.arms if arm.service not in self.drafts or not self.drafts[arm.service].breaker.open]
 
     async def _refresh_forever(self) -> None:
         while True:
@@ -133,7 +149,7 @@ class Controller:
                 tokenizer=self.tokenizer,
                 vocab_size=self.target.info.vocab_size,
                 max_context=self.target.info.max_context,
-                available_arms=self.arms,
+                available_arms=self.available_arms(),
                 default_policy=self.config.policy,
             )
         except InvalidArgument as error:

@@ -114,3 +114,14 @@ def test_a_lost_session_reopens_inside_the_verify(loaded, tiny_models):
     expected = alone.verify("s", len(prompt), [4, 5], None).verdict
     got = engine.verify("s", len(prompt), [4, 5], None, reopen=(prompt, GREEDY, 0)).verdict
     assert got == expected
+
+
+def test_a_retried_verify_reopens_a_session_that_moved_on(loaded, tiny_models):
+    """A verdict the caller never got (the stream broke after the target committed it): the retry carries
+    the caller's context and gets the same verdict again, not OutOfSync."""
+    engine = TargetEngine(loaded)
+    prompt = prompts(1, tiny_models.vocab_size, seed=6)[0]
+    engine.open("s", prompt, GREEDY, seed=0)
+    first = engine.verify("s", len(prompt), [4, 5], None).verdict  # the session now holds more tokens
+    again = engine.verify("s", len(prompt), [4, 5], None, reopen=(prompt, GREEDY, 0)).verdict
+    assert again == first
