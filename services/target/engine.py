@@ -58,6 +58,11 @@ class Job:
     error: Exception | None = None
     done: bool = False
 
+    @property
+    def started(self) -> bool:
+        """A step has taken it up: its session is open (or found)."""
+        return self.session is not None
+
     def fail(self, error: Exception) -> None:
         self.error, self.done = error, True
 
