@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import asyncio
 import time
+from concurrent.futures import ThreadPoolExecutor
 from contextlib import aclosing
 from dataclasses import dataclass, field
 
@@ -26,7 +27,7 @@ from services.controller.clients import DEFAULT_DRAFT_DEADLINE_SECONDS, DraftCli
 from services.controller.domain import Deadline, GenerationRequest
 from services.controller.generation import Generation
 from services.controller.priors import ArmPriors
-from services.controller.requests import from_pb, result_to_pb
+from services.controller.requests import check_fields, from_pb, prompt_ids, result_to_pb
 from services.controller.reward import StepTimeEstimate
 
 log = structlog.get_logger()
@@ -71,6 +72,9 @@ class Controller:
         self.arms: list[Arm] = [TARGET_ONLY_ARM]
         self.admission = Admission(config.max_concurrent, config.max_queued)
         self.priors = ArmPriors()
+        # One thread: tokenising stays off the event loop, and a fast tokenizer is never entered from two
+        # threads at once (it may adjust its padding/truncation state per call).
+        self._tokenizing = ThreadPoolExecutor(max_workers=1, thread_name_prefix="tokenize")
         self._refresher: asyncio.Task | None = None
 
     async def connect(self) -> None:
@@ -140,12 +144,18 @@ class Controller:
                     return reason
         return None
 
-    def request(self, pb: generation_pb2.GenerateRequest) -> GenerationRequest:
+    async def request(self, pb: generation_pb2.GenerateRequest) -> GenerationRequest:
+        """Validate; the prompt is tokenised on a worker thread, after the cheap checks (its length first)."""
         if self.tokenizer is None:
             raise Unavailable("the controller is still connecting")
+        info = self.target.info
         try:
+            check_fields(pb, info.max_context)
+            loop = asyncio.get_running_loop()
+            ids = await loop.run_in_executor(self._tokenizing, prompt_ids, pb, self.tokenizer, info.vocab_size)
             return from_pb(
                 pb,
+                ids=ids,
                 tokenizer=self.tokenizer,
                 vocab_size=self.target.info.vocab_size,
                 max_context=self.target.info.max_context,
@@ -180,6 +190,7 @@ class Controller:
     async def close(self) -> None:
         if self._refresher is not None:
             self._refresher.cancel()
+        self._tokenizing.shutdown(wait=False, cancel_futures=True)
         await self.target.close()
         for client in self.drafts.values():
             await client.close()
@@ -224,7 +235,7 @@ class GenerationServicer(generation_pb2_grpc.GenerationServiceServicer):
 
     @grpc_errors
     async def Generate(self, request, context):
-        parsed = self.controller.request(request)
+        parsed = await self.controller.request(request)
         async with self.controller.admission.slot():
             generation = self.controller.generation(parsed, context)
             async with aclosing(self._events(generation)) as events:
@@ -234,7 +245,7 @@ class GenerationServicer(generation_pb2_grpc.GenerationServiceServicer):
 
     @grpc_errors
     async def GenerateStream(self, request, context):
-        parsed = self.controller.request(request)
+        parsed = await self.controller.request(request)
         async with self.controller.admission.slot():
             generation = self.controller.generation(parsed, context)
             # aclosing: a client that hangs up still gets its sessions released at once, not at GC.
