@@ -40,3 +40,12 @@ def test_the_old_gamma_flag_is_a_deprecated_alias(capsys):
     assert _model_free_gammas(parser.parse_args(["serve-controller", "--model-free-gammas", "3,6"])) == "3,6"
     assert _model_free_gammas(parser.parse_args(["serve-controller", "--pld-gammas", "5"])) == "5"
     assert "deprecated" in capsys.readouterr().err
+
+
+def test_every_service_takes_drain_seconds_and_the_controller_a_draft_deadline():
+    parser = build_parser()
+    for command in ("serve-target", "serve-draft", "serve-controller"):
+        assert parser.parse_args([command]).drain_seconds == 10.0
+        assert parser.parse_args([command, "--drain-seconds", "2.5"]).drain_seconds == 2.5
+    assert parser.parse_args(["serve-controller"]).draft_deadline == 3.0
+    assert parser.parse_args(["serve-controller", "--draft-deadline", "0.5"]).draft_deadline == 0.5
