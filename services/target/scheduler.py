@@ -68,7 +68,8 @@ class Scheduler:
         with self._wake:
             self._returning.discard(session_id)
             dropped = [(job, future) for job, future in self._jobs if job.session_id == session_id and not job.started]
-            self._jobs = [entry for entry in self._jobs if entry not in dropped]
+            gone = {id(job) for job, _ in dropped}  # by identity: jobs hold tensors, == would compare them
+            self._jobs = [(job, future) for job, future in self._jobs if id(job) not in gone]
         for _, future in dropped:
             _resolve(future, error=SessionLost(f"session {session_id!r} was released"))
 
