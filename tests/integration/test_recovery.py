@@ -171,14 +171,25 @@ def test_target_down_past_the_deadline_is_unavailable_and_a_new_controller_waits
 
     # A controller started while the target is down waits NOT_SERVING instead of exiting.
     port = free_port()
-    args = ["serve-controller", "--target", service(recovery_stack, "target").address, "--port", port,
-            "--draft", f"local={recovery_stack.address('draft')}"]  # fmt: skip
-    late = recovery_stack._spawn("late-controller", args)
+    target, draft = service(recovery_stack, "target").address, recovery_stack.address("draft")
+
+    def controller(name: str, port: str):
+        args = ["serve-controller", "--target", target, "--draft", f"local={draft}", "--port", port]
+        return recovery_stack._spawn(name, args)
+
+    late = controller("late-controller", port)
     address = f"127.0.0.1:{port}"
     wait_for(lambda: health(address) == health_pb2.HealthCheckResponse.NOT_SERVING, timeout=60)
     time.sleep(3)
     assert late.process.poll() is None
     assert health(address) == health_pb2.HealthCheckResponse.NOT_SERVING
+    # One waiting like this still stops on SIGTERM.
+    other_port = free_port()
+    waiting = controller("waiting-controller", other_port)
+    wait_for(lambda: health(f"127.0.0.1:{other_port}") == health_pb2.HealthCheckResponse.NOT_SERVING, timeout=60)
+    waiting.process.send_signal(signal.SIGTERM)
+    assert waiting.process.wait(timeout=30) == 0
+    recovery_stack.services.remove(waiting)
 
     restart_target(recovery_stack)
     recovery_stack._wait(late)
@@ -266,8 +277,19 @@ def test_sigterm_drains_the_controller(recovery_stack, stub, target_model):
     expected = reference_greedy(target_model, PROMPT, LONG)
     stream = stub.GenerateStream(request(LONG, allowed_arms=SLOW), timeout=RPC_TIMEOUT)
     first = next(stream)
+    target = service(recovery_stack, "target").process
+    os.kill(target.pid, signal.SIGSTOP)  # holds the request in flight across the start of the drain
     controller = service(recovery_stack, "controller")
-    controller.process.send_signal(signal.SIGTERM)
+    address = recovery_stack.address("controller")
+    try:
+        controller.process.send_signal(signal.SIGTERM)
+        wait_for(lambda: health(address) != health_pb2.HealthCheckResponse.SERVING, timeout=30)
+        with pytest.raises(grpc.RpcError) as error:
+            stub.Generate(request(), timeout=RPC_TIMEOUT)
+        assert error.value.code() == grpc.StatusCode.UNAVAILABLE  # no new requests while draining
+        assert controller.process.poll() is None
+    finally:
+        os.kill(target.pid, signal.SIGCONT)
     rest, final = streamed(stream)
     assert list(first.round.token_ids) + rest == expected
     assert list(final.token_ids) == expected
