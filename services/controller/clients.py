@@ -439,6 +439,8 @@ class RoundStream:
         self.call: grpc.aio.StreamStreamCall | None = None
 
     async def exchange(self, request: Any, timeout: float) -> Any:
+        if self.call is not None and self.call.done():
+            self.call = None  # it ended between rounds (its service went away): a new stream finds out how
         if self.call is None:
             self.call = self.method(timeout=self.stream_timeout())
         call = self.call
@@ -449,6 +451,11 @@ class RoundStream:
         except (grpc.aio.AioRpcError, asyncio.CancelledError, TimeoutError):
             self.abandon()
             raise
+        except asyncio.InvalidStateError as error:  # it ended just before the write
+            self.abandon()
+            raise grpc.aio.AioRpcError(
+                grpc.StatusCode.UNAVAILABLE, grpc.aio.Metadata(), grpc.aio.Metadata(), "the round stream had ended"
+            ) from error
         if response is grpc.aio.EOF:  # the server closed the stream without an answer
             self.call = None
             raise grpc.aio.AioRpcError(

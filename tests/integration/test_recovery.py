@@ -158,6 +158,25 @@ def test_target_killed_mid_stream_and_restarted_on_its_port_completes_token_iden
     assert list(stub.Generate(request(), timeout=RPC_TIMEOUT).token_ids) == expected[:MAX_NEW]
 
 
+def test_target_killed_between_rounds_and_restarted_completes_token_identical(recovery_stack, stub, target_model):
+    """The verify stream ended while the round waited on its draft (held by SIGSTOP): the next verify
+    opens a new stream instead of writing to the dead one, and is retried until the target is back."""
+    expected = reference_greedy(target_model, PROMPT, LONG)
+    drafting = {"policy": generation_pb2.POLICY_FIXED, "allowed_arms": ["local/pld/3"]}
+    stream = stub.GenerateStream(request(LONG, **drafting), timeout=180)
+    first = next(stream)
+    draft = service(recovery_stack, "draft").process
+    os.kill(draft.pid, signal.SIGSTOP)
+    try:
+        kill(recovery_stack, "target")
+    finally:
+        os.kill(draft.pid, signal.SIGCONT)
+    restart_target(recovery_stack)
+    rest, final = streamed(stream)
+    assert list(first.round.token_ids) + rest == expected
+    assert list(final.token_ids) == expected
+
+
 def test_target_down_past_the_deadline_is_unavailable_and_a_new_controller_waits_for_it(
     recovery_stack, stub, target_model
 ):
