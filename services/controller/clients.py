@@ -33,6 +33,9 @@ log = structlog.get_logger()
 
 RELEASE_TIMEOUT_SECONDS = 5.0
 DEFAULT_DRAFT_DEADLINE_SECONDS = 3.0  # a proposal slower than this costs its drafter the request
+# A proposal that ships context (a session's first, or a reopen) may take one more draft deadline per this
+# many tokens: a draft model prefills them.
+CONTEXT_TOKENS_PER_DRAFT_DEADLINE = 512
 # Failures that say the service (not one drafter or one request) is in trouble; they feed its breaker.
 SERVICE_FAILURES = {
     grpc.StatusCode.UNAVAILABLE,
@@ -377,7 +380,9 @@ class DraftSession:
                 score_drafters=score_drafters or [],
                 score_num_tokens=score_num_tokens,
             )
-            timeout = min(self.client.draft_deadline, self.deadline.timeout())
+            shipped = len(context) - synced
+            allowed = self.client.draft_deadline * (1.0 + shipped / CONTEXT_TOKENS_PER_DRAFT_DEADLINE)
+            timeout = min(allowed, self.deadline.timeout())
             try:
                 response = await self.stream.exchange(request, timeout)
             except TimeoutError as error:
