@@ -22,13 +22,23 @@ def _ints(text: str) -> list[int]:
     return [int(x) for x in text.split(",") if x.strip()] if text else []
 
 
+def _seconds(minimum: float):
+    def parse(text: str) -> float:
+        value = float(text)
+        if not value >= minimum:  # NaN too
+            raise argparse.ArgumentTypeError(f"must be a number of seconds >= {minimum}, got {text}")
+        return value
+
+    return parse
+
+
 def _service_args(parser: argparse.ArgumentParser, port: int) -> None:
     parser.add_argument("--host", default="127.0.0.1")
     parser.add_argument("--port", type=int, default=port, help="0 picks a free port")
     parser.add_argument("--ready-file", help="write the bound address here once SERVING")
     parser.add_argument("--log-level", default=None)
     parser.add_argument(
-        "--drain-seconds", type=float, default=10.0, help="after SIGTERM, how long in-flight calls may finish"
+        "--drain-seconds", type=_seconds(0.0), default=10.0, help="after SIGTERM, how long in-flight calls may finish"
     )
 
 
@@ -387,7 +397,7 @@ def build_parser() -> argparse.ArgumentParser:
     controller.add_argument("--model-gammas", default="4", help="γ values for model drafters")
     controller.add_argument("--rpc-timeout", type=float, default=60.0)
     controller.add_argument(
-        "--draft-deadline", type=float, default=3.0,
+        "--draft-deadline", type=_seconds(0.001), default=3.0,
         help="seconds a proposal may take; a slower one costs its drafter the request (and feeds the breaker)",
     )  # fmt: skip
     controller.add_argument("--max-concurrent", type=int, default=32, help="requests run at once (then they queue)")

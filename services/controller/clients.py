@@ -25,6 +25,7 @@ from banditspec.sampling import SamplingParams
 from banditspec.serving import CHANNEL_OPTIONS
 from banditspec.v1 import draft_pb2, draft_pb2_grpc, target_pb2, target_pb2_grpc
 from banditspec.verify_lengths import effective_forward_seconds
+from services.controller import metrics
 from services.controller.arms import Arm
 from services.controller.domain import Deadline, Proposal, Verdict
 from services.controller.retry import Backoff, CircuitBreaker
@@ -199,6 +200,7 @@ class TargetSession:
                 if backoff.attempts == 1:
                     log.warning("target unavailable; retrying with the full context", details=error.details())
                 self.retries += 1
+                metrics.TARGET_RETRIES.inc()
                 reopen = True
                 await asyncio.sleep(delay)
 
@@ -292,6 +294,7 @@ class DraftClient:
 
     def failed(self, reason: str) -> None:
         if self.breaker.record_failure(time.monotonic()):
+            metrics.DRAFT_SERVICE_WITHDRAWN.labels(self.name).set(1)
             log.warning(
                 "draft service failing; its arms are withdrawn until it recovers",
                 service=self.name,
@@ -302,6 +305,12 @@ class DraftClient:
 
     def succeeded(self) -> None:
         self.breaker.record_success()
+
+    def recovered(self) -> None:
+        """Healthy after the breaker's cooldown: its arms return."""
+        self.breaker.recovered()
+        metrics.DRAFT_SERVICE_WITHDRAWN.labels(self.name).set(0)
+        log.info("draft service recovered; its arms return", service=self.name)
 
     async def refresh(self, target_fingerprint: str, timeout: float) -> None:
         response = await self.stub.ListDrafters(draft_pb2.ListDraftersRequest(), timeout=timeout)

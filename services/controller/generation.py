@@ -265,6 +265,7 @@ class Generation:
         self.log.warning(
             "drafter failed; its arms leave this request", arm=arm.name, reason=reason, whole_service=whole_service
         )
+        metrics.DRAFTER_FAILURES.labels(arm.service).inc()
         for index, other in enumerate(self.request.arms):
             if other.service == arm.service and (whole_service or other.drafter == arm.drafter):
                 if self.scorer is not None:

@@ -120,8 +120,7 @@ class Controller:
             if client.breaker.open:
                 if not (client.drafters and client.breaker.may_probe(time.monotonic())):
                     continue  # withdrawn until healthy after the cooldown
-                client.breaker.recovered()
-                log.info("draft service recovered; its arms return", service=client.name)
+                client.recovered()
             arms.extend(client.arms(model_free, self.config.model_gammas))
         self.arms = arms
 

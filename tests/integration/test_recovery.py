@@ -177,6 +177,20 @@ def test_target_killed_between_rounds_and_restarted_completes_token_identical(re
     assert list(final.token_ids) == expected
 
 
+def test_sampled_stream_survives_a_target_restart_without_repeating_tokens(recovery_stack, stub):
+    """Sampled output cannot be compared token for token; what must hold is that the retried round
+    commits once: the streamed tokens are the final answer, of the requested length or ending in EOS."""
+    stream = stub.GenerateStream(request(LONG, temperature=0.8, seed=11), timeout=180)
+    first = next(stream)
+    kill(recovery_stack, "target")
+    restart_target(recovery_stack)
+    rest, final = streamed(stream)
+    tokens = list(first.round.token_ids) + rest
+    assert tokens == list(final.token_ids)
+    assert final.stats.generated_tokens == len(tokens)
+    assert len(tokens) == LONG or tokens[-1] == EOS_ID
+
+
 def test_target_down_past_the_deadline_is_unavailable_and_a_new_controller_waits_for_it(
     recovery_stack, stub, target_model
 ):

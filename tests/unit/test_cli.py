@@ -49,3 +49,6 @@ def test_every_service_takes_drain_seconds_and_the_controller_a_draft_deadline()
         assert parser.parse_args([command, "--drain-seconds", "2.5"]).drain_seconds == 2.5
     assert parser.parse_args(["serve-controller"]).draft_deadline == 3.0
     assert parser.parse_args(["serve-controller", "--draft-deadline", "0.5"]).draft_deadline == 0.5
+    for bad in (["serve-controller", "--draft-deadline", "0"], ["serve-target", "--drain-seconds", "-1"]):
+        with pytest.raises(SystemExit):
+            parser.parse_args(bad)
