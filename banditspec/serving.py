@@ -21,7 +21,16 @@ from banditspec.security import AuthInterceptor, AuthPolicy, ServerSecurity, is_
 
 log = structlog.get_logger()
 
-__all__ = ["CHANNEL_OPTIONS", "MAX_MESSAGE_BYTES", "run_server"]
+__all__ = ["CHANNEL_OPTIONS", "DRAIN_SECONDS", "MAX_MESSAGE_BYTES", "run_server"]
+
+# In-flight calls get this long to finish after SIGTERM; `--drain-seconds` on every service sets it.
+DRAIN_SECONDS = 10.0
+# Servers permit the keepalive pings every client channel sends (banditspec.channels).
+KEEPALIVE_PERMIT = [
+    ("grpc.keepalive_permit_without_calls", 1),
+    ("grpc.http2.max_pings_without_data", 0),
+    ("grpc.http2.min_ping_interval_without_data_ms", 10_000),
+]
 
 
 async def run_server(
@@ -34,12 +43,14 @@ async def run_server(
     load: Callable[[], Awaitable[None]],
     close: Callable[[], Awaitable[None]] | None = None,
     ready_file: str | None = None,
-    grace_seconds: float = 10.0,
+    grace_seconds: float | None = None,
     security: ServerSecurity | None = None,
     metrics_port: int | None = None,
 ) -> None:
-    """Bind first and report NOT_SERVING while `load` runs, then SERVING until SIGINT/SIGTERM. With
+    """Bind first and report NOT_SERVING while `load` runs, then SERVING until SIGINT/SIGTERM; then
+    NOT_SERVING at once, in-flight calls get `grace_seconds` (default DRAIN_SECONDS) to finish. With
     `metrics_port`, Prometheus metrics are served over HTTP on host:metrics_port from the start."""
+    grace_seconds = DRAIN_SECONDS if grace_seconds is None else grace_seconds
     service_names = list(service_names)
     security = security or ServerSecurity()
     policy = AuthPolicy(host, admin_token=security.admin_token, api_key=security.api_key)
@@ -47,6 +58,7 @@ async def run_server(
         options=[
             ("grpc.max_send_message_length", MAX_MESSAGE_BYTES),
             ("grpc.max_receive_message_length", security.max_receive_bytes),
+            *KEEPALIVE_PERMIT,
         ],
         interceptors=[] if policy.is_open else [AuthInterceptor(policy)],
     )
@@ -87,8 +99,17 @@ async def run_server(
     for sig in (signal.SIGINT, signal.SIGTERM):
         loop.add_signal_handler(sig, stop.set)
 
+    loading = asyncio.ensure_future(load())
+    stopping = asyncio.ensure_future(stop.wait())
+    await asyncio.wait({loading, stopping}, return_when=asyncio.FIRST_COMPLETED)
+    if not loading.done():  # a signal while loading (e.g. a controller waiting for its target): stop now
+        loading.cancel()
+        log.info("stopped while loading", server=name)
+        await server.stop(0)
+        return
+    stopping.cancel()
     try:
-        await load()
+        loading.result()
     except Exception:
         log.exception("load failed", server=name)
         await server.stop(0)

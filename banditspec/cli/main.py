@@ -23,12 +23,25 @@ def _ints(text: str) -> list[int]:
     return [int(x) for x in text.split(",") if x.strip()] if text else []
 
 
+def _seconds(minimum: float):
+    def parse(text: str) -> float:
+        value = float(text)
+        if not value >= minimum:  # NaN too
+            raise argparse.ArgumentTypeError(f"must be a number of seconds >= {minimum}, got {text}")
+        return value
+
+    return parse
+
+
 def _service_args(parser: argparse.ArgumentParser, port: int, max_message_mib: int) -> None:
     parser.add_argument("--host", default="127.0.0.1")
     parser.add_argument("--port", type=int, default=port, help="0 picks a free port")
     parser.add_argument("--ready-file", help="write the bound address here once SERVING")
     parser.add_argument("--log-level", default=None)
     parser.add_argument("--metrics-port", type=int, help="serve Prometheus metrics over HTTP on host:PORT")
+    parser.add_argument(
+        "--drain-seconds", type=_seconds(0.0), default=10.0, help="after SIGTERM, how long in-flight calls may finish"
+    )
     parser.add_argument("--tls-cert", help="serve TLS with this certificate (PEM; with --tls-key)")
     parser.add_argument("--tls-key", help="the private key of --tls-cert (PEM)")
     parser.add_argument("--tls-client-ca", help="mutual TLS: require client certificates signed by this CA (PEM)")
@@ -150,6 +163,7 @@ def cmd_serve_controller(args: argparse.Namespace) -> None:
                 model_free_gammas=_ints(_model_free_gammas(args)),
                 model_gammas=_ints(args.model_gammas),
                 rpc_timeout=args.rpc_timeout,
+                draft_deadline=args.draft_deadline,
                 refresh_seconds=args.refresh_seconds,
                 host=args.host,
                 port=args.port,
@@ -447,6 +461,10 @@ def build_parser() -> argparse.ArgumentParser:
     controller.add_argument("--pld-gammas", dest="pld_gammas", help=argparse.SUPPRESS)
     controller.add_argument("--model-gammas", default="4", help="γ values for model drafters")
     controller.add_argument("--rpc-timeout", type=float, default=60.0)
+    controller.add_argument(
+        "--draft-deadline", type=_seconds(0.001), default=3.0,
+        help="seconds a proposal may take; a slower one costs its drafter the request (and feeds the breaker)",
+    )  # fmt: skip
     controller.add_argument("--max-concurrent", type=int, default=32, help="requests run at once (then they queue)")
     controller.add_argument(
         "--warm-start", choices=["on", "off"], default="on",
@@ -549,6 +567,10 @@ def main(argv: list[str] | None = None) -> None:
     settings.apply(parser, argv, os.environ)
     args = parser.parse_args(argv)
     logs.configure(getattr(args, "log_level", None))
+    if getattr(args, "drain_seconds", None) is not None:
+        from banditspec import serving
+
+        serving.DRAIN_SECONDS = args.drain_seconds
     args.func(args)
 
 

@@ -11,28 +11,56 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import time
+from collections.abc import Awaitable, Callable
 from dataclasses import dataclass
-from typing import Any
+from typing import Any, TypeVar
 
 import grpc
 import structlog
+from grpc_health.v1 import health_pb2, health_pb2_grpc
 
 from banditspec.channels import open_aio_channel
-from banditspec.errors import is_session_lost
+from banditspec.errors import Unavailable, is_session_lost
 from banditspec.sampling import SamplingParams
 from banditspec.security import ClientTLS
 from banditspec.v1 import draft_pb2, draft_pb2_grpc, target_pb2, target_pb2_grpc
 from banditspec.verify_lengths import effective_forward_seconds
+from services.controller import metrics
 from services.controller.arms import Arm
 from services.controller.domain import Deadline, Proposal, Verdict
+from services.controller.retry import Backoff, CircuitBreaker
 
 log = structlog.get_logger()
 
 RELEASE_TIMEOUT_SECONDS = 5.0
+DEFAULT_DRAFT_DEADLINE_SECONDS = 3.0  # a proposal slower than this costs its drafter the request
+# A proposal that ships context (a session's first, or a reopen) may take one more draft deadline per this
+# many tokens: a draft model prefills them.
+CONTEXT_TOKENS_PER_DRAFT_DEADLINE = 512
+# Failures that say the service (not one drafter or one request) is in trouble; they feed its breaker.
+SERVICE_FAILURES = {
+    grpc.StatusCode.UNAVAILABLE,
+    grpc.StatusCode.DEADLINE_EXCEEDED,
+    grpc.StatusCode.INTERNAL,
+    grpc.StatusCode.RESOURCE_EXHAUSTED,
+    grpc.StatusCode.UNKNOWN,
+}
+# Retries of a call to an unavailable target stop this long before the round's time runs out, so the
+# client gets the controller's UNAVAILABLE (which says why) rather than its own DEADLINE_EXCEEDED.
+GIVE_UP_MARGIN_SECONDS = 0.5
+
+T = TypeVar("T")
 
 
 class DrafterFailed(Exception):
     """A draft service could not propose: its drafter's arms leave the request, which goes on."""
+
+
+class DraftRejected(DrafterFailed):
+    """The target refused a draft (INVALID_ARGUMENT: ids out of range, malformed q): the drafter's arms
+    leave the request and the round is redone; the target's session is untouched (it checks a verify
+    whole before running it)."""
 
 
 def session_seed(request_seed: int, context_length: int) -> int:
@@ -84,8 +112,25 @@ class TargetClient:
         self._info: TargetInfo | None = None
 
     async def connect(self, timeout: float) -> TargetInfo:
-        await asyncio.wait_for(self.channel.channel_ready(), timeout)
-        self._info = TargetInfo.from_pb(await self.stub.Info(target_pb2.TargetInfoRequest(), timeout=timeout))
+        """The target's Info, waiting for as long as it takes while the target is unreachable or loading
+        (UNAVAILABLE): the controller stays NOT_SERVING meanwhile. Each call gets `timeout`."""
+        backoff = Backoff(initial=0.2, maximum=2.0)
+        waited_since = time.monotonic()
+        logged = 0.0
+        while True:
+            try:
+                response = await self.stub.Info(target_pb2.TargetInfoRequest(), timeout=timeout)
+                break
+            except grpc.aio.AioRpcError as error:
+                if error.code() not in (grpc.StatusCode.UNAVAILABLE, grpc.StatusCode.DEADLINE_EXCEEDED):
+                    raise
+                waited = time.monotonic() - waited_since
+                if waited - logged >= 30.0 or logged == 0.0:
+                    log.info("waiting for the target", target=self.address, waited_seconds=round(waited, 1),
+                             details=error.details())  # fmt: skip
+                    logged = max(waited, 1e-9)
+                await asyncio.sleep(backoff.next_delay())
+        self._info = TargetInfo.from_pb(response)
         return self._info
 
     @property
@@ -102,7 +147,12 @@ class TargetClient:
 
 
 class TargetSession:
-    """One request's session on the target: opened with the prompt, then one verify per round."""
+    """One request's session on the target: opened with the prompt, then one verify per round.
+
+    A target that is unavailable (restarting, loading, unreachable) is retried with backoff for as long as
+    the round may take (`--rpc-timeout`, cut to the request's deadline); a retried verify carries the
+    full context, so a restarted target reopens the session and verifies the same draft. The context only
+    grows when a verdict arrives, so a retried round commits its tokens once."""
 
     def __init__(
         self, client: TargetClient, session_id: str, sampling: SamplingParams, seed: int, deadline: Deadline
@@ -112,7 +162,8 @@ class TargetSession:
         self.sampling = sampling.to_pb()
         self.seed = seed
         self.deadline = deadline
-        self.stream = RoundStream(client.stub.VerifyStream, deadline.stream_timeout())
+        self.stream = RoundStream(client.stub.VerifyStream, deadline.stream_timeout)
+        self.retries = 0  # attempts after UNAVAILABLE, over the session's life
 
     def _open_request(self, context: list[int]) -> target_pb2.OpenSessionRequest:
         return target_pb2.OpenSessionRequest(
@@ -122,10 +173,46 @@ class TargetSession:
             seed=session_seed(self.seed, len(context)),
         )
 
+    async def _retrying(self, attempt: Callable[[float, bool], Awaitable[T]]) -> T:
+        """`attempt(timeout, reopen)` until it answers. SESSION_LOST: once more at once with reopen;
+        UNAVAILABLE: again with reopen after a backoff, until the round's time is spent, then Unavailable
+        with what happened. Other errors are the caller's."""
+        start = time.monotonic()
+        window_ends = start + self.deadline.timeout()
+        backoff = Backoff()
+        reopen = lost = False
+        while True:
+            try:
+                return await attempt(max(0.001, window_ends - time.monotonic()), reopen)
+            except grpc.aio.AioRpcError as error:
+                if is_session_lost(error) and not lost:
+                    log.warning("target lost the session; reopening with the full context")
+                    reopen = lost = True
+                    continue
+                if error.code() != grpc.StatusCode.UNAVAILABLE:
+                    raise
+                delay = backoff.next_delay()
+                if window_ends - time.monotonic() <= delay + GIVE_UP_MARGIN_SECONDS:
+                    raise Unavailable(
+                        f"target service at {self.client.address} unavailable for {time.monotonic() - start:.1f} s "
+                        f"({backoff.attempts} attempts, retried until the round's time (--rpc-timeout, cut to the "
+                        f"request's deadline) ran out): {error.details()}"
+                    ) from error
+                if backoff.attempts == 1:
+                    log.warning("target unavailable; retrying with the full context", details=error.details())
+                self.retries += 1
+                metrics.TARGET_RETRIES.inc()
+                reopen = True
+                await asyncio.sleep(delay)
+
     async def open(self, context: list[int]) -> float:
         """Prefill the prompt; returns the target's compute seconds."""
-        response = await self.client.stub.OpenSession(self._open_request(context), timeout=self.deadline.timeout())
-        return float(response.compute_seconds)
+
+        async def attempt(timeout: float, reopen: bool) -> float:
+            response = await self.client.stub.OpenSession(self._open_request(context), timeout=timeout)
+            return float(response.compute_seconds)
+
+        return await self._retrying(attempt)
 
     async def verify(self, context: list[int], draft: Proposal) -> Verdict:
         """Verify `draft` after `context` (what the session holds); a lost session is reopened with the
@@ -136,14 +223,18 @@ class TargetSession:
             draft_ids=draft.token_ids,
             draft_probs=draft.probs,
         )
-        try:
-            response = await self.stream.exchange(request, self.deadline.timeout())
-        except grpc.aio.AioRpcError as error:
-            if not is_session_lost(error):
+
+        async def attempt(timeout: float, reopen: bool) -> Any:
+            if reopen and not request.HasField("reopen"):
+                request.reopen.CopyFrom(self._open_request(context))
+            try:
+                return await self.stream.exchange(request, timeout)
+            except grpc.aio.AioRpcError as error:
+                if error.code() == grpc.StatusCode.INVALID_ARGUMENT and draft.token_ids:
+                    raise DraftRejected(f"the target rejected the draft: {error.details()}") from error
                 raise
-            log.warning("target lost the session; reopening with the full context", tokens=len(context))
-            request.reopen.CopyFrom(self._open_request(context))
-            response = await self.stream.exchange(request, self.deadline.timeout())
+
+        response = await self._retrying(attempt)
         return Verdict(
             list(response.token_ids),
             response.accepted,
@@ -180,15 +271,53 @@ class DrafterEntry:
 
 
 class DraftClient:
-    """One draft service; remembers its drafters and which of them the target accepts."""
+    """One draft service; remembers its drafters and which of them the target accepts, and a circuit
+    breaker that withdraws its arms after repeated failures until its health recovers."""
 
-    def __init__(self, name: str, address: str, tls: ClientTLS | None = None) -> None:
+    def __init__(
+        self,
+        name: str,
+        address: str,
+        tls: ClientTLS | None = None,
+        draft_deadline: float = DEFAULT_DRAFT_DEADLINE_SECONDS,
+    ) -> None:
         self.name = name
         self.address = address
+        self.draft_deadline = draft_deadline
         self.channel = open_aio_channel(address, tls)
         self.stub = draft_pb2_grpc.DraftServiceStub(self.channel)
+        self.health = health_pb2_grpc.HealthStub(self.channel)
         self.drafters: list[DrafterEntry] = []
         self.refused: dict[str, str] = {}  # drafter name → why the controller will not use it
+        self.breaker = CircuitBreaker()
+
+    async def healthy(self, timeout: float) -> bool:
+        """Whether the service reports SERVING (a restarted one is NOT_SERVING while it loads)."""
+        try:
+            response = await self.health.Check(health_pb2.HealthCheckRequest(), timeout=timeout)
+        except grpc.aio.AioRpcError:
+            return False
+        return response.status == health_pb2.HealthCheckResponse.SERVING
+
+    def failed(self, reason: str) -> None:
+        if self.breaker.record_failure(time.monotonic()):
+            metrics.DRAFT_SERVICE_WITHDRAWN.labels(self.name).set(1)
+            log.warning(
+                "draft service failing; its arms are withdrawn until it recovers",
+                service=self.name,
+                failures=self.breaker.failures,
+                cooldown_seconds=self.breaker.current_cooldown(),
+                reason=reason,
+            )
+
+    def succeeded(self) -> None:
+        self.breaker.record_success()
+
+    def recovered(self) -> None:
+        """Healthy after the breaker's cooldown: its arms return."""
+        self.breaker.recovered()
+        metrics.DRAFT_SERVICE_WITHDRAWN.labels(self.name).set(0)
+        log.info("draft service recovered; its arms return", service=self.name)
 
     async def refresh(self, target_fingerprint: str, timeout: float) -> None:
         response = await self.stub.ListDrafters(draft_pb2.ListDraftersRequest(), timeout=timeout)
@@ -240,7 +369,7 @@ class DraftSession:
         self.seed = seed
         self.deadline = deadline
         self.synced: int | None = None  # context tokens the service holds; None: never contacted
-        self.stream = RoundStream(client.stub.ProposeStream, deadline.stream_timeout())
+        self.stream = RoundStream(client.stub.ProposeStream, deadline.stream_timeout)
 
     async def propose(
         self,
@@ -267,17 +396,28 @@ class DraftSession:
                 score_drafters=score_drafters or [],
                 score_num_tokens=score_num_tokens,
             )
+            shipped = len(context) - synced
+            allowed = self.client.draft_deadline * (1.0 + shipped / CONTEXT_TOKENS_PER_DRAFT_DEADLINE)
+            timeout = min(allowed, self.deadline.timeout())
             try:
-                response = await self.stream.exchange(request, self.deadline.timeout())
+                response = await self.stream.exchange(request, timeout)
             except TimeoutError as error:
-                raise DrafterFailed("no proposal within the round deadline") from error
+                if self.deadline.expired():
+                    raise
+                reason = f"no proposal within {timeout:.2f} s (--draft-deadline)"
+                self.client.failed(reason)
+                raise DrafterFailed(reason) from error
             except grpc.aio.AioRpcError as error:
                 if is_session_lost(error) and attempt == 0:
                     self.synced = 0  # resend the full context
                     continue
                 if error.code() == grpc.StatusCode.DEADLINE_EXCEEDED and self.deadline.expired():
                     raise
-                raise DrafterFailed(f"{error.code().name}: {error.details()}") from error
+                reason = f"{error.code().name}: {error.details()}"
+                if error.code() in SERVICE_FAILURES:
+                    self.client.failed(reason)
+                raise DrafterFailed(reason) from error
+            self.client.succeeded()
             self.synced = len(context)
             token_ids = list(response.draft_ids[:num_tokens])
             return Proposal(
@@ -314,14 +454,16 @@ class RoundStream:
     A failed stream is dropped and the error re-raised; the next exchange opens a new one.
     """
 
-    def __init__(self, method: grpc.aio.StreamStreamMultiCallable, stream_timeout: float) -> None:
+    def __init__(self, method: grpc.aio.StreamStreamMultiCallable, stream_timeout: Callable[[], float]) -> None:
         self.method = method
-        self.stream_timeout = stream_timeout
+        self.stream_timeout = stream_timeout  # what is left of the request when a stream (re)opens
         self.call: grpc.aio.StreamStreamCall | None = None
 
     async def exchange(self, request: Any, timeout: float) -> Any:
+        if self.call is not None and self.call.done():
+            self.call = None  # it ended between rounds (its service went away): a new stream finds out how
         if self.call is None:
-            self.call = self.method(timeout=self.stream_timeout)
+            self.call = self.method(timeout=self.stream_timeout())
         call = self.call
         try:
             async with asyncio.timeout(timeout):
@@ -330,6 +472,11 @@ class RoundStream:
         except (grpc.aio.AioRpcError, asyncio.CancelledError, TimeoutError):
             self.abandon()
             raise
+        except asyncio.InvalidStateError as error:  # it ended just before the write
+            self.abandon()
+            raise grpc.aio.AioRpcError(
+                grpc.StatusCode.UNAVAILABLE, grpc.aio.Metadata(), grpc.aio.Metadata(), "the round stream had ended"
+            ) from error
         if response is grpc.aio.EOF:  # the server closed the stream without an answer
             self.call = None
             raise grpc.aio.AioRpcError(

@@ -168,7 +168,7 @@ class Generation:
         return room
 
     async def _play(self, index: int | None, arm: Arm, gamma: int) -> Round | None:
-        """Draft (unless γ = 0) and verify; None when the drafter failed."""
+        """Draft (unless γ = 0) and verify; None when the drafter failed or the target rejected its draft."""
         start = time.perf_counter()
         proposal = NO_DRAFT
         if gamma > 0:
@@ -177,7 +177,11 @@ class Generation:
             except DrafterFailed as error:
                 self._drop_drafter(arm, str(error))
                 return None
-        verdict = await self.target.verify(self.context, proposal)
+        try:
+            verdict = await self.target.verify(self.context, proposal)
+        except DrafterFailed as error:  # the target rejected the draft: nothing was committed
+            self._drop_drafter(arm, str(error))
+            return None
         return Round(index, arm, gamma, proposal, verdict, time.perf_counter() - start)
 
     async def _propose(self, arm: Arm, gamma: int) -> Proposal:
@@ -257,12 +261,19 @@ class Generation:
             self.result.tallies.setdefault(self.request.arms[sample.arm].name, ArmTally()).counterfactual += 1
 
     def _drop_drafter(self, arm: Arm, reason: str) -> None:
-        self.log.warning("drafter failed; its arms leave this request", arm=arm.name, reason=reason)
+        """The drafter's arms leave the request; every arm of its service does once the service's breaker
+        is open (it keeps failing: hung, gone)."""
+        session = self.drafts.get(arm.service)
+        whole_service = session is not None and session.client.breaker.open
+        self.log.warning(
+            "drafter failed; its arms leave this request", arm=arm.name, reason=reason, whole_service=whole_service
+        )
+        metrics.DRAFTER_FAILURES.labels(arm.service).inc()
         for index, other in enumerate(self.request.arms):
-            if other.service == arm.service and other.drafter == arm.drafter:
+            if other.service == arm.service and (whole_service or other.drafter == arm.drafter):
+                if self.scorer is not None:
+                    self.scorer.drop_drafter(other.service, other.drafter)
                 self.policy.disable(index)
-        if self.scorer is not None:
-            self.scorer.drop_drafter(arm.service, arm.drafter)
 
     # after the request -------------------------------------------------------------------------
     async def release(self) -> None:

@@ -8,7 +8,7 @@ tokens per round         = rate(banditspec_generated_tokens) / rate(spec_decode_
 
 from __future__ import annotations
 
-from prometheus_client import Counter, Histogram
+from prometheus_client import Counter, Gauge, Histogram
 
 from services.controller.arms import Arm
 
@@ -22,6 +22,13 @@ ACCEPTED_PER_POSITION = Counter(
 )  # fmt: skip
 GENERATED_TOKENS = Counter("banditspec_generated_tokens", "Verified tokens emitted", ARM)
 REQUESTS = Counter("banditspec_requests", "Finished generation requests by finish reason", ["finish_reason"])
+TARGET_RETRIES = Counter("banditspec_target_retries", "Calls to the target retried after UNAVAILABLE")
+DRAFTER_FAILURES = Counter(
+    "banditspec_drafter_failures", "Drafters that left a request (failed, too slow, or rejected)", ["service"]
+)
+DRAFT_SERVICE_WITHDRAWN = Gauge(
+    "banditspec_draft_service_withdrawn", "1 while a draft service's circuit breaker withdraws its arms", ["service"]
+)
 ROUND_SECONDS = Histogram(
     "banditspec_round_seconds",
     "Wall time of a round, RPCs included",

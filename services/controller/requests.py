@@ -13,6 +13,16 @@ from banditspec.v1 import generation_pb2
 from services.controller.arms import Arm, choose_arms
 from services.controller.domain import GenerationRequest, GenerationResult
 
+# Limits on a request, each named in its INVALID_ARGUMENT (docs/operating.md, "Request limits").
+MAX_REQUEST_ID_CHARS = 128
+MAX_STOP_STRINGS = 16
+MAX_STOP_CHARS = 256
+MAX_ALLOWED_ARMS = 256
+DEFAULT_MAX_NEW_TOKENS = 256  # max_new_tokens unset (0): this many, or what the context leaves if less
+# A prompt text longer than this many characters per context token cannot fit: rejected before it is
+# tokenised (tokenising runs off the event loop, but a megabyte still costs a core for a while).
+MAX_TEXT_CHARS_PER_TOKEN = 32
+
 FINISH_REASONS = {
     "length": generation_pb2.FINISH_REASON_LENGTH,
     "eos": generation_pb2.FINISH_REASON_EOS,
@@ -48,15 +58,8 @@ def prompt_ids(pb: generation_pb2.GenerateRequest, tokenizer, vocab_size: int) -
     raise InvalidArgument("the request has no prompt: set text, token_ids or chat")
 
 
-def from_pb(
-    pb: generation_pb2.GenerateRequest,
-    *,
-    tokenizer,
-    vocab_size: int,
-    max_context: int,
-    available_arms: list[Arm],
-    default_policy: str,
-) -> GenerationRequest:
+def check_fields(pb: generation_pb2.GenerateRequest, max_context: int) -> None:
+    """The cheap checks, before the prompt is tokenised: sampling, sizes and limits."""
     temperature = pb.temperature if pb.HasField("temperature") else 0.0
     top_p = pb.top_p if pb.HasField("top_p") else 1.0
     if not (math.isfinite(temperature) and temperature >= 0):
@@ -65,14 +68,57 @@ def from_pb(
         raise InvalidArgument(f"top_p must be in (0, 1], got {top_p}")
     if pb.top_k < 0:
         raise InvalidArgument(f"top_k must be >= 0, got {pb.top_k}")
-    if pb.max_new_tokens <= 0:
-        raise InvalidArgument(f"max_new_tokens must be > 0, got {pb.max_new_tokens}")
-    ids = prompt_ids(pb, tokenizer, vocab_size)
+    if pb.max_new_tokens < 0:
+        raise InvalidArgument(
+            f"max_new_tokens must be > 0 (or unset: {DEFAULT_MAX_NEW_TOKENS}), got {pb.max_new_tokens}"
+        )
+    if len(pb.request_id) > MAX_REQUEST_ID_CHARS:
+        raise InvalidArgument(f"request_id has {len(pb.request_id)} characters; the limit is {MAX_REQUEST_ID_CHARS}")
+    if len(pb.stop) > MAX_STOP_STRINGS:
+        raise InvalidArgument(f"{len(pb.stop)} stop strings; the limit is {MAX_STOP_STRINGS}")
+    for stop in pb.stop:
+        if not stop:
+            raise InvalidArgument("a stop string is empty")
+        if len(stop) > MAX_STOP_CHARS:
+            raise InvalidArgument(f"a stop string has {len(stop)} characters; the limit is {MAX_STOP_CHARS}")
+    if len(pb.allowed_arms) > MAX_ALLOWED_ARMS:
+        raise InvalidArgument(f"{len(pb.allowed_arms)} allowed_arms; the limit is {MAX_ALLOWED_ARMS}")
+    max_chars = MAX_TEXT_CHARS_PER_TOKEN * max_context
+    which = pb.WhichOneof("prompt")
+    chars = len(pb.text) if which == "text" else sum(len(m.content) + len(m.role) for m in pb.chat.messages)
+    if which in ("text", "chat") and chars > max_chars:
+        raise InvalidArgument(
+            f"prompt of {chars} characters; the limit is {max_chars} ({MAX_TEXT_CHARS_PER_TOKEN} per token of the "
+            f"target's context of {max_context})"
+        )
+    if which == "token_ids" and len(pb.token_ids.ids) >= max_context:
+        raise InvalidArgument(
+            f"prompt of {len(pb.token_ids.ids)} tokens does not fit the target's context of {max_context} tokens"
+        )
+
+
+def from_pb(
+    pb: generation_pb2.GenerateRequest,
+    *,
+    tokenizer,
+    vocab_size: int,
+    max_context: int,
+    available_arms: list[Arm],
+    default_policy: str,
+    ids: list[int] | None = None,
+) -> GenerationRequest:
+    """Validate and convert; `ids`: the prompt already tokenised (off the event loop), else tokenised here."""
+    check_fields(pb, max_context)
+    temperature = pb.temperature if pb.HasField("temperature") else 0.0
+    top_p = pb.top_p if pb.HasField("top_p") else 1.0
+    if ids is None:
+        ids = prompt_ids(pb, tokenizer, vocab_size)
     if len(ids) >= max_context:
         raise InvalidArgument(f"prompt of {len(ids)} tokens does not fit the target's context of {max_context} tokens")
-    if len(ids) + pb.max_new_tokens > max_context:
+    max_new_tokens = pb.max_new_tokens or min(DEFAULT_MAX_NEW_TOKENS, max_context - len(ids))
+    if len(ids) + max_new_tokens > max_context:
         raise InvalidArgument(
-            f"prompt ({len(ids)} tokens) + max_new_tokens ({pb.max_new_tokens}) exceeds the target's context of "
+            f"prompt ({len(ids)} tokens) + max_new_tokens ({max_new_tokens}) exceeds the target's context of "
             f"{max_context} tokens"
         )
     if pb.policy not in (generation_pb2.POLICY_UNSPECIFIED, *POLICY_NAMES):
@@ -88,7 +134,7 @@ def from_pb(
         arms = arms[:1]
     return GenerationRequest(
         prompt_ids=ids,
-        max_new_tokens=pb.max_new_tokens,
+        max_new_tokens=max_new_tokens,
         sampling=SamplingParams(temperature=temperature, top_p=top_p, top_k=pb.top_k),
         seed=pb.seed if pb.HasField("seed") else secrets.randbits(63),
         stop=list(pb.stop),

@@ -3,6 +3,8 @@
 from __future__ import annotations
 
 import asyncio
+import time
+from concurrent.futures import ThreadPoolExecutor
 from contextlib import aclosing
 from dataclasses import dataclass, field
 
@@ -21,11 +23,11 @@ from services.controller import metrics
 from services.controller.admission import Admission
 from services.controller.arms import TARGET_ONLY_ARM, Arm
 from services.controller.batch_cost import ForwardCurve
-from services.controller.clients import DraftClient, TargetClient
+from services.controller.clients import DEFAULT_DRAFT_DEADLINE_SECONDS, DraftClient, TargetClient
 from services.controller.domain import Deadline, GenerationRequest
 from services.controller.generation import Generation
 from services.controller.priors import ArmPriors
-from services.controller.requests import from_pb, result_to_pb
+from services.controller.requests import check_fields, from_pb, prompt_ids, result_to_pb
 from services.controller.reward import StepTimeEstimate
 
 log = structlog.get_logger()
@@ -42,6 +44,7 @@ class ControllerConfig:
     model_free_gammas: list[int] = field(default_factory=lambda: [6])
     model_gammas: list[int] = field(default_factory=lambda: [4])
     rpc_timeout: float = 60.0
+    draft_deadline: float = DEFAULT_DRAFT_DEADLINE_SECONDS  # per proposal; a slower one costs its drafter
     refresh_seconds: float = 2.0
     host: str = "127.0.0.1"
     port: int = 50050
@@ -63,17 +66,23 @@ class Controller:
     def __init__(self, config: ControllerConfig) -> None:
         self.config = config
         self.target = TargetClient(config.target, config.upstream_tls)
-        self.drafts = {name: DraftClient(name, address, config.upstream_tls) for name, address in config.drafts.items()}
+        self.drafts = {
+            name: DraftClient(name, address, config.upstream_tls, config.draft_deadline)
+            for name, address in config.drafts.items()
+        }
         self.tokenizer: PreTrainedTokenizerBase | None = None
         self.step_estimate: StepTimeEstimate | None = None
         self.forward_curve: ForwardCurve | None = None  # f(tokens in a batch), learnt from every verify
         self.arms: list[Arm] = [TARGET_ONLY_ARM]
         self.admission = Admission(config.max_concurrent, config.max_queued)
         self.priors = ArmPriors()
+        # One thread: tokenising stays off the event loop, and a fast tokenizer is never entered from two
+        # threads at once (it may adjust its padding/truncation state per call).
+        self._tokenizing = ThreadPoolExecutor(max_workers=1, thread_name_prefix="tokenize")
         self._refresher: asyncio.Task | None = None
 
     async def connect(self) -> None:
-        info = await self.target.connect(self.config.rpc_timeout)
+        info = await self.target.connect(self.config.rpc_timeout)  # waits while the target loads
         path = self.config.tokenizer or info.model_name
         tokenizer = load_tokenizer(path)
         fingerprint = vocab_fingerprint(tokenizer)
@@ -100,17 +109,28 @@ class Controller:
         lengths = self.target.info.verify_lengths
         model_free = list(dict.fromkeys(filled_gamma(lengths, gamma) for gamma in self.config.model_free_gammas))
         arms = [TARGET_ONLY_ARM]
+        timeout = min(5.0, self.config.rpc_timeout)
         for client in self.drafts.values():
             try:
-                await client.refresh(self.target.info.vocab_fingerprint, timeout=min(5.0, self.config.rpc_timeout))
+                if not await client.healthy(timeout):  # e.g. restarted and still loading its drafters
+                    raise grpc.aio.AioRpcError(grpc.StatusCode.UNAVAILABLE, None, None, "not SERVING")
+                await client.refresh(self.target.info.vocab_fingerprint, timeout=timeout)
             except grpc.aio.AioRpcError as error:
                 if client.drafters:
                     log.warning(
                         "draft service unreachable; its arms are withdrawn", service=client.name, code=error.code().name
                     )
                 client.drafters = []
+            if client.breaker.open:
+                if not (client.drafters and client.breaker.may_probe(time.monotonic())):
+                    continue  # withdrawn until healthy after the cooldown
+                client.recovered()
             arms.extend(client.arms(model_free, self.config.model_gammas))
         self.arms = arms
+
+    def available_arms(self) -> list[Arm]:
+        """The arms of the last refresh, less those of draft services whose breaker opened since."""
+        return [arm for arm in self.arms if arm.service not in self.drafts or not self.drafts[arm.service].breaker.open]
 
     async def _refresh_forever(self) -> None:
         while True:
@@ -127,16 +147,22 @@ class Controller:
                     return reason
         return None
 
-    def request(self, pb: generation_pb2.GenerateRequest) -> GenerationRequest:
+    async def request(self, pb: generation_pb2.GenerateRequest) -> GenerationRequest:
+        """Validate; the prompt is tokenised on a worker thread, after the cheap checks (its length first)."""
         if self.tokenizer is None:
             raise Unavailable("the controller is still connecting")
+        info = self.target.info
         try:
+            check_fields(pb, info.max_context)
+            loop = asyncio.get_running_loop()
+            ids = await loop.run_in_executor(self._tokenizing, prompt_ids, pb, self.tokenizer, info.vocab_size)
             return from_pb(
                 pb,
+                ids=ids,
                 tokenizer=self.tokenizer,
                 vocab_size=self.target.info.vocab_size,
                 max_context=self.target.info.max_context,
-                available_arms=self.arms,
+                available_arms=self.available_arms(),
                 default_policy=self.config.policy,
             )
         except InvalidArgument as error:
@@ -167,6 +193,7 @@ class Controller:
     async def close(self) -> None:
         if self._refresher is not None:
             self._refresher.cancel()
+        self._tokenizing.shutdown(wait=False, cancel_futures=True)
         await self.target.close()
         for client in self.drafts.values():
             await client.close()
@@ -212,7 +239,7 @@ class GenerationServicer(generation_pb2_grpc.GenerationServiceServicer):
 
     @grpc_errors
     async def Generate(self, request, context):
-        parsed = self.controller.request(request)
+        parsed = await self.controller.request(request)
         async with self.controller.admission.slot():
             generation = self.controller.generation(parsed, context)
             async with aclosing(self._events(generation)) as events:
@@ -222,7 +249,7 @@ class GenerationServicer(generation_pb2_grpc.GenerationServiceServicer):
 
     @grpc_errors
     async def GenerateStream(self, request, context):
-        parsed = self.controller.request(request)
+        parsed = await self.controller.request(request)
         async with self.controller.admission.slot():
             generation = self.controller.generation(parsed, context)
             # aclosing: a client that hangs up still gets its sessions released at once, not at GC.

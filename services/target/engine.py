@@ -58,6 +58,11 @@ class Job:
     error: Exception | None = None
     done: bool = False
 
+    @property
+    def started(self) -> bool:
+        """A step has taken it up: its session is open (or found)."""
+        return self.session is not None
+
     def fail(self, error: Exception) -> None:
         self.error, self.done = error, True
 
@@ -179,10 +184,15 @@ class TargetEngine:
                 job.finish(job.compute_seconds)
             return
         assert isinstance(job, VerifyJob)
-        if job.reopen is not None and job.session_id not in self.sessions:
+        if job.reopen is not None and not self._holds(job.session_id, job.context_length):
+            # Not held (restart, eviction), or held at another length (a verdict the caller never got):
+            # the caller's full context is the truth.
             self._open(job, *job.reopen)
             return
         job.session = self.sessions.get(job.session_id)
+
+    def _holds(self, session_id: str, context_length: int) -> bool:
+        return session_id in self.sessions and len(self.sessions.get(session_id).context) == context_length
 
     def _open(self, job: Job, context_ids: list[int], sampling: SamplingParams, seed: int) -> None:
         """A new session (replacing one of the same id) whose prompt the next forwards prefill."""

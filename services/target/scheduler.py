@@ -14,11 +14,12 @@ from __future__ import annotations
 import threading
 import time
 from collections.abc import Callable
-from concurrent.futures import Future
+from concurrent.futures import Future, InvalidStateError
 from typing import Any
 
 import structlog
 
+from banditspec.errors import SessionLost
 from services.target.engine import BatchInfo, Job, TargetEngine
 
 log = structlog.get_logger()
@@ -63,9 +64,15 @@ class Scheduler:
         return future
 
     def forget(self, session_id: str) -> None:
-        """The session ended: no round of it is coming back."""
+        """The session ended: no round of it is coming back, and its jobs not yet started are dropped (run
+        later, an open would bring the released session back)."""
         with self._wake:
             self._returning.discard(session_id)
+            dropped = [(job, future) for job, future in self._jobs if job.session_id == session_id and not job.started]
+            gone = {id(job) for job, _ in dropped}  # by identity: jobs hold tensors, == would compare them
+            self._jobs = [(job, future) for job, future in self._jobs if id(job) not in gone]
+        for _, future in dropped:
+            _resolve(future, error=SessionLost(f"session {session_id!r} was released"))
 
     def pending(self) -> int:
         with self._wake:
@@ -86,6 +93,9 @@ class Scheduler:
                 if self._stopping and not self._jobs and not self._calls:
                     return
                 calls, self._calls = self._calls, []
+                # A caller that gave up (cancelled its call) cancels the job's future: a job not yet
+                # started is dropped; a started one finishes (its session stays consistent) unanswered.
+                self._jobs = [(job, future) for job, future in self._jobs if job.started or not future.cancelled()]
                 if self._jobs and not calls:
                     self._gather()
                 jobs = list(self._jobs)
@@ -120,10 +130,7 @@ class Scheduler:
                         else:
                             self._returning.discard(job.session_id)
                 for job, future in finished:
-                    if job.error is not None:
-                        future.set_exception(job.error)
-                    else:
-                        future.set_result(job)
+                    _resolve(future, job, job.error)
 
     def _gather(self) -> None:
         """With the lock held: wait, briefly, for the sessions on their way back (see the module doc)."""
@@ -136,6 +143,17 @@ class Scheduler:
                 self._returning -= missing  # late ones are not waited for again until their next verify
                 return
             self._wake.wait(left)
+
+
+def _resolve(future: Future, result: Any = None, error: Exception | None = None) -> None:
+    """Answer a job's future unless its caller cancelled it meanwhile (which must not stop the worker)."""
+    try:
+        if error is not None:
+            future.set_exception(error)
+        else:
+            future.set_result(result)
+    except InvalidStateError:
+        pass
 
 
 class StepStats:

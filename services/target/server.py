@@ -112,6 +112,7 @@ class TargetServicer(target_pb2_grpc.TargetServiceServicer):
             verify_lengths=engine.verify_lengths,
             batch_forward_tokens=list(self.batch_seconds),
             batch_forward_seconds=list(self.batch_seconds.values()),
+            sessions=len(engine.sessions),
         )
 
     @grpc_errors

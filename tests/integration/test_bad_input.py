@@ -59,7 +59,6 @@ BAD_REQUESTS = [
     pytest.param(token_prompt([], max_new_tokens=8), "empty", id="empty-token-prompt"),
     pytest.param(generation_pb2.GenerateRequest(text="   ", max_new_tokens=8), "empty", id="blank-text-prompt"),
     pytest.param(generation_pb2.GenerateRequest(max_new_tokens=8), "no prompt", id="no-prompt"),
-    pytest.param(good_request(max_new_tokens=0), "max_new_tokens", id="max-new-tokens-zero"),
     pytest.param(good_request(max_new_tokens=-3), "max_new_tokens", id="max-new-tokens-negative"),
     pytest.param(good_request(max_new_tokens=252), "context", id="max-new-tokens-beyond-context"),
     pytest.param(good_request(temperature=-0.5), "temperature", id="negative-temperature"),
@@ -69,6 +68,11 @@ BAD_REQUESTS = [
     pytest.param(good_request(top_p=1.5), "top_p", id="top-p-above-one"),
     pytest.param(good_request(top_k=-1), "top_k", id="negative-top-k"),
     pytest.param(good_request(allowed_arms=["local/nope/3"]), "unknown arm", id="unknown-arm"),
+    pytest.param(good_request(request_id="r" * 129), "limit is 128", id="request-id-too-long"),
+    pytest.param(good_request(stop=["x"] * 17), "limit is 16", id="too-many-stops"),
+    pytest.param(good_request(stop=["x" * 257]), "limit is 256", id="stop-too-long"),
+    pytest.param(good_request(allowed_arms=["a"] * 257), "limit is 256", id="too-many-allowed-arms"),
+    pytest.param(good_request(text="cat " * 3000), "limit is 8192", id="text-too-long"),
     pytest.param(good_request(allowed_arms=["local/pld/3", "local/pld/3"]), "twice", id="duplicate-arm"),
     pytest.param(good_request(policy=99), "policy", id="unknown-policy"),
     pytest.param(token_prompt([1] * 300, max_new_tokens=4), "context", id="prompt-longer-than-context"),
@@ -115,6 +119,12 @@ def test_prompt_plus_max_new_tokens_exactly_filling_the_context_is_served(genera
     prompt = [(7 * i) % 50 + 3 for i in range(250)]
     response = generation_stub.Generate(token_prompt(prompt, max_new_tokens=6), timeout=RPC_TIMEOUT)
     assert list(response.token_ids) == reference_greedy(target_model, prompt, 6)
+
+
+def test_unset_max_new_tokens_takes_the_default_within_the_context(generation_stub, target_model):
+    """Unset (0): DEFAULT_MAX_NEW_TOKENS (256), or what the context leaves (251 of the tiny target's 256)."""
+    response = generation_stub.Generate(token_prompt(GOOD_PROMPT), timeout=RPC_TIMEOUT)
+    assert list(response.token_ids) == reference_greedy(target_model, GOOD_PROMPT, 256 - len(GOOD_PROMPT))
 
 
 # target service --------------------------------------------------------------------------------

@@ -61,3 +61,15 @@ def test_security_flags_build_each_services_settings(tmp_path, monkeypatch):
     assert _client_tls(generate) == ClientTLS("ca", "c", "k")
     assert _client_tls(parser.parse_args(["drafters", "list"])) is None
     assert parser.parse_args(["up", "--model-root", "/m"]).model_root == ["/m"]
+
+
+def test_every_service_takes_drain_seconds_and_the_controller_a_draft_deadline():
+    parser = build_parser()
+    for command in ("serve-target", "serve-draft", "serve-controller"):
+        assert parser.parse_args([command]).drain_seconds == 10.0
+        assert parser.parse_args([command, "--drain-seconds", "2.5"]).drain_seconds == 2.5
+    assert parser.parse_args(["serve-controller"]).draft_deadline == 3.0
+    assert parser.parse_args(["serve-controller", "--draft-deadline", "0.5"]).draft_deadline == 0.5
+    for bad in (["serve-controller", "--draft-deadline", "0"], ["serve-target", "--drain-seconds", "-1"]):
+        with pytest.raises(SystemExit):
+            parser.parse_args(bad)

@@ -114,3 +114,46 @@ def test_a_lost_session_reopens_inside_the_verify(loaded, tiny_models):
     expected = alone.verify("s", len(prompt), [4, 5], None).verdict
     got = engine.verify("s", len(prompt), [4, 5], None, reopen=(prompt, GREEDY, 0)).verdict
     assert got == expected
+
+
+def test_a_retried_verify_reopens_a_session_that_moved_on(loaded, tiny_models):
+    """A verdict the caller never got (the stream broke after the target committed it): the retry carries
+    the caller's context and gets the same verdict again, not OutOfSync."""
+    engine = TargetEngine(loaded)
+    prompt = prompts(1, tiny_models.vocab_size, seed=6)[0]
+    engine.open("s", prompt, GREEDY, seed=0)
+    first = engine.verify("s", len(prompt), [4, 5], None).verdict  # the session now holds more tokens
+    again = engine.verify("s", len(prompt), [4, 5], None, reopen=(prompt, GREEDY, 0)).verdict
+    assert again == first
+
+
+def test_scheduler_survives_cancelled_callers_and_drops_released_sessions_jobs(loaded, tiny_models):
+    """A cancelled call's job is dropped, or answered into the void; the worker keeps serving. Releasing a
+    session drops its jobs not yet started, so a late open cannot bring it back."""
+    import time
+
+    from services.target.scheduler import Scheduler
+
+    engine = TargetEngine(loaded)
+    scheduler = Scheduler(engine)
+    try:
+        prompt = prompts(1, tiny_models.vocab_size, seed=7)[0]
+        for _ in range(20):  # cancel at whatever point the worker is
+            future = scheduler.submit(OpenJob("c", context_ids=prompt, sampling=GREEDY, seed=0))
+            future.cancel()
+        time.sleep(0.2)
+        scheduler.forget("c")
+        scheduler.call(engine.release, "c").result(timeout=30)
+        assert scheduler.submit(OpenJob("s", context_ids=prompt, sampling=GREEDY, seed=0)).result(timeout=30)
+        job = scheduler.submit(VerifyJob("s", context_length=len(prompt), draft_ids=[4])).result(timeout=30)
+        assert isinstance(job.result, VerifyResult)
+
+        with scheduler._wake:  # the worker waits for this lock: the open is still queued when released
+            late = scheduler.submit(OpenJob("r", context_ids=prompt, sampling=GREEDY, seed=0))
+            scheduler.forget("r")
+        with pytest.raises(SessionLost):
+            late.result(timeout=30)
+        scheduler.call(engine.release, "r").result(timeout=30)
+        assert "r" not in engine.sessions
+    finally:
+        scheduler.close()
