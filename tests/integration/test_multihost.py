@@ -34,7 +34,7 @@ def test_the_bandit_moves_away_from_a_slow_link(tiny_models, target_model, tmp_p
     print(f"share of pulls to b: {plain.share('b'):.2f} without delay, {delayed.share('b'):.2f} with delay")
     expected = [reference_greedy(target_model, prompt, MAX_NEW) for prompt in PROMPTS * 2]
     assert plain.outputs == expected and delayed.outputs == expected
-    assert plain.pulls["b/pld/3"] > 0 and delayed.pulls["b/pld/3"] > 0  # both links were tried
+    assert delayed.share("b") > 0  # the slow link was tried, and found slow
     # Without delay the links are alike and b gets a fair part of the pulls; with it, clearly less
     # (measured: 0.39 and 0.20 of drafted pulls; the default policy's radius shrinks with the rewards'
     # spread, plain UCBSpec's stays wide for requests this short: 0.48 and 0.39).
