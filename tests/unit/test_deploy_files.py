@@ -20,7 +20,8 @@ from banditspec.cli.main import build_parser
 
 ROOT = Path(__file__).resolve().parents[2]
 DOCKER = ROOT / "docker"
-K8S = ROOT / "deploy" / "kubernetes"
+K8S = ROOT / "deploy" / "kubernetes" / "base"
+K8S_TLS = ROOT / "deploy" / "kubernetes" / "tls"
 KUBERNETES_VERSION = "1.33.0"  # the schemas the manifests are validated against (bundled by kubernetes-validate)
 SERVICE_PORTS = {"serve-target": 50051, "serve-draft": 50052, "serve-controller": 50050}
 HEALTH_NAMES = {
@@ -229,14 +230,56 @@ def manifests() -> list[dict[str, Any]]:
     return [doc for path in files for doc in yaml.safe_load_all(path.read_text()) if doc]
 
 
+def json_patch(doc: dict[str, Any], operations: list[dict[str, Any]]) -> None:
+    """RFC 6902 add and replace, as the TLS overlay uses them (kustomize applies them the same way)."""
+    for operation in operations:
+        *parents, last = operation["path"].split("/")[1:]
+        node: Any = doc
+        for key in parents:
+            node = node[int(key)] if isinstance(node, list) else node[key]
+        if operation["op"] == "add" and isinstance(node, list):
+            node.insert(len(node) if last == "-" else int(last), operation["value"])
+        elif operation["op"] in ("add", "replace"):
+            assert operation["op"] == "add" or last in node, operation["path"]
+            node[last] = operation["value"]
+        else:
+            raise AssertionError(f"unexpected patch operation {operation}")
+
+
+def tls_manifests() -> list[dict[str, Any]]:
+    """The base with the TLS overlay's patches applied, as `kubectl apply -k deploy/kubernetes/tls` would."""
+    kustomization = load_yaml(K8S_TLS / "kustomization.yaml")
+    assert kustomization["resources"] == ["../base"]
+    docs = copy.deepcopy(manifests())
+    assert sorted(patch["path"] for patch in kustomization["patches"]) == sorted(
+        p.name for p in K8S_TLS.glob("*.yaml") if p.name != "kustomization.yaml"
+    )
+    for patch in kustomization["patches"]:
+        target = patch["target"]
+        matched = [
+            doc
+            for doc in docs
+            if doc["kind"] == target["kind"] and re.fullmatch(target["name"], doc["metadata"]["name"])
+        ]
+        assert matched, patch
+        for doc in matched:
+            json_patch(doc, load_yaml(K8S_TLS / patch["path"]))
+    return docs
+
+
 DOCS = manifests()
+LAYOUTS = {"base": DOCS, "tls": tls_manifests()}
 
 
-def of_kind(kind: str) -> dict[str, dict[str, Any]]:
-    return {doc["metadata"]["name"]: doc for doc in DOCS if doc["kind"] == kind}
+def of_kind(kind: str, docs: list[dict[str, Any]] = DOCS) -> dict[str, dict[str, Any]]:
+    return {doc["metadata"]["name"]: doc for doc in docs if doc["kind"] == kind}
 
 
-@pytest.mark.parametrize("doc", DOCS, ids=lambda d: f"{d['kind']}/{d['metadata']['name']}")
+@pytest.mark.parametrize(
+    "doc",
+    [*DOCS, *(doc for doc in LAYOUTS["tls"] if doc["kind"] == "Deployment")],
+    ids=lambda d: f"{d['kind']}/{d['metadata']['name']}",
+)
 def test_manifest_is_valid_against_the_kubernetes_schemas(doc):
     kubernetes_validate.validate(doc, KUBERNETES_VERSION, strict=True)
     assert doc["metadata"].get("namespace", "banditspec") == "banditspec"
@@ -249,10 +292,10 @@ def test_schema_validation_catches_a_misspelt_field():
         kubernetes_validate.validate(deployment, KUBERNETES_VERSION, strict=True)
 
 
-def containers() -> list[tuple[str, dict[str, Any], dict[str, Any]]]:
+def containers(docs: list[dict[str, Any]] = DOCS) -> list[tuple[str, dict[str, Any], dict[str, Any]]]:
     return [
         (name, deployment["spec"]["template"]["spec"], container)
-        for name, deployment in of_kind("Deployment").items()
+        for name, deployment in of_kind("Deployment", docs).items()
         for container in deployment["spec"]["template"]["spec"]["containers"]
     ]
 
@@ -288,6 +331,42 @@ def test_probes_are_native_grpc_health_probes_on_the_served_port(name):
     if args.command == "serve-controller":
         metrics = next(p for p in container["ports"] if p["name"] == "metrics")
         assert metrics["containerPort"] == args.metrics_port
+
+
+TLS_MOUNT = "/etc/banditspec/tls"
+TLS_KEYS = {"ca.crt", "tls.crt", "tls.key", "client.crt", "client.key"}  # base/secrets.yaml, banditspec-tls
+
+
+@pytest.mark.parametrize("name", ["target", "draft-a", "draft-b", "controller"])
+def test_tls_overlay_serves_tls_and_probes_over_it(name):
+    _, pod, container = next(item for item in containers(LAYOUTS["tls"]) if item[0] == name)
+    args = parse(container["args"])
+    assert args.tls_cert == f"{TLS_MOUNT}/tls.crt" and args.tls_key == f"{TLS_MOUNT}/tls.key"
+    if args.command == "serve-controller":  # clients bring only the CA; the services get a client certificate
+        assert not args.tls_client_ca
+        assert (args.upstream_tls_ca, args.upstream_tls_cert, args.upstream_tls_key) == (
+            f"{TLS_MOUNT}/ca.crt",
+            f"{TLS_MOUNT}/client.crt",
+            f"{TLS_MOUNT}/client.key",
+        )
+    else:
+        assert args.tls_client_ca == f"{TLS_MOUNT}/ca.crt"
+    for probe in ("startupProbe", "readinessProbe", "livenessProbe"):
+        command = container[probe]["exec"]["command"]
+        assert "grpc" not in container[probe] and command[0] == "banditspec", probe
+        check = parse(command[1:])
+        assert check.command == "health" and check.address == f"127.0.0.1:{args.port}", probe
+        assert check.tls_ca == f"{TLS_MOUNT}/ca.crt", probe
+        assert bool(check.tls_cert and check.tls_key) == bool(args.tls_client_ca), probe
+        expected_service = HEALTH_NAMES[args.command] if probe == "readinessProbe" else ""
+        assert check.service == expected_service, probe
+    startup = container["startupProbe"]
+    assert startup["periodSeconds"] * startup["failureThreshold"] >= 300
+    used = {value.removeprefix(f"{TLS_MOUNT}/") for value in re.findall(rf"{TLS_MOUNT}/[\w.]+", str(container))}
+    assert used <= TLS_KEYS
+    mount = next(m for m in container["volumeMounts"] if m["mountPath"] == TLS_MOUNT)
+    volume = next(v for v in pod["volumes"] if v["name"] == mount["name"])
+    assert volume["secret"]["secretName"] == "banditspec-tls"
 
 
 def test_only_the_target_requests_a_gpu():
