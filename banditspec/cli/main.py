@@ -530,7 +530,7 @@ def build_parser() -> argparse.ArgumentParser:
     health = sub.add_parser("health", help="check a server's gRPC health (exit 0 when SERVING): for probes")
     health.add_argument("address", help="HOST:PORT")
     health.add_argument("--service", default="", help="a service name (default: the whole server)")
-    health.add_argument("--timeout", type=float, default=5.0)
+    health.add_argument("--timeout", type=float, default=3.0, help="seconds (default 3: within a probe's timeout)")
     _client_tls_args(health, "server")
     health.set_defaults(func=cmd_health)
 
