@@ -399,6 +399,26 @@ def cmd_loadtest(argv: list[str]) -> None:
 TRAINING_COMMANDS = {"pydocs": cmd_pydocs, "distill": cmd_distill, "bench": cmd_bench, "loadtest": cmd_loadtest}
 
 
+def cmd_health(args: argparse.Namespace) -> None:
+    """Exit 0 when the server at ADDRESS reports SERVING (for container health checks), else 1."""
+    import grpc
+    from grpc_health.v1 import health_pb2, health_pb2_grpc
+
+    from banditspec.channels import open_channel
+
+    with open_channel(args.address, _client_tls(args)) as channel:
+        try:
+            response = health_pb2_grpc.HealthStub(channel).Check(
+                health_pb2.HealthCheckRequest(service=args.service), timeout=args.timeout
+            )
+        except grpc.RpcError as error:
+            sys.exit(f"unhealthy: {error.code().name}: {error.details()}")
+    status = health_pb2.HealthCheckResponse.ServingStatus.Name(response.status)
+    if response.status != health_pb2.HealthCheckResponse.SERVING:
+        sys.exit(f"unhealthy: {status}")
+    print(status)
+
+
 # Subcommands whose flags also come from BANDITSPEC_* variables and a --config file (cli/settings.py).
 CONFIGURABLE = ("serve-target", "serve-draft", "serve-controller", "up", "demo", "generate")
 
@@ -531,6 +551,13 @@ def build_parser() -> argparse.ArgumentParser:
         command.add_argument("--admin-token-file", help="send this admin token (or $BANDITSPEC_ADMIN_TOKEN)")
         _client_tls_args(command, "draft service")
         command.set_defaults(func=cmd_drafters)
+
+    health = sub.add_parser("health", help="check a server's gRPC health (exit 0 when SERVING): for probes")
+    health.add_argument("address", help="HOST:PORT")
+    health.add_argument("--service", default="", help="a service name (default: the whole server)")
+    health.add_argument("--timeout", type=float, default=3.0, help="seconds (default 3: within a probe's timeout)")
+    _client_tls_args(health, "server")
+    health.set_defaults(func=cmd_health)
 
     datastore = sub.add_parser("datastore", help="build a token datastore for retrieval drafters")
     datastore_sub = datastore.add_subparsers(dest="action", required=True)

@@ -73,3 +73,33 @@ def test_every_service_takes_drain_seconds_and_the_controller_a_draft_deadline()
     for bad in (["serve-controller", "--draft-deadline", "0"], ["serve-target", "--drain-seconds", "-1"]):
         with pytest.raises(SystemExit):
             parser.parse_args(bad)
+
+
+def test_health_exits_zero_only_when_serving(capsys):
+    """`banditspec health ADDRESS`, the container health check, against an in-process health servicer."""
+    from concurrent import futures
+
+    import grpc
+    from grpc_health.v1 import health, health_pb2, health_pb2_grpc
+
+    from banditspec.cli.main import main
+
+    server = grpc.server(futures.ThreadPoolExecutor(max_workers=2))
+    servicer = health.HealthServicer()
+    health_pb2_grpc.add_HealthServicer_to_server(servicer, server)
+    port = server.add_insecure_port("127.0.0.1:0")
+    server.start()
+    try:
+        address = f"127.0.0.1:{port}"
+        servicer.set("", health_pb2.HealthCheckResponse.SERVING)
+        servicer.set("banditspec.v1.TargetService", health_pb2.HealthCheckResponse.NOT_SERVING)
+        main(["health", address])
+        assert "SERVING" in capsys.readouterr().out
+        with pytest.raises(SystemExit, match="NOT_SERVING"):
+            main(["health", address, "--service", "banditspec.v1.TargetService"])
+        with pytest.raises(SystemExit, match="NOT_FOUND"):
+            main(["health", address, "--service", "banditspec.v1.Nothing"])
+    finally:
+        server.stop(None)
+    with pytest.raises(SystemExit, match="unhealthy"):
+        main(["health", address, "--timeout", "0.5"])
