@@ -35,8 +35,12 @@ async def run_server(
     ready_file: str | None = None,
     grace_seconds: float = 10.0,
     security: ServerSecurity | None = None,
+    drain: Callable[[], Awaitable[None]] | None = None,
+    ready_info: Callable[[], dict[str, object]] | None = None,
 ) -> None:
-    """Bind first and report NOT_SERVING while `load` runs, then SERVING until SIGINT/SIGTERM."""
+    """Bind first and report NOT_SERVING while `load` runs, then SERVING until SIGINT/SIGTERM. `drain`
+    stops what else the process serves (an HTTP API) alongside the gRPC server's drain; `ready_info`
+    adds to the ready file."""
     service_names = list(service_names)
     security = security or ServerSecurity()
     policy = AuthPolicy(host, admin_token=security.admin_token, api_key=security.api_key)
@@ -90,14 +94,17 @@ async def run_server(
     if ready_file:
         # Written whole, then renamed: a reader polling for the file never sees it half-written.
         staging = Path(f"{ready_file}.tmp")
-        staging.write_text(json.dumps({"address": address, "port": bound}))
+        staging.write_text(json.dumps({"address": address, "port": bound, **(ready_info() if ready_info else {})}))
         staging.replace(ready_file)
     log.info("serving", server=name, address=address)
 
     await stop.wait()
     log.info("draining", server=name, grace_seconds=grace_seconds)
     await health.enter_graceful_shutdown()  # every service NOT_SERVING
-    await server.stop(grace_seconds)
+    if drain is None:
+        await server.stop(grace_seconds)
+    else:
+        await asyncio.gather(server.stop(grace_seconds), drain())
     if close is not None:
         await close()
     log.info("stopped", server=name)
