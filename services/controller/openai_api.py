@@ -60,7 +60,19 @@ FINISH_REASONS = {
 }
 # Parameters of OpenAI's API this server does not implement: a request that sets them is refused rather
 # than answered as if they had been honoured.
-UNSUPPORTED = ("logprobs", "top_logprobs", "echo", "suffix", "tools", "functions", "logit_bias", "audio")
+UNSUPPORTED = (
+    "logprobs",
+    "top_logprobs",
+    "echo",
+    "suffix",
+    "tools",
+    "functions",
+    "logit_bias",
+    "audio",
+    "presence_penalty",
+    "frequency_penalty",
+    "prediction",
+)
 COMPLETIONS_DEFAULT_MAX_TOKENS = 16  # OpenAI's default for /v1/completions
 
 
@@ -376,9 +388,10 @@ class Backend:
     """What the HTTP layer needs from the controller: the servicer's two generation methods, the
     model's name and limits, the tokenizer's prompt length, and the API key."""
 
-    def __init__(self, servicer: Any, api_key: str | None) -> None:
+    def __init__(self, servicer: Any, api_key: str | None, max_body_bytes: int = 4 * 1024 * 1024) -> None:
         self.servicer = servicer
         self.api_key = api_key
+        self.max_body_bytes = max_body_bytes  # the gRPC server's message limit, for request bodies
         self.created = int(time.time())
 
     @property
@@ -462,6 +475,15 @@ def create_app(backend: Backend) -> FastAPI:
 
     @app.middleware("http")
     async def _authenticate(request: Request, call_next: Callable[[Request], Awaitable[Any]]) -> Any:
+        # Bodies are bounded as gRPC messages are; a chunked body (no length) is refused outright.
+        length = request.headers.get("content-length", "0")
+        if "transfer-encoding" in request.headers or not length.isdigit() or int(length) > backend.max_body_bytes:
+            _, body = error_body(
+                grpc.StatusCode.RESOURCE_EXHAUSTED,
+                f"the request body is larger than {backend.max_body_bytes} bytes (or has no valid length)",
+                error_code="request_too_large",
+            )
+            return JSONResponse(body, status_code=413)
         if backend.api_key is not None and request.url.path.startswith("/v1/"):
             given = _bearer(request)
             if not given:

@@ -270,7 +270,7 @@ async def serve(config: ControllerConfig) -> None:
     if config.http_port is not None:
         from services.controller.openai_api import Backend, HttpServer
 
-        backend = Backend(servicer, config.security.api_key)
+        backend = Backend(servicer, config.security.api_key, config.security.max_receive_bytes)
         http = HttpServer(backend, config.host, config.http_port, config.security.tls)
 
     async def load() -> None:

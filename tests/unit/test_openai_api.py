@@ -220,7 +220,7 @@ class FakeServicer:
 @pytest.fixture
 async def served():
     servicer = FakeServicer()
-    server = HttpServer(Backend(servicer, api_key="k"), "127.0.0.1", 0)
+    server = HttpServer(Backend(servicer, api_key="k", max_body_bytes=64 * 1024), "127.0.0.1", 0)
     await server.start()
     client = openai.AsyncOpenAI(base_url=f"http://127.0.0.1:{server.port}/v1", api_key="k", max_retries=0)
     try:
@@ -282,3 +282,18 @@ async def test_app_refuses_a_wrong_key_and_an_unknown_model(served):
         await wrong.models.list()
     await wrong.close()
     assert servicer.requests == []
+
+
+async def test_app_bounds_request_bodies(served):
+    servicer, client = served
+    with pytest.raises(openai.APIStatusError) as raised:
+        await client.completions.create(model="tiny", prompt="x " * 40_000, max_tokens=3)
+    assert raised.value.status_code == 413 and raised.value.body["code"] == "request_too_large"
+    assert servicer.requests == []
+
+
+async def test_app_refuses_penalties(served):
+    _, client = served
+    with pytest.raises(openai.BadRequestError, match="presence_penalty"):
+        await client.completions.create(model="tiny", prompt="x", presence_penalty=0.5)
+    await client.completions.create(model="tiny", prompt="x", presence_penalty=0)
