@@ -4,6 +4,7 @@ API key: the official `openai` client, streaming and not, gets the gRPC path's g
 from __future__ import annotations
 
 import json
+import signal
 import urllib.error
 import urllib.request
 
@@ -208,3 +209,25 @@ async def test_async_typed_client(http_stack):
         result = await client.generate([3, 4, 5, 3, 4], max_new_tokens=8)
         updates = [u async for u in client.stream([3, 4, 5, 3, 4], max_new_tokens=8)]
     assert isinstance(updates[-1], Result) and updates[-1].token_ids == result.token_ids
+
+
+def test_sigterm_drains_the_http_api_with_grpc(tiny_models, tmp_path_factory):
+    """SIGTERM stops both servers: a running stream still ends with its finishing chunk, the process exits
+    0, and the HTTP port is closed."""
+    controller_args = ["--warm-start", "off"]
+    with local_stack(
+        tmp_path_factory, "http-drain", tiny_models.target, ["pld=prompt_lookup"], controller_args, http_port=0
+    ) as stack:
+        controller = next(s for s in stack.services if s.name == "controller")
+        client = openai.OpenAI(base_url=stack.http_url(), api_key="none", max_retries=0, timeout=60)
+        with client:
+            stream = client.completions.create(
+                model=tiny_models.target.name, prompt=PROMPT, max_tokens=200, stream=True
+            )
+            chunks = [next(iter(stream))]
+            controller.process.send_signal(signal.SIGTERM)
+            chunks += list(stream)
+            assert chunks[-1].choices[0].finish_reason in ("length", "stop")
+            assert controller.process.wait(timeout=30) == 0
+            with pytest.raises(openai.APIConnectionError):
+                client.models.list()

@@ -297,3 +297,31 @@ async def test_app_refuses_penalties(served):
     with pytest.raises(openai.BadRequestError, match="presence_penalty"):
         await client.completions.create(model="tiny", prompt="x", presence_penalty=0.5)
     await client.completions.create(model="tiny", prompt="x", presence_penalty=0)
+
+
+async def test_app_serves_https_with_the_grpc_certificate(tmp_path):
+    import ssl
+
+    trustme = pytest.importorskip("trustme")
+    from banditspec.security import ServerTLS
+
+    ca = trustme.CA()
+    cert = ca.issue_cert("127.0.0.1")
+    cert.cert_chain_pems[0].write_to_path(str(tmp_path / "cert.pem"))
+    cert.private_key_pem.write_to_path(str(tmp_path / "key.pem"))
+    tls = ServerTLS(str(tmp_path / "cert.pem"), str(tmp_path / "key.pem"))
+    server = HttpServer(Backend(FakeServicer(), api_key=None), "127.0.0.1", 0, tls)
+    await server.start()
+    context = ssl.create_default_context()
+    ca.configure_trust(context)
+    base_url = f"https://127.0.0.1:{server.port}/v1"
+    try:
+        async with openai.AsyncOpenAI(
+            base_url=base_url, api_key="none", max_retries=0, http_client=openai.DefaultAsyncHttpxClient(verify=context)
+        ) as client:
+            assert [m.id async for m in client.models.list()] == ["tiny"]
+        async with openai.AsyncOpenAI(base_url=base_url, api_key="none", max_retries=0) as untrusting:
+            with pytest.raises(openai.APIConnectionError):
+                await untrusting.models.list()
+    finally:
+        await server.stop()
