@@ -515,16 +515,24 @@ def create_app(backend: Backend) -> FastAPI:
         return _model(backend.check_model(model), backend.created)
 
     @app.post("/v1/completions", response_model=None)
-    async def completions(body: CompletionRequest) -> JSONResponse | StreamingResponse:
+    async def completions(body: CompletionRequest, request: Request) -> JSONResponse | StreamingResponse:
         name = backend.check_model(body.model)
-        return await _run(backend, completion_to_pb(body), body, name, chat=False)
+        return await _run(backend, _with_id(completion_to_pb(body), request), body, name, chat=False)
 
     @app.post("/v1/chat/completions", response_model=None)
-    async def chat_completions(body: ChatCompletionRequest) -> JSONResponse | StreamingResponse:
+    async def chat_completions(body: ChatCompletionRequest, request: Request) -> JSONResponse | StreamingResponse:
         name = backend.check_model(body.model)
-        return await _run(backend, chat_to_pb(body), body, name, chat=True)
+        return await _run(backend, _with_id(chat_to_pb(body), request), body, name, chat=True)
 
     return app
+
+
+def _with_id(pb: generation_pb2.GenerateRequest, request: Request) -> generation_pb2.GenerateRequest:
+    """A client's `X-Request-Id` (printable, at most 64 characters) becomes the request's id in the logs."""
+    given = request.headers.get("x-request-id", "")
+    if given and len(given) <= 64 and given.isprintable():
+        pb.request_id = given
+    return pb
 
 
 def _model(name: str, created: int) -> dict[str, Any]:

@@ -233,7 +233,8 @@ async def served():
 async def test_app_answers_and_streams(served):
     servicer, client = served
     assert [m.id async for m in client.models.list()] == ["tiny"]
-    completion = await client.completions.create(model="tiny", prompt="x y")
+    completion = await client.completions.create(model="tiny", prompt="x y", extra_headers={"X-Request-Id": "abc-1"})
+    assert servicer.requests[-1].request_id == "abc-1"
     assert completion.choices[0].text == "a b" and completion.choices[0].finish_reason == "stop"
     assert servicer.requests[-1].max_new_tokens == 16  # OpenAI's default for completions
     chat = await client.chat.completions.create(model="/models/tiny", messages=[{"role": "user", "content": "x y z"}])
