@@ -31,6 +31,7 @@ from google.protobuf import json_format
 from pydantic import BaseModel, ConfigDict, Field
 from starlette.exceptions import HTTPException as StarletteHTTPException
 
+from banditspec.errors import ServiceError
 from banditspec.policy_names import POLICY_WIRE_VALUES
 from banditspec.security import ServerTLS, tokens_match
 from banditspec.v1 import generation_pb2
@@ -429,8 +430,8 @@ class Backend:
         info = self.controller.target.info
         try:
             length = len(prompt_ids(request, self.controller.tokenizer, info.vocab_size))
-        except ValueError as error:  # InvalidArgument, reported as the gRPC path would
-            raise ApiError(grpc.StatusCode.INVALID_ARGUMENT, str(error)) from error
+        except ServiceError as error:  # InvalidArgument, reported as the gRPC path would
+            raise ApiError(error.code, str(error)) from error
         request.max_new_tokens = max(1, info.max_context - length)
 
     async def generate(self, request: generation_pb2.GenerateRequest) -> generation_pb2.GenerateResponse:
@@ -454,6 +455,11 @@ def create_app(backend: Backend) -> FastAPI:
     @app.exception_handler(ApiError)
     async def _api_error(request: Request, error: ApiError) -> JSONResponse:
         return error_response(error)
+
+    @app.exception_handler(Exception)
+    async def _unhandled(request: Request, error: Exception) -> JSONResponse:
+        log.exception("unhandled error", path=request.url.path, error=repr(error))
+        return error_response(ApiError(grpc.StatusCode.INTERNAL, f"internal error: {error!r}"))
 
     @app.exception_handler(RequestValidationError)
     async def _invalid(request: Request, error: RequestValidationError) -> JSONResponse:

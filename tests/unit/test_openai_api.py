@@ -326,3 +326,18 @@ async def test_app_serves_https_with_the_grpc_certificate(tmp_path):
                 await untrusting.models.list()
     finally:
         await server.stop()
+
+
+async def test_app_chat_without_a_template_is_400(served):
+    servicer, client = served
+    servicer.controller.tokenizer.chat_template = None
+    with pytest.raises(openai.BadRequestError, match="chat template"):
+        await client.chat.completions.create(model="tiny", messages=[{"role": "user", "content": "x"}])
+
+
+async def test_app_unexpected_errors_are_500_in_openais_shape(served):
+    servicer, client = served
+    servicer.controller.target.info = None  # a bug: not a ServiceError
+    with pytest.raises(openai.InternalServerError) as raised:
+        await client.chat.completions.create(model="tiny", messages=[{"role": "user", "content": "x"}])
+    assert raised.value.status_code == 500 and raised.value.body["type"] == "server_error"
