@@ -17,7 +17,7 @@ from __future__ import annotations
 import os
 from collections.abc import AsyncIterator, Iterator, Mapping, Sequence
 from dataclasses import dataclass
-from typing import Any
+from typing import Any, TypedDict, Unpack
 
 import grpc
 
@@ -32,6 +32,7 @@ __all__ = [
     "AsyncClient",
     "Client",
     "ClientError",
+    "GenerateOptions",
     "Result",
     "Round",
     "Stats",
@@ -115,6 +116,21 @@ class ArmInfo:
     draft_service: str
     drafter: str
     num_tokens: int
+
+
+class GenerateOptions(TypedDict, total=False):
+    """The keyword arguments of generate() and stream(), as build_request takes them."""
+
+    messages: Sequence[Mapping[str, str]] | None
+    max_new_tokens: int
+    temperature: float | None
+    top_p: float | None
+    top_k: int
+    seed: int | None
+    stop: Sequence[str]
+    policy: str | None
+    allowed_arms: Sequence[str]
+    request_id: str
 
 
 def build_request(
@@ -243,7 +259,11 @@ class Client(_Base):
         self.stub = generation_pb2_grpc.GenerationServiceStub(self.channel)
 
     def generate(
-        self, prompt: str | Sequence[int] | None = None, *, timeout: float | None = None, **options: Any
+        self,
+        prompt: str | Sequence[int] | None = None,
+        *,
+        timeout: float | None = None,
+        **options: Unpack[GenerateOptions],
     ) -> Result:
         """Options: messages, max_new_tokens, temperature, top_p, top_k, seed, stop, policy, allowed_arms,
         request_id (build_request)."""
@@ -254,7 +274,11 @@ class Client(_Base):
             raise _error(error) from None
 
     def stream(
-        self, prompt: str | Sequence[int] | None = None, *, timeout: float | None = None, **options: Any
+        self,
+        prompt: str | Sequence[int] | None = None,
+        *,
+        timeout: float | None = None,
+        **options: Unpack[GenerateOptions],
     ) -> Iterator[Round | Result]:
         """One Round per round, then the Result."""
         request = build_request(prompt, **options)
@@ -299,7 +323,11 @@ class AsyncClient(_Base):
         self.stub = generation_pb2_grpc.GenerationServiceStub(self.channel)
 
     async def generate(
-        self, prompt: str | Sequence[int] | None = None, *, timeout: float | None = None, **options: Any
+        self,
+        prompt: str | Sequence[int] | None = None,
+        *,
+        timeout: float | None = None,
+        **options: Unpack[GenerateOptions],
     ) -> Result:
         request = build_request(prompt, **options)
         try:
@@ -308,7 +336,11 @@ class AsyncClient(_Base):
             raise _error(error) from None
 
     async def stream(
-        self, prompt: str | Sequence[int] | None = None, *, timeout: float | None = None, **options: Any
+        self,
+        prompt: str | Sequence[int] | None = None,
+        *,
+        timeout: float | None = None,
+        **options: Unpack[GenerateOptions],
     ) -> AsyncIterator[Round | Result]:
         request = build_request(prompt, **options)
         call = self.stub.GenerateStream(request, **self._call(timeout))
