@@ -19,7 +19,7 @@ import uuid
 from collections.abc import AsyncIterator, Awaitable, Callable, Iterator
 from contextlib import aclosing
 from pathlib import Path
-from typing import Any
+from typing import Any, TypeVar
 
 import grpc
 import structlog
@@ -29,7 +29,9 @@ from fastapi.exceptions import RequestValidationError
 from fastapi.responses import JSONResponse, StreamingResponse
 from google.protobuf import json_format
 from pydantic import BaseModel, ConfigDict, Field
+from starlette.datastructures import Headers
 from starlette.exceptions import HTTPException as StarletteHTTPException
+from starlette.types import ASGIApp, Receive, Scope, Send
 
 from banditspec.errors import ServiceError
 from banditspec.policy_names import POLICY_WIRE_VALUES
@@ -75,6 +77,8 @@ UNSUPPORTED = (
     "prediction",
 )
 COMPLETIONS_DEFAULT_MAX_TOKENS = 16  # OpenAI's default for /v1/completions
+DISCONNECT_POLL_SECONDS = 0.5  # how often a request waiting for its answer checks that its client is there
+T = TypeVar("T")
 
 
 # errors ----------------------------------------------------------------------------------------
@@ -441,12 +445,57 @@ class Backend:
         return self.servicer.GenerateStream(request, CallContext())
 
 
-def _bearer(request: Request) -> str | None:
-    header = request.headers.get("authorization")
+def _bearer(headers: Headers) -> str | None:
+    header = headers.get("authorization")
     if header is None:
         return None
     scheme, _, token = header.partition(" ")
     return token.strip() if scheme.lower() == "bearer" else ""
+
+
+class _Guard:
+    """Before a request reaches a route: its body's size (bounded as gRPC messages are; a chunked body,
+    with no length, is refused) and the API key on /v1/. A plain ASGI middleware: Starlette's
+    BaseHTTPMiddleware would hide a client's disconnect from the routes."""
+
+    def __init__(self, app: ASGIApp, backend: Backend) -> None:
+        self.app = app
+        self.backend = backend
+
+    def _refusal(self, path: str, headers: Headers) -> JSONResponse | None:
+        length = headers.get("content-length", "0")
+        limit = self.backend.max_body_bytes
+        if "transfer-encoding" in headers or not length.isdigit() or int(length) > limit:
+            _, body = error_body(
+                grpc.StatusCode.RESOURCE_EXHAUSTED,
+                f"the request body is larger than {limit} bytes (or has no valid length)",
+                error_code="request_too_large",
+            )
+            return JSONResponse(body, status_code=413)
+        if self.backend.api_key is None or not path.startswith("/v1/"):
+            return None
+        given = _bearer(headers)
+        if not given:
+            return error_response(
+                ApiError(
+                    grpc.StatusCode.UNAUTHENTICATED,
+                    "this server needs an API key: send 'Authorization: Bearer <key>'",
+                    error_code="missing_api_key",
+                )
+            )
+        if not tokens_match(given, self.backend.api_key):
+            return error_response(
+                ApiError(grpc.StatusCode.UNAUTHENTICATED, "the API key is not valid", error_code="invalid_api_key")
+            )
+        return None
+
+    async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
+        if scope["type"] == "http":
+            refusal = self._refusal(scope["path"], Headers(scope=scope))
+            if refusal is not None:
+                await refusal(scope, receive, send)
+                return
+        await self.app(scope, receive, send)
 
 
 def create_app(backend: Backend) -> FastAPI:
@@ -479,32 +528,7 @@ def create_app(backend: Backend) -> FastAPI:
         status, body = error_body(code, str(error.detail))
         return JSONResponse(body, status_code=error.status_code if error.status_code != 405 else status)
 
-    @app.middleware("http")
-    async def _authenticate(request: Request, call_next: Callable[[Request], Awaitable[Any]]) -> Any:
-        # Bodies are bounded as gRPC messages are; a chunked body (no length) is refused outright.
-        length = request.headers.get("content-length", "0")
-        if "transfer-encoding" in request.headers or not length.isdigit() or int(length) > backend.max_body_bytes:
-            _, body = error_body(
-                grpc.StatusCode.RESOURCE_EXHAUSTED,
-                f"the request body is larger than {backend.max_body_bytes} bytes (or has no valid length)",
-                error_code="request_too_large",
-            )
-            return JSONResponse(body, status_code=413)
-        if backend.api_key is not None and request.url.path.startswith("/v1/"):
-            given = _bearer(request)
-            if not given:
-                return error_response(
-                    ApiError(
-                        grpc.StatusCode.UNAUTHENTICATED,
-                        "this server needs an API key: send 'Authorization: Bearer <key>'",
-                        error_code="missing_api_key",
-                    )
-                )
-            if not tokens_match(given, backend.api_key):
-                return error_response(
-                    ApiError(grpc.StatusCode.UNAUTHENTICATED, "the API key is not valid", error_code="invalid_api_key")
-                )
-        return await call_next(request)
+    app.add_middleware(_Guard, backend=backend)
 
     @app.get("/health")
     async def health() -> dict[str, str]:
@@ -523,12 +547,12 @@ def create_app(backend: Backend) -> FastAPI:
     @app.post("/v1/completions", response_model=None)
     async def completions(body: CompletionRequest, request: Request) -> JSONResponse | StreamingResponse:
         name = backend.check_model(body.model)
-        return await _run(backend, _with_id(completion_to_pb(body), request), body, name, chat=False)
+        return await _run(backend, _with_id(completion_to_pb(body), request), body, name, chat=False, http=request)
 
     @app.post("/v1/chat/completions", response_model=None)
     async def chat_completions(body: ChatCompletionRequest, request: Request) -> JSONResponse | StreamingResponse:
         name = backend.check_model(body.model)
-        return await _run(backend, _with_id(chat_to_pb(body), request), body, name, chat=True)
+        return await _run(backend, _with_id(chat_to_pb(body), request), body, name, chat=True, http=request)
 
     return app
 
@@ -545,13 +569,35 @@ def _model(name: str, created: int) -> dict[str, Any]:
     return {"id": name, "object": "model", "created": created, "owned_by": "banditspec"}
 
 
+async def _until_disconnected(http: Request, work: Awaitable[T]) -> T:
+    """`work`, cancelled if the client hangs up first: an abandoned request (a client's timeout) stops
+    generating, releases its sessions and frees its admission slot."""
+    task = asyncio.ensure_future(work)
+    try:
+        while True:
+            done, _ = await asyncio.wait({task}, timeout=DISCONNECT_POLL_SECONDS)
+            if done:
+                return task.result()
+            if await http.is_disconnected():
+                raise ApiError(grpc.StatusCode.CANCELLED, "the client disconnected")
+    finally:
+        if not task.done():
+            task.cancel()
+            await asyncio.gather(task, return_exceptions=True)
+
+
 async def _run(
-    backend: Backend, request: generation_pb2.GenerateRequest, body: _Common, model: str, chat: bool
+    backend: Backend,
+    request: generation_pb2.GenerateRequest,
+    body: _Common,
+    model: str,
+    chat: bool,
+    http: Request,
 ) -> JSONResponse | StreamingResponse:
     created = int(time.time())
     backend.fill_max_tokens(request)
     if not body.stream:
-        response = await backend.generate(request)
+        response = await _until_disconnected(http, backend.generate(request))
         return JSONResponse((chat_body if chat else completion_body)(response, model, created))
 
     include_usage = bool(body.stream_options and body.stream_options.include_usage)
@@ -559,7 +605,7 @@ async def _run(
     updates = backend.stream(request)
     # The first update comes after validation and admission: their errors are still an HTTP status.
     try:
-        first = await anext(updates)
+        first = await _until_disconnected(http, anext(updates))
     except BaseException:
         await updates.aclose()  # type: ignore[attr-defined]
         raise

@@ -3,6 +3,7 @@ the app in this process (uvicorn on a loopback port) over a fake servicer, calle
 
 from __future__ import annotations
 
+import asyncio
 import json
 from types import SimpleNamespace
 
@@ -197,12 +198,20 @@ class FakeServicer:
         self.fail: Exception | None = None
         self.fail_midway: Exception | None = None
         self.requests: list[generation_pb2.GenerateRequest] = []
+        self.hang = False
+        self.cancelled = asyncio.Event()
 
     @grpc_errors
     async def Generate(self, request, context):
         self.requests.append(request)
         if self.fail:
             raise self.fail
+        if self.hang:
+            try:
+                await asyncio.sleep(3600)
+            except asyncio.CancelledError:
+                self.cancelled.set()
+                raise
         return _response()
 
     @grpc_errors
@@ -341,3 +350,11 @@ async def test_app_unexpected_errors_are_500_in_openais_shape(served):
     with pytest.raises(openai.InternalServerError) as raised:
         await client.chat.completions.create(model="tiny", messages=[{"role": "user", "content": "x"}])
     assert raised.value.status_code == 500 and raised.value.body["type"] == "server_error"
+
+
+async def test_app_cancels_a_request_whose_client_hung_up(served):
+    servicer, client = served
+    servicer.hang = True
+    with pytest.raises(openai.APITimeoutError):
+        await client.completions.create(model="tiny", prompt="x", max_tokens=3, timeout=0.3)
+    await asyncio.wait_for(servicer.cancelled.wait(), timeout=5)
