@@ -220,6 +220,12 @@ class FakeServicer:
         if self.fail:
             raise self.fail
         yield generation_pb2.GenerateStreamResponse(round=generation_pb2.RoundUpdate(round=1, text="a", token_ids=[5]))
+        if self.hang:
+            try:
+                await asyncio.sleep(3600)
+            except (asyncio.CancelledError, GeneratorExit):
+                self.cancelled.set()
+                raise
         if self.fail_midway:
             raise self.fail_midway
         yield generation_pb2.GenerateStreamResponse(round=generation_pb2.RoundUpdate(round=2, text=" b", token_ids=[6]))
@@ -357,4 +363,17 @@ async def test_app_cancels_a_request_whose_client_hung_up(served):
     servicer.hang = True
     with pytest.raises(openai.APITimeoutError):
         await client.completions.create(model="tiny", prompt="x", max_tokens=3, timeout=0.3)
+    await asyncio.wait_for(servicer.cancelled.wait(), timeout=5)
+
+
+async def test_app_ends_a_stream_whose_client_hung_up(served):
+    servicer, client = served
+    servicer.hang = True
+    stream = await client.chat.completions.create(
+        model="tiny", messages=[{"role": "user", "content": "x"}], max_tokens=3, stream=True
+    )
+    async for chunk in stream:
+        if chunk.choices[0].delta.content:
+            break
+    await stream.close()
     await asyncio.wait_for(servicer.cancelled.wait(), timeout=5)
