@@ -643,9 +643,6 @@ async def _events(
 class _Server(uvicorn.Server):
     """uvicorn without its own signal handlers: the gRPC server's SIGTERM/SIGINT drain stops both."""
 
-    def install_signal_handlers(self) -> None:  # uvicorn < 0.29
-        pass
-
     @contextlib.contextmanager
     def capture_signals(self) -> Iterator[None]:
         yield
@@ -679,13 +676,16 @@ class HttpServer:
         self._task: asyncio.Task | None = None
 
     async def start(self) -> None:
-        self._task = asyncio.create_task(self.server.serve())
+        try:  # bound here: uvicorn's own bind failure would exit the process from inside the event loop
+            sock = self.server.config.bind_socket()
+        except SystemExit as error:
+            raise SystemExit(f"the HTTP API cannot bind {self.host}:{self.port} (see the error above)") from error
+        self.port = sock.getsockname()[1]
+        self._task = asyncio.create_task(self.server.serve(sockets=[sock]))
         while not self.server.started:
             if self._task.done():
-                self._task.result()  # its exception; else it stopped without starting
-                raise SystemExit(f"the HTTP API could not bind {self.host}:{self.port}")
+                raise SystemExit(f"the HTTP API did not start on {self.host}:{self.port}")
             await asyncio.sleep(0.02)
-        self.port = self.server.servers[0].sockets[0].getsockname()[1]
         scheme = "https" if self.tls else "http"
         log.info("OpenAI-compatible HTTP API", url=f"{scheme}://{self.host}:{self.port}/v1")
 

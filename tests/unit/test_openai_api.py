@@ -377,3 +377,14 @@ async def test_app_ends_a_stream_whose_client_hung_up(served):
             break
     await stream.close()
     await asyncio.wait_for(servicer.cancelled.wait(), timeout=5)
+
+
+async def test_a_taken_port_stops_the_controller_with_a_message():
+    import socket
+
+    with socket.socket() as taken:
+        taken.bind(("127.0.0.1", 0))
+        taken.listen()
+        server = HttpServer(Backend(FakeServicer(), api_key=None), "127.0.0.1", taken.getsockname()[1])
+        with pytest.raises(SystemExit, match="cannot bind"):
+            await server.start()
