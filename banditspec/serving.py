@@ -46,10 +46,14 @@ async def run_server(
     grace_seconds: float | None = None,
     security: ServerSecurity | None = None,
     metrics_port: int | None = None,
+    drain: Callable[[], Awaitable[None]] | None = None,
+    ready_info: Callable[[], dict[str, object]] | None = None,
 ) -> None:
     """Bind first and report NOT_SERVING while `load` runs, then SERVING until SIGINT/SIGTERM; then
     NOT_SERVING at once, in-flight calls get `grace_seconds` (default DRAIN_SECONDS) to finish. With
-    `metrics_port`, Prometheus metrics are served over HTTP on host:metrics_port from the start."""
+    `metrics_port`, Prometheus metrics are served over HTTP on host:metrics_port from the start. `drain`
+    stops what else the process serves (an HTTP API) alongside the gRPC server's drain; `ready_info`
+    adds to the ready file."""
     grace_seconds = DRAIN_SECONDS if grace_seconds is None else grace_seconds
     service_names = list(service_names)
     security = security or ServerSecurity()
@@ -119,14 +123,17 @@ async def run_server(
     if ready_file:
         # Written whole, then renamed: a reader polling for the file never sees it half-written.
         staging = Path(f"{ready_file}.tmp")
-        staging.write_text(json.dumps({"address": address, "port": bound}))
+        staging.write_text(json.dumps({"address": address, "port": bound, **(ready_info() if ready_info else {})}))
         staging.replace(ready_file)
     log.info("serving", server=name, address=address)
 
     await stop.wait()
     log.info("draining", server=name, grace_seconds=grace_seconds)
     await health.enter_graceful_shutdown()  # every service NOT_SERVING
-    await server.stop(grace_seconds)
+    if drain is None:
+        await server.stop(grace_seconds)
+    else:
+        await asyncio.gather(server.stop(grace_seconds), drain())
     if close is not None:
         await close()
     log.info("stopped", server=name)

@@ -250,6 +250,7 @@ def local_stack(
     target_args=("--verify-padding", "off"),
     draft_args=(),
     client_tls=None,
+    http_port=None,
 ):
     """target + draft service + controller as processes on loopback (CPU, float32), controller on a free
     port; prints the services' logs when they fail to start, and stops them all afterwards. Verify
@@ -267,6 +268,7 @@ def local_stack(
         log_dir=log_dir,
         startup_timeout=startup_timeout,
         client_tls=client_tls,
+        http_port=http_port,
     )
     try:
         stack.start()

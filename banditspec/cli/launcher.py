@@ -26,6 +26,7 @@ class Service:
     process: subprocess.Popen
     ready_file: Path
     address: str = ""
+    http_port: int | None = None  # the controller's OpenAI-compatible HTTP API, when it serves one
 
 
 # Prompt lookup, and the suffix tree that also learns from earlier answers: together the best arms of
@@ -46,6 +47,7 @@ class LocalStack:
     log_dir: Path | None = None
     startup_timeout: float = 600.0
     client_tls: ClientTLS | None = None  # for the health checks, when the services serve TLS
+    http_port: int | None = None  # the controller's --http-port (0: a free port); None: no HTTP API
     services: list[Service] = field(default_factory=list)
     _workdir: Path | None = None
 
@@ -79,7 +81,8 @@ class LocalStack:
             if service.process.poll() is not None:
                 raise RuntimeError(f"{service.name} exited with status {service.process.returncode} while starting")
             if service.ready_file.exists():
-                service.address = json.loads(service.ready_file.read_text())["address"]
+                ready = json.loads(service.ready_file.read_text())
+                service.address, service.http_port = ready["address"], ready.get("http_port")
                 wait_healthy(service.address, timeout=30, tls=self.client_tls)
                 return service.address
             time.sleep(0.1)
@@ -114,6 +117,7 @@ class LocalStack:
                     f"local={draft_address}",
                     "--port",
                     str(self.controller_port),
+                    *([] if self.http_port is None else ["--http-port", str(self.http_port)]),
                     *self.extra_controller_args,
                 ],
             )
@@ -125,6 +129,14 @@ class LocalStack:
 
     def address(self, name: str) -> str:
         return next(s.address for s in self.services if s.name == name)
+
+    def http_url(self) -> str | None:
+        """The controller's OpenAI-compatible API, e.g. http://127.0.0.1:8000/v1; None without one."""
+        controller = next((s for s in self.services if s.name == "controller"), None)
+        if controller is None or controller.http_port is None:
+            return None
+        host = controller.address.rsplit(":", 1)[0]
+        return f"http://{host}:{controller.http_port}/v1"
 
     def stop(self, timeout: float = 20.0) -> None:
         """SIGTERM each service (controller first), then wait; they drain and exit on their own."""

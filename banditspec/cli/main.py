@@ -168,6 +168,7 @@ def cmd_serve_controller(args: argparse.Namespace) -> None:
                 host=args.host,
                 port=args.port,
                 metrics_port=args.metrics_port,
+                http_port=args.http_port,
                 max_concurrent=args.max_concurrent,
                 max_queued=args.max_queued,
                 warm_start=args.warm_start == "on",
@@ -192,6 +193,7 @@ def _stack(args: argparse.Namespace):
         extra_target_args=target_args,
         extra_draft_args=[f"--model-root={root}" for root in args.model_root or []],
         extra_controller_args=["--policy", args.policy],
+        http_port=args.http_port,
     )
 
 
@@ -208,6 +210,8 @@ def cmd_up(args: argparse.Namespace) -> None:
         f"ready: banditspec generate --controller {stack.address('controller')} 'your prompt'   (Ctrl-C stops)",
         flush=True,
     )
+    if stack.http_url():
+        print(f"OpenAI-compatible API: {stack.http_url()}", flush=True)
     stopping = []
     signal.signal(signal.SIGTERM, lambda *_: stopping.append(True))
     try:
@@ -496,6 +500,7 @@ def build_parser() -> argparse.ArgumentParser:
     controller.add_argument(
         "--refresh-seconds", type=float, default=2.0, help="how often arms follow the draft services' drafters"
     )
+    controller.add_argument("--http-port", type=int, help="serve the OpenAI-compatible HTTP API on this port")
     controller.add_argument("--api-key-file", help="require this API key from clients (or $BANDITSPEC_API_KEY)")
     controller.add_argument("--upstream-tls-ca", help="reach the target and draft services over TLS, trusting this CA")
     controller.add_argument("--upstream-tls-cert", help="mutual TLS towards the services: this client certificate")
@@ -514,6 +519,7 @@ def build_parser() -> argparse.ArgumentParser:
         stack.add_argument("--drafter", action="append")
         stack.add_argument("--policy", default=DEFAULT_POLICY, choices=list(POLICY_WIRE_VALUES))
         stack.add_argument("--model-root", action="append", help="the draft service's --model-root (repeatable)")
+        stack.add_argument("--http-port", type=int, help="the controller's OpenAI-compatible HTTP API on this port")
         stack.set_defaults(func=func)
 
     generate = sub.add_parser("generate", help="call the controller")

@@ -49,6 +49,7 @@ class ControllerConfig:
     host: str = "127.0.0.1"
     port: int = 50050
     metrics_port: int | None = None
+    http_port: int | None = None  # the OpenAI-compatible HTTP API (openai_api.py) on this port; None: off
     # At most this many requests run at once (also bounded by the target's sessions); more wait in a
     # queue of max_queued, beyond which a request is RESOURCE_EXHAUSTED.
     max_concurrent: int = 32
@@ -288,17 +289,30 @@ def _upstream(error: grpc.aio.AioRpcError) -> Exception:
 
 async def serve(config: ControllerConfig) -> None:
     controller = Controller(config)
+    servicer = GenerationServicer(controller)
+    http = None
+    if config.http_port is not None:
+        from services.controller.openai_api import Backend, HttpServer
+
+        backend = Backend(servicer, config.security.api_key, config.security.max_receive_bytes)
+        http = HttpServer(backend, config.host, config.http_port, config.security.tls)
+
+    async def load() -> None:
+        await controller.connect()
+        if http is not None:
+            await http.start()
+
     await run_server(
         name="controller",
         host=config.host,
         port=config.port,
         service_names=[generation_pb2.DESCRIPTOR.services_by_name["GenerationService"].full_name],
-        register=lambda server: generation_pb2_grpc.add_GenerationServiceServicer_to_server(
-            GenerationServicer(controller), server
-        ),
-        load=controller.connect,
+        register=lambda server: generation_pb2_grpc.add_GenerationServiceServicer_to_server(servicer, server),
+        load=load,
         close=controller.close,
         ready_file=config.ready_file,
         security=config.security,
         metrics_port=config.metrics_port,
+        drain=http.stop if http is not None else None,
+        ready_info=http.ready_info if http is not None else None,
     )

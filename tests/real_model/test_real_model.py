@@ -35,7 +35,14 @@ def real_stack(default_model, tmp_path_factory):
     drafters = ["pld=prompt_lookup", "sfx=suffix", f"d3=model:{SELF_DRAFT}"]
     # Verify padding on, as served: the real model's CPU forward curve pads short verifies.
     with local_stack(
-        tmp_path_factory, "real-stack", default_model, drafters, controller_args, startup_timeout=600, target_args=()
+        tmp_path_factory,
+        "real-stack",
+        default_model,
+        drafters,
+        controller_args,
+        startup_timeout=600,
+        target_args=(),
+        http_port=0,
     ) as stack:
         yield stack
 
@@ -72,6 +79,29 @@ def test_greedy_chat_output_equals_transformers(real_stack, default_model):
                 if arms:  # the draft model proposed, and some of it was accepted
                     (arm,) = [a for a in response.stats.arms if a.pulls]
                     assert arm.arm == arms[0] and arm.accepted_tokens > 0, arm
+
+
+def test_openai_chat_stream_equals_transformers(real_stack, default_model):
+    """The OpenAI-compatible API, streaming, through the official client: the chat template and greedy
+    tokens of transformers."""
+    import openai
+    import torch
+    from transformers import AutoModelForCausalLM, AutoTokenizer
+
+    tokenizer = AutoTokenizer.from_pretrained(str(default_model))
+    model = AutoModelForCausalLM.from_pretrained(str(default_model), dtype=torch.float32).eval()
+    messages = [{"role": "user", "content": CHATS[0]}]
+    encoded = tokenizer.apply_chat_template(messages, add_generation_prompt=True, tokenize=True)
+    expected = reference_greedy(model, list(encoded["input_ids"] if hasattr(encoded, "keys") else encoded), MAX_NEW)
+    with openai.OpenAI(base_url=real_stack.http_url(), api_key="none", max_retries=0, timeout=300) as client:
+        (name,) = [m.id for m in client.models.list().data]
+        stream = client.chat.completions.create(
+            model=name, messages=messages, max_tokens=MAX_NEW, temperature=0, stream=True
+        )
+        chunks = list(stream)
+    text = "".join(c.choices[0].delta.content or "" for c in chunks if c.choices)
+    assert chunks[-1].model_extra["banditspec"]["token_ids"] == expected
+    assert text == tokenizer.decode(expected, skip_special_tokens=True)
 
 
 CONCURRENT_CHATS = [

@@ -75,8 +75,10 @@ def test_every_service_takes_drain_seconds_and_the_controller_a_draft_deadline()
             parser.parse_args(bad)
 
 
-def test_health_exits_zero_only_when_serving(capsys):
+def test_health_exits_zero_only_when_serving(capsys, monkeypatch):
     """`banditspec health ADDRESS`, the container health check, against an in-process health servicer."""
+    # main() configures logging to print to the stderr of the moment, which capsys replaces and then closes
+    monkeypatch.setattr("banditspec.logs.configure", lambda *args, **kwargs: None)
     from concurrent import futures
 
     import grpc
