@@ -204,7 +204,9 @@ def test_deployment_commands_serve_and_their_health_checks_pass(layout, tmp_path
                     draft.UnloadDrafter(unload, timeout=60, metadata=bearer_metadata(ADMIN_TOKEN))
                 assert missing.value.code() == grpc.StatusCode.NOT_FOUND, missing.value.details()
         with urllib.request.urlopen(f"http://127.0.0.1:{controller.metrics_port}/metrics", timeout=10) as page:
-            assert f'spec_decode_num_drafts_total{{arm="{arm}"}}' in page.read().decode()
+            service, drafter, gamma = arm.split("/")
+            labels = f'draft_service="{service}",drafter="{drafter}",gamma="{gamma}"'
+            assert f"spec_decode_num_drafts_total{{{labels}}}" in page.read().decode()
     finally:
         for process in reversed(processes):
             process.terminate()
