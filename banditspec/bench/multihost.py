@@ -249,7 +249,14 @@ def compare(
         service = ["--device", "cpu"]
         drafter_flags = [f"--drafter={spec}" for spec in drafters]
         with (
-            started(topology, "target", ["serve-target", "--model", model, *service], 50051, workdir) as target,
+            # Verify padding off: it follows measured timings, and would give the arms another γ each run.
+            started(
+                topology,
+                "target",
+                ["serve-target", "--model", model, "--verify-padding", "off", *service],
+                50051,
+                workdir,
+            ) as target,
             started(topology, "a", ["serve-draft", *drafter_flags, *service], 50052, workdir) as draft_a,
             started(topology, "b", ["serve-draft", *drafter_flags, *service], 50052, workdir) as draft_b,
         ):

@@ -195,7 +195,7 @@ def test_typed_client(grpc_client):
 
 def test_typed_client_errors(http_stack, grpc_client):
     with pytest.raises(ClientError) as raised:
-        grpc_client.generate(PROMPT, max_new_tokens=0)
+        grpc_client.generate(PROMPT, max_new_tokens=-1)
     assert raised.value.code.name == "INVALID_ARGUMENT"
     with Client(http_stack.address("controller"), api_key="wrong") as client, pytest.raises(ClientError) as raised:
         client.arms()
