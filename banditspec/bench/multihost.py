@@ -7,8 +7,8 @@ Namespaces (`ip netns`) each get a veth pair to the host, which routes between t
 reaches draft service `b` through a TCP proxy on the host that delays every chunk by `--delay-ms` in
 each direction (this kernel has no `tc netem`; with it, a qdisc on the link would do the same). Both
 draft services host the same drafters, so their arms differ only by the link. The same requests run
-twice, each time through a fresh controller: with the proxy passing traffic at once, and with the
-delay. The report gives the share of pulls that went to `b`'s arms in each run; greedy outputs must be
+twice, each time through fresh draft services and a fresh controller: with the proxy passing traffic
+at once, and with the delay. The report gives the share of pulls that went to `b`'s arms in each run; greedy outputs must be
 identical. Needs root (CAP_NET_ADMIN).
 """
 
@@ -194,6 +194,7 @@ def started(topology: Topology, name: str, argv: list[str], port: int, workdir: 
     """A service inside its namespace, bound to the namespace's address; yields that address."""
     address = f"{topology.hosts[name].address}:{port}"
     ready = workdir / f"{name}.ready.json"
+    ready.unlink(missing_ok=True)  # a service started again writes it anew
     env = dict(os.environ, HF_HUB_OFFLINE="1", PYTHONUNBUFFERED="1", OMP_NUM_THREADS="1")
     command = [sys.executable, "-m", "banditspec.cli", *argv]
     command += ["--host", topology.hosts[name].address, "--port", str(port), "--ready-file", str(ready)]
@@ -248,30 +249,27 @@ def compare(
     with Topology(["target", "a", "b", "controller"]) as topology:
         service = ["--device", "cpu"]
         drafter_flags = [f"--drafter={spec}" for spec in drafters]
-        with (
-            # Verify padding off: it follows measured timings, and would give the arms another γ each run.
-            started(
-                topology,
-                "target",
-                ["serve-target", "--model", model, "--verify-padding", "off", *service],
-                50051,
-                workdir,
-            ) as target,
-            started(topology, "a", ["serve-draft", *drafter_flags, *service], 50052, workdir) as draft_a,
-            started(topology, "b", ["serve-draft", *drafter_flags, *service], 50052, workdir) as draft_b,
-        ):
-            b_host, b_port = draft_b.rsplit(":", 1)
+        # Verify padding off: it follows measured timings, and would give the arms another γ each run.
+        target_argv = ["serve-target", "--model", model, "--verify-padding", "off", *service]
+        with started(topology, "target", target_argv, 50051, workdir) as target:
             proxy_listen = (topology.hosts["b"].gateway, 50060)
-            with DelayProxy(proxy_listen, (b_host, int(b_port))) as proxy:
+            upstream = (topology.hosts["b"].address, 50052)
+            with DelayProxy(proxy_listen, upstream) as proxy:
                 phases = []
                 for delay in (0.0, delay_ms):
                     proxy.delay = delay / 1e3
-                    argv = [
-                        "serve-controller", "--target", target, "--draft", f"a={draft_a}",
-                        "--draft", f"b={proxy_listen[0]}:{proxy_listen[1]}", *controller_args,
-                    ]  # fmt: skip
-                    with started(topology, "controller", argv, 50050, workdir) as controller:
-                        phase = run_requests(controller, prompts, max_new_tokens, policy)
+                    # Fresh draft services and controller per run: a drafter that learns from finished
+                    # answers (the suffix tree) would otherwise know the second run's answers.
+                    with (
+                        started(topology, "a", ["serve-draft", *drafter_flags, *service], 50052, workdir) as draft_a,
+                        started(topology, "b", ["serve-draft", *drafter_flags, *service], 50052, workdir),
+                    ):
+                        argv = [
+                            "serve-controller", "--target", target, "--draft", f"a={draft_a}",
+                            "--draft", f"b={proxy_listen[0]}:{proxy_listen[1]}", *controller_args,
+                        ]  # fmt: skip
+                        with started(topology, "controller", argv, 50050, workdir) as controller:
+                            phase = run_requests(controller, prompts, max_new_tokens, policy)
                     phase.delay_ms = delay
                     phases.append(phase)
     return phases[0], phases[1]
@@ -284,7 +282,7 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--delay-ms", type=float, default=40.0)
     parser.add_argument("--requests", type=int, default=6)
     parser.add_argument("--max-new-tokens", type=int, default=64)
-    parser.add_argument("--policy", default="ucbspec", choices=["ucbspec", "ucbspec-cf", "exp3spec"])
+    parser.add_argument("--policy", default="ucbspec-cf", choices=["ucbspec", "ucbspec-cf", "exp3spec"])
     parser.add_argument("--out", default="results/multihost.json")
     args = parser.parse_args(argv)
     reason = namespaces_unavailable()
