@@ -97,6 +97,7 @@ def cmd_serve_target(args: argparse.Namespace) -> None:
                 verify_padding=args.verify_padding == "auto",
                 security=_server_security(args),
                 metrics_port=args.metrics_port,
+                drain_seconds=args.drain_seconds,
                 **{  # unset: the engine's defaults (the CLI does not import torch to learn them)
                     key: value
                     for key, value in (
@@ -127,6 +128,7 @@ def cmd_serve_draft(args: argparse.Namespace) -> None:
                 security=_server_security(args, admin_token=read_secret(ADMIN_TOKEN_ENV, args.admin_token_file)),
                 model_roots=[Path(root) for root in args.model_root] if args.model_root else None,
                 metrics_port=args.metrics_port,
+                drain_seconds=args.drain_seconds,
             )
         )
     )
@@ -168,6 +170,7 @@ def cmd_serve_controller(args: argparse.Namespace) -> None:
                 host=args.host,
                 port=args.port,
                 metrics_port=args.metrics_port,
+                drain_seconds=args.drain_seconds,
                 http_port=args.http_port,
                 max_concurrent=args.max_concurrent,
                 max_queued=args.max_queued,
@@ -600,10 +603,6 @@ def main(argv: list[str] | None = None) -> None:
     settings.apply(parser, argv, os.environ)
     args = parser.parse_args(argv)
     logs.configure(getattr(args, "log_level", None))
-    if getattr(args, "drain_seconds", None) is not None:
-        from banditspec import serving
-
-        serving.DRAIN_SECONDS = args.drain_seconds
     args.func(args)
 
 

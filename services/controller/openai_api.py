@@ -36,11 +36,10 @@ from starlette.types import ASGIApp, Receive, Scope, Send
 from banditspec.errors import ServiceError
 from banditspec.policy_names import POLICY_WIRE_VALUES
 from banditspec.security import ServerTLS, tokens_match
+from banditspec.serving import DRAIN_SECONDS
 from banditspec.v1 import generation_pb2
 
 log = structlog.get_logger()
-
-GRACE_SECONDS = 10.0
 
 # gRPC status → (HTTP status, OpenAI error type).
 HTTP_STATUS: dict[grpc.StatusCode, tuple[int, str]] = {
@@ -652,7 +651,7 @@ class HttpServer:
     """uvicorn serving `create_app(backend)` as a task on the running loop."""
 
     def __init__(
-        self, backend: Backend, host: str, port: int, tls: ServerTLS | None = None, grace_seconds: float = GRACE_SECONDS
+        self, backend: Backend, host: str, port: int, tls: ServerTLS | None = None, grace_seconds: float = DRAIN_SECONDS
     ) -> None:
         tls_options: dict[str, Any] = {}
         if tls is not None:

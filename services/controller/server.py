@@ -16,7 +16,7 @@ from banditspec.errors import DeadlineExceeded, InvalidArgument, ServiceError, U
 from banditspec.models import load_tokenizer, vocab_fingerprint
 from banditspec.policy_names import DEFAULT_POLICY
 from banditspec.security import ClientTLS, ServerSecurity
-from banditspec.serving import run_server
+from banditspec.serving import DRAIN_SECONDS, run_server
 from banditspec.v1 import generation_pb2, generation_pb2_grpc
 from banditspec.verify_lengths import filled_gamma
 from services.controller import metrics
@@ -49,6 +49,7 @@ class ControllerConfig:
     host: str = "127.0.0.1"
     port: int = 50050
     metrics_port: int | None = None
+    drain_seconds: float = DRAIN_SECONDS  # after SIGTERM, how long in-flight calls may finish
     http_port: int | None = None  # the OpenAI-compatible HTTP API (openai_api.py) on this port; None: off
     # At most this many requests run at once (also bounded by the target's sessions); more wait in a
     # queue of max_queued, beyond which a request is RESOURCE_EXHAUSTED.
@@ -295,7 +296,7 @@ async def serve(config: ControllerConfig) -> None:
         from services.controller.openai_api import Backend, HttpServer
 
         backend = Backend(servicer, config.security.api_key, config.security.max_receive_bytes)
-        http = HttpServer(backend, config.host, config.http_port, config.security.tls)
+        http = HttpServer(backend, config.host, config.http_port, config.security.tls, config.drain_seconds)
 
     async def load() -> None:
         await controller.connect()
@@ -313,6 +314,7 @@ async def serve(config: ControllerConfig) -> None:
         ready_file=config.ready_file,
         security=config.security,
         metrics_port=config.metrics_port,
+        grace_seconds=config.drain_seconds,
         drain=http.stop if http is not None else None,
         ready_info=http.ready_info if http is not None else None,
     )

@@ -14,7 +14,7 @@ from banditspec import distributions
 from banditspec.errors import AlreadyExists, InvalidArgument, grpc_errors
 from banditspec.sampling import SamplingParams
 from banditspec.security import ServerSecurity
-from banditspec.serving import run_server
+from banditspec.serving import DRAIN_SECONDS, run_server
 from banditspec.v1 import draft_pb2, draft_pb2_grpc
 from services.draft import metrics
 from services.draft.drafters.base import Drafter, DraftSession, ServiceSettings
@@ -42,6 +42,7 @@ class DraftConfig:
     # start-up drafters are the operator's own and load from anywhere.
     model_roots: list[Path] | None = None
     metrics_port: int | None = None  # Prometheus metrics over HTTP on host:metrics_port
+    drain_seconds: float = DRAIN_SECONDS  # after SIGTERM, how long in-flight calls may finish
 
 
 def build_drafter(spec: DrafterSpec, device: str | None, default_dtype: str | None) -> Drafter:
@@ -233,4 +234,5 @@ async def serve(config: DraftConfig) -> None:
         ready_file=config.ready_file,
         security=config.security,
         metrics_port=config.metrics_port,
+        grace_seconds=config.drain_seconds,
     )

@@ -16,7 +16,7 @@ from banditspec.model_paths import resolve_model_path
 from banditspec.models import load_causal_lm
 from banditspec.sampling import SamplingParams
 from banditspec.security import ServerSecurity
-from banditspec.serving import run_server
+from banditspec.serving import DRAIN_SECONDS, run_server
 from banditspec.v1 import target_pb2, target_pb2_grpc
 from banditspec.verify_lengths import padded_lengths
 from services.target import metrics
@@ -47,6 +47,7 @@ class TargetConfig:
     prefill_chunk: int = DEFAULT_PREFILL_CHUNK
     security: ServerSecurity = field(default_factory=ServerSecurity)  # TLS, credentials, message limit
     metrics_port: int | None = None  # Prometheus metrics over HTTP on host:metrics_port
+    drain_seconds: float = DRAIN_SECONDS  # after SIGTERM, how long in-flight calls may finish
 
 
 class TargetServicer(target_pb2_grpc.TargetServiceServicer):
@@ -199,4 +200,5 @@ async def serve(config: TargetConfig) -> None:
         ready_file=config.ready_file,
         security=config.security,
         metrics_port=config.metrics_port,
+        grace_seconds=config.drain_seconds,
     )

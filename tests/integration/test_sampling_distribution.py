@@ -83,10 +83,12 @@ def chi_square_pvalue(samples: Counter, expected: dict[tuple, float]) -> float:
     return stats.chisquare(observed, expected_counts).pvalue
 
 
-def sample_outputs(stub, prompt, params: SamplingParams, policy, arms, seeds) -> tuple[Counter, Counter]:
+def generate_many(stub, prompt, params: SamplingParams, policy, arms, seeds, max_new_tokens: int) -> list:
+    """One sampled request per seed, six at a time; the responses in seed order."""
+
     def one(seed):
         request = generation_pb2.GenerateRequest(
-            max_new_tokens=2,
+            max_new_tokens=max_new_tokens,
             temperature=params.temperature,
             top_p=params.top_p,
             top_k=params.top_k,
@@ -98,7 +100,11 @@ def sample_outputs(stub, prompt, params: SamplingParams, policy, arms, seeds) ->
         return stub.Generate(request, timeout=RPC_TIMEOUT)
 
     with ThreadPoolExecutor(max_workers=6) as pool:
-        responses = list(pool.map(one, seeds))
+        return list(pool.map(one, seeds))
+
+
+def sample_outputs(stub, prompt, params: SamplingParams, policy, arms, seeds) -> tuple[Counter, Counter]:
+    responses = generate_many(stub, prompt, params, policy, arms, seeds, max_new_tokens=2)
     drafts = Counter()
     for response in responses:
         for arm in response.stats.arms:
@@ -199,21 +205,7 @@ POWER_RUNS = 10
 
 
 def sample_long(stub, prompt, params: SamplingParams, policy, arms, seeds) -> tuple[list[list[int]], Counter]:
-    def one(seed):
-        request = generation_pb2.GenerateRequest(
-            max_new_tokens=LONG,
-            temperature=params.temperature,
-            top_p=params.top_p,
-            top_k=params.top_k,
-            seed=seed,
-            policy=policy,
-            allowed_arms=arms,
-        )
-        request.token_ids.ids.extend(prompt)
-        return stub.Generate(request, timeout=RPC_TIMEOUT)
-
-    with ThreadPoolExecutor(max_workers=6) as pool:
-        responses = list(pool.map(one, seeds))
+    responses = generate_many(stub, prompt, params, policy, arms, seeds, max_new_tokens=LONG)
     totals = Counter()
     for response in responses:
         for arm in response.stats.arms:
