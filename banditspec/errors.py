@@ -60,6 +60,12 @@ class SessionLost(ServiceError):
     reason = SESSION_LOST
 
 
+class SessionReleased(ServiceError):
+    """A call for a session its caller already released (it arrived late): not reopened."""
+
+    code = grpc.StatusCode.FAILED_PRECONDITION
+
+
 class OutOfSync(SessionLost):
     """The caller's idea of the session's context length differs from the service's."""
 

@@ -182,11 +182,16 @@ class Phase:
     delay_ms: float
     pulls: Counter
     outputs: list[list[int]]
+    reward_sums: Counter = field(default_factory=Counter)  # arm → Σ tokens/s over its pulled rounds
 
     def share(self, service: str) -> float:
         drafted = {arm: n for arm, n in self.pulls.items() if arm != "target-only"}
         total = sum(drafted.values())
         return sum(n for arm, n in drafted.items() if arm.startswith(f"{service}/")) / total if total else 0.0
+
+    def mean_reward(self, arm: str) -> float:
+        """The arm's verified tokens per second of round wall time, over all its pulls."""
+        return self.reward_sums[arm] / self.pulls[arm] if self.pulls[arm] else 0.0
 
 
 @contextmanager
@@ -217,8 +222,12 @@ def started(topology: Topology, name: str, argv: list[str], port: int, workdir: 
             process.wait()
 
 
-def run_requests(address: str, prompts: list[list[int]], max_new_tokens: int, policy: int) -> Phase:
+def run_requests(
+    address: str, prompts: list[list[int]], max_new_tokens: int, policy: int, arms: list[str] | None = None
+) -> Phase:
+    """`arms`: the requests' allowed arms in warm-up order (the policy breaks ties by it); None: all."""
     pulls: Counter = Counter()
+    reward_sums: Counter = Counter()
     outputs = []
     with grpc.insecure_channel(address) as channel:
         stub = generation_pb2_grpc.GenerationServiceStub(channel)
@@ -227,12 +236,14 @@ def run_requests(address: str, prompts: list[list[int]], max_new_tokens: int, po
                 token_ids=generation_pb2.TokenIds(ids=prompt),
                 max_new_tokens=max_new_tokens,
                 policy=generation_pb2.Policy.Name(policy),
+                allowed_arms=arms or [],
             )
             response = stub.Generate(request, timeout=600)
             outputs.append(list(response.token_ids))
             for arm in response.stats.arms:
                 pulls[arm.arm] += arm.pulls
-    return Phase(0.0, pulls, outputs)
+                reward_sums[arm.arm] += arm.mean_reward * arm.pulls
+    return Phase(0.0, pulls, outputs, reward_sums)
 
 
 def compare(
@@ -244,6 +255,7 @@ def compare(
     policy: int,
     controller_args: list[str],
     workdir: Path,
+    arms: list[str] | None = None,
 ) -> tuple[Phase, Phase]:
     """The same requests through a fresh controller each: `b` behind the proxy without, then with, delay."""
     with Topology(["target", "a", "b", "controller"]) as topology:
@@ -269,7 +281,7 @@ def compare(
                             "--draft", f"b={proxy_listen[0]}:{proxy_listen[1]}", *controller_args,
                         ]  # fmt: skip
                         with started(topology, "controller", argv, 50050, workdir) as controller:
-                            phase = run_requests(controller, prompts, max_new_tokens, policy)
+                            phase = run_requests(controller, prompts, max_new_tokens, policy, arms)
                     phase.delay_ms = delay
                     phases.append(phase)
     return phases[0], phases[1]

@@ -7,6 +7,7 @@ from collections import OrderedDict
 from collections.abc import Callable
 
 from banditspec.errors import AlreadyExists, InvalidArgument, NotFound, OutOfSync, SessionLost
+from banditspec.released import ReleasedSessions
 from banditspec.sampling import SamplingParams
 from services.draft.drafters.base import Drafter, DraftSession, Proposal
 
@@ -20,6 +21,7 @@ class DrafterRegistry:
         self.max_context = max_context
         self.drafters: dict[str, Drafter] = {}
         self.sessions: OrderedDict[str, DraftSession] = OrderedDict()
+        self.released = ReleasedSessions()
 
     # drafters -----------------------------------------------------------------------------------
     def add(self, drafter: Drafter, replace: bool = False) -> Drafter | None:
@@ -76,6 +78,7 @@ class DrafterRegistry:
         if context_length == 0:
             if not new_ids:
                 raise InvalidArgument("opening a session needs its context in new_context_ids")
+            self.released.check(session_id)
             opened = DraftSession(list(new_ids), sampling, seed, prompt_length=len(new_ids), max_token_id=top)
             self.sessions.pop(session_id, None)
             self.sessions[session_id] = opened
@@ -128,6 +131,7 @@ class DrafterRegistry:
         held = self.sessions.get(session_id)
         self._check_ids(new_ids or [], len(held.context) if held and context_length else 0, None, -1)
         session = self.sessions.pop(session_id, None)
+        self.released.add(session_id)
         released = session is not None
         if not new_ids:
             learn_from = session

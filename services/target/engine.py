@@ -212,9 +212,10 @@ class TargetEngine:
             generator.manual_seed(seed)
         cache = self.decoder.new_cache() if self.decoder is not None else self.loaded.new_cache()
         # The cache holds the context but its last token, which is fed with the first draft.
-        job.session = TargetSession(list(context_ids), cache, sampling, generator)
+        session = TargetSession(list(context_ids), cache, sampling, generator)
+        self.sessions.put(job.session_id, session)  # refuses an id released meanwhile
+        job.session = session
         job.prefill = list(context_ids[:-1])
-        self.sessions.put(job.session_id, job.session)
 
     def _verify_feed(self, job: VerifyJob) -> list[int]:
         session = job.session

@@ -10,6 +10,7 @@ from transformers import DynamicCache
 
 from banditspec.errors import SessionLost
 from banditspec.lean_llama import LeanCache
+from banditspec.released import ReleasedSessions
 from banditspec.sampling import SamplingParams
 
 
@@ -27,6 +28,7 @@ class SessionStore:
         self.max_sessions = max_sessions
         self._sessions: OrderedDict[str, TargetSession] = OrderedDict()
         self.evictions = 0  # sessions dropped to make room, since start-up
+        self.released = ReleasedSessions()
 
     def __len__(self) -> int:
         return len(self._sessions)
@@ -35,7 +37,8 @@ class SessionStore:
         return session_id in self._sessions
 
     def put(self, session_id: str, session: TargetSession) -> list[str]:
-        """Store a session; returns the ids evicted to make room."""
+        """Store a session; returns the ids evicted to make room. A released id is refused."""
+        self.released.check(session_id)
         self._sessions.pop(session_id, None)
         self._sessions[session_id] = session
         evicted = []
@@ -52,4 +55,6 @@ class SessionStore:
         return session
 
     def pop(self, session_id: str) -> bool:
+        """Release a session (held or not): its id is not opened again."""
+        self.released.add(session_id)
         return self._sessions.pop(session_id, None) is not None

@@ -29,15 +29,18 @@ def test_the_bandit_moves_away_from_a_slow_link(tiny_models, target_model, tmp_p
         generation_pb2.POLICY_UCBSPEC_COUNTERFACTUAL,
         ["--model-free-gammas", "3", "--rpc-timeout", "30"],
         tmp_path,
+        arms=["b/pld/3", "a/pld/3", "target-only"],  # b first: ties and warm-up favour it
     )
-    print(f"pulls without delay {dict(plain.pulls)}, with {DELAY_MS} ms {dict(delayed.pulls)}")
-    print(f"share of pulls to b: {plain.share('b'):.2f} without delay, {delayed.share('b'):.2f} with delay")
+    for phase in (plain, delayed):
+        rewards = {arm: round(phase.mean_reward(arm), 1) for arm in phase.pulls}
+        print(f"{phase.delay_ms} ms: pulls {dict(phase.pulls)}, tokens/s {rewards}, share of b {phase.share('b'):.2f}")
     expected = [reference_greedy(target_model, prompt, MAX_NEW) for prompt in PROMPTS * 3]
     assert plain.outputs == expected and delayed.outputs == expected
-    assert delayed.share("b") > 0  # the slow link was tried, and found slow
-    # Without delay the links are alike and b gets a fair part of the pulls; with it, less. Measured at
-    # 150 ms and 12 requests: 0.47/0.31, 0.45/0.28 of drafted pulls (at 60 ms and 8 requests 0.51/0.28,
-    # 0.45/0.30, 0.49/0.33, and once a drop under 0.08). Each request's bandit explores every arm (its
-    # warm-start prior is worth only 4 pulls), so over short requests the drop, not b's absence, is the claim.
-    assert plain.share("b") > 0.25
-    assert delayed.share("b") < plain.share("b") - 0.08
+    # The reward counts the link: b's rounds earn far less once it is slow.
+    assert delayed.mean_reward("b/pld/3") < 0.5 * delayed.mean_reward("a/pld/3")
+    # And the bandit acts on it. Two alike arms split their pulls unevenly (the bandit settles on one:
+    # b's share without delay measured 0.24-0.49 though b is first), so b's share is not compared across
+    # the runs; with the delay b, though first, gets clearly less than a: measured 0.19-0.31 of the drafted
+    # pulls. Each request's bandit still explores every arm (a warm-start prior is worth only 4 pulls).
+    assert plain.share("b") > 0.1
+    assert 0 < delayed.share("b") < 0.4

@@ -7,7 +7,7 @@ from __future__ import annotations
 import grpc
 import pytest
 
-from banditspec.errors import InvalidArgument
+from banditspec.errors import InvalidArgument, SessionReleased
 from banditspec.sampling import SamplingParams
 from banditspec.v1 import draft_pb2
 from services.draft.drafters.base import DraftSession, ModelFree, Proposal
@@ -198,6 +198,18 @@ def test_a_context_never_held_needs_its_prompt_boundary(registry):
     assert registry.get("rec").taught == []
     assert not registry.release("x", 0, [1, 2, 3], prompt_length=2)  # nothing held, but learned
     assert registry.get("rec").taught == [([1, 2, 3], 2)]
+
+
+def test_a_released_session_is_not_opened_again():
+    """A propose that arrives after its request's release (on another call) cannot bring the session back."""
+    registry = DrafterRegistry()
+    registry.sync("s", 0, [1, 2, 3], SamplingParams(), 0)
+    assert registry.release("s")
+    with pytest.raises(SessionReleased):
+        registry.sync("s", 0, [1, 2, 3], SamplingParams(), 0)
+    assert "s" not in registry.sessions
+    registry.sync("t", 0, [1, 2, 3], SamplingParams(), 0)  # other ids open as before
+    assert "t" in registry.sessions
 
 
 def test_num_tokens_is_bounded():

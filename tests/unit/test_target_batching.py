@@ -7,7 +7,7 @@ from __future__ import annotations
 import pytest
 import torch
 
-from banditspec.errors import OutOfSync, SessionLost
+from banditspec.errors import OutOfSync, SessionLost, SessionReleased
 from banditspec.models import load_causal_lm
 from banditspec.sampling import SamplingParams
 from services.target.engine import OpenJob, TargetEngine, VerifyJob, VerifyResult
@@ -154,6 +154,16 @@ def test_scheduler_survives_cancelled_callers_and_drops_released_sessions_jobs(l
         with pytest.raises(SessionLost):
             late.result(timeout=30)
         scheduler.call(engine.release, "r").result(timeout=30)
+        assert "r" not in engine.sessions
+
+        # An open or reopening verify that reaches the service only after the release (it came on another
+        # call, which a stalled service served later) is refused, not a session nobody will release.
+        for late_job in (
+            OpenJob("r", context_ids=prompt, sampling=GREEDY, seed=0),
+            VerifyJob("r", context_length=len(prompt), draft_ids=[4], reopen=(prompt, GREEDY, 0)),
+        ):
+            with pytest.raises(SessionReleased):
+                scheduler.submit(late_job).result(timeout=30)
         assert "r" not in engine.sessions
     finally:
         scheduler.close()
