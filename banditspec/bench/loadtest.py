@@ -49,6 +49,7 @@ class Request:
     seconds: float
     first_token_seconds: float
     arms: dict[str, int] = field(default_factory=dict)  # arm → pulls
+    rewards: dict[str, float] = field(default_factory=dict)  # arm → mean reward (tokens/s) of its pulls
     error: str = ""
 
 
@@ -66,6 +67,7 @@ class Phase:
     latency_p50: float | None = None
     latency_p99: float | None = None
     arm_shares: dict[str, float] = field(default_factory=dict)
+    arm_rewards: dict[str, float] = field(default_factory=dict)  # what the bandit measured: tokens/s per round
     mean_gamma: float | None = None
     errors: int = 0
     mismatches: int = 0  # outputs that differ from the target's own greedy output
@@ -102,8 +104,9 @@ def stream_request(stub, prompt: Prompt, max_new_tokens: int, policy: str, arms:
                 continue
             final = message.final
             pulls = {arm.arm: arm.pulls for arm in final.stats.arms if arm.pulls}
+            rewards = {arm.arm: arm.mean_reward for arm in final.stats.arms if arm.pulls}
             seconds = time.perf_counter() - start
-            return Request(prompt.id, list(final.token_ids), seconds, first or seconds, pulls)
+            return Request(prompt.id, list(final.token_ids), seconds, first or seconds, pulls, rewards)
     except grpc.RpcError as error:
         return Request(prompt.id, [], time.perf_counter() - start, 0.0, error=f"{error.code().name}: {error.details()}")
     return Request(prompt.id, [], time.perf_counter() - start, 0.0, error="the stream ended without a result")
@@ -138,9 +141,11 @@ def stack_phase(method: str, clients: int, requests: list[Request], seconds: flo
     done = [r for r in requests if not r.error]
     tokens = sum(len(r.tokens) for r in done)
     pulls: dict[str, int] = {}
+    reward_sums: dict[str, float] = {}
     for r in done:
         for arm, count in r.arms.items():
             pulls[arm] = pulls.get(arm, 0) + count
+            reward_sums[arm] = reward_sums.get(arm, 0.0) + r.rewards.get(arm, 0.0) * count
     total_pulls = sum(pulls.values())
     phase = Phase(
         method,
@@ -157,6 +162,7 @@ def stack_phase(method: str, clients: int, requests: list[Request], seconds: flo
         phase.latency_p50, phase.latency_p99 = percentile(latencies, 0.5), percentile(latencies, 0.99)
     if total_pulls:
         phase.arm_shares = {arm: pulls[arm] / total_pulls for arm in sorted(pulls)}
+        phase.arm_rewards = {arm: reward_sums[arm] / pulls[arm] for arm in sorted(pulls)}
         phase.mean_gamma = sum(gamma_of(arm) * n for arm, n in pulls.items()) / total_pulls
     check(phase, [(r.prompt, r.tokens) for r in done], references)
     return phase
@@ -404,6 +410,11 @@ def report(document: dict) -> str:
     lines += ["| N | " + " | ".join(arms) + " |", "|---:|" + "---:|" * len(arms)]
     for clients, p in sorted(base.items()):
         lines.append(f"| {clients} | " + " | ".join(f"{p.arm_shares.get(a, 0.0):.2f}" for a in arms) + " |")
+    lines += ["", "What the adaptive policy measured per arm (mean verified tokens per second of its rounds):", ""]
+    lines += ["| N | " + " | ".join(arms) + " |", "|---:|" + "---:|" * len(arms)]
+    for clients, p in sorted(base.items()):
+        cells = (f"{p.arm_rewards[a]:.1f}" if a in p.arm_rewards else "" for a in arms)
+        lines.append(f"| {clients} | " + " | ".join(cells) + " |")
     lines += ["", "Peak resident memory per service (MiB, VmHWM) after each N:", ""]
     services = sorted({s for p in base.values() for s in p.rss_mib})
     lines += ["| N | " + " | ".join(services) + " |", "|---:|" + "---:|" * len(services)]

@@ -174,6 +174,7 @@ def cmd_serve_controller(args: argparse.Namespace) -> None:
                 http_port=args.http_port,
                 max_concurrent=args.max_concurrent,
                 max_queued=args.max_queued,
+                load_cost=args.load_cost,
                 warm_start=args.warm_start == "on",
                 ready_file=args.ready_file,
                 security=_server_security(args, api_key=read_secret(API_KEY_ENV, args.api_key_file)),
@@ -493,6 +494,11 @@ def build_parser() -> argparse.ArgumentParser:
         help="seconds a proposal may take; a slower one costs its drafter the request (and feeds the breaker)",
     )  # fmt: skip
     controller.add_argument("--max-concurrent", type=int, default=32, help="requests run at once (then they queue)")
+    controller.add_argument(
+        "--load-cost", choices=["cycle", "share"], default="cycle",
+        help="how a round beside other requests is charged: the target time of a cycle in which every running "
+        "request played its arm (cycle), or its share of the forward it ran in (share)",
+    )  # fmt: skip
     controller.add_argument(
         "--warm-start", choices=["on", "off"], default="on",
         help="start each request's bandit from recent requests' arm means at a similar load",

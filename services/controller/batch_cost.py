@@ -14,6 +14,18 @@ load: with B tokens of other rows and f(n) the measured cost of a forward of n t
 which at B = 0 is the lone-round ceiling of `reward.RewardScale`. f comes from the target's start-up
 measurements (one row of n ≤ 16 tokens; batched forwards of 24–128 tokens) and, online, from the forwards
 the target reports with each verify.
+
+That share still misses what a draft costs the others: a round also waits for the forwards of the rows
+before it, and that wait, though charged to it as a fixed cost, grows with everyone's drafts. Measured at
+8 clients, the share model rewarded drafting above target-only while target-only gave the most
+throughput (benchmarks/RESULTS.md §15). The *cycle* model (`--load-cost cycle`, the default) charges a
+round, instead, the target time of one cycle in which every running request played the same arm, in
+forwards of as many rows as this round's:
+
+    cycle(k) = (R / r) · f(r · k)      R requests running, r rows in the round's forward
+
+plus the round's own time outside the target (drafting, RPCs). The reward then ranks arms as their
+throughput at that load does, and at R = 1 it is the lone round's f(k).
 """
 
 from __future__ import annotations
@@ -21,20 +33,49 @@ from __future__ import annotations
 import bisect
 from dataclasses import dataclass
 
+LOAD_COSTS = ("cycle", "share")  # how a round beside other requests is charged (see above)
+
 
 @dataclass(frozen=True)
 class Load:
-    """The forward a round ran in, seen from that round: the other rows' tokens and the forward's time."""
+    """The forward a round ran in, seen from that round: the other rows' tokens and the forward's time;
+    with `curve`, the cycle model of `running` requests in forwards of `rows` rows."""
 
     others: int
     forward_seconds: float
+    running: int = 1
+    rows: int = 1
+    curve: ForwardCurve | None = None
 
     @classmethod
     def of(cls, own_tokens: int, batch_rows: int, batch_tokens: int, forward_seconds: float) -> Load | None:
-        """None when the round had its forward to itself."""
+        """The share model; None when the round had its forward to itself."""
         if batch_rows <= 1 or batch_tokens <= own_tokens:
             return None
         return cls(batch_tokens - own_tokens, forward_seconds)
+
+    @classmethod
+    def cycle(
+        cls, own_tokens: int, batch_rows: int, batch_tokens: int, forward_seconds: float, running: int,
+        curve: ForwardCurve,
+    ) -> Load | None:  # fmt: skip
+        """The cycle model; None when no other request was running (a lone round)."""
+        if running <= 1:
+            return None
+        rows = max(1, min(batch_rows, running))
+        return cls(max(0, batch_tokens - own_tokens), forward_seconds, running, rows, curve)
+
+    def forward(self, tokens: int) -> float:
+        """Target seconds charged to a round feeding `tokens` in this forward."""
+        if self.curve is not None:
+            return self.running / self.rows * self.curve.seconds(self.rows * tokens)
+        return self.forward_seconds * tokens / (self.others + tokens)
+
+    def modelled_forward(self, curve: ForwardCurve, tokens: int) -> float:
+        """As `forward`, from the curve alone (for the ceiling)."""
+        if self.curve is not None:
+            return self.forward(tokens)
+        return curve.seconds(self.others + tokens) * tokens / (self.others + tokens)
 
 
 class ForwardCurve:
@@ -82,6 +123,6 @@ def charged_seconds(wall: float, own_tokens: int, load: Load | None) -> float:
     return max(1e-6, wall - forward + forward * own_tokens / (own_tokens + load.others))
 
 
-def load_ceiling(curve: ForwardCurve, others: int, max_gamma: int, overhead: float) -> float:
-    """Best tokens per charged second for a round of up to max_gamma + 1 tokens beside `others` tokens."""
-    return max(k / (overhead + curve.seconds(others + k) * k / (others + k)) for k in range(1, max_gamma + 2))
+def load_ceiling(curve: ForwardCurve, load: Load, max_gamma: int, overhead: float) -> float:
+    """Best tokens per charged second for a round of up to max_gamma + 1 tokens at this load."""
+    return max(k / (overhead + load.modelled_forward(curve, k)) for k in range(1, max_gamma + 2))

@@ -55,7 +55,7 @@ class RoundCosts:
 
     def forward(self, tokens: int) -> float:
         if self.load is not None:
-            return self.load.forward_seconds * tokens / (self.load.others + tokens)
+            return self.load.forward(tokens)
         return self.forward_seconds[min(tokens, len(self.forward_seconds)) - 1]
 
     def seconds(self, drafted: int, drafter: str | None) -> float:

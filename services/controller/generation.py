@@ -13,9 +13,8 @@ import asyncio
 import statistics
 import time
 import uuid
-from collections.abc import AsyncIterator
+from collections.abc import AsyncIterator, Callable
 from dataclasses import dataclass
-from functools import cached_property
 
 import numpy as np
 import structlog
@@ -25,7 +24,7 @@ from banditspec.errors import OutOfRange
 from banditspec.policy_names import COUNTERFACTUAL_POLICIES
 from services.controller import metrics
 from services.controller.arms import TARGET_ONLY_ARM, Arm
-from services.controller.batch_cost import ForwardCurve, Load, charged_seconds, load_ceiling
+from services.controller.batch_cost import LOAD_COSTS, ForwardCurve, Load, charged_seconds, load_ceiling
 from services.controller.clients import DraftClient, DrafterFailed, TargetClient
 from services.controller.counterfactual import CounterfactualScorer, RoundCosts
 from services.controller.domain import (
@@ -47,7 +46,8 @@ log = structlog.get_logger()
 
 @dataclass(frozen=True)
 class Round:
-    """One played round: the arm (index None: the fallback), the γ played, the draft and the verdict."""
+    """One played round: the arm (index None: the fallback), the γ played, the draft and the verdict;
+    its wall time, the part of it spent in the verify call, and the load it ran at (None: alone)."""
 
     index: int | None
     arm: Arm
@@ -55,26 +55,22 @@ class Round:
     proposal: Proposal
     verdict: Verdict
     wall_seconds: float
+    target_seconds: float
+    load: Load | None
+    charged_seconds: float  # what the reward divides by (see batch_cost)
 
     @property
     def service_seconds(self) -> float:
         return self.proposal.compute_seconds + self.verdict.compute_seconds
 
-    @cached_property
-    def load(self) -> Load | None:
-        """The other rows of the forward that verified this round; None when it ran alone."""
-        verdict = self.verdict
-        return Load.of(self.fed, verdict.batch_rows, verdict.batch_tokens, verdict.batch_forward_seconds)
-
-    @cached_property
-    def charged_seconds(self) -> float:
-        """Wall time less the share of the forward that verified other rows (see batch_cost)."""
-        return charged_seconds(self.wall_seconds, self.fed, self.load)
-
     @property
     def fed(self) -> int:
-        """Tokens this round fed the target: its draft and the last committed token."""
-        return len(self.proposal.token_ids) + 1
+        return fed_tokens(self.proposal)
+
+
+def fed_tokens(proposal: Proposal) -> int:
+    """Tokens a round feeds the target: its draft and the last committed token."""
+    return len(proposal.token_ids) + 1
 
 
 class Generation:
@@ -87,8 +83,14 @@ class Generation:
         step_estimate: StepTimeEstimate,
         deadline: Deadline,
         forward_curve: ForwardCurve | None = None,
+        running: Callable[[], int] = lambda: 1,
+        load_cost: str = "cycle",
     ) -> None:
+        if load_cost not in LOAD_COSTS:
+            raise ValueError(f"load_cost must be one of {', '.join(LOAD_COSTS)}, got {load_cost!r}")
         self.request = request
+        self.running = running  # requests running at the controller now
+        self.load_cost = load_cost
         self.info = target.info
         self.step_estimate = step_estimate
         self.forward_curve = forward_curve or ForwardCurve(self.info.forward_seconds, self.info.batch_forward_seconds)
@@ -177,12 +179,29 @@ class Generation:
             except DrafterFailed as error:
                 self._drop_drafter(arm, str(error))
                 return None
+        verify_start = time.perf_counter()
         try:
             verdict = await self.target.verify(self.context, proposal)
         except DrafterFailed as error:  # the target rejected the draft: nothing was committed
             self._drop_drafter(arm, str(error))
             return None
-        return Round(index, arm, gamma, proposal, verdict, time.perf_counter() - start)
+        end = time.perf_counter()
+        wall, target = end - start, end - verify_start
+        load = self._load_of(proposal, verdict)
+        if load is not None and load.curve is not None:  # cycle model: outside the target, measured; in it, modelled
+            charged = max(1e-6, wall - target + self.round_overhead + load.forward(fed_tokens(proposal)))
+        else:
+            charged = charged_seconds(wall, fed_tokens(proposal), load)
+        return Round(index, arm, gamma, proposal, verdict, wall, target, load, charged)
+
+    def _load_of(self, proposal: Proposal, verdict: Verdict) -> Load | None:
+        fed = fed_tokens(proposal)
+        rows, tokens, forward = verdict.batch_rows, verdict.batch_tokens, verdict.batch_forward_seconds
+        if self.load_cost == "cycle":
+            load = Load.cycle(fed, rows, tokens, forward, self.running(), self.forward_curve)
+            if load is not None:
+                return load
+        return Load.of(fed, rows, tokens, forward)  # also rows of other controllers' requests
 
     async def _propose(self, arm: Arm, gamma: int) -> Proposal:
         session = self.drafts.get(arm.service)
@@ -225,7 +244,7 @@ class Generation:
         """In [0, 1]: against the lone-round ceiling, or against the best round beside the same load."""
         if load is None:
             return self.scale.normalise(tokens_per_second)
-        ceiling = load_ceiling(self.forward_curve, load.others, self.max_gamma, self.round_overhead)
+        ceiling = load_ceiling(self.forward_curve, load, self.max_gamma, self.round_overhead)
         return min(1.0, max(0.0, tokens_per_second / ceiling))
 
     def _reward(self, played: Round) -> None:
@@ -236,7 +255,7 @@ class Generation:
         tokens_per_second = verified / played.charged_seconds
         if played.index is not None:
             self.policy.update(played.index, self._normalise(tokens_per_second, played.load))
-        if arm.gamma == 0 and played.load is None:  # a lone round: its wall time is a step's
+        if arm.gamma == 0 and verdict.batch_rows <= 1:  # its forward to itself: its wall time is a step's
             self.step_estimate.observe(wall)
         tally = self.result.tallies.setdefault(arm.name, ArmTally())
         tally.pulls += 1

@@ -55,6 +55,7 @@ class ControllerConfig:
     # queue of max_queued, beyond which a request is RESOURCE_EXHAUSTED.
     max_concurrent: int = 32
     max_queued: int = 64
+    load_cost: str = "cycle"  # how a round beside other requests is charged (batch_cost.py)
     warm_start: bool = True  # start each request's bandit from recent requests at a similar load (priors.py)
     ready_file: str | None = None
     # TLS and credentials of this server (clients' requests up to 4 MiB); TLS towards the services.
@@ -176,8 +177,9 @@ class Controller:
             raise Unavailable("the controller is still connecting")
         deadline = Deadline(context.time_remaining(), self.config.rpc_timeout)
         generation = Generation(
-            request, self.target, self.drafts, self.tokenizer, self.step_estimate, deadline, self.forward_curve
-        )
+            request, self.target, self.drafts, self.tokenizer, self.step_estimate, deadline, self.forward_curve,
+            running=lambda: self.admission.running, load_cost=self.config.load_cost,
+        )  # fmt: skip
         generation.load = self.admission.running
         if self.config.warm_start:
             names = [arm.name for arm in request.arms]
