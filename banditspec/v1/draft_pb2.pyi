@@ -64,7 +64,7 @@ class ListDraftersResponse(_message.Message):
     def __init__(self, drafters: _Optional[_Iterable[_Union[DrafterInfo, _Mapping]]] = ...) -> None: ...
 
 class ProposeRequest(_message.Message):
-    __slots__ = ("session_id", "drafter", "num_tokens", "context_length", "new_context_ids", "sampling", "seed", "score_drafters", "score_num_tokens")
+    __slots__ = ("session_id", "drafter", "num_tokens", "context_length", "new_context_ids", "sampling", "seed", "score_drafters", "score_num_tokens", "tree_tokens")
     SESSION_ID_FIELD_NUMBER: _ClassVar[int]
     DRAFTER_FIELD_NUMBER: _ClassVar[int]
     NUM_TOKENS_FIELD_NUMBER: _ClassVar[int]
@@ -74,6 +74,7 @@ class ProposeRequest(_message.Message):
     SEED_FIELD_NUMBER: _ClassVar[int]
     SCORE_DRAFTERS_FIELD_NUMBER: _ClassVar[int]
     SCORE_NUM_TOKENS_FIELD_NUMBER: _ClassVar[int]
+    TREE_TOKENS_FIELD_NUMBER: _ClassVar[int]
     session_id: str
     drafter: str
     num_tokens: int
@@ -83,7 +84,8 @@ class ProposeRequest(_message.Message):
     seed: int
     score_drafters: _containers.RepeatedScalarFieldContainer[str]
     score_num_tokens: int
-    def __init__(self, session_id: _Optional[str] = ..., drafter: _Optional[str] = ..., num_tokens: _Optional[int] = ..., context_length: _Optional[int] = ..., new_context_ids: _Optional[_Iterable[int]] = ..., sampling: _Optional[_Union[_common_pb2.SamplingParams, _Mapping]] = ..., seed: _Optional[int] = ..., score_drafters: _Optional[_Iterable[str]] = ..., score_num_tokens: _Optional[int] = ...) -> None: ...
+    tree_tokens: int
+    def __init__(self, session_id: _Optional[str] = ..., drafter: _Optional[str] = ..., num_tokens: _Optional[int] = ..., context_length: _Optional[int] = ..., new_context_ids: _Optional[_Iterable[int]] = ..., sampling: _Optional[_Union[_common_pb2.SamplingParams, _Mapping]] = ..., seed: _Optional[int] = ..., score_drafters: _Optional[_Iterable[str]] = ..., score_num_tokens: _Optional[int] = ..., tree_tokens: _Optional[int] = ...) -> None: ...
 
 class AlternativeDraft(_message.Message):
     __slots__ = ("drafter", "draft_ids")
@@ -94,18 +96,20 @@ class AlternativeDraft(_message.Message):
     def __init__(self, drafter: _Optional[str] = ..., draft_ids: _Optional[_Iterable[int]] = ...) -> None: ...
 
 class ProposeResponse(_message.Message):
-    __slots__ = ("draft_ids", "draft_probs", "context_length", "compute_seconds", "alternatives")
+    __slots__ = ("draft_ids", "draft_probs", "context_length", "compute_seconds", "alternatives", "draft_parents")
     DRAFT_IDS_FIELD_NUMBER: _ClassVar[int]
     DRAFT_PROBS_FIELD_NUMBER: _ClassVar[int]
     CONTEXT_LENGTH_FIELD_NUMBER: _ClassVar[int]
     COMPUTE_SECONDS_FIELD_NUMBER: _ClassVar[int]
     ALTERNATIVES_FIELD_NUMBER: _ClassVar[int]
+    DRAFT_PARENTS_FIELD_NUMBER: _ClassVar[int]
     draft_ids: _containers.RepeatedScalarFieldContainer[int]
     draft_probs: _containers.RepeatedCompositeFieldContainer[_common_pb2.TokenDistribution]
     context_length: int
     compute_seconds: float
     alternatives: _containers.RepeatedCompositeFieldContainer[AlternativeDraft]
-    def __init__(self, draft_ids: _Optional[_Iterable[int]] = ..., draft_probs: _Optional[_Iterable[_Union[_common_pb2.TokenDistribution, _Mapping]]] = ..., context_length: _Optional[int] = ..., compute_seconds: _Optional[float] = ..., alternatives: _Optional[_Iterable[_Union[AlternativeDraft, _Mapping]]] = ...) -> None: ...
+    draft_parents: _containers.RepeatedScalarFieldContainer[int]
+    def __init__(self, draft_ids: _Optional[_Iterable[int]] = ..., draft_probs: _Optional[_Iterable[_Union[_common_pb2.TokenDistribution, _Mapping]]] = ..., context_length: _Optional[int] = ..., compute_seconds: _Optional[float] = ..., alternatives: _Optional[_Iterable[_Union[AlternativeDraft, _Mapping]]] = ..., draft_parents: _Optional[_Iterable[int]] = ...) -> None: ...
 
 class ReleaseDraftSessionRequest(_message.Message):
     __slots__ = ("session_id", "context_length", "new_context_ids", "prompt_length")
