@@ -83,7 +83,8 @@ def percentile(values: list[float], q: float) -> float:
 
 
 def gamma_of(arm: str) -> int:
-    return 0 if arm == "target-only" else int(arm.rsplit("/", 1)[1])
+    """The γ in an arm's name (SERVICE/DRAFTER/γ, or γtN for a tree of N tokens); 0 for target-only."""
+    return 0 if arm == "target-only" else int(arm.rsplit("/", 1)[1].split("t")[0])
 
 
 # --- the stack ----------------------------------------------------------------------------------------------

@@ -164,6 +164,7 @@ def cmd_serve_controller(args: argparse.Namespace) -> None:
                 policy=args.policy,
                 model_free_gammas=_ints(_model_free_gammas(args)),
                 model_gammas=_ints(args.model_gammas),
+                tree_tokens=_ints(args.tree_tokens),
                 rpc_timeout=args.rpc_timeout,
                 draft_deadline=args.draft_deadline,
                 refresh_seconds=args.refresh_seconds,
@@ -488,6 +489,11 @@ def build_parser() -> argparse.ArgumentParser:
     # The old spelling said prompt lookup only, yet set γ for every model-free drafter.
     controller.add_argument("--pld-gammas", dest="pld_gammas", help=argparse.SUPPRESS)
     controller.add_argument("--model-gammas", default="4", help="γ values for model drafters")
+    controller.add_argument(
+        "--tree-tokens", default="",
+        help="token budgets of tree arms (e.g. 12,24): drafters that branch (prompt lookup, suffix tree) also "
+        "propose token trees of that many tokens, as deep as their longest chain",
+    )  # fmt: skip
     controller.add_argument("--rpc-timeout", type=float, default=60.0)
     controller.add_argument(
         "--draft-deadline", type=_seconds(0.001), default=3.0,

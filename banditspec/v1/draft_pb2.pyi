@@ -22,7 +22,7 @@ DRAFTER_KIND_SUFFIX: DrafterKind
 DRAFTER_KIND_RETRIEVAL: DrafterKind
 
 class DrafterInfo(_message.Message):
-    __slots__ = ("name", "kind", "vocab_fingerprint", "source", "device", "lookahead_hits", "model_free", "learns_from_outputs")
+    __slots__ = ("name", "kind", "vocab_fingerprint", "source", "device", "lookahead_hits", "model_free", "learns_from_outputs", "proposes_trees")
     NAME_FIELD_NUMBER: _ClassVar[int]
     KIND_FIELD_NUMBER: _ClassVar[int]
     VOCAB_FINGERPRINT_FIELD_NUMBER: _ClassVar[int]
@@ -31,6 +31,7 @@ class DrafterInfo(_message.Message):
     LOOKAHEAD_HITS_FIELD_NUMBER: _ClassVar[int]
     MODEL_FREE_FIELD_NUMBER: _ClassVar[int]
     LEARNS_FROM_OUTPUTS_FIELD_NUMBER: _ClassVar[int]
+    PROPOSES_TREES_FIELD_NUMBER: _ClassVar[int]
     name: str
     kind: DrafterKind
     vocab_fingerprint: str
@@ -39,7 +40,8 @@ class DrafterInfo(_message.Message):
     lookahead_hits: int
     model_free: bool
     learns_from_outputs: bool
-    def __init__(self, name: _Optional[str] = ..., kind: _Optional[_Union[DrafterKind, str]] = ..., vocab_fingerprint: _Optional[str] = ..., source: _Optional[str] = ..., device: _Optional[str] = ..., lookahead_hits: _Optional[int] = ..., model_free: _Optional[bool] = ..., learns_from_outputs: _Optional[bool] = ...) -> None: ...
+    proposes_trees: bool
+    def __init__(self, name: _Optional[str] = ..., kind: _Optional[_Union[DrafterKind, str]] = ..., vocab_fingerprint: _Optional[str] = ..., source: _Optional[str] = ..., device: _Optional[str] = ..., lookahead_hits: _Optional[int] = ..., model_free: _Optional[bool] = ..., learns_from_outputs: _Optional[bool] = ..., proposes_trees: _Optional[bool] = ...) -> None: ...
 
 class DraftInfoRequest(_message.Message):
     __slots__ = ()

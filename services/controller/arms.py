@@ -1,4 +1,5 @@
-"""Arms: (draft service, drafter, γ), plus the target-only arm γ = 0."""
+"""Arms: (draft service, drafter, γ), plus the target-only arm γ = 0. A tree arm also has a token budget:
+its drafter may propose a token tree of that many tokens, no deeper than γ (named SERVICE/DRAFTER/γtN)."""
 
 from __future__ import annotations
 
@@ -13,10 +14,15 @@ class Arm:
     service: str = ""
     drafter: str = ""
     gamma: int = 0
+    tree_tokens: int = 0  # > 0: a tree of up to this many tokens
 
     @classmethod
     def drafted(cls, service: str, drafter: str, gamma: int) -> Arm:
         return cls(f"{service}/{drafter}/{gamma}", service, drafter, gamma)
+
+    @classmethod
+    def tree(cls, service: str, drafter: str, depth: int, tokens: int) -> Arm:
+        return cls(f"{service}/{drafter}/{depth}t{tokens}", service, drafter, depth, tokens)
 
 
 TARGET_ONLY_ARM = Arm(TARGET_ONLY)

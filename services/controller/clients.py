@@ -12,7 +12,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import time
-from collections.abc import Awaitable, Callable
+from collections.abc import Awaitable, Callable, Sequence
 from dataclasses import dataclass
 from typing import Any, TypeVar
 
@@ -222,6 +222,7 @@ class TargetSession:
             context_length=len(context),
             draft_ids=draft.token_ids,
             draft_probs=draft.probs,
+            draft_parents=draft.parents or [],
         )
 
         async def attempt(timeout: float, reopen: bool) -> Any:
@@ -264,10 +265,11 @@ class DrafterEntry:
     name: str
     model_free: bool  # cheap enough to be scored counterfactually every round
     learns_from_outputs: bool  # wants finished answers at release
+    proposes_trees: bool = False
 
     @classmethod
     def from_pb(cls, pb: draft_pb2.DrafterInfo) -> DrafterEntry:
-        return cls(pb.name, pb.model_free, pb.learns_from_outputs)
+        return cls(pb.name, pb.model_free, pb.learns_from_outputs, pb.proposes_trees)
 
 
 class DraftClient:
@@ -342,12 +344,15 @@ class DraftClient:
     def model_free_drafters(self) -> set[str]:
         return {drafter.name for drafter in self.drafters if drafter.model_free}
 
-    def arms(self, model_free_gammas: list[int], model_gammas: list[int]) -> list[Arm]:
-        return [
-            Arm.drafted(self.name, drafter.name, gamma)
-            for drafter in self.drafters
-            for gamma in (model_free_gammas if drafter.model_free else model_gammas)
-        ]
+    def arms(self, model_free_gammas: list[int], model_gammas: list[int], tree_tokens: Sequence[int] = ()) -> list[Arm]:
+        """Chain arms per γ; for drafters that branch, a tree arm per budget too, as deep as the longest chain."""
+        arms = []
+        for drafter in self.drafters:
+            gammas = model_free_gammas if drafter.model_free else model_gammas
+            arms += [Arm.drafted(self.name, drafter.name, gamma) for gamma in gammas]
+            if drafter.proposes_trees and gammas:
+                arms += [Arm.tree(self.name, drafter.name, max(gammas), tokens) for tokens in tree_tokens]
+        return arms
 
     def session(self, session_id: str, sampling: SamplingParams, seed: int, deadline: Deadline) -> DraftSession:
         return DraftSession(self, session_id, sampling, seed, deadline)
@@ -378,8 +383,10 @@ class DraftSession:
         num_tokens: int,
         score_drafters: list[str] | None = None,
         score_num_tokens: int = 0,
+        tree_tokens: int = 0,
     ) -> Proposal:
-        """Up to `num_tokens` draft tokens from `drafter`, and drafts of `score_drafters` to score.
+        """Up to `num_tokens` draft tokens from `drafter` (with `tree_tokens`, a tree of up to that many, no
+        deeper than `num_tokens`), and drafts of `score_drafters` to score.
 
         Raises DrafterFailed when the service cannot answer within the round; the request's own
         deadline passing is the caller's error and comes through as the RPC error."""
@@ -395,6 +402,7 @@ class DraftSession:
                 seed=session_seed(self.seed, len(context)),
                 score_drafters=score_drafters or [],
                 score_num_tokens=score_num_tokens,
+                tree_tokens=tree_tokens,
             )
             shipped = len(context) - synced
             allowed = self.client.draft_deadline * (1.0 + shipped / CONTEXT_TOKENS_PER_DRAFT_DEADLINE)
@@ -419,12 +427,14 @@ class DraftSession:
                 raise DrafterFailed(reason) from error
             self.client.succeeded()
             self.synced = len(context)
-            token_ids = list(response.draft_ids[:num_tokens])
+            parents = list(response.draft_parents) or None
+            token_ids = list(response.draft_ids[: tree_tokens if parents else num_tokens])
             return Proposal(
                 token_ids=token_ids,
                 probs=list(response.draft_probs[: len(token_ids)]),
                 compute_seconds=response.compute_seconds,
                 alternatives={a.drafter: list(a.draft_ids) for a in response.alternatives},
+                parents=parents[: len(token_ids)] if parents else None,
             )
         raise DrafterFailed("draft session could not be reopened")
 

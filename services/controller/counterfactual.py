@@ -100,7 +100,11 @@ class CounterfactualScorer:
         return [name for name in self.score_drafters.get(arm.service, []) if name != arm.drafter]
 
     def arms_of(self, service: str, drafter: str) -> list[int]:
-        return [i for i, a in enumerate(self.arms) if a.service == service and a.drafter == drafter and a.gamma > 0]
+        """The drafter's chain arms (a chain's acceptance says little about what a tree would accept)."""
+        return [
+            i for i, a in enumerate(self.arms)
+            if a.service == service and a.drafter == drafter and a.gamma > 0 and not a.tree_tokens
+        ]  # fmt: skip
 
     def after_round(
         self,
@@ -124,8 +128,9 @@ class CounterfactualScorer:
         if gamma > 0:
             # The pulled drafter's own draft also decides its arms of smaller γ (a draft's prefix is
             # the shorter draft); alternatives come from the other model-free drafters.
-            own = [i for i in self.arms_of(arm.service, arm.drafter) if i != pulled and self.arms[i].gamma <= gamma]
-            self.add(position, arm.service, arm.drafter, proposal.token_ids, own)
+            if proposal.parents is None:
+                own = [i for i in self.arms_of(arm.service, arm.drafter) if i != pulled and self.arms[i].gamma <= gamma]
+                self.add(position, arm.service, arm.drafter, proposal.token_ids, own)
             for name, draft in proposal.alternatives.items():
                 self.add(position, arm.service, name, draft)
             samples += self.target_only_samples(pulled)

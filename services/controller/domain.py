@@ -36,6 +36,7 @@ class Proposal:
     probs: list[Any] = field(default_factory=list)
     compute_seconds: float = 0.0
     alternatives: dict[str, list[int]] = field(default_factory=dict)
+    parents: list[int] | None = None  # a token tree: each token's parent index (-1: the context); None: a chain
 
 
 NO_DRAFT = Proposal([])

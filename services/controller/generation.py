@@ -207,10 +207,13 @@ class Generation:
         session = self.drafts.get(arm.service)
         if session is None:
             raise DrafterFailed(f"draft service {arm.service!r} is not configured")
+        tree = arm.tree_tokens
         if self.scorer is None:
-            return await session.propose(self.context, arm.drafter, gamma)
+            return await session.propose(self.context, arm.drafter, gamma, tree_tokens=tree)
         alternatives = self.scorer.alternatives_for(arm)
-        return await session.propose(self.context, arm.drafter, gamma, alternatives, self.scorer.score_num_tokens)
+        return await session.propose(
+            self.context, arm.drafter, gamma, alternatives, self.scorer.score_num_tokens, tree_tokens=tree
+        )
 
     def _settle(self, played: Round) -> RoundEvent:
         """Commit the verified tokens, reward the policy, and describe the round."""

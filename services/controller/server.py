@@ -43,6 +43,7 @@ class ControllerConfig:
     # tree confidence, draft-model confidence), so γ is a cap, and fewer arms explore less.
     model_free_gammas: list[int] = field(default_factory=lambda: [6])
     model_gammas: list[int] = field(default_factory=lambda: [4])
+    tree_tokens: list[int] = field(default_factory=list)  # token budgets of tree arms, for drafters that branch
     rpc_timeout: float = 60.0
     draft_deadline: float = DEFAULT_DRAFT_DEADLINE_SECONDS  # per proposal; a slower one costs its drafter
     refresh_seconds: float = 2.0
@@ -128,7 +129,7 @@ class Controller:
                 if not (client.drafters and client.breaker.may_probe(time.monotonic())):
                     continue  # withdrawn until healthy after the cooldown
                 client.recovered()
-            arms.extend(client.arms(model_free, self.config.model_gammas))
+            arms.extend(client.arms(model_free, self.config.model_gammas, self.config.tree_tokens))
         self.arms = arms
 
     def available_arms(self) -> list[Arm]:

@@ -112,3 +112,17 @@ def test_measured_spread_replaces_the_worst_case_scale_once_enough_samples_exist
         constant.update(1, 0.6)
     assert constant.spread() == MIN_SPREAD
     assert UCBSpec(2).spread() == 0.5  # plain UCBSpec keeps the paper's scale
+
+
+def test_tree_arms_are_not_scored_from_chains_and_a_tree_scores_no_chain():
+    """A chain's acceptance understates a tree's, and a tree is no chain to score shorter arms with."""
+    from services.controller.domain import Proposal
+
+    tree_arm = Arm.tree("local", "pld", 6, 12)
+    arms = [*ARMS, tree_arm]
+    assert tree_arm.name == "local/pld/6t12" and tree_arm.gamma == 6
+    scorer = CounterfactualScorer(arms, costs(), {"local": {"pld", "sfx"}})
+    assert scorer.arms_of("local", "pld") == [1, 2]
+    tree = Proposal([7, 9, 8], parents=[-1, -1, 0])  # 7 → 8, and 9 beside 7
+    scorer.after_round(len(arms) - 1, tree_arm, 6, tree, 3, 0.02, [1, 2, 3, 7, 8, 5])
+    assert all(pending.drafter != "local/pld" for pending in scorer.pending)
