@@ -50,6 +50,10 @@ def parse_args(argv: list[str] | None = None) -> BenchConfig:
     parser.add_argument("--seed", type=int, default=0, help="request seed of prompt 0; prompt i gets SEED + i")
     parser.add_argument("--timeout", type=float, default=600.0, help="seconds per Generate RPC")
     parser.add_argument("--log-dir", help="service logs under DIR/DTYPE/ (default OUT/logs)")
+    parser.add_argument(
+        "--controller-arg", action="append", default=[],
+        help="passed to serve-controller, e.g. --controller-arg=--tree-tokens=12 (tree arms)",
+    )  # fmt: skip
     args = parser.parse_args(argv)
 
     family = FAMILIES[args.family]
@@ -79,6 +83,7 @@ def parse_args(argv: list[str] | None = None) -> BenchConfig:
         seed=args.seed,
         timeout=args.timeout,
         log_dir=Path(args.log_dir) if args.log_dir else out / "logs",
+        controller_args=args.controller_arg,
     )
     if config.repeats < 1 or config.max_new_tokens < 1:
         parser.error("--repeats and --max-new-tokens must be >= 1")

@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from dataclasses import asdict, dataclass
+from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import TypedDict
 
@@ -65,6 +65,7 @@ class BenchConfig:
     seed: int
     timeout: float
     log_dir: Path
+    controller_args: list[str] = field(default_factory=list)  # passed to serve-controller
 
     def to_json(self) -> dict:
         return {k: str(v) if isinstance(v, Path) else v for k, v in asdict(self).items()}

@@ -61,6 +61,7 @@ def run_dtype(config: BenchConfig, dtype: str, prompts: list[Prompt], log) -> di
         controller_port=0,
         extra_target_args=device_args,
         extra_draft_args=device_args,
+        extra_controller_args=config.controller_args,
         log_dir=config.log_dir / dtype,
     )
     with stack, open_channel(stack.address("controller")) as channel:
