@@ -58,6 +58,16 @@ class LeanCache:
             max_length = self.length + max_length
         self.length = max(0, min(self.length, max_length))
 
+    def keep_path(self, start: int, slots: list[int]) -> None:
+        """Keep the first `start` positions, then the given slots moved to follow them in order: a verified
+        token tree keeps only its accepted path."""
+        if slots != list(range(start, start + len(slots))):
+            source = torch.tensor(slots, device=self.keys.device)
+            for name in ("keys", "values"):
+                buffer = getattr(self, name)
+                buffer[:, :, start : start + len(slots)] = buffer[:, :, source]
+        self.length = start + len(slots)
+
     def get_seq_length(self) -> int:
         return self.length
 

@@ -5,7 +5,8 @@ session first when the caller sent its context). `step(jobs)` runs every job tha
 one forward: a verify row feeds the session's last token and the draft, a prefill row a chunk of the
 prompt. Rows of a Llama target go through `LeanLlama.forward_batch` (the shared projections and MLP are
 most of the arithmetic); other architectures run their rows one after another. Verification and cache
-crop are per row, exactly as for a lone session.
+crop are per row, exactly as for a lone session. A draft may be a token tree (`draft_parents`, Llama
+targets only): its row carries the tree's mask and positions, and only the accepted path stays cached.
 """
 
 from __future__ import annotations
@@ -16,9 +17,10 @@ from dataclasses import dataclass, field
 import torch
 
 from banditspec.errors import InvalidArgument, OutOfRange, OutOfSync, ServiceError
-from banditspec.lean_llama import Feed, LeanLlama, lean_supported
+from banditspec.lean_llama import Feed, LeanCache, LeanLlama, lean_supported
 from banditspec.models import LoadedModel
 from banditspec.sampling import SamplingParams, probabilities
+from banditspec.token_tree import accept_greedy, accept_sampled, check_parents, feed_mask, feed_positions, is_chain
 from banditspec.verify_lengths import padded_length
 from services.target.sessions import SessionStore, TargetSession
 from services.target.verifier import Verdict, verify_greedy, verify_sampled
@@ -82,6 +84,7 @@ class VerifyJob(Job):
     context_length: int = 0
     draft_ids: list[int] = field(default_factory=list)
     draft_probs: torch.Tensor | None = None
+    draft_parents: list[int] | None = None  # a token tree (see banditspec.token_tree); None: a chain
     reopen: tuple[list[int], SamplingParams, int] | None = None  # (context, sampling, seed) if not held
     _checked: bool = False
 
@@ -92,6 +95,10 @@ class _Row:
     tokens: list[int]
     verifies: bool  # a verify feed (else a prefill chunk)
     padding: int = 0
+
+
+def _tree(job: Job) -> list[int] | None:
+    return job.draft_parents if isinstance(job, VerifyJob) else None
 
 
 class TargetEngine:
@@ -141,7 +148,7 @@ class TargetEngine:
             used += len(row.tokens)
         if not rows:
             return None
-        if len(rows) == 1 and rows[0].verifies:
+        if len(rows) == 1 and rows[0].verifies and not _tree(rows[0].job):
             self._pad(rows[0])  # a lone verify runs at the cheapest measured length (CPU kernels)
         start = time.perf_counter()
         try:
@@ -234,10 +241,26 @@ class TargetEngine:
         if len(session.context) + gamma + 1 > self.loaded.max_context:
             raise OutOfRange(f"context plus draft would exceed the target's context of {self.loaded.max_context}")
         self._check_ids(job.draft_ids, "draft_ids")
+        if job.draft_parents is not None:
+            self._check_tree(job)
         if job.draft_probs is not None and job.draft_probs.shape[0] != gamma:
             raise InvalidArgument(f"{job.draft_probs.shape[0]} draft distributions for {gamma} draft tokens")
         if job.draft_probs is not None and session.sampling.greedy:
             job.draft_probs = None  # greedy verification needs no q
+
+    def _check_tree(self, job: VerifyJob) -> None:
+        parents = job.draft_parents
+        assert parents is not None
+        check_parents(parents, len(job.draft_ids))
+        if is_chain(parents):
+            job.draft_parents = None  # the chain path, as if no parents were sent
+            return
+        if job.draft_probs is not None:
+            raise InvalidArgument(
+                "draft_probs must be empty for a token tree: its tokens are verified as deterministic candidates"
+            )
+        if self.decoder is None:
+            raise InvalidArgument("token trees need a Llama-architecture target")
 
     def _pad(self, row: _Row) -> None:
         session = row.job.session
@@ -251,11 +274,7 @@ class TargetEngine:
 
     def _forward(self, rows: list[_Row]) -> list[torch.Tensor | None]:
         if self.decoder is not None:
-            feeds = [
-                Feed(row.job.session.cache, row.tokens, "all" if row.verifies else "none")  # type: ignore[union-attr, arg-type]
-                for row in rows
-            ]
-            return self.decoder.forward_batch(feeds)
+            return self.decoder.forward_batch([self._feed(row) for row in rows])
         outputs: list[torch.Tensor | None] = []
         for row in rows:
             session = row.job.session
@@ -263,6 +282,18 @@ class TargetEngine:
             logits = self.loaded.forward(row.tokens, session.cache, last_only=not row.verifies)  # type: ignore[arg-type]
             outputs.append(logits if row.verifies else None)
         return outputs
+
+    def _feed(self, row: _Row) -> Feed:
+        session = row.job.session
+        assert session is not None and isinstance(session.cache, LeanCache)
+        if not row.verifies:
+            return Feed(session.cache, row.tokens, "none")
+        parents = _tree(row.job)
+        if parents is None:
+            return Feed(session.cache, row.tokens, "all")
+        start = session.cache.length
+        mask = feed_mask(parents, start, self.loaded.device)
+        return Feed(session.cache, row.tokens, "all", positions=feed_positions(parents, start), mask=mask)
 
     def _settle(self, row: _Row, logits: torch.Tensor | None) -> None:
         job = row.job
@@ -274,19 +305,35 @@ class TargetEngine:
         assert isinstance(job, VerifyJob) and job.session is not None and logits is not None
         session = job.session
         logits = logits[: len(row.tokens) - row.padding]
-        if session.sampling.greedy:
-            verdict = verify_greedy(logits, job.draft_ids)
+        if job.draft_parents is not None:
+            verdict = self._settle_tree(job, session, logits)
         else:
-            target_probs = probabilities(logits, session.sampling)
-            q = None if job.draft_probs is None else job.draft_probs.to(target_probs.device)
-            assert session.generator is not None  # every sampling session gets its generator at open
-            verdict = verify_sampled(target_probs, job.draft_ids, q, session.generator)
-        dropped = len(job.draft_ids) - verdict.accepted + row.padding
-        if dropped:
-            session.cache.crop(-dropped)
+            if session.sampling.greedy:
+                verdict = verify_greedy(logits, job.draft_ids)
+            else:
+                target_probs = probabilities(logits, session.sampling)
+                q = None if job.draft_probs is None else job.draft_probs.to(target_probs.device)
+                assert session.generator is not None  # every sampling session gets its generator at open
+                verdict = verify_sampled(target_probs, job.draft_ids, q, session.generator)
+            dropped = len(job.draft_ids) - verdict.accepted + row.padding
+            if dropped:
+                session.cache.crop(-dropped)
         session.context.extend(verdict.tokens)
         assert job.batch is not None
         job.finish(VerifyResult(verdict, len(session.context), job.compute_seconds, job.batch))
+
+    def _settle_tree(self, job: VerifyJob, session: TargetSession, logits: torch.Tensor) -> Verdict:
+        """The tree's verdict; the cache keeps the root and the accepted path right after the context."""
+        parents = job.draft_parents
+        assert parents is not None and isinstance(session.cache, LeanCache)
+        if session.sampling.greedy:
+            tree = accept_greedy(logits, job.draft_ids, parents)
+        else:
+            assert session.generator is not None
+            tree = accept_sampled(probabilities(logits, session.sampling), job.draft_ids, parents, session.generator)
+        root = session.cache.length - len(job.draft_ids) - 1  # no padding on a tree row
+        session.cache.keep_path(root, [root, *(root + 1 + node for node in tree.path)])
+        return Verdict(tree.accepted, tree.tokens)
 
     # the same work for one caller at a time (tests, tools) --------------------------------------
     def run(self, job: Job) -> Job:
@@ -308,9 +355,10 @@ class TargetEngine:
         draft_ids: list[int],
         draft_probs: torch.Tensor | None,
         reopen: tuple[list[int], SamplingParams, int] | None = None,
+        draft_parents: list[int] | None = None,
     ) -> VerifyResult:
         job = self.run(VerifyJob(session_id, context_length=context_length, draft_ids=draft_ids,
-                                 draft_probs=draft_probs, reopen=reopen))  # fmt: skip
+                                 draft_probs=draft_probs, draft_parents=draft_parents, reopen=reopen))  # fmt: skip
         assert isinstance(job.result, VerifyResult)
         return job.result
 

@@ -147,6 +147,7 @@ class TargetServicer(target_pb2_grpc.TargetServiceServicer):
             context_length=request.context_length,
             draft_ids=list(request.draft_ids),
             draft_probs=draft_probs,
+            draft_parents=list(request.draft_parents) or None,
             reopen=reopen,
         )
         await asyncio.wrap_future(self._scheduler().submit(job))
