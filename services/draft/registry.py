@@ -12,7 +12,15 @@ from banditspec.sampling import SamplingParams
 from services.draft.drafters.base import Drafter, DraftSession, Proposal
 
 MAX_DRAFT_TOKENS = 64  # γ beyond this is a client error, and it bounds what a proposal allocates
+MAX_TREE_TOKENS = 64  # a token tree's size: bounds what a proposal allocates and the target verifies
 MAX_CONTEXT_TOKENS = 1 << 17  # per session: bounds memory and the model-free drafters' indexing time
+
+
+def check_draft_size(num_tokens: int, tree_tokens: int = 0) -> None:
+    if not 0 <= num_tokens <= MAX_DRAFT_TOKENS:
+        raise InvalidArgument(f"num_tokens must be in [0, {MAX_DRAFT_TOKENS}], got {num_tokens}")
+    if not 0 <= tree_tokens <= MAX_TREE_TOKENS:
+        raise InvalidArgument(f"tree_tokens must be in [0, {MAX_TREE_TOKENS}] (0: a chain), got {tree_tokens}")
 
 
 class DrafterRegistry:
@@ -109,12 +117,17 @@ class DrafterRegistry:
             raise InvalidArgument(f"token id {top} is outside the drafter's vocabulary of {vocab_size}")
         return top
 
-    def propose(self, drafter: Drafter, session: DraftSession, num_tokens: int) -> tuple[Proposal, float]:
-        """Returns the proposal and its compute seconds."""
-        if not 0 <= num_tokens <= MAX_DRAFT_TOKENS:
-            raise InvalidArgument(f"num_tokens must be in [0, {MAX_DRAFT_TOKENS}], got {num_tokens}")
+    def propose(
+        self, drafter: Drafter, session: DraftSession, num_tokens: int, tree_tokens: int = 0
+    ) -> tuple[Proposal, float]:
+        """Returns the proposal and its compute seconds; tree_tokens > 0 welcomes a token tree."""
+        check_draft_size(num_tokens, tree_tokens)
         start = time.perf_counter()
-        proposal = drafter.propose(session, num_tokens)
+        # Only a tree request passes tree_tokens, so drafters written before trees keep working.
+        if tree_tokens:
+            proposal = drafter.propose(session, num_tokens, tree_tokens=tree_tokens)
+        else:
+            proposal = drafter.propose(session, num_tokens)
         return proposal, time.perf_counter() - start
 
     def release(

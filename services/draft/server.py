@@ -20,7 +20,7 @@ from services.draft import metrics
 from services.draft.drafters.base import Drafter, DraftSession, ServiceSettings
 from services.draft.drafters.kinds import KINDS
 from services.draft.model_worker import ModelWorker
-from services.draft.registry import MAX_DRAFT_TOKENS, DrafterRegistry
+from services.draft.registry import MAX_DRAFT_TOKENS, DrafterRegistry, check_draft_size
 from services.draft.specs import DrafterSpec
 
 log = structlog.get_logger()
@@ -119,8 +119,7 @@ class DraftServicer(draft_pb2_grpc.DraftServiceServicer):
     async def _propose(self, request: draft_pb2.ProposeRequest) -> draft_pb2.ProposeResponse:
         drafter = self.registry.get(request.drafter)
         # Every check before the sync: a rejected request must leave the session as it was.
-        if not 0 <= request.num_tokens <= MAX_DRAFT_TOKENS:
-            raise InvalidArgument(f"num_tokens must be in [0, {MAX_DRAFT_TOKENS}], got {request.num_tokens}")
+        check_draft_size(request.num_tokens, request.tree_tokens)
         if len(request.score_drafters) > MAX_SCORED_DRAFTERS:
             raise InvalidArgument(f"score_drafters names at most {MAX_SCORED_DRAFTERS} drafters")
         sampling = SamplingParams.from_pb(request.sampling)
@@ -132,7 +131,7 @@ class DraftServicer(draft_pb2_grpc.DraftServiceServicer):
             request.seed,
             vocab_size=drafter.vocab_size,
         )
-        if drafter.runs_on_worker:
+        if drafter.runs_on_worker:  # model drafters: chains, whatever tree_tokens allows
             proposal, seconds = await self.models.propose(drafter, session, request.num_tokens)
             if (
                 drafter.looks_ahead
@@ -143,12 +142,13 @@ class DraftServicer(draft_pb2_grpc.DraftServiceServicer):
             ):
                 self.models.draft_ahead(drafter, session)
         else:  # microseconds of work: a thread hop would cost more, and it must not queue behind a forward
-            proposal, seconds = self.registry.propose(drafter, session, request.num_tokens)
+            proposal, seconds = self.registry.propose(drafter, session, request.num_tokens, request.tree_tokens)
         metrics.PROPOSAL_SECONDS.labels(drafter.name).observe(seconds)
         probs = [] if proposal.probs is None else [distributions.encode(row) for row in proposal.probs]
         return draft_pb2.ProposeResponse(
             draft_ids=proposal.token_ids,
             draft_probs=probs,
+            draft_parents=proposal.parents or [],
             context_length=len(session.context),
             compute_seconds=seconds,
             alternatives=self._alternatives(request, session),
@@ -157,7 +157,7 @@ class DraftServicer(draft_pb2_grpc.DraftServiceServicer):
     def _alternatives(
         self, request: draft_pb2.ProposeRequest, session: DraftSession
     ) -> list[draft_pb2.AlternativeDraft]:
-        """Drafts of other model-free drafters for the same context, for counterfactual scoring. Skips
+        """Chain drafts of other model-free drafters for the same context, for counterfactual scoring. Skips
         names that are gone or not model-free (a model forward per round would cost what scoring saves)."""
         alternatives = []
         num_tokens = min(max(0, request.score_num_tokens), MAX_DRAFT_TOKENS)

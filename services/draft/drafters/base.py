@@ -11,6 +11,11 @@ the sessions waiting for one such drafter propose as one batch (`propose_batch`)
 when a session is released (the finished text is `session.context[session.prompt_length:]`), and
 `looks_ahead` drafters get `draft_ahead` while the target verifies.
 
+A proposal is a chain, or (asked with `tree_tokens` > 0, from a drafter that can branch) a token tree:
+`parents[i]` is the index of token i's parent, an earlier token, or -1 for the last context token.
+Tokens are in topological order (a parent before its children) and siblings best first, as the target
+tries children in order. A tree that is a single path is returned as a chain (`parents` None).
+
 A kind is declared once, in its module, as `KIND = Kind(...)`: its spec syntax, its options (a frozen
 dataclass that parses ARGS, validates itself, converts to and from its protobuf message, and builds the
 drafter), and is listed in kinds.py.
@@ -20,7 +25,7 @@ Nothing here imports torch: spec parsing (the CLI, the controller) must stay che
 
 from __future__ import annotations
 
-from collections.abc import Callable
+from collections.abc import Callable, Iterable, Sequence
 from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Any, Generic, Protocol, Self, TypeVar
 
@@ -47,6 +52,37 @@ class DraftSession:
 class Proposal:
     token_ids: list[int]
     probs: torch.Tensor | None = None  # [len(token_ids), V] for a sampled draft
+    parents: list[int] | None = None  # a token tree (see the module's docstring); None: a chain
+
+
+def tree_proposal(token_ids: list[int], parents: list[int]) -> Proposal:
+    """A deterministic proposal of a tree in topological order; a single path becomes a chain."""
+    if all(parent == index - 1 for index, parent in enumerate(parents)):
+        return Proposal(token_ids)
+    return Proposal(token_ids, parents=parents)
+
+
+def merge_paths(paths: Iterable[Sequence[int]], max_tokens: int, max_depth: int) -> Proposal:
+    """A token tree of candidate continuations, best first: a trie, so shared prefixes become one path.
+    Each path is cut at max_depth tokens; once the tree holds max_tokens tokens the rest is left out
+    (the path that filled it keeps the prefix that fit)."""
+    token_ids: list[int] = []
+    parents: list[int] = []
+    child_of: dict[tuple[int, int], int] = {}  # (parent index, token) → its index
+    for path in paths:
+        if len(token_ids) >= max_tokens:
+            break
+        parent = -1
+        for token in path[:max_depth]:
+            node = child_of.get((parent, token))
+            if node is None:
+                if len(token_ids) >= max_tokens:
+                    break
+                node = child_of[(parent, token)] = len(token_ids)
+                token_ids.append(token)
+                parents.append(parent)
+            parent = node
+    return tree_proposal(token_ids, parents)
 
 
 class Drafter(Protocol):
@@ -63,7 +99,10 @@ class Drafter(Protocol):
     looks_ahead: bool  # `draft_ahead` drafts the next round while the target verifies
     lookahead_hits: int  # proposals answered from a lookahead so far
 
-    def propose(self, session: DraftSession, num_tokens: int) -> Proposal: ...
+    def propose(self, session: DraftSession, num_tokens: int, tree_tokens: int = 0) -> Proposal:
+        """γ = num_tokens; tree_tokens > 0: a tree of at most that many tokens, no deeper than γ, is
+        welcome (drafters that cannot branch ignore it and propose a chain)."""
+        ...
 
     def propose_batch(self, requests: list[tuple[DraftSession, int]]) -> list[Proposal]:
         """`propose` for several distinct sessions at once (runs_on_worker drafters batch their forwards)."""
@@ -90,7 +129,7 @@ class ModelFree:
     looks_ahead = False
     lookahead_hits = 0
 
-    def propose(self, session: DraftSession, num_tokens: int) -> Proposal:
+    def propose(self, session: DraftSession, num_tokens: int, tree_tokens: int = 0) -> Proposal:
         raise NotImplementedError
 
     def propose_batch(self, requests: list[tuple[DraftSession, int]]) -> list[Proposal]:

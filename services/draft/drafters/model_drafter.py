@@ -141,7 +141,8 @@ class ModelDrafter:
             state.cache.crop(-(len(state.cached_ids) - keep))
             del state.cached_ids[keep:]
 
-    def propose(self, session: DraftSession, num_tokens: int) -> Proposal:
+    def propose(self, session: DraftSession, num_tokens: int, tree_tokens: int = 0) -> Proposal:
+        """A chain: tree_tokens is ignored (this drafter does not branch)."""
         return self.propose_batch([(session, num_tokens)])[0]
 
     @torch.inference_mode()

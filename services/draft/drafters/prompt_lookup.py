@@ -7,11 +7,16 @@ are right less often; replaying this project's benchmark outputs, the cap gave ~
 than always proposing γ (`scaled=False` turns it off). An incremental index maps each n-gram to the
 position after its latest occurrence, so a round costs O(new tokens), not O(context).
 
+Asked for a token tree, it merges the continuations of several distinct matches into a trie, best
+first: for the longest matching n-gram its occurrences latest first, then the shorter n-grams' (each
+capped as above). The index links each occurrence to the n-gram's previous one, for that walk.
+
 Spec: NAME=prompt_lookup[:MIN-MAX][:fixed] (MIN alone means MIN-MIN; fixed turns the cap off).
 """
 
 from __future__ import annotations
 
+from collections.abc import Iterator
 from dataclasses import dataclass, field
 from typing import Self
 
@@ -23,12 +28,14 @@ from services.draft.drafters.base import (
     ModelFree,
     Proposal,
     ServiceSettings,
+    merge_paths,
     optional_field,
 )
 
 DEFAULT_MIN_NGRAM = 2
 DEFAULT_MAX_NGRAM = 4
 MAX_NGRAM = 32  # the index holds (max - min + 1) n-grams per context token
+MAX_TREE_MATCHES = 32  # occurrences a tree walks at most (repetitive text repeats one continuation)
 
 
 @dataclass(frozen=True)
@@ -88,6 +95,9 @@ class _NgramIndex:
     # ngram → index just past its latest occurrence that has at least one following token
     follow: dict[tuple[int, ...], int] = field(default_factory=dict)
     indexed_until: int = 0  # n-grams ending before this index are in `follow`
+    # per n-gram size (n - min_ngram): for the occurrence ending at `end`, at [end], the index just past
+    # the n-gram's previous occurrence, or -1
+    earlier: list[list[int]] = field(default_factory=list)
 
 
 class PromptLookupDrafter(ModelFree):
@@ -117,23 +127,46 @@ class PromptLookupDrafter(ModelFree):
         # Index n-grams that end at positions < len-1 (they have a following token); the suffix itself
         # is the query, so it must not match itself.
         stop = len(context) - 1
+        if not index.earlier:
+            index.earlier = [[] for _ in range(self.min_ngram, self.max_ngram + 1)]
         for end in range(index.indexed_until, stop):
-            for n in range(self.min_ngram, self.max_ngram + 1):
+            for n, earlier in enumerate(index.earlier, self.min_ngram):
                 if end + 1 - n >= 0:
-                    index.follow[tuple(context[end + 1 - n : end + 1])] = end + 1
+                    ngram = tuple(context[end + 1 - n : end + 1])
+                    earlier.append(index.follow.get(ngram, -1))
+                    index.follow[ngram] = end + 1
+                else:
+                    earlier.append(-1)
         index.indexed_until = max(index.indexed_until, stop)
         return index
 
-    def propose(self, session: DraftSession, num_tokens: int) -> Proposal:
+    def _length(self, n: int, num_tokens: int) -> int:
+        """How many tokens a match of n tokens may propose."""
+        if self.scaled and n < self.max_ngram:
+            return min(num_tokens, max(1, 2 * (n - 1)))
+        return num_tokens
+
+    def _continuations(self, context: list[int], index: _NgramIndex, num_tokens: int) -> Iterator[list[int]]:
+        """The continuations of distinct matches, best first (longest n-gram, then latest occurrence)."""
+        seen: set[int] = set()  # a longer n-gram's occurrence is also a shorter one's
+        for n in range(min(self.max_ngram, len(context) - 1), self.min_ngram - 1, -1):
+            start = index.follow.get(tuple(context[-n:]), -1)
+            earlier = index.earlier[n - self.min_ngram]
+            while start >= 0 and len(seen) < MAX_TREE_MATCHES:
+                if start not in seen:
+                    seen.add(start)
+                    yield context[start : start + self._length(n, num_tokens)]
+                start = earlier[start - 1]
+
+    def propose(self, session: DraftSession, num_tokens: int, tree_tokens: int = 0) -> Proposal:
         if num_tokens <= 0:
             return Proposal([])
         context = session.context
         index = self._index(session)
+        if tree_tokens > 0:
+            return merge_paths(self._continuations(context, index, num_tokens), tree_tokens, num_tokens)
         for n in range(min(self.max_ngram, len(context) - 1), self.min_ngram - 1, -1):
             start = index.follow.get(tuple(context[-n:]))
             if start is not None:
-                length = num_tokens
-                if self.scaled and n < self.max_ngram:
-                    length = min(length, max(1, 2 * (n - 1)))
-                return Proposal(context[start : start + length])
+                return Proposal(context[start : start + self._length(n, num_tokens)])
         return Proposal([])

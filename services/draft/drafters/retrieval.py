@@ -123,7 +123,8 @@ class RetrievalDrafter(ModelFree):
                 high = length - 1
         return best
 
-    def propose(self, session: DraftSession, num_tokens: int) -> Proposal:
+    def propose(self, session: DraftSession, num_tokens: int, tree_tokens: int = 0) -> Proposal:
+        # A chain whatever tree_tokens asks: this drafter does not branch.
         # Imported here, not with the module: declaring the kind (spec parsing in the CLI) needs no numpy.
         import numpy as np
 

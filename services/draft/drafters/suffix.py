@@ -16,6 +16,12 @@ is capped at max_depth - num_tokens tokens when that is ≥ min_match, because a
 only max_depth - L tokens of continuation in the tree. Both trees are queried; the longer match wins,
 ties go to the higher score (sum of the path probabilities).
 
+Asked for a token tree of at most T tokens, it grows one from the match best first: of the continuations
+seen, the T most probable (the product of the empirical probabilities along the path, at or above
+`threshold`, no deeper than γ), so each branch stops where the chain's rule would stop it. The score of a
+tree is the sum of its nodes' probabilities, the expected number of tokens the target accepts if the
+history's frequencies hold.
+
 Cost. The session tree is updated incrementally: a "frontier" holds the nodes of the context's
 suffixes that occurred before, so a new token costs O(max_depth) and finding the session's match costs
 O(max_depth). The global tree is matched by walking context[-L:], binary searching L: O(max_depth log
@@ -34,6 +40,7 @@ Spec: NAME=suffix[:DEPTH[:MEMORY_TOKENS|off]] (off or 0: no learning across requ
 
 from __future__ import annotations
 
+import heapq
 import threading
 from collections import deque
 from collections.abc import Sequence
@@ -50,6 +57,7 @@ from services.draft.drafters.base import (
     ServiceSettings,
     optional_field,
     spec_count,
+    tree_proposal,
 )
 
 DEFAULT_MAX_DEPTH = 24
@@ -302,18 +310,57 @@ class SuffixDrafter(ModelFree):
             node, offset = child, 0
         return tokens, score
 
-    def propose(self, session: DraftSession, num_tokens: int) -> Proposal:
+    def _draft_tree(self, node: _Node, offset: int, num_tokens: int, tree_tokens: int) -> tuple[Proposal, float]:
+        """The tree_tokens most probable continuations (path probability ≥ threshold, depth ≤ num_tokens)."""
+        token_ids: list[int] = []
+        parents: list[int] = []
+        score = 0.0
+        # (-probability, depth, token, parent index, node, offset): the most probable first; ties go to the
+        # shallower, then the smaller token id, as in the chain. A child is pushed when its parent is taken,
+        # and is no more probable, so parents come before children and siblings best first.
+        heap: list[tuple[float, int, int, int, _Node, int]] = []
+
+        def push_children(probability: float, depth: int, index: int, node: _Node, offset: int) -> None:
+            if depth >= num_tokens:
+                return
+            if node.children is None:  # a single path: probability 1 per step
+                at = node.pos + offset
+                if at < min(node.limit, len(node.seq)):
+                    heapq.heappush(heap, (-probability, depth + 1, node.seq[at], index, node, offset + 1))
+                return
+            for token, child in node.children.items():
+                child_probability = probability * (child.count / node.total)  # as the chain multiplies
+                if child_probability >= self.threshold:
+                    heapq.heappush(heap, (-child_probability, depth + 1, token, index, child, 0))
+
+        push_children(1.0, 0, -1, node, offset)
+        while heap and len(token_ids) < tree_tokens:
+            negative, depth, token, parent, node, offset = heapq.heappop(heap)
+            push_children(-negative, depth, len(token_ids), node, offset)
+            token_ids.append(token)
+            parents.append(parent)
+            score -= negative
+        return tree_proposal(token_ids, parents), score
+
+    def propose(self, session: DraftSession, num_tokens: int, tree_tokens: int = 0) -> Proposal:
         if num_tokens <= 0:
             return Proposal([])
         context = session.context
         tree = self._session_tree(session)
         longest = min(len(context), self.max_depth - 1, max(self.min_match, self.max_depth - num_tokens))
-        candidates = []  # (match length, score, tokens)
+
+        def draft(node: _Node, offset: int) -> tuple[Proposal, float]:
+            if tree_tokens > 0:
+                return self._draft_tree(node, offset, num_tokens, tree_tokens)
+            tokens, score = self._draft(node, offset, num_tokens)
+            return Proposal(tokens), score
+
+        candidates = []  # (match length, score, proposal)
         for length, node in reversed(tree.frontier):
             if self.min_match <= length <= longest and node.total > 0:
-                tokens, score = self._draft(node, 0, num_tokens)
-                if tokens:
-                    candidates.append((length, score, tokens))
+                proposal, score = draft(node, 0)
+                if proposal.token_ids:
+                    candidates.append((length, score, proposal))
                 break
         # While the learner inserts an output (it holds the lock), this round skips the global tree rather
         # than stall the service's event loop for the insertion.
@@ -321,14 +368,14 @@ class SuffixDrafter(ModelFree):
             try:
                 match = self._global_match(context, longest) if self.outputs else None
                 if match is not None:
-                    tokens, score = self._draft(match[1], match[2], num_tokens)
-                    if tokens:
-                        candidates.append((match[0], score, tokens))
+                    proposal, score = draft(match[1], match[2])
+                    if proposal.token_ids:
+                        candidates.append((match[0], score, proposal))
             finally:
                 self.global_lock.release()
         if not candidates:
             return Proposal([])
-        return Proposal(max(candidates, key=lambda c: (c[0], c[1]))[2])
+        return max(candidates, key=lambda c: (c[0], c[1]))[2]
 
     def finish(self, session: DraftSession) -> None:
         """Remember the session's output; evict the oldest outputs past memory_tokens or max_nodes."""
