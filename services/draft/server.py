@@ -60,6 +60,7 @@ def drafter_info(drafter: Drafter) -> draft_pb2.DrafterInfo:
         lookahead_hits=drafter.lookahead_hits,
         model_free=drafter.model_free,
         learns_from_outputs=drafter.learns_from_outputs,
+        proposes_trees=drafter.proposes_trees,
     )
 
 

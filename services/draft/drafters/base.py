@@ -96,6 +96,7 @@ class Drafter(Protocol):
     vocab_size: int | None  # context ids must be below it (a model's embedding rows); None: any id
     runs_on_worker: bool  # proposes on the service's model worker thread, waiting sessions as one batch
     learns_from_outputs: bool  # `finish` learns from a released session's output
+    proposes_trees: bool  # answers a tree budget with a token tree (else a chain)
     looks_ahead: bool  # `draft_ahead` drafts the next round while the target verifies
     lookahead_hits: int  # proposals answered from a lookahead so far
 
@@ -126,6 +127,7 @@ class ModelFree:
     vocab_size: int | None = None
     runs_on_worker = False
     learns_from_outputs = False
+    proposes_trees = False  # answers tree_tokens with a token tree
     looks_ahead = False
     lookahead_hits = 0
 

@@ -85,6 +85,7 @@ class ModelDrafter:
     model_free = False
     runs_on_worker = True  # off the event loop; the sessions waiting for it propose as one batch
     learns_from_outputs = False
+    proposes_trees = False
 
     def __init__(
         self,

@@ -103,6 +103,7 @@ class _NgramIndex:
 class PromptLookupDrafter(ModelFree):
     kind = KIND.name
     vocab_fingerprint = ""
+    proposes_trees = True  # the continuations of several matches
 
     def __init__(
         self,

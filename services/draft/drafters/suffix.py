@@ -236,6 +236,7 @@ class SuffixDrafter(ModelFree):
     kind = KIND.name
     vocab_fingerprint = ""
     learns_from_outputs = True
+    proposes_trees = True  # the most probable branches
 
     def __init__(
         self,
