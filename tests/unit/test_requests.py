@@ -65,11 +65,12 @@ def test_unset_max_new_tokens_takes_the_default_within_the_context():
     assert parse(max_new_tokens=5).max_new_tokens == 5
 
 
-def test_tree_arms_come_with_drafters_that_branch():
+async def test_tree_arms_come_with_drafters_that_branch():
     from services.controller.clients import DraftClient, DrafterEntry
 
-    client = DraftClient("local", "127.0.0.1:1")
+    client = DraftClient("local", "127.0.0.1:1")  # an aio channel: made on a running loop, never connected
     client.drafters = [DrafterEntry("pld", True, False, proposes_trees=True), DrafterEntry("dm", False, False)]
     names = [arm.name for arm in client.arms([3, 6], [4], [12, 24])]
     assert names == ["local/pld/3", "local/pld/6", "local/pld/6t12", "local/pld/6t24", "local/dm/4"]
     assert [arm.name for arm in client.arms([6], [4])] == ["local/pld/6", "local/dm/4"]  # no budgets: no trees
+    await client.close()
