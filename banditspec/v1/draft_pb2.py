@@ -25,15 +25,15 @@ _sym_db = _symbol_database.Default()
 from banditspec.v1 import common_pb2 as banditspec_dot_v1_dot_common__pb2
 
 
-DESCRIPTOR = _descriptor_pool.Default().AddSerializedFile(b'\n\x19\x62\x61nditspec/v1/draft.proto\x12\rbanditspec.v1\x1a\x1a\x62\x61nditspec/v1/common.proto\"\xe1\x01\n\x0b\x44rafterInfo\x12\x0c\n\x04name\x18\x01 \x01(\t\x12(\n\x04kind\x18\x02 \x01(\x0e\x32\x1a.banditspec.v1.DrafterKind\x12\x19\n\x11vocab_fingerprint\x18\x03 \x01(\t\x12\x0e\n\x06source\x18\x04 \x01(\t\x12\x0e\n\x06\x64\x65vice\x18\x05 \x01(\t\x12\x16\n\x0elookahead_hits\x18\x06 \x01(\x03\x12\x12\n\nmodel_free\x18\x07 \x01(\x08\x12\x1b\n\x13learns_from_outputs\x18\x08 \x01(\x08\x12\x16\n\x0eproposes_trees\x18\t \x01(\x08\"\x12\n\x10\x44raftInfoRequest\"S\n\x11\x44raftInfoResponse\x12,\n\x08\x64rafters\x18\x01 \x03(\x0b\x32\x1a.banditspec.v1.DrafterInfo\x12\x10\n\x08sessions\x18\x02 \x01(\x05\"\x15\n\x13ListDraftersRequest\"D\n\x14ListDraftersResponse\x12,\n\x08\x64rafters\x18\x01 \x03(\x0b\x32\x1a.banditspec.v1.DrafterInfo\"\x80\x02\n\x0eProposeRequest\x12\x12\n\nsession_id\x18\x01 \x01(\t\x12\x0f\n\x07\x64rafter\x18\x02 \x01(\t\x12\x12\n\nnum_tokens\x18\x03 \x01(\x05\x12\x16\n\x0e\x63ontext_length\x18\x04 \x01(\x05\x12\x17\n\x0fnew_context_ids\x18\x05 \x03(\x05\x12/\n\x08sampling\x18\x06 \x01(\x0b\x32\x1d.banditspec.v1.SamplingParams\x12\x0c\n\x04seed\x18\x07 \x01(\x04\x12\x16\n\x0escore_drafters\x18\x08 \x03(\t\x12\x18\n\x10score_num_tokens\x18\t \x01(\x05\x12\x13\n\x0btree_tokens\x18\n \x01(\x05\"6\n\x10\x41lternativeDraft\x12\x0f\n\x07\x64rafter\x18\x01 \x01(\t\x12\x11\n\tdraft_ids\x18\x02 \x03(\x05\"\xda\x01\n\x0fProposeResponse\x12\x11\n\tdraft_ids\x18\x01 \x03(\x05\x12\x35\n\x0b\x64raft_probs\x18\x02 \x03(\x0b\x32 .banditspec.v1.TokenDistribution\x12\x16\n\x0e\x63ontext_length\x18\x03 \x01(\x05\x12\x17\n\x0f\x63ompute_seconds\x18\x04 \x01(\x01\x12\x35\n\x0c\x61lternatives\x18\x05 \x03(\x0b\x32\x1f.banditspec.v1.AlternativeDraft\x12\x15\n\rdraft_parents\x18\x06 \x03(\x05\"x\n\x1aReleaseDraftSessionRequest\x12\x12\n\nsession_id\x18\x01 \x01(\t\x12\x16\n\x0e\x63ontext_length\x18\x02 \x01(\x05\x12\x17\n\x0fnew_context_ids\x18\x03 \x03(\x05\x12\x15\n\rprompt_length\x18\x04 \x01(\x05\"/\n\x1bReleaseDraftSessionResponse\x12\x10\n\x08released\x18\x01 \x01(\x08\"\xab\x03\n\x12LoadDrafterRequest\x12\x0c\n\x04name\x18\x01 \x01(\t\x12\x0f\n\x07replace\x18\x07 \x01(\x08\x12;\n\rprompt_lookup\x18\x0e \x01(\x0b\x32\".banditspec.v1.PromptLookupOptionsH\x00\x12\x33\n\x05model\x18\x0f \x01(\x0b\x32\".banditspec.v1.ModelDrafterOptionsH\x00\x12.\n\x06suffix\x18\x10 \x01(\x0b\x32\x1c.banditspec.v1.SuffixOptionsH\x00\x12\x34\n\tretrieval\x18\x11 \x01(\x0b\x32\x1f.banditspec.v1.RetrievalOptionsH\x00\x42\t\n\x07optionsJ\x04\x08\x02\x10\x07J\x04\x08\x08\x10\x0eR\x04kindR\nmodel_pathR\x05\x64typeR\tmin_ngramR\tmax_ngramR\x0c\x66ixed_lengthR\x0e\x64\x61tastore_pathR\tmax_depthR\rmemory_tokensR\x0emin_confidenceR\x10lookahead_tokens\"w\n\x13PromptLookupOptions\x12\x16\n\tmin_ngram\x18\x01 \x01(\x05H\x00\x88\x01\x01\x12\x16\n\tmax_ngram\x18\x02 \x01(\x05H\x01\x88\x01\x01\x12\x14\n\x0c\x66ixed_length\x18\x03 \x01(\x08\x42\x0c\n\n_min_ngramB\x0c\n\n_max_ngram\"\xab\x01\n\x13ModelDrafterOptions\x12\x12\n\nmodel_path\x18\x01 \x01(\t\x12\x12\n\x05\x64type\x18\x02 \x01(\tH\x00\x88\x01\x01\x12\x1b\n\x0emin_confidence\x18\x03 \x01(\x01H\x01\x88\x01\x01\x12\x1d\n\x10lookahead_tokens\x18\x04 \x01(\x05H\x02\x88\x01\x01\x42\x08\n\x06_dtypeB\x11\n\x0f_min_confidenceB\x13\n\x11_lookahead_tokens\"c\n\rSuffixOptions\x12\x16\n\tmax_depth\x18\x01 \x01(\x05H\x00\x88\x01\x01\x12\x1a\n\rmemory_tokens\x18\x02 \x01(\x03H\x01\x88\x01\x01\x42\x0c\n\n_max_depthB\x10\n\x0e_memory_tokens\"P\n\x10RetrievalOptions\x12\x16\n\x0e\x64\x61tastore_path\x18\x01 \x01(\t\x12\x16\n\tmax_depth\x18\x02 \x01(\x05H\x00\x88\x01\x01\x42\x0c\n\n_max_depth\"X\n\x13LoadDrafterResponse\x12+\n\x07\x64rafter\x18\x01 \x01(\x0b\x32\x1a.banditspec.v1.DrafterInfo\x12\x14\n\x0cload_seconds\x18\x02 \x01(\x01\"$\n\x14UnloadDrafterRequest\x12\x0c\n\x04name\x18\x01 \x01(\t\")\n\x15UnloadDrafterResponse\x12\x10\n\x08unloaded\x18\x01 \x01(\x08*\x98\x01\n\x0b\x44rafterKind\x12\x1c\n\x18\x44RAFTER_KIND_UNSPECIFIED\x10\x00\x12\x1e\n\x1a\x44RAFTER_KIND_PROMPT_LOOKUP\x10\x01\x12\x16\n\x12\x44RAFTER_KIND_MODEL\x10\x02\x12\x17\n\x13\x44RAFTER_KIND_SUFFIX\x10\x03\x12\x1a\n\x16\x44RAFTER_KIND_RETRIEVAL\x10\x04\x32\xeb\x04\n\x0c\x44raftService\x12I\n\x04Info\x12\x1f.banditspec.v1.DraftInfoRequest\x1a .banditspec.v1.DraftInfoResponse\x12W\n\x0cListDrafters\x12\".banditspec.v1.ListDraftersRequest\x1a#.banditspec.v1.ListDraftersResponse\x12H\n\x07Propose\x12\x1d.banditspec.v1.ProposeRequest\x1a\x1e.banditspec.v1.ProposeResponse\x12R\n\rProposeStream\x12\x1d.banditspec.v1.ProposeRequest\x1a\x1e.banditspec.v1.ProposeResponse(\x01\x30\x01\x12g\n\x0eReleaseSession\x12).banditspec.v1.ReleaseDraftSessionRequest\x1a*.banditspec.v1.ReleaseDraftSessionResponse\x12T\n\x0bLoadDrafter\x12!.banditspec.v1.LoadDrafterRequest\x1a\".banditspec.v1.LoadDrafterResponse\x12Z\n\rUnloadDrafter\x12#.banditspec.v1.UnloadDrafterRequest\x1a$.banditspec.v1.UnloadDrafterResponseb\x06proto3')
+DESCRIPTOR = _descriptor_pool.Default().AddSerializedFile(b'\n\x19\x62\x61nditspec/v1/draft.proto\x12\rbanditspec.v1\x1a\x1a\x62\x61nditspec/v1/common.proto\"\xe1\x01\n\x0b\x44rafterInfo\x12\x0c\n\x04name\x18\x01 \x01(\t\x12(\n\x04kind\x18\x02 \x01(\x0e\x32\x1a.banditspec.v1.DrafterKind\x12\x19\n\x11vocab_fingerprint\x18\x03 \x01(\t\x12\x0e\n\x06source\x18\x04 \x01(\t\x12\x0e\n\x06\x64\x65vice\x18\x05 \x01(\t\x12\x16\n\x0elookahead_hits\x18\x06 \x01(\x03\x12\x12\n\nmodel_free\x18\x07 \x01(\x08\x12\x1b\n\x13learns_from_outputs\x18\x08 \x01(\x08\x12\x16\n\x0eproposes_trees\x18\t \x01(\x08\"\x12\n\x10\x44raftInfoRequest\"S\n\x11\x44raftInfoResponse\x12,\n\x08\x64rafters\x18\x01 \x03(\x0b\x32\x1a.banditspec.v1.DrafterInfo\x12\x10\n\x08sessions\x18\x02 \x01(\x05\"\x15\n\x13ListDraftersRequest\"D\n\x14ListDraftersResponse\x12,\n\x08\x64rafters\x18\x01 \x03(\x0b\x32\x1a.banditspec.v1.DrafterInfo\"\x9b\x02\n\x0eProposeRequest\x12\x12\n\nsession_id\x18\x01 \x01(\t\x12\x0f\n\x07\x64rafter\x18\x02 \x01(\t\x12\x12\n\nnum_tokens\x18\x03 \x01(\x05\x12\x16\n\x0e\x63ontext_length\x18\x04 \x01(\x05\x12\x17\n\x0fnew_context_ids\x18\x05 \x03(\x05\x12/\n\x08sampling\x18\x06 \x01(\x0b\x32\x1d.banditspec.v1.SamplingParams\x12\x0c\n\x04seed\x18\x07 \x01(\x04\x12\x16\n\x0escore_drafters\x18\x08 \x03(\t\x12\x18\n\x10score_num_tokens\x18\t \x01(\x05\x12\x13\n\x0btree_tokens\x18\n \x01(\x05\x12\x19\n\x11score_tree_tokens\x18\x0b \x01(\x05\"M\n\x10\x41lternativeDraft\x12\x0f\n\x07\x64rafter\x18\x01 \x01(\t\x12\x11\n\tdraft_ids\x18\x02 \x03(\x05\x12\x15\n\rdraft_parents\x18\x03 \x03(\x05\"\xda\x01\n\x0fProposeResponse\x12\x11\n\tdraft_ids\x18\x01 \x03(\x05\x12\x35\n\x0b\x64raft_probs\x18\x02 \x03(\x0b\x32 .banditspec.v1.TokenDistribution\x12\x16\n\x0e\x63ontext_length\x18\x03 \x01(\x05\x12\x17\n\x0f\x63ompute_seconds\x18\x04 \x01(\x01\x12\x35\n\x0c\x61lternatives\x18\x05 \x03(\x0b\x32\x1f.banditspec.v1.AlternativeDraft\x12\x15\n\rdraft_parents\x18\x06 \x03(\x05\"x\n\x1aReleaseDraftSessionRequest\x12\x12\n\nsession_id\x18\x01 \x01(\t\x12\x16\n\x0e\x63ontext_length\x18\x02 \x01(\x05\x12\x17\n\x0fnew_context_ids\x18\x03 \x03(\x05\x12\x15\n\rprompt_length\x18\x04 \x01(\x05\"/\n\x1bReleaseDraftSessionResponse\x12\x10\n\x08released\x18\x01 \x01(\x08\"\xab\x03\n\x12LoadDrafterRequest\x12\x0c\n\x04name\x18\x01 \x01(\t\x12\x0f\n\x07replace\x18\x07 \x01(\x08\x12;\n\rprompt_lookup\x18\x0e \x01(\x0b\x32\".banditspec.v1.PromptLookupOptionsH\x00\x12\x33\n\x05model\x18\x0f \x01(\x0b\x32\".banditspec.v1.ModelDrafterOptionsH\x00\x12.\n\x06suffix\x18\x10 \x01(\x0b\x32\x1c.banditspec.v1.SuffixOptionsH\x00\x12\x34\n\tretrieval\x18\x11 \x01(\x0b\x32\x1f.banditspec.v1.RetrievalOptionsH\x00\x42\t\n\x07optionsJ\x04\x08\x02\x10\x07J\x04\x08\x08\x10\x0eR\x04kindR\nmodel_pathR\x05\x64typeR\tmin_ngramR\tmax_ngramR\x0c\x66ixed_lengthR\x0e\x64\x61tastore_pathR\tmax_depthR\rmemory_tokensR\x0emin_confidenceR\x10lookahead_tokens\"w\n\x13PromptLookupOptions\x12\x16\n\tmin_ngram\x18\x01 \x01(\x05H\x00\x88\x01\x01\x12\x16\n\tmax_ngram\x18\x02 \x01(\x05H\x01\x88\x01\x01\x12\x14\n\x0c\x66ixed_length\x18\x03 \x01(\x08\x42\x0c\n\n_min_ngramB\x0c\n\n_max_ngram\"\xab\x01\n\x13ModelDrafterOptions\x12\x12\n\nmodel_path\x18\x01 \x01(\t\x12\x12\n\x05\x64type\x18\x02 \x01(\tH\x00\x88\x01\x01\x12\x1b\n\x0emin_confidence\x18\x03 \x01(\x01H\x01\x88\x01\x01\x12\x1d\n\x10lookahead_tokens\x18\x04 \x01(\x05H\x02\x88\x01\x01\x42\x08\n\x06_dtypeB\x11\n\x0f_min_confidenceB\x13\n\x11_lookahead_tokens\"c\n\rSuffixOptions\x12\x16\n\tmax_depth\x18\x01 \x01(\x05H\x00\x88\x01\x01\x12\x1a\n\rmemory_tokens\x18\x02 \x01(\x03H\x01\x88\x01\x01\x42\x0c\n\n_max_depthB\x10\n\x0e_memory_tokens\"P\n\x10RetrievalOptions\x12\x16\n\x0e\x64\x61tastore_path\x18\x01 \x01(\t\x12\x16\n\tmax_depth\x18\x02 \x01(\x05H\x00\x88\x01\x01\x42\x0c\n\n_max_depth\"X\n\x13LoadDrafterResponse\x12+\n\x07\x64rafter\x18\x01 \x01(\x0b\x32\x1a.banditspec.v1.DrafterInfo\x12\x14\n\x0cload_seconds\x18\x02 \x01(\x01\"$\n\x14UnloadDrafterRequest\x12\x0c\n\x04name\x18\x01 \x01(\t\")\n\x15UnloadDrafterResponse\x12\x10\n\x08unloaded\x18\x01 \x01(\x08*\x98\x01\n\x0b\x44rafterKind\x12\x1c\n\x18\x44RAFTER_KIND_UNSPECIFIED\x10\x00\x12\x1e\n\x1a\x44RAFTER_KIND_PROMPT_LOOKUP\x10\x01\x12\x16\n\x12\x44RAFTER_KIND_MODEL\x10\x02\x12\x17\n\x13\x44RAFTER_KIND_SUFFIX\x10\x03\x12\x1a\n\x16\x44RAFTER_KIND_RETRIEVAL\x10\x04\x32\xeb\x04\n\x0c\x44raftService\x12I\n\x04Info\x12\x1f.banditspec.v1.DraftInfoRequest\x1a .banditspec.v1.DraftInfoResponse\x12W\n\x0cListDrafters\x12\".banditspec.v1.ListDraftersRequest\x1a#.banditspec.v1.ListDraftersResponse\x12H\n\x07Propose\x12\x1d.banditspec.v1.ProposeRequest\x1a\x1e.banditspec.v1.ProposeResponse\x12R\n\rProposeStream\x12\x1d.banditspec.v1.ProposeRequest\x1a\x1e.banditspec.v1.ProposeResponse(\x01\x30\x01\x12g\n\x0eReleaseSession\x12).banditspec.v1.ReleaseDraftSessionRequest\x1a*.banditspec.v1.ReleaseDraftSessionResponse\x12T\n\x0bLoadDrafter\x12!.banditspec.v1.LoadDrafterRequest\x1a\".banditspec.v1.LoadDrafterResponse\x12Z\n\rUnloadDrafter\x12#.banditspec.v1.UnloadDrafterRequest\x1a$.banditspec.v1.UnloadDrafterResponseb\x06proto3')
 
 _globals = globals()
 _builder.BuildMessageAndEnumDescriptors(DESCRIPTOR, _globals)
 _builder.BuildTopDescriptorsAndMessages(DESCRIPTOR, 'banditspec.v1.draft_pb2', _globals)
 if not _descriptor._USE_C_DESCRIPTORS:
   DESCRIPTOR._loaded_options = None
-  _globals['_DRAFTERKIND']._serialized_start=2285
-  _globals['_DRAFTERKIND']._serialized_end=2437
+  _globals['_DRAFTERKIND']._serialized_start=2335
+  _globals['_DRAFTERKIND']._serialized_end=2487
   _globals['_DRAFTERINFO']._serialized_start=73
   _globals['_DRAFTERINFO']._serialized_end=298
   _globals['_DRAFTINFOREQUEST']._serialized_start=300
@@ -45,31 +45,31 @@ if not _descriptor._USE_C_DESCRIPTORS:
   _globals['_LISTDRAFTERSRESPONSE']._serialized_start=428
   _globals['_LISTDRAFTERSRESPONSE']._serialized_end=496
   _globals['_PROPOSEREQUEST']._serialized_start=499
-  _globals['_PROPOSEREQUEST']._serialized_end=755
-  _globals['_ALTERNATIVEDRAFT']._serialized_start=757
-  _globals['_ALTERNATIVEDRAFT']._serialized_end=811
-  _globals['_PROPOSERESPONSE']._serialized_start=814
-  _globals['_PROPOSERESPONSE']._serialized_end=1032
-  _globals['_RELEASEDRAFTSESSIONREQUEST']._serialized_start=1034
-  _globals['_RELEASEDRAFTSESSIONREQUEST']._serialized_end=1154
-  _globals['_RELEASEDRAFTSESSIONRESPONSE']._serialized_start=1156
-  _globals['_RELEASEDRAFTSESSIONRESPONSE']._serialized_end=1203
-  _globals['_LOADDRAFTERREQUEST']._serialized_start=1206
-  _globals['_LOADDRAFTERREQUEST']._serialized_end=1633
-  _globals['_PROMPTLOOKUPOPTIONS']._serialized_start=1635
-  _globals['_PROMPTLOOKUPOPTIONS']._serialized_end=1754
-  _globals['_MODELDRAFTEROPTIONS']._serialized_start=1757
-  _globals['_MODELDRAFTEROPTIONS']._serialized_end=1928
-  _globals['_SUFFIXOPTIONS']._serialized_start=1930
-  _globals['_SUFFIXOPTIONS']._serialized_end=2029
-  _globals['_RETRIEVALOPTIONS']._serialized_start=2031
-  _globals['_RETRIEVALOPTIONS']._serialized_end=2111
-  _globals['_LOADDRAFTERRESPONSE']._serialized_start=2113
-  _globals['_LOADDRAFTERRESPONSE']._serialized_end=2201
-  _globals['_UNLOADDRAFTERREQUEST']._serialized_start=2203
-  _globals['_UNLOADDRAFTERREQUEST']._serialized_end=2239
-  _globals['_UNLOADDRAFTERRESPONSE']._serialized_start=2241
-  _globals['_UNLOADDRAFTERRESPONSE']._serialized_end=2282
-  _globals['_DRAFTSERVICE']._serialized_start=2440
-  _globals['_DRAFTSERVICE']._serialized_end=3059
+  _globals['_PROPOSEREQUEST']._serialized_end=782
+  _globals['_ALTERNATIVEDRAFT']._serialized_start=784
+  _globals['_ALTERNATIVEDRAFT']._serialized_end=861
+  _globals['_PROPOSERESPONSE']._serialized_start=864
+  _globals['_PROPOSERESPONSE']._serialized_end=1082
+  _globals['_RELEASEDRAFTSESSIONREQUEST']._serialized_start=1084
+  _globals['_RELEASEDRAFTSESSIONREQUEST']._serialized_end=1204
+  _globals['_RELEASEDRAFTSESSIONRESPONSE']._serialized_start=1206
+  _globals['_RELEASEDRAFTSESSIONRESPONSE']._serialized_end=1253
+  _globals['_LOADDRAFTERREQUEST']._serialized_start=1256
+  _globals['_LOADDRAFTERREQUEST']._serialized_end=1683
+  _globals['_PROMPTLOOKUPOPTIONS']._serialized_start=1685
+  _globals['_PROMPTLOOKUPOPTIONS']._serialized_end=1804
+  _globals['_MODELDRAFTEROPTIONS']._serialized_start=1807
+  _globals['_MODELDRAFTEROPTIONS']._serialized_end=1978
+  _globals['_SUFFIXOPTIONS']._serialized_start=1980
+  _globals['_SUFFIXOPTIONS']._serialized_end=2079
+  _globals['_RETRIEVALOPTIONS']._serialized_start=2081
+  _globals['_RETRIEVALOPTIONS']._serialized_end=2161
+  _globals['_LOADDRAFTERRESPONSE']._serialized_start=2163
+  _globals['_LOADDRAFTERRESPONSE']._serialized_end=2251
+  _globals['_UNLOADDRAFTERREQUEST']._serialized_start=2253
+  _globals['_UNLOADDRAFTERREQUEST']._serialized_end=2289
+  _globals['_UNLOADDRAFTERRESPONSE']._serialized_start=2291
+  _globals['_UNLOADDRAFTERRESPONSE']._serialized_end=2332
+  _globals['_DRAFTSERVICE']._serialized_start=2490
+  _globals['_DRAFTSERVICE']._serialized_end=3109
 # @@protoc_insertion_point(module_scope)

@@ -66,7 +66,7 @@ class ListDraftersResponse(_message.Message):
     def __init__(self, drafters: _Optional[_Iterable[_Union[DrafterInfo, _Mapping]]] = ...) -> None: ...
 
 class ProposeRequest(_message.Message):
-    __slots__ = ("session_id", "drafter", "num_tokens", "context_length", "new_context_ids", "sampling", "seed", "score_drafters", "score_num_tokens", "tree_tokens")
+    __slots__ = ("session_id", "drafter", "num_tokens", "context_length", "new_context_ids", "sampling", "seed", "score_drafters", "score_num_tokens", "tree_tokens", "score_tree_tokens")
     SESSION_ID_FIELD_NUMBER: _ClassVar[int]
     DRAFTER_FIELD_NUMBER: _ClassVar[int]
     NUM_TOKENS_FIELD_NUMBER: _ClassVar[int]
@@ -77,6 +77,7 @@ class ProposeRequest(_message.Message):
     SCORE_DRAFTERS_FIELD_NUMBER: _ClassVar[int]
     SCORE_NUM_TOKENS_FIELD_NUMBER: _ClassVar[int]
     TREE_TOKENS_FIELD_NUMBER: _ClassVar[int]
+    SCORE_TREE_TOKENS_FIELD_NUMBER: _ClassVar[int]
     session_id: str
     drafter: str
     num_tokens: int
@@ -87,15 +88,18 @@ class ProposeRequest(_message.Message):
     score_drafters: _containers.RepeatedScalarFieldContainer[str]
     score_num_tokens: int
     tree_tokens: int
-    def __init__(self, session_id: _Optional[str] = ..., drafter: _Optional[str] = ..., num_tokens: _Optional[int] = ..., context_length: _Optional[int] = ..., new_context_ids: _Optional[_Iterable[int]] = ..., sampling: _Optional[_Union[_common_pb2.SamplingParams, _Mapping]] = ..., seed: _Optional[int] = ..., score_drafters: _Optional[_Iterable[str]] = ..., score_num_tokens: _Optional[int] = ..., tree_tokens: _Optional[int] = ...) -> None: ...
+    score_tree_tokens: int
+    def __init__(self, session_id: _Optional[str] = ..., drafter: _Optional[str] = ..., num_tokens: _Optional[int] = ..., context_length: _Optional[int] = ..., new_context_ids: _Optional[_Iterable[int]] = ..., sampling: _Optional[_Union[_common_pb2.SamplingParams, _Mapping]] = ..., seed: _Optional[int] = ..., score_drafters: _Optional[_Iterable[str]] = ..., score_num_tokens: _Optional[int] = ..., tree_tokens: _Optional[int] = ..., score_tree_tokens: _Optional[int] = ...) -> None: ...
 
 class AlternativeDraft(_message.Message):
-    __slots__ = ("drafter", "draft_ids")
+    __slots__ = ("drafter", "draft_ids", "draft_parents")
     DRAFTER_FIELD_NUMBER: _ClassVar[int]
     DRAFT_IDS_FIELD_NUMBER: _ClassVar[int]
+    DRAFT_PARENTS_FIELD_NUMBER: _ClassVar[int]
     drafter: str
     draft_ids: _containers.RepeatedScalarFieldContainer[int]
-    def __init__(self, drafter: _Optional[str] = ..., draft_ids: _Optional[_Iterable[int]] = ...) -> None: ...
+    draft_parents: _containers.RepeatedScalarFieldContainer[int]
+    def __init__(self, drafter: _Optional[str] = ..., draft_ids: _Optional[_Iterable[int]] = ..., draft_parents: _Optional[_Iterable[int]] = ...) -> None: ...
 
 class ProposeResponse(_message.Message):
     __slots__ = ("draft_ids", "draft_probs", "context_length", "compute_seconds", "alternatives", "draft_parents")

@@ -384,6 +384,7 @@ class DraftSession:
         score_drafters: list[str] | None = None,
         score_num_tokens: int = 0,
         tree_tokens: int = 0,
+        score_tree_tokens: int = 0,
     ) -> Proposal:
         """Up to `num_tokens` draft tokens from `drafter` (with `tree_tokens`, a tree of up to that many, no
         deeper than `num_tokens`), and drafts of `score_drafters` to score.
@@ -403,6 +404,7 @@ class DraftSession:
                 score_drafters=score_drafters or [],
                 score_num_tokens=score_num_tokens,
                 tree_tokens=tree_tokens,
+                score_tree_tokens=score_tree_tokens,
             )
             shipped = len(context) - synced
             allowed = self.client.draft_deadline * (1.0 + shipped / CONTEXT_TOKENS_PER_DRAFT_DEADLINE)
@@ -435,6 +437,9 @@ class DraftSession:
                 compute_seconds=response.compute_seconds,
                 alternatives={a.drafter: list(a.draft_ids) for a in response.alternatives},
                 parents=parents[: len(token_ids)] if parents else None,
+                alternative_parents={
+                    a.drafter: list(a.draft_parents) for a in response.alternatives if a.draft_parents
+                },
             )
         raise DrafterFailed("draft session could not be reopened")
 

@@ -8,11 +8,17 @@ its common prefix with the text verified from the same position (HedgeSpec's obs
 `(accepted + 1) / modelled round seconds`, and target-only one of `1 / modelled seconds`. Round times are
 modelled from the target's measured k-token forwards plus the round overheads measured so far, so
 co-observed arms are compared on one scale. Model drafters are not scored: that would cost a forward.
+
+Token trees: a drafter that branches is asked for a tree of the largest budget among its tree arms. It
+scores each tree arm as the tree cut to that arm's budget and depth (its first nodes: a drafter adds its
+best candidates first), accepting the longest path the verified text follows, at the cost of every node;
+and each chain arm of the drafter as the tree's first path (its chain). A chain scores only chains.
 """
 
 from __future__ import annotations
 
 from dataclasses import dataclass, field
+from functools import cached_property
 from typing import NamedTuple
 
 from banditspec.tokens import common_prefix_length
@@ -35,6 +41,47 @@ class _Pending:
     drafter: str  # SERVICE/DRAFTER
     draft: list[int]
     arms: list[int] = field(default_factory=list)  # request arm indices still unscored
+    parents: list[int] | None = None  # a token tree (see ProposeResponse.draft_parents)
+
+    @cached_property
+    def chain(self) -> list[int]:
+        """The draft as a chain: a tree's first path."""
+        return self.draft if self.parents is None else first_path(self.draft, self.parents)
+
+
+def first_path(draft: list[int], parents: list[int]) -> list[int]:
+    """From the root, each node's first child: the chain a branching drafter would have proposed."""
+    path, node = [], -1
+    for index, parent in enumerate(parents):
+        if parent == node:
+            path.append(draft[index])
+            node = index
+    return path
+
+
+def tree_outcome(
+    draft: list[int], parents: list[int], known: list[int], max_tokens: int, max_depth: int
+) -> tuple[int, int, bool]:
+    """The tree cut to its first `max_tokens` nodes no deeper than `max_depth`, against the verified text
+    `known`: (tokens accepted, nodes fed, decided). Undecided while the text so far matches a path that
+    the cut tree continues."""
+    depth: list[int] = []
+    kept: list[int] = []
+    for index, parent in enumerate(parents[:max_tokens]):
+        depth.append(1 if parent < 0 else depth[parent] + 1)
+        if depth[index] <= max_depth and (parent < 0 or parent in kept):
+            kept.append(index)
+    node, accepted = -1, 0
+    while True:
+        below = [i for i in kept if parents[i] == node]
+        if not below:
+            return accepted, len(kept), True  # a whole path accepted
+        if accepted >= len(known):
+            return accepted, len(kept), False
+        step = next((i for i in below if draft[i] == known[accepted]), None)
+        if step is None:
+            return accepted, len(kept), True
+        node, accepted = step, accepted + 1
 
 
 @dataclass
@@ -88,22 +135,30 @@ class CounterfactualScorer:
         self.pending: list[_Pending] = []
         self.target_only = [i for i, arm in enumerate(arms) if arm.gamma == 0]
         self.score_drafters: dict[str, list[str]] = {}  # service → its model-free drafters among the arms
+        scored = []
         for arm in arms:
             if arm.gamma > 0 and arm.drafter in (model_free or {}).get(arm.service, ()):
+                scored.append(arm)
                 names = self.score_drafters.setdefault(arm.service, [])
                 if arm.drafter not in names:
                     names.append(arm.drafter)
         self.score_num_tokens = max((arm.gamma for arm in arms), default=0)
+        self.score_tree_tokens = max((arm.tree_tokens for arm in scored), default=0)
+        self._largest_tree = {
+            (a.service, a.drafter): a.tree_tokens for a in sorted(scored, key=lambda a: a.tree_tokens)
+        }
 
     def alternatives_for(self, arm: Arm) -> list[str]:
-        """The drafters to score beside `arm`'s own draft: the service's other model-free ones."""
-        return [name for name in self.score_drafters.get(arm.service, []) if name != arm.drafter]
+        """The drafters to score beside `arm`'s own draft: the service's other model-free ones, and its own
+        when it has a larger tree arm than the one pulled."""
+        larger_tree = self._largest_tree.get((arm.service, arm.drafter), 0) > arm.tree_tokens
+        return [name for name in self.score_drafters.get(arm.service, []) if name != arm.drafter or larger_tree]
 
-    def arms_of(self, service: str, drafter: str) -> list[int]:
-        """The drafter's chain arms (a chain's acceptance says little about what a tree would accept)."""
+    def arms_of(self, service: str, drafter: str, trees: bool = True) -> list[int]:
+        """The drafter's arms (only its chain arms with trees False: a chain cannot score a tree)."""
         return [
             i for i, a in enumerate(self.arms)
-            if a.service == service and a.drafter == drafter and a.gamma > 0 and not a.tree_tokens
+            if a.service == service and a.drafter == drafter and a.gamma > 0 and (trees or not a.tree_tokens)
         ]  # fmt: skip
 
     def after_round(
@@ -126,13 +181,19 @@ class CounterfactualScorer:
         self.costs.observe(drafted, wall, drafter, arm.drafter in self.score_drafters.get(arm.service, []))
         samples = []
         if gamma > 0:
-            # The pulled drafter's own draft also decides its arms of smaller γ (a draft's prefix is
-            # the shorter draft); alternatives come from the other model-free drafters.
-            if proposal.parents is None:
-                own = [i for i in self.arms_of(arm.service, arm.drafter) if i != pulled and self.arms[i].gamma <= gamma]
-                self.add(position, arm.service, arm.drafter, proposal.token_ids, own)
+            # The pulled draft also decides the drafter's arms it contains: chains of smaller γ (a draft's
+            # prefix is the shorter draft) and, from a tree, smaller trees.
+            own = [
+                i for i in self.arms_of(arm.service, arm.drafter, trees=proposal.parents is not None)
+                if i != pulled and self.arms[i].gamma <= gamma and self.arms[i].tree_tokens <= arm.tree_tokens
+            ]  # fmt: skip
+            self.add(position, arm.service, arm.drafter, proposal.token_ids, own, proposal.parents)
             for name, draft in proposal.alternatives.items():
-                self.add(position, arm.service, name, draft)
+                parents = proposal.alternative_parents.get(name)
+                arms = None
+                if name == arm.drafter:  # its larger trees only: the pulled draft scored the rest
+                    arms = [i for i in self.arms_of(arm.service, name) if self.arms[i].tree_tokens > arm.tree_tokens]
+                self.add(position, arm.service, name, draft, arms, parents)
             samples += self.target_only_samples(pulled)
         return samples + self.resolve(context)
 
@@ -143,11 +204,22 @@ class CounterfactualScorer:
         if drafter in names:
             names.remove(drafter)
 
-    def add(self, position: int, service: str, drafter: str, draft: list[int], arms: list[int] | None = None) -> None:
-        """Score `draft` (made at context length `position`) for the drafter's arms, or only `arms`."""
+    def add(
+        self,
+        position: int,
+        service: str,
+        drafter: str,
+        draft: list[int],
+        arms: list[int] | None = None,
+        parents: list[int] | None = None,
+    ) -> None:
+        """Score `draft` (made at context length `position`; a tree with `parents`) for the drafter's arms,
+        or only `arms`; a chain never for tree arms."""
         arms = self.arms_of(service, drafter) if arms is None else arms
+        if parents is None:
+            arms = [i for i in arms if not self.arms[i].tree_tokens]
         if arms:
-            self.pending.append(_Pending(position, f"{service}/{drafter}", list(draft), arms))
+            self.pending.append(_Pending(position, f"{service}/{drafter}", list(draft), arms, parents))
 
     def forget(self, arms: set[int]) -> None:
         """Stop scoring these arms."""
@@ -165,12 +237,19 @@ class CounterfactualScorer:
         still = []
         for pending in self.pending:
             known = context[pending.position :]
-            matched = common_prefix_length(pending.draft, known)
             waiting = []
             for index in pending.arms:
-                drafted = min(len(pending.draft), self.arms[index].gamma)
-                if matched >= drafted or matched < len(known):  # decided: all accepted, or a mismatch seen
+                arm = self.arms[index]
+                if arm.tree_tokens and pending.parents is not None:
+                    accepted, drafted, decided = tree_outcome(
+                        pending.draft, pending.parents, known, arm.tree_tokens, arm.gamma
+                    )
+                else:
+                    matched = common_prefix_length(pending.chain, known)
+                    drafted = min(len(pending.chain), arm.gamma)
+                    decided = matched >= drafted or matched < len(known)  # all accepted, or a mismatch seen
                     accepted = min(matched, drafted)
+                if decided:
                     samples.append(Sample(index, accepted + 1.0, self.costs.seconds(drafted, pending.drafter)))
                 else:
                     waiting.append(index)

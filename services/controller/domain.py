@@ -37,6 +37,7 @@ class Proposal:
     compute_seconds: float = 0.0
     alternatives: dict[str, list[int]] = field(default_factory=dict)
     parents: list[int] | None = None  # a token tree: each token's parent index (-1: the context); None: a chain
+    alternative_parents: dict[str, list[int]] = field(default_factory=dict)  # the alternatives that are trees
 
 
 NO_DRAFT = Proposal([])

@@ -211,8 +211,9 @@ class Generation:
         if self.scorer is None:
             return await session.propose(self.context, arm.drafter, gamma, tree_tokens=tree)
         alternatives = self.scorer.alternatives_for(arm)
+        scorer = self.scorer
         return await session.propose(
-            self.context, arm.drafter, gamma, alternatives, self.scorer.score_num_tokens, tree_tokens=tree
+            self.context, arm.drafter, gamma, alternatives, scorer.score_num_tokens, tree, scorer.score_tree_tokens
         )
 
     def _settle(self, played: Round) -> RoundEvent:

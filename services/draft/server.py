@@ -20,7 +20,7 @@ from services.draft import metrics
 from services.draft.drafters.base import Drafter, DraftSession, ServiceSettings
 from services.draft.drafters.kinds import KINDS
 from services.draft.model_worker import ModelWorker
-from services.draft.registry import MAX_DRAFT_TOKENS, DrafterRegistry, check_draft_size
+from services.draft.registry import MAX_DRAFT_TOKENS, MAX_TREE_TOKENS, DrafterRegistry, check_draft_size
 from services.draft.specs import DrafterSpec
 
 log = structlog.get_logger()
@@ -121,6 +121,14 @@ class DraftServicer(draft_pb2_grpc.DraftServiceServicer):
         drafter = self.registry.get(request.drafter)
         # Every check before the sync: a rejected request must leave the session as it was.
         check_draft_size(request.num_tokens, request.tree_tokens)
+        if (
+            not 0 <= request.score_num_tokens <= MAX_DRAFT_TOKENS
+            or not 0 <= request.score_tree_tokens <= MAX_TREE_TOKENS
+        ):
+            raise InvalidArgument(
+                f"score_num_tokens must be in [0, {MAX_DRAFT_TOKENS}] and score_tree_tokens in [0, {MAX_TREE_TOKENS}], "
+                f"got {request.score_num_tokens} and {request.score_tree_tokens}"
+            )
         if len(request.score_drafters) > MAX_SCORED_DRAFTERS:
             raise InvalidArgument(f"score_drafters names at most {MAX_SCORED_DRAFTERS} drafters")
         sampling = SamplingParams.from_pb(request.sampling)
@@ -158,20 +166,29 @@ class DraftServicer(draft_pb2_grpc.DraftServiceServicer):
     def _alternatives(
         self, request: draft_pb2.ProposeRequest, session: DraftSession
     ) -> list[draft_pb2.AlternativeDraft]:
-        """Chain drafts of other model-free drafters for the same context, for counterfactual scoring. Skips
-        names that are gone or not model-free (a model forward per round would cost what scoring saves)."""
+        """Drafts of other model-free drafters for the same context, for counterfactual scoring: trees from
+        those that branch when score_tree_tokens asks, else chains. Skips names that are gone or not model-free
+        (a model forward per round would cost what scoring saves), and the asked drafter unless a larger tree
+        of it is asked for than it just proposed."""
         alternatives = []
-        num_tokens = min(max(0, request.score_num_tokens), MAX_DRAFT_TOKENS)
+        num_tokens = request.score_num_tokens
         for name in dict.fromkeys(request.score_drafters):
             drafter = self.registry.drafters.get(name)
-            if drafter is None or not drafter.model_free or name == request.drafter:
+            if drafter is None or not drafter.model_free:
+                continue
+            tree_tokens = request.score_tree_tokens if drafter.proposes_trees else 0
+            if name == request.drafter and tree_tokens <= request.tree_tokens:
                 continue
             try:
-                proposal, _ = self.registry.propose(drafter, session, num_tokens)
+                proposal, _ = self.registry.propose(drafter, session, num_tokens, tree_tokens)
             except Exception:  # scoring is optional: it must never fail the proposal that was asked for
                 log.exception("alternative draft failed", drafter=name)
                 continue
-            alternatives.append(draft_pb2.AlternativeDraft(drafter=name, draft_ids=proposal.token_ids))
+            alternatives.append(
+                draft_pb2.AlternativeDraft(
+                    drafter=name, draft_ids=proposal.token_ids, draft_parents=proposal.parents or []
+                )
+            )
         return alternatives
 
     @grpc_errors

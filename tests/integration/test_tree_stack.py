@@ -115,3 +115,14 @@ def test_sampled_tree_output_follows_the_target(tree_stub, target_model, tiny_to
     samples = Counter(tuple(r.token_ids) for r in responses)
     pvalue = chi_square_pvalue(samples, expected)
     assert pvalue > SIGNIFICANCE, f"p = {pvalue:.2e}; observed {samples.most_common(8)}"
+
+
+def test_counterfactual_policy_scores_tree_arms_without_pulling_them(tree_stub, target_model):
+    """ucbspec-cf asks prompt lookup and the suffix tree for their trees each round and scores the tree arms
+    against the verified text, as it scores chains; output stays the target's own."""
+    request = generation_pb2.GenerateRequest(max_new_tokens=24, policy=generation_pb2.POLICY_UCBSPEC_COUNTERFACTUAL)
+    request.token_ids.ids.extend(BRANCHING)
+    response = tree_stub.Generate(request, timeout=RPC_TIMEOUT)
+    assert list(response.token_ids) == reference_greedy(target_model, BRANCHING, 24)
+    observed = {a.arm: a.counterfactual_observations for a in response.stats.arms}
+    assert all(observed.get(arm, 0) > 0 for arm in TREE), observed

@@ -114,15 +114,46 @@ def test_measured_spread_replaces_the_worst_case_scale_once_enough_samples_exist
     assert UCBSpec(2).spread() == 0.5  # plain UCBSpec keeps the paper's scale
 
 
-def test_tree_arms_are_not_scored_from_chains_and_a_tree_scores_no_chain():
-    """A chain's acceptance understates a tree's, and a tree is no chain to score shorter arms with."""
+def test_first_path_and_tree_outcome():
+    from services.controller.counterfactual import first_path, tree_outcome
+
+    # 7 → 8 → 11, 9 (beside 7) → 10; 12 beside 8
+    draft, parents = [7, 9, 8, 10, 11, 12], [-1, -1, 0, 1, 2, 0]
+    assert first_path(draft, parents) == [7, 8, 11]
+    assert tree_outcome(draft, parents, [9, 10, 4], 8, 6) == (2, 6, True)  # the second branch, whole
+    assert tree_outcome(draft, parents, [7, 12, 4], 8, 6) == (2, 6, True)
+    assert tree_outcome(draft, parents, [7, 8], 8, 6) == (2, 6, False)  # 11 may come next
+    assert tree_outcome(draft, parents, [7, 8], 8, 2) == (2, 5, True)  # cut at depth 2: 11 is not in it
+    assert tree_outcome(draft, parents, [9, 10], 3, 6) == (1, 3, True)  # cut to 3 nodes: 10 is not in it
+    assert tree_outcome(draft, parents, [5], 8, 6) == (0, 6, True)
+
+
+def test_trees_score_tree_and_chain_arms_and_chains_score_only_chains():
     from services.controller.domain import Proposal
 
-    tree_arm = Arm.tree("local", "pld", 6, 12)
-    arms = [*ARMS, tree_arm]
-    assert tree_arm.name == "local/pld/6t12" and tree_arm.gamma == 6
+    small, large = Arm.tree("local", "pld", 6, 4), Arm.tree("local", "pld", 6, 8)
+    arms = [*ARMS, small, large]  # 4: pld/6t4, 5: pld/6t8
     scorer = CounterfactualScorer(arms, costs(), {"local": {"pld", "sfx"}})
-    assert scorer.arms_of("local", "pld") == [1, 2]
-    tree = Proposal([7, 9, 8], parents=[-1, -1, 0])  # 7 → 8, and 9 beside 7
-    scorer.after_round(len(arms) - 1, tree_arm, 6, tree, 3, 0.02, [1, 2, 3, 7, 8, 5])
-    assert all(pending.drafter != "local/pld" for pending in scorer.pending)
+    assert scorer.score_tree_tokens == 8
+    assert scorer.alternatives_for(ARMS[1]) == ["pld", "sfx"]  # pld's own tree, for its tree arms
+    assert scorer.alternatives_for(large) == ["sfx"]
+    assert scorer.alternatives_for(small) == ["pld", "sfx"]
+
+    tree = Proposal([7, 9, 8, 10, 11, 12], parents=[-1, -1, 0, 1, 2, 0])  # first path 7, 8, 11
+    context = [1, 2, 3]
+    samples = scorer.after_round(5, large, 6, tree, len(context), 0.02, [*context, 9, 10, 4])
+    scored = {arm: tokens for arm, tokens, _ in samples}
+    assert scored[0] == 1.0  # target-only
+    assert scored[1] == 1.0 and scored[2] == 1.0  # pld/3 and pld/6: the first path (7 …) missed
+    assert scored[4] == 3.0  # pld/6t4 (nodes 7, 9, 8, 10): 9 and 10 accepted, + 1
+    assert 5 not in scored  # the pulled arm learns from its own round
+
+
+def test_a_chain_scores_no_tree_arm():
+    from services.controller.domain import Proposal
+
+    arms = [*ARMS, Arm.tree("local", "pld", 6, 8)]
+    scorer = CounterfactualScorer(arms, costs(), {"local": {"pld", "sfx"}})
+    scorer.after_round(2, ARMS[2], 6, Proposal([7, 8, 9]), 3, 0.02, [1, 2, 3])
+    assert all(4 not in pending.arms for pending in scorer.pending)
+    assert any(1 in pending.arms for pending in scorer.pending)  # pld/3 from pld/6's chain

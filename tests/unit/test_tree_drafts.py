@@ -328,6 +328,26 @@ async def test_servicer_proposes_trees_and_rejects_a_bad_budget():
             _Context(),
         )
         assert list(chain.draft_ids) == [5, 9, 8] and list(chain.draft_parents) == []
+        # Scoring asks for a larger tree than the one proposed: the drafter's own tree comes as an alternative.
+        scored = await servicer.Propose(
+            draft_pb2.ProposeRequest(
+                session_id="s", drafter="pld", context_length=len(SEVERAL_MATCHES), num_tokens=3,
+                score_drafters=["pld"], score_num_tokens=3, score_tree_tokens=16,
+            ),
+            _Context(),
+        )  # fmt: skip
+        assert list(scored.draft_ids) == [5, 9, 8] and list(scored.draft_parents) == []
+        [alternative] = scored.alternatives
+        assert list(alternative.draft_ids) == list(tree.draft_ids)
+        assert list(alternative.draft_parents) == list(tree.draft_parents)
+        bad_score = draft_pb2.ProposeRequest(
+            session_id="s", drafter="pld", context_length=len(SEVERAL_MATCHES), num_tokens=3, score_tree_tokens=-2
+        )
+        with pytest.raises(_Aborted) as aborted:
+            await servicer.Propose(bad_score, _Context())
+        assert (
+            aborted.value.args[0] == grpc.StatusCode.INVALID_ARGUMENT and "score_tree_tokens" in aborted.value.args[1]
+        )
         for bad in (-1, MAX_TREE_TOKENS + 1):
             request = draft_pb2.ProposeRequest(
                 session_id="s",
