@@ -58,6 +58,7 @@ class LeanCache:
             max_length = self.length + max_length
         self.length = max(0, min(self.length, max_length))
 
+    @torch.inference_mode()  # buffers grown inside a forward are inference tensors
     def keep_path(self, start: int, slots: list[int]) -> None:
         """Keep the first `start` positions, then the given slots moved to follow them in order: a verified
         token tree keeps only its accepted path."""

@@ -349,3 +349,18 @@ def test_the_server_passes_draft_parents_and_refuses_bad_ones(loaded):
             asyncio.run(servicer._verify(bad))
     finally:
         servicer.scheduler.close()
+
+
+def test_a_path_is_kept_after_the_cache_has_grown(loaded):
+    """Buffers that grew inside a forward are inference tensors; keeping a tree's path must still move
+    them (a benchmark run on long prompts found it failing)."""
+    from banditspec.lean_llama import LeanCache
+
+    lean = TargetEngine(loaded).decoder
+    assert lean is not None
+    cache = LeanCache(len(lean.layers), lean.kv_heads, lean.head_dim, lean.dtype, lean.device, capacity=4)
+    lean.forward(PROMPT, cache)  # 7 tokens: the buffers grow, inside inference mode
+    moved = cache.keys[:, :, [5, 6]].clone()
+    cache.keep_path(3, [5, 6])
+    assert cache.length == 5
+    torch.testing.assert_close(cache.keys[:, :, 3:5], moved)
