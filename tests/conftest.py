@@ -330,6 +330,20 @@ def draft_stub(stack):
         yield draft_pb2_grpc.DraftServiceStub(channel)
 
 
+class Aborted(Exception):
+    """A servicer called in process aborted the call: args are (status code, details)."""
+
+
+class ServicerContext:
+    """Stands in for a gRPC servicer context when a test calls a servicer in process."""
+
+    def set_trailing_metadata(self, metadata) -> None:
+        pass
+
+    async def abort(self, code, details):
+        raise Aborted(code, details)
+
+
 def list_arm_names(generation_stub) -> list[str]:
     from banditspec.v1 import generation_pb2
 

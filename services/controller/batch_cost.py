@@ -115,12 +115,17 @@ class ForwardCurve:
         return self.points[low] + share * (self.points[high] - self.points[low])
 
 
-def charged_seconds(wall: float, own_tokens: int, load: Load | None) -> float:
-    """The round's wall time, less the part of its forward that verified other rows."""
+def charged_seconds(
+    wall: float, own_tokens: int, load: Load | None, target_seconds: float = 0.0, target_overhead: float = 0.0
+) -> float:
+    """What a round is charged: alone, its wall time. Under the share model, its wall time less the part of
+    its forward that verified other rows; under the cycle model, its time outside the verify call
+    (`wall - target_seconds`) plus the target's RPC overhead plus its modelled cycle."""
     if load is None:
         return wall
-    forward = load.forward_seconds
-    return max(1e-6, wall - forward + forward * own_tokens / (own_tokens + load.others))
+    if load.curve is not None:
+        return max(1e-6, wall - target_seconds + target_overhead + load.forward(own_tokens))
+    return max(1e-6, wall - load.forward_seconds + load.forward(own_tokens))
 
 
 def load_ceiling(curve: ForwardCurve, load: Load, max_gamma: int, overhead: float) -> float:

@@ -47,7 +47,7 @@ log = structlog.get_logger()
 @dataclass(frozen=True)
 class Round:
     """One played round: the arm (index None: the fallback), the γ played, the draft and the verdict;
-    its wall time, the part of it spent in the verify call, and the load it ran at (None: alone)."""
+    its wall time and the load it ran at (None: alone)."""
 
     index: int | None
     arm: Arm
@@ -55,7 +55,6 @@ class Round:
     proposal: Proposal
     verdict: Verdict
     wall_seconds: float
-    target_seconds: float
     load: Load | None
     charged_seconds: float  # what the reward divides by (see batch_cost)
 
@@ -186,13 +185,10 @@ class Generation:
             self._drop_drafter(arm, str(error))
             return None
         end = time.perf_counter()
-        wall, target = end - start, end - verify_start
+        wall = end - start
         load = self._load_of(proposal, verdict)
-        if load is not None and load.curve is not None:  # cycle model: outside the target, measured; in it, modelled
-            charged = max(1e-6, wall - target + self.round_overhead + load.forward(fed_tokens(proposal)))
-        else:
-            charged = charged_seconds(wall, fed_tokens(proposal), load)
-        return Round(index, arm, gamma, proposal, verdict, wall, target, load, charged)
+        charged = charged_seconds(wall, fed_tokens(proposal), load, end - verify_start, self.round_overhead)
+        return Round(index, arm, gamma, proposal, verdict, wall, load, charged)
 
     def _load_of(self, proposal: Proposal, verdict: Verdict) -> Load | None:
         fed = fed_tokens(proposal)
@@ -207,14 +203,13 @@ class Generation:
         session = self.drafts.get(arm.service)
         if session is None:
             raise DrafterFailed(f"draft service {arm.service!r} is not configured")
-        tree = arm.tree_tokens
-        if self.scorer is None:
-            return await session.propose(self.context, arm.drafter, gamma, tree_tokens=tree)
-        alternatives = self.scorer.alternatives_for(arm)
         scorer = self.scorer
+        if scorer is None:
+            return await session.propose(self.context, arm.drafter, gamma, tree_tokens=arm.tree_tokens)
         return await session.propose(
-            self.context, arm.drafter, gamma, alternatives, scorer.score_num_tokens, tree, scorer.score_tree_tokens
-        )
+            self.context, arm.drafter, gamma, scorer.alternatives_for(arm), scorer.score_num_tokens,
+            arm.tree_tokens, scorer.score_tree_tokens,
+        )  # fmt: skip
 
     def _settle(self, played: Round) -> RoundEvent:
         """Commit the verified tokens, reward the policy, and describe the round."""

@@ -16,11 +16,12 @@ MAX_TREE_TOKENS = 64  # a token tree's size: bounds what a proposal allocates an
 MAX_CONTEXT_TOKENS = 1 << 17  # per session: bounds memory and the model-free drafters' indexing time
 
 
-def check_draft_size(num_tokens: int, tree_tokens: int = 0) -> None:
+def check_draft_size(num_tokens: int, tree_tokens: int = 0, fields: str = "") -> None:
+    """`fields`: the prefix of the request's field names (score_ for the drafts to score)."""
     if not 0 <= num_tokens <= MAX_DRAFT_TOKENS:
-        raise InvalidArgument(f"num_tokens must be in [0, {MAX_DRAFT_TOKENS}], got {num_tokens}")
+        raise InvalidArgument(f"{fields}num_tokens must be in [0, {MAX_DRAFT_TOKENS}], got {num_tokens}")
     if not 0 <= tree_tokens <= MAX_TREE_TOKENS:
-        raise InvalidArgument(f"tree_tokens must be in [0, {MAX_TREE_TOKENS}] (0: a chain), got {tree_tokens}")
+        raise InvalidArgument(f"{fields}tree_tokens must be in [0, {MAX_TREE_TOKENS}] (0: a chain), got {tree_tokens}")
 
 
 class DrafterRegistry:

@@ -20,7 +20,7 @@ from services.draft import metrics
 from services.draft.drafters.base import Drafter, DraftSession, ServiceSettings
 from services.draft.drafters.kinds import KINDS
 from services.draft.model_worker import ModelWorker
-from services.draft.registry import MAX_DRAFT_TOKENS, MAX_TREE_TOKENS, DrafterRegistry, check_draft_size
+from services.draft.registry import DrafterRegistry, check_draft_size
 from services.draft.specs import DrafterSpec
 
 log = structlog.get_logger()
@@ -121,14 +121,7 @@ class DraftServicer(draft_pb2_grpc.DraftServiceServicer):
         drafter = self.registry.get(request.drafter)
         # Every check before the sync: a rejected request must leave the session as it was.
         check_draft_size(request.num_tokens, request.tree_tokens)
-        if (
-            not 0 <= request.score_num_tokens <= MAX_DRAFT_TOKENS
-            or not 0 <= request.score_tree_tokens <= MAX_TREE_TOKENS
-        ):
-            raise InvalidArgument(
-                f"score_num_tokens must be in [0, {MAX_DRAFT_TOKENS}] and score_tree_tokens in [0, {MAX_TREE_TOKENS}], "
-                f"got {request.score_num_tokens} and {request.score_tree_tokens}"
-            )
+        check_draft_size(request.score_num_tokens, request.score_tree_tokens, fields="score_")
         if len(request.score_drafters) > MAX_SCORED_DRAFTERS:
             raise InvalidArgument(f"score_drafters names at most {MAX_SCORED_DRAFTERS} drafters")
         sampling = SamplingParams.from_pb(request.sampling)

@@ -19,7 +19,7 @@ from dataclasses import dataclass, field
 
 import grpc
 import pytest
-from conftest import EOS_ID, RPC_TIMEOUT, TWO_GAMMAS, local_stack, reference_greedy
+from conftest import EOS_ID, RPC_TIMEOUT, TWO_GAMMAS, ServicerContext, local_stack, reference_greedy
 
 from banditspec.v1 import draft_pb2, draft_pb2_grpc, generation_pb2, generation_pb2_grpc
 
@@ -407,16 +407,6 @@ async def test_cli_loads_replaces_lists_and_unloads(swap_stack, clients, referen
 # the draft service, in process ----------------------------------------------------------------
 
 
-class _Context:
-    """Stands in for a gRPC servicer context: an error status fails the test."""
-
-    def set_trailing_metadata(self, metadata) -> None:
-        pass
-
-    async def abort(self, code, details):
-        raise AssertionError(f"{code}: {details}")
-
-
 @pytest.mark.parametrize("how", ["replace", "unload-then-load"])
 async def test_successor_does_not_inherit_state_of_a_proposal_still_queued(tiny_models, target_model, how):
     """A proposal of the old drafter that waited on the model worker while the drafter was swapped
@@ -426,7 +416,7 @@ async def test_successor_does_not_inherit_state_of_a_proposal_still_queued(tiny_
     from services.draft.specs import DrafterSpec
 
     servicer = DraftServicer(DraftConfig(drafters=[], device="cpu", dtype="float32"))
-    context = _Context()
+    context = ServicerContext()
     prompt = PROMPTS[0]
 
     def propose(context_length: int, new_ids: list[int]) -> draft_pb2.ProposeRequest:

@@ -7,20 +7,13 @@ import asyncio
 import threading
 
 import pytest
+from conftest import ServicerContext
 
 from banditspec.v1 import draft_pb2
 from services.draft.server import DraftConfig, DraftServicer
 from services.draft.specs import DrafterSpec
 
 PROMPTS = [[5, 9, 13, 17], [4, 8, 15, 16, 23, 42, 7], [11, 12], [30, 31, 32, 33, 34, 35, 36, 37, 38]]
-
-
-class _Context:
-    def set_trailing_metadata(self, metadata) -> None:
-        pass
-
-    async def abort(self, code, details):
-        raise AssertionError(f"aborted: {code} {details}")
 
 
 def request(session: str, drafter: str, prompt: list[int], gamma: int = 4) -> draft_pb2.ProposeRequest:
@@ -37,13 +30,14 @@ async def servicer(tiny_models):
 
 
 async def test_waiting_proposals_run_as_one_batch_with_the_drafts_they_get_alone(servicer):
-    alone = [await servicer.Propose(request(f"alone{i}", "m", p), _Context()) for i, p in enumerate(PROMPTS)]
+    alone = [await servicer.Propose(request(f"alone{i}", "m", p), ServicerContext()) for i, p in enumerate(PROMPTS)]
     gate = threading.Event()
     holding = asyncio.create_task(servicer.models.run(gate.wait))  # a busy model thread
     await asyncio.sleep(0)
     batches_before = servicer.models.batches
     waiting = [
-        asyncio.create_task(servicer.Propose(request(f"s{i}", "m", p), _Context())) for i, p in enumerate(PROMPTS)
+        asyncio.create_task(servicer.Propose(request(f"s{i}", "m", p), ServicerContext()))
+        for i, p in enumerate(PROMPTS)
     ]
     await asyncio.sleep(0.05)
     gate.set()
@@ -59,8 +53,8 @@ async def test_model_free_proposals_do_not_wait_for_the_model_thread(servicer):
     holding = asyncio.create_task(servicer.models.run(gate.wait))
     await asyncio.sleep(0)
     try:
-        model = asyncio.create_task(servicer.Propose(request("m0", "m", PROMPTS[0]), _Context()))
-        lookup = await asyncio.wait_for(servicer.Propose(request("p0", "pld", [1, 2, 3, 1, 2]), _Context()), 5)
+        model = asyncio.create_task(servicer.Propose(request("m0", "m", PROMPTS[0]), ServicerContext()))
+        lookup = await asyncio.wait_for(servicer.Propose(request("p0", "pld", [1, 2, 3, 1, 2]), ServicerContext()), 5)
         assert list(lookup.draft_ids)[:2] == [3, 1]  # answered while the model thread is held
         assert not model.done()
     finally:
@@ -73,8 +67,8 @@ async def test_a_cancelled_proposal_leaves_its_batch(servicer):
     gate = threading.Event()
     holding = asyncio.create_task(servicer.models.run(gate.wait))
     await asyncio.sleep(0)
-    kept = asyncio.create_task(servicer.Propose(request("kept", "m", PROMPTS[1]), _Context()))
-    dropped = asyncio.create_task(servicer.Propose(request("dropped", "m", PROMPTS[2]), _Context()))
+    kept = asyncio.create_task(servicer.Propose(request("kept", "m", PROMPTS[1]), ServicerContext()))
+    dropped = asyncio.create_task(servicer.Propose(request("dropped", "m", PROMPTS[2]), ServicerContext()))
     await asyncio.sleep(0.05)
     dropped.cancel()
     await asyncio.sleep(0.05)  # the cancellation reaches the waiting proposal before the batch starts

@@ -6,6 +6,7 @@ from __future__ import annotations
 
 import grpc
 import pytest
+from conftest import Aborted, ServicerContext
 
 from banditspec.errors import InvalidArgument, SessionReleased
 from banditspec.sampling import SamplingParams
@@ -106,29 +107,17 @@ def test_bad_requests(request_, message):
         DrafterSpec.from_pb(request_)
 
 
-class _Aborted(Exception):
-    pass
-
-
-class _Context:
-    def set_trailing_metadata(self, metadata) -> None:
-        pass
-
-    async def abort(self, code, details):
-        raise _Aborted(code, details)
-
-
 async def test_load_drafter_without_options_is_invalid_argument_and_infos_carry_the_flags():
     from services.draft.server import DraftConfig, DraftServicer
 
     servicer = DraftServicer(DraftConfig(drafters=[]))
     try:
-        with pytest.raises(_Aborted) as info:
-            await servicer.LoadDrafter(draft_pb2.LoadDrafterRequest(name="x"), _Context())
+        with pytest.raises(Aborted) as info:
+            await servicer.LoadDrafter(draft_pb2.LoadDrafterRequest(name="x"), ServicerContext())
         assert info.value.args[0] == grpc.StatusCode.INVALID_ARGUMENT and "set one of" in info.value.args[1]
         for text in ("pld=prompt_lookup:1-2", "sfx=suffix:8:off"):
-            await servicer.LoadDrafter(DrafterSpec.parse(text).to_pb(), _Context())
-        listed = await servicer.ListDrafters(draft_pb2.ListDraftersRequest(), _Context())
+            await servicer.LoadDrafter(DrafterSpec.parse(text).to_pb(), ServicerContext())
+        listed = await servicer.ListDrafters(draft_pb2.ListDraftersRequest(), ServicerContext())
         flags = {d.name: (d.kind, d.model_free, d.learns_from_outputs) for d in listed.drafters}
         assert flags == {
             "pld": (draft_pb2.DRAFTER_KIND_PROMPT_LOOKUP, True, False),

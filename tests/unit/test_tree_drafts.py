@@ -6,6 +6,7 @@ from __future__ import annotations
 from collections import Counter
 
 import pytest
+from conftest import Aborted, ServicerContext
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
@@ -291,18 +292,6 @@ def test_registry_bounds_tree_tokens_and_leaves_chains_to_drafters_without_trees
     assert registry.propose(pld, held, 3, MAX_TREE_TOKENS)[0].parents is not None
 
 
-class _Aborted(Exception):
-    pass
-
-
-class _Context:
-    def set_trailing_metadata(self, metadata) -> None:
-        pass
-
-    async def abort(self, code, details):
-        raise _Aborted(code, details)
-
-
 async def test_servicer_proposes_trees_and_rejects_a_bad_budget():
     import grpc
 
@@ -319,13 +308,13 @@ async def test_servicer_proposes_trees_and_rejects_a_bad_budget():
             tree_tokens=16,
             score_drafters=["pld"],
         )
-        tree = await servicer.Propose(request, _Context())
+        tree = await servicer.Propose(request, ServicerContext())
         assert list(tree.draft_ids) == [5, 9, 8, 4, 9, 1, 6, 9, 1]
         assert list(tree.draft_parents) == [-1, 0, 1, -1, 3, 4, -1, 6, 7]
         assert [list(a.draft_ids) for a in tree.alternatives] == []  # the drafter asked for is not scored
         chain = await servicer.Propose(
             draft_pb2.ProposeRequest(session_id="s", drafter="pld", context_length=len(SEVERAL_MATCHES), num_tokens=3),
-            _Context(),
+            ServicerContext(),
         )
         assert list(chain.draft_ids) == [5, 9, 8] and list(chain.draft_parents) == []
         # Scoring asks for a larger tree than the one proposed: the drafter's own tree comes as an alternative.
@@ -334,7 +323,7 @@ async def test_servicer_proposes_trees_and_rejects_a_bad_budget():
                 session_id="s", drafter="pld", context_length=len(SEVERAL_MATCHES), num_tokens=3,
                 score_drafters=["pld"], score_num_tokens=3, score_tree_tokens=16,
             ),
-            _Context(),
+            ServicerContext(),
         )  # fmt: skip
         assert list(scored.draft_ids) == [5, 9, 8] and list(scored.draft_parents) == []
         [alternative] = scored.alternatives
@@ -343,8 +332,8 @@ async def test_servicer_proposes_trees_and_rejects_a_bad_budget():
         bad_score = draft_pb2.ProposeRequest(
             session_id="s", drafter="pld", context_length=len(SEVERAL_MATCHES), num_tokens=3, score_tree_tokens=-2
         )
-        with pytest.raises(_Aborted) as aborted:
-            await servicer.Propose(bad_score, _Context())
+        with pytest.raises(Aborted) as aborted:
+            await servicer.Propose(bad_score, ServicerContext())
         assert (
             aborted.value.args[0] == grpc.StatusCode.INVALID_ARGUMENT and "score_tree_tokens" in aborted.value.args[1]
         )
@@ -357,8 +346,8 @@ async def test_servicer_proposes_trees_and_rejects_a_bad_budget():
                 num_tokens=3,
                 tree_tokens=bad,
             )
-            with pytest.raises(_Aborted) as aborted:
-                await servicer.Propose(request, _Context())
+            with pytest.raises(Aborted) as aborted:
+                await servicer.Propose(request, ServicerContext())
             assert aborted.value.args[0] == grpc.StatusCode.INVALID_ARGUMENT and "tree_tokens" in aborted.value.args[1]
         assert len(servicer.registry.sessions["s"].context) == len(SEVERAL_MATCHES)  # left as it was
     finally:
