@@ -111,7 +111,9 @@ class LeanLlama:
     """`new_cache()` and `forward(ids, cache)` with the same meaning as `LoadedModel`'s, for a LlamaForCausalLM;
     `forward_batch` for many sequences at once."""
 
-    def __init__(self, model: PreTrainedModel, max_positions: int) -> None:
+    def __init__(self, model: PreTrainedModel, max_positions: int, vocabulary: list[int] | None = None) -> None:
+        """`vocabulary`: compute the output layer over these token ids only (a draft's frequent tokens); every
+        other token's logit is -inf, so it is never proposed and has no probability."""
         if not lean_supported(model):
             raise ValueError("the lean decoder supports Llama models with static rotary embeddings only")
         config = model.config
@@ -129,6 +131,14 @@ class LeanLlama:
             cos, sin = self.decoder.rotary_emb(weight[:1], positions)
         self.cos, self.sin = cos[0], sin[0]  # [positions, head_dim]
         self.max_positions = max_positions
+        self.vocab_size = int(weight.shape[0])
+        self.vocabulary: torch.Tensor | None = None
+        self.head_weight = weight
+        if vocabulary is not None:
+            if not vocabulary or min(vocabulary) < 0 or max(vocabulary) >= self.vocab_size:
+                raise ValueError(f"a vocabulary subset must be ids in [0, {self.vocab_size})")
+            self.vocabulary = torch.tensor(sorted(set(vocabulary)), device=self.device)
+            self.head_weight = weight.detach()[self.vocabulary].contiguous()
 
     def new_cache(self) -> LeanCache:
         return LeanCache(len(self.layers), self.kv_heads, self.head_dim, self.dtype, self.device)
@@ -149,7 +159,7 @@ class LeanLlama:
         cache.length = end
         if last_only:
             hidden = hidden[-1:]
-        return self.lm_head(self.decoder.norm(hidden)).float()
+        return self._head(self.decoder.norm(hidden))
 
     @torch.inference_mode()
     def forward_batch(self, feeds: list[Feed]) -> list[torch.Tensor | None]:
@@ -221,6 +231,14 @@ class LeanLlama:
             hidden = hidden + layer.mlp(layer.post_attention_layernorm(hidden))
         return hidden
 
+    def _head(self, normed: torch.Tensor) -> torch.Tensor:
+        """Logits [n, V] as float32, over the vocabulary subset when there is one."""
+        if self.vocabulary is None:
+            return self.lm_head(normed).float()
+        logits = torch.full((normed.shape[0], self.vocab_size), -torch.inf, device=self.device)
+        logits[:, self.vocabulary] = (normed @ self.head_weight.T).float()
+        return logits
+
     def _causal(self, count: int, end: int, start: int) -> torch.Tensor:
         return torch.ones(count, end, dtype=torch.bool, device=self.device).tril(start)
 
@@ -237,7 +255,7 @@ class LeanLlama:
         if not wanted:
             return [None] * len(feeds)
         picked = hidden if len(wanted) == hidden.shape[0] else hidden[torch.tensor(wanted, device=self.device)]
-        logits = self.lm_head(self.decoder.norm(picked)).float()
+        logits = self._head(self.decoder.norm(picked))
         out: list[torch.Tensor | None] = []
         row = 0
         for feed, (first, last) in zip(feeds, bounds, strict=True):

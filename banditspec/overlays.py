@@ -27,6 +27,8 @@ if TYPE_CHECKING:  # transformers loads lazily, inside the functions that need i
 
 OVERLAY_JSON = "overlay.json"
 OVERLAY_TENSORS = "overlay.safetensors"
+# A draft's output-layer subset (token ids, JSON), when it proposes from its frequent tokens only.
+VOCABULARY_JSON = "vocabulary.json"
 
 log = structlog.get_logger()
 
@@ -78,11 +80,34 @@ def materialize(overlay: Path, resolve_target: Callable[[str], Path]) -> Path:
         raise ValueError(f"{overlay / OVERLAY_JSON} lacks {', '.join(missing)}: not a valid draft overlay")
     if digest != record.get("sha256"):
         raise ValueError(f"{overlay / OVERLAY_TENSORS} does not match the SHA-256 in {OVERLAY_JSON}")
+    vocabulary = record.get("vocabulary")
+    if vocabulary is not None:
+        try:
+            vocabulary_digest = hashlib.sha256((overlay / VOCABULARY_JSON).read_bytes()).hexdigest()
+        except OSError as error:
+            raise ValueError(f"{overlay} names a vocabulary subset but has no {VOCABULARY_JSON}") from error
+        if vocabulary_digest != vocabulary.get("sha256"):
+            raise ValueError(f"{overlay / VOCABULARY_JSON} does not match the SHA-256 in {OVERLAY_JSON}")
+        digest = hashlib.sha256((digest + vocabulary_digest).encode()).hexdigest()
     out = cache_dir() / "drafts" / f"{overlay.name}-{digest[:12]}"
     if (out / "config.json").exists():
         return out
     _assemble(overlay, record, out, resolve_target(record["target"]))
     return out
+
+
+def read_vocabulary(model_dir: Path) -> list[int] | None:
+    """A model directory's output-layer subset, when it has one (drafts assembled from such an overlay)."""
+    path = model_dir / VOCABULARY_JSON
+    if not path.exists():
+        return None
+    try:
+        ids = json.loads(path.read_text())
+    except (OSError, ValueError) as error:
+        raise ValueError(f"{path} is not a valid vocabulary subset: {error!r}") from error
+    if not isinstance(ids, list) or not ids or not all(isinstance(i, int) for i in ids):
+        raise ValueError(f"{path} must be a non-empty JSON list of token ids")
+    return ids
 
 
 def _assemble(overlay: Path, record: dict, out: Path, target_dir: Path) -> None:
@@ -110,6 +135,8 @@ def _assemble(overlay: Path, record: dict, out: Path, target_dir: Path) -> None:
         draft.save_pretrained(str(staging))
         tokenizer.save_pretrained(str(staging))
         shutil.copy(overlay / OVERLAY_JSON, staging / OVERLAY_JSON)
+        if (overlay / VOCABULARY_JSON).exists():
+            shutil.copy(overlay / VOCABULARY_JSON, staging / VOCABULARY_JSON)
         if (out / "config.json").exists():  # another process assembled it meanwhile
             return
         if out.exists():  # not a draft (a complete one has its config): safe to replace

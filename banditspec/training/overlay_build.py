@@ -9,7 +9,7 @@ from typing import TYPE_CHECKING
 
 import torch
 
-from banditspec.overlays import OVERLAY_JSON, OVERLAY_TENSORS
+from banditspec.overlays import OVERLAY_JSON, OVERLAY_TENSORS, VOCABULARY_JSON
 
 if TYPE_CHECKING:
     from transformers import PreTrainedModel
@@ -28,5 +28,8 @@ def save_overlay(draft: PreTrainedModel, out: Path, record: dict) -> Path:
     out.mkdir(parents=True, exist_ok=True)
     save_file(tensors, str(out / OVERLAY_TENSORS))
     record = dict(record, sha256=hashlib.sha256((out / OVERLAY_TENSORS).read_bytes()).hexdigest())
+    if "vocabulary" in record:  # written beforehand: its digest goes in the record
+        digest = hashlib.sha256((out / VOCABULARY_JSON).read_bytes()).hexdigest()
+        record["vocabulary"] = dict(record["vocabulary"], sha256=digest)
     (out / OVERLAY_JSON).write_text(json.dumps(record, indent=2) + "\n")
     return out

@@ -19,6 +19,7 @@ build a drafter: torch and transformers take seconds to import.
 from __future__ import annotations
 
 import zlib
+from pathlib import Path
 from collections.abc import Callable
 from dataclasses import dataclass, field
 from typing import Any, Protocol
@@ -28,6 +29,7 @@ from transformers import DynamicCache
 
 from banditspec.lean_llama import Feed, LeanCache, LeanLlama, lean_supported
 from banditspec.models import LoadedModel, load_causal_lm
+from banditspec.overlays import read_vocabulary
 from banditspec.sampling import probabilities
 from banditspec.tokens import common_prefix_length
 from services.draft.drafters.base import DraftSession, Proposal
@@ -105,10 +107,16 @@ class ModelDrafter:
         self.vocab_size: int | None = loaded.vocab_size
         notes = [f"greedy drafts stop below confidence {min_confidence}"] if min_confidence > 0 else []
         notes += [f"drafts up to {lookahead} tokens ahead during verification"] if lookahead > 0 else []
-        self.source = loaded.path + (f" ({'; '.join(notes)})" if notes else "")
         self.device = str(loaded.device)
-        # Llama drafts run the lean forward (the same logits, a fraction of the per-token overhead).
-        self.decoder: _Decoder = LeanLlama(loaded.model, loaded.max_context) if lean_supported(loaded.model) else loaded
+        # Llama drafts run the lean forward (the same logits, a fraction of the per-token overhead), over
+        # the draft's frequent tokens when it ships a vocabulary subset (any other path: the full vocabulary).
+        self.decoder: _Decoder = loaded
+        if lean_supported(loaded.model):
+            vocabulary = read_vocabulary(Path(loaded.path))
+            self.decoder = LeanLlama(loaded.model, loaded.max_context, vocabulary)
+            if vocabulary is not None:
+                notes.append(f"proposes from {len(set(vocabulary))} frequent tokens")
+        self.source = loaded.path + (f" ({'; '.join(notes)})" if notes else "")
 
     @classmethod
     def load(

@@ -1,0 +1,1 @@
+"""Self-distilled chat drafts for SmolLM2."""
