@@ -37,7 +37,7 @@ def cmd_answers(args: argparse.Namespace) -> None:
     _refuse_overlap(prompts.overlapping(first, held_out))
     print(f"{len(first)} first-turn prompts", flush=True)
     answers.answer_all(
-        model, tokenizer, first, args.out / "first", args.max_new_tokens, args.batch_size, args.max_minutes * 60
+        model, tokenizer, first, args.out / "first", args.max_new_tokens, args.batch_size, args.max_minutes * 60, _log
     )
     by_id = {p.id: p for p in first}
     answered = [(by_id[r["id"]], r["answer"]) for r in answers.read_records(args.out / "first") if r["id"] in by_id]
@@ -45,7 +45,7 @@ def cmd_answers(args: argparse.Namespace) -> None:
     _refuse_overlap(prompts.overlapping(second, held_out))
     print(f"{len(second)} second-turn prompts", flush=True)
     answers.answer_all(
-        model, tokenizer, second, args.out / "second", args.max_new_tokens, args.batch_size, args.max_minutes * 60
+        model, tokenizer, second, args.out / "second", args.max_new_tokens, args.batch_size, args.max_minutes * 60, _log
     )
 
 
@@ -64,8 +64,8 @@ def cmd_train(args: argparse.Namespace) -> None:
     tokenizer = AutoTokenizer.from_pretrained(str(target_dir))
     target = AutoModelForCausalLM.from_pretrained(str(target_dir), dtype=torch.float32).eval()
     answered = answers.load_shards([args.answers / "first", args.answers / "second"])
-    held = [item for item in answered if chat_train.held_out(item)]
-    trained_on = [item for item in answered if not chat_train.held_out(item)]
+    held = [item for item in answered if chat_train.held_out(item, args.held_out_every)]
+    trained_on = [item for item in answered if not chat_train.held_out(item, args.held_out_every)]
     vocabulary = chat_train.frequent_vocabulary(trained_on, args.vocabulary, [tokenizer.eos_token_id])
     print(
         f"{len(trained_on)} answers ({sum(len(a.answer_ids) for a in trained_on)} tokens) to train on, "
@@ -92,7 +92,7 @@ def cmd_train(args: argparse.Namespace) -> None:
         make(trained_on, vocabulary, config.max_prompt_tokens),
         make(held, vocabulary, config.max_prompt_tokens),
         config,
-        log=lambda line: print(line, flush=True),
+        log=_log,
     )
     records = answers.read_records(args.answers / "first") + answers.read_records(args.answers / "second")
     record = {
@@ -116,6 +116,10 @@ def cmd_train(args: argparse.Namespace) -> None:
     (args.out / VOCABULARY_JSON).write_text(json.dumps(vocabulary) + "\n")
     save_overlay(draft, args.out, record)
     print(json.dumps({k: v for k, v in result.items() if k != "history"}))
+
+
+def _log(line: str) -> None:
+    print(line, flush=True)
 
 
 def _refuse_overlap(ids: list[str]) -> None:
@@ -144,6 +148,7 @@ def main(argv: list[str] | None = None) -> None:
     fit.add_argument("--out", type=Path, required=True, help="the overlay directory to write")
     fit.add_argument("--layers", default="0,1,2", help="the target's layers the draft starts from")
     fit.add_argument("--vocabulary", type=int, default=8192, help="output-layer tokens (most frequent first)")
+    fit.add_argument("--held-out-every", type=int, default=20, help="hold out one answer in this many")
     fit.add_argument("--steps", type=int, default=1500)
     fit.add_argument("--batch-size", type=int, default=8)
     fit.add_argument("--learning-rate", type=float, default=5e-4)

@@ -103,9 +103,7 @@ def _batch(items: list[Example]) -> tuple[torch.Tensor, torch.Tensor, list[tuple
     return ids, attention, spans
 
 
-def _loss(
-    draft: torch.nn.Module, items: list[Example], head: torch.Tensor
-) -> tuple[torch.Tensor, int, int]:
+def _loss(draft: torch.nn.Module, items: list[Example], head: torch.Tensor) -> tuple[torch.Tensor, int, int]:
     """Mean cross-entropy to the labels over positions with a label; agreeing argmaxes; all answer positions
     (one whose token is outside the subset counts as a disagreement)."""
     ids, attention, spans = _batch(items)
@@ -168,8 +166,14 @@ def train_draft(
         if step % config.eval_every == 0 or last:
             agreement = evaluate(draft, head, held)
             seconds = time.perf_counter() - start
-            history.append({"step": step, "seconds": round(seconds), "train_loss": round(loss.item(), 4),
-                            "held_out_agreement": round(agreement, 4)})
+            history.append(
+                {
+                    "step": step,
+                    "seconds": round(seconds),
+                    "train_loss": round(loss.item(), 4),
+                    "held_out_agreement": round(agreement, 4),
+                }
+            )
             log(f"step {step}/{config.steps} train {loss.item():.3f} held-out agreement {agreement:.3f} {seconds:.0f}s")
             if agreement > best["agreement"]:
                 best = {"step": step, "agreement": agreement}

@@ -19,9 +19,9 @@ build a drafter: torch and transformers take seconds to import.
 from __future__ import annotations
 
 import zlib
-from pathlib import Path
 from collections.abc import Callable
 from dataclasses import dataclass, field
+from pathlib import Path
 from typing import Any, Protocol
 
 import torch
