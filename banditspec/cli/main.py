@@ -393,6 +393,12 @@ def cmd_distill(argv: list[str]) -> None:
     distill.main(argv)
 
 
+def cmd_chat_draft(argv: list[str]) -> None:
+    from banditspec.training.chat import build
+
+    build.main(argv)
+
+
 def cmd_bench(argv: list[str]) -> None:
     from banditspec.bench.cli import main as bench_main
 
@@ -405,7 +411,13 @@ def cmd_loadtest(argv: list[str]) -> None:
     sys.exit(loadtest_main(argv))
 
 
-TRAINING_COMMANDS = {"pydocs": cmd_pydocs, "distill": cmd_distill, "bench": cmd_bench, "loadtest": cmd_loadtest}
+TRAINING_COMMANDS = {
+    "pydocs": cmd_pydocs,
+    "distill": cmd_distill,
+    "chat-draft": cmd_chat_draft,
+    "bench": cmd_bench,
+    "loadtest": cmd_loadtest,
+}
 
 
 def cmd_health(args: argparse.Namespace) -> None:
@@ -597,6 +609,7 @@ def build_parser() -> argparse.ArgumentParser:
     # Training commands parse their own arguments (main() hands them over); listed here for --help.
     sub.add_parser("pydocs", help="build (or verify) the pydocs model family: banditspec pydocs build --help")
     sub.add_parser("distill", help="distil a draft model from any target: banditspec distill --help")
+    sub.add_parser("chat-draft", help="self-distil a SmolLM2 chat draft: banditspec chat-draft --help")
     sub.add_parser("bench", help="benchmark the stack against transformers generate(): banditspec bench --help")
     sub.add_parser("loadtest", help="N concurrent clients against batched baselines: banditspec loadtest --help")
     for name in CONFIGURABLE:

@@ -111,12 +111,13 @@ def test_answering_again_skips_what_is_answered(answered_dir, chat_target):
     assert len(answers.read_records(answered_dir / "first")) == before
 
 
-def test_frequent_vocabulary_keeps_end_of_text_and_the_most_frequent():
-    item = answers.Answered(
-        [1], [5, 5, 5, 6, 6, 7], torch.zeros(6, 16).int().numpy(), torch.zeros(6, 16).half().numpy()
-    )
-    assert chat_train.frequent_vocabulary([item], 2, [0]) == [0, 5]
-    assert chat_train.frequent_vocabulary([item], 3, [0]) == [0, 5, 6]
+def test_frequent_vocabulary_keeps_end_of_text_the_most_frequent_then_low_ids():
+    ids = torch.zeros(6, answers.TOP_K).int().numpy()
+    item = answers.Answered([1], [5, 5, 5, 6, 6, 7], ids, ids.astype("float16"))
+    assert chat_train.frequent_vocabulary([item], 2, [0], 50) == [0, 5]
+    assert chat_train.frequent_vocabulary([item], 4, [0], 50) == [0, 5, 6, 7]
+    assert chat_train.frequent_vocabulary([item], 6, [0], 50) == [0, 1, 2, 5, 6, 7]  # then the lowest ids
+    assert chat_train.frequent_vocabulary([item], 60, [0], 50) == list(range(50))
     assert chat_train.coverage([item], [5, 6]) == pytest.approx(5 / 6)
 
 

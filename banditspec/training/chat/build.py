@@ -1,4 +1,4 @@
-"""`banditspec chat-draft`: build a chat draft for SmolLM2 by self-distillation, in two stages.
+"""`banditspec chat-draft`: self-distil a chat draft for SmolLM2, in two stages.
 
 `answers` asks the target its own greedy answers (first-turn prompts, then second-turn prompts built on
 those answers); `train` distils a draft of a few of the target's layers on them, with a frequency-ranked
@@ -66,7 +66,9 @@ def cmd_train(args: argparse.Namespace) -> None:
     answered = answers.load_shards([args.answers / "first", args.answers / "second"])
     held = [item for item in answered if chat_train.held_out(item, args.held_out_every)]
     trained_on = [item for item in answered if not chat_train.held_out(item, args.held_out_every)]
-    vocabulary = chat_train.frequent_vocabulary(trained_on, args.vocabulary, [tokenizer.eos_token_id])
+    vocabulary = chat_train.frequent_vocabulary(
+        trained_on, args.vocabulary, [tokenizer.eos_token_id], int(target.config.vocab_size)
+    )
     print(
         f"{len(trained_on)} answers ({sum(len(a.answer_ids) for a in trained_on)} tokens) to train on, "
         f"{len(held)} held out; the {len(vocabulary)}-token vocabulary covers "

@@ -44,12 +44,14 @@ class ChatTrainConfig:
     seed: int = 0
 
 
-def frequent_vocabulary(answered: list[Answered], size: int, always: list[int]) -> list[int]:
-    """The `size` tokens most frequent in the answers (ties by id), `always` (end-of-text) included."""
+def frequent_vocabulary(answered: list[Answered], size: int, always: list[int], vocab_size: int) -> list[int]:
+    """`always` (end-of-text), then the tokens most frequent in the answers (ties by id), then the lowest
+    ids not yet chosen, up to `size`: a byte-level BPE numbers its tokens in merge order, so low ids stand in
+    for frequent text the answers happen not to contain."""
     counts = Counter(token for item in answered for token in item.answer_ids)
     ranked = [token for token, _ in sorted(counts.items(), key=lambda pair: (-pair[1], pair[0]))]
-    chosen = list(dict.fromkeys([*always, *ranked]))[:size]
-    return sorted(chosen)
+    chosen = list(dict.fromkeys([*always, *ranked, *range(min(vocab_size, size + len(always) + len(ranked)))]))
+    return sorted(chosen[:size])
 
 
 def coverage(answered: list[Answered], vocabulary: list[int]) -> float:
