@@ -42,6 +42,18 @@ class SamplingParams:
         return common_pb2.SamplingParams(temperature=self.temperature, top_p=self.top_p, top_k=self.top_k)
 
 
+# dtypes numpy holds as they are (it has no bfloat16)
+NUMPY_ARGMAX_DTYPES = (torch.float32, torch.float16, torch.float64)
+
+
+def argmax_rows(logits: torch.Tensor) -> list[int]:
+    """Each row's argmax (the first one on ties, as torch.argmax). On CPU through numpy, whose argmax is
+    vectorised: a verify's [8, 49152] float32 rows take ~0.03 ms there against ~0.3 ms in torch (RESULTS 19)."""
+    if logits.device.type == "cpu" and logits.dtype in NUMPY_ARGMAX_DTYPES:
+        return logits.detach().numpy().argmax(axis=-1).tolist()
+    return torch.argmax(logits, dim=-1).tolist()
+
+
 def probabilities(logits: torch.Tensor, params: SamplingParams) -> torch.Tensor:
     """Rows of logits [..., V] → float32 probabilities after temperature, top-k, then top-p."""
     if params.greedy:

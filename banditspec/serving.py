@@ -48,12 +48,14 @@ async def run_server(
     metrics_port: int | None = None,
     drain: Callable[[], Awaitable[None]] | None = None,
     ready_info: Callable[[], dict[str, object]] | None = None,
+    unix_socket: str | None = None,
 ) -> None:
     """Bind first and report NOT_SERVING while `load` runs, then SERVING until SIGINT/SIGTERM; then
     NOT_SERVING at once, in-flight calls get `grace_seconds` (default DRAIN_SECONDS) to finish. With
     `metrics_port`, Prometheus metrics are served over HTTP on host:metrics_port from the start. `drain`
     stops what else the process serves (an HTTP API) alongside the gRPC server's drain; `ready_info`
-    adds to the ready file."""
+    adds to the ready file. With `unix_socket`, the server also listens on that Unix socket (callers on
+    this machine dial `unix:PATH`), with the same credentials."""
     grace_seconds = DRAIN_SECONDS if grace_seconds is None else grace_seconds
     service_names = list(service_names)
     security = security or ServerSecurity()
@@ -79,6 +81,15 @@ async def run_server(
         bound = server.add_secure_port(f"{host}:{port}", security.tls.credentials())
     if bound == 0:
         raise SystemExit(f"{name}: cannot bind {host}:{port}")
+    unix_address = None if unix_socket is None else f"unix:{unix_socket}"
+    if unix_address is not None:
+        bound_unix = (
+            server.add_insecure_port(unix_address)
+            if security.tls is None
+            else server.add_secure_port(unix_address, security.tls.credentials())
+        )
+        if bound_unix == 0:
+            raise SystemExit(f"{name}: cannot listen on {unix_address}")
     if metrics_port is not None:
         try:
             start_http_server(metrics_port, addr=host)
@@ -89,7 +100,10 @@ async def run_server(
     await server.start()
     address = f"{host}:{bound}"
     has_admin = any(method.startswith(f"/{s}/") for s in service_names for method in policy.admin_methods)
-    log.info("listening, loading", server=name, address=address, **security.describe(host, has_admin))
+    log.info(
+        "listening, loading", server=name, address=address, unix_address=unix_address,
+        **security.describe(host, has_admin),
+    )  # fmt: skip
     if not is_loopback(host):
         if security.tls is None:
             log.warning("plaintext on a non-loopback address: anyone on the network can call it", server=name)
@@ -123,7 +137,10 @@ async def run_server(
     if ready_file:
         # Written whole, then renamed: a reader polling for the file never sees it half-written.
         staging = Path(f"{ready_file}.tmp")
-        staging.write_text(json.dumps({"address": address, "port": bound, **(ready_info() if ready_info else {})}))
+        ready = {"address": address, "port": bound, **(ready_info() if ready_info else {})}
+        if unix_address is not None:
+            ready["unix_address"] = unix_address
+        staging.write_text(json.dumps(ready))
         staging.replace(ready_file)
     log.info("serving", server=name, address=address)
 

@@ -21,6 +21,7 @@ from dataclasses import dataclass
 import torch
 
 from banditspec.errors import InvalidArgument
+from banditspec.sampling import argmax_rows
 
 
 @dataclass(frozen=True)
@@ -85,7 +86,7 @@ def feed_mask(parents: list[int], start: int, device: torch.device | None = None
 
 def accept_greedy(target_logits: torch.Tensor, draft_ids: list[int], parents: list[int]) -> TreeVerdict:
     """target_logits: [n + 1, V] over the feed [root, *draft]."""
-    best = torch.argmax(target_logits, dim=-1).tolist()
+    best = argmax_rows(target_logits)
     below = children(parents)
     path: list[int] = []
     row = 0

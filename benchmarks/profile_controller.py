@@ -3,12 +3,14 @@ sampling the controller process; prints the controller's overhead per request an
 
     PYTHONPATH=. python benchmarks/profile_controller.py [--requests 8] [--seconds 40]
 
-Needs py-spy (pip install py-spy) and the default model.
+Needs py-spy (pip install py-spy) and the default model. `--seconds 0` only measures (no profiler). Only
+public names of the package are used, so it runs against an older checkout too (PYTHONPATH=that checkout).
 """
 
 from __future__ import annotations
 
 import argparse
+import statistics
 import subprocess
 import sys
 import tempfile
@@ -47,6 +49,7 @@ def main() -> int:
     parser.add_argument("--requests", type=int, default=8)
     parser.add_argument("--seconds", type=int, default=40)
     parser.add_argument("--top", type=int, default=15)
+    parser.add_argument("--tcp", action="store_true", help="the controller dials its services over TCP loopback")
     args = parser.parse_args()
     model = str(resolve_model_path("default"))
     prompts = load_prompts(FAMILIES["default"].prompts)
@@ -56,7 +59,7 @@ def main() -> int:
         stack = LocalStack(
             model=model, drafters=["pld=prompt_lookup"], controller_port=0,
             extra_target_args=["--dtype", "float32", "--device", "cpu"], extra_draft_args=["--device", "cpu"],
-            log_dir=Path(workdir),
+            log_dir=Path(workdir), **({"unix_sockets": False} if args.tcp else {}),
         )  # fmt: skip
         with stack, grpc.insecure_channel(stack.address("controller")) as channel:
             stub = generation_pb2_grpc.GenerationServiceStub(channel)
@@ -76,15 +79,21 @@ def main() -> int:
 
             run(2)  # warm
             raw = Path(workdir) / "controller.raw"
-            spy = subprocess.Popen(
-                [str(py_spy), "record", "-p", str(controller), "-r", "500", "-f", "raw", "-o", str(raw),
-                 "-d", str(args.seconds), "--nonblocking"],
-            )  # fmt: skip
+            spy = None
+            if args.seconds > 0:
+                spy = subprocess.Popen(
+                    [str(py_spy), "record", "-p", str(controller), "-r", "500", "-f", "raw", "-o", str(raw),
+                     "-d", str(args.seconds), "--nonblocking"],
+                )  # fmt: skip
             responses = run(args.requests)
-            spy.wait()
+            if spy is not None:
+                spy.wait()
         rounds = sum(r.stats.rounds for r in responses)
         medians = [round(1e3 * r.stats.controller_overhead_median_seconds, 2) for r in responses]
         print(f"arm {arm}: {rounds} rounds; controller overhead median per request (ms): {medians}")
+        print(f"median of the requests' medians: {statistics.median(medians):.2f} ms")
+        if spy is None:
+            return 0
         total, leaf, inclusive = hottest(raw, args.top)
         print(f"{total} samples at 500 Hz (the controller's busy time)")
         print("leaf frames:")

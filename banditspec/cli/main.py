@@ -51,6 +51,14 @@ def _service_args(parser: argparse.ArgumentParser, port: int, max_message_mib: i
     )  # fmt: skip
 
 
+def _unix_socket_arg(parser: argparse.ArgumentParser) -> None:
+    parser.add_argument(
+        "--unix-socket", metavar="PATH",
+        help="also listen on this Unix socket; a controller on this machine dials unix:PATH (less per-message "
+        "cost than TCP loopback)",
+    )  # fmt: skip
+
+
 def _client_tls_args(parser: argparse.ArgumentParser, what: str) -> None:
     parser.add_argument("--tls-ca", help=f"connect to the {what} over TLS, trusting this CA (PEM)")
     parser.add_argument("--tls-cert", help="mutual TLS: this client certificate (PEM; with --tls-key)")
@@ -98,6 +106,7 @@ def cmd_serve_target(args: argparse.Namespace) -> None:
                 security=_server_security(args),
                 metrics_port=args.metrics_port,
                 drain_seconds=args.drain_seconds,
+                unix_socket=args.unix_socket,
                 **{  # unset: the engine's defaults (the CLI does not import torch to learn them)
                     key: value
                     for key, value in (
@@ -129,6 +138,7 @@ def cmd_serve_draft(args: argparse.Namespace) -> None:
                 model_roots=[Path(root) for root in args.model_root] if args.model_root else None,
                 metrics_port=args.metrics_port,
                 drain_seconds=args.drain_seconds,
+                unix_socket=args.unix_socket,
             )
         )
     )
@@ -470,6 +480,7 @@ def build_parser() -> argparse.ArgumentParser:
         help="auto: pad a verify to a longer forward where the measured one is cheaper",
     )
     _service_args(target, 50051, max_message_mib=64)
+    _unix_socket_arg(target)
     target.set_defaults(func=cmd_serve_target)
 
     draft = sub.add_parser("serve-draft", help="run a draft service")
@@ -488,11 +499,14 @@ def build_parser() -> argparse.ArgumentParser:
         "--admin-token-file", help="admin token for LoadDrafter/UnloadDrafter (or $BANDITSPEC_ADMIN_TOKEN)"
     )
     _service_args(draft, 50052, max_message_mib=64)
+    _unix_socket_arg(draft)
     draft.set_defaults(func=cmd_serve_draft)
 
     controller = sub.add_parser("serve-controller", help="run the controller clients call")
-    controller.add_argument("--target", default="127.0.0.1:50051")
-    controller.add_argument("--draft", action="append", help="NAME=HOST:PORT of a draft service; repeatable")
+    controller.add_argument("--target", default="127.0.0.1:50051", help="HOST:PORT, or unix:PATH")
+    controller.add_argument(
+        "--draft", action="append", help="NAME=HOST:PORT (or NAME=unix:PATH) of a draft service; repeatable"
+    )
     controller.add_argument("--tokenizer", help="tokenizer directory (default: the target's model directory)")
     controller.add_argument("--policy", default=DEFAULT_POLICY, choices=list(POLICY_WIRE_VALUES))
     controller.add_argument(

@@ -42,6 +42,7 @@ class DraftConfig:
     # start-up drafters are the operator's own and load from anywhere.
     model_roots: list[Path] | None = None
     metrics_port: int | None = None  # Prometheus metrics over HTTP on host:metrics_port
+    unix_socket: str | None = None  # also listen here (unix:PATH): lighter than TCP for a co-located controller
     drain_seconds: float = DRAIN_SECONDS  # after SIGTERM, how long in-flight calls may finish
 
 
@@ -246,4 +247,5 @@ async def serve(config: DraftConfig) -> None:
         security=config.security,
         metrics_port=config.metrics_port,
         grace_seconds=config.drain_seconds,
+        unix_socket=config.unix_socket,
     )

@@ -47,6 +47,7 @@ class TargetConfig:
     prefill_chunk: int = DEFAULT_PREFILL_CHUNK
     security: ServerSecurity = field(default_factory=ServerSecurity)  # TLS, credentials, message limit
     metrics_port: int | None = None  # Prometheus metrics over HTTP on host:metrics_port
+    unix_socket: str | None = None  # also listen here (unix:PATH): lighter than TCP for a co-located controller
     drain_seconds: float = DRAIN_SECONDS  # after SIGTERM, how long in-flight calls may finish
 
 
@@ -202,4 +203,5 @@ async def serve(config: TargetConfig) -> None:
         security=config.security,
         metrics_port=config.metrics_port,
         grace_seconds=config.drain_seconds,
+        unix_socket=config.unix_socket,
     )

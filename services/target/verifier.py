@@ -13,6 +13,8 @@ from dataclasses import dataclass
 
 import torch
 
+from banditspec.sampling import argmax_rows
+
 
 @dataclass(frozen=True)
 class Verdict:
@@ -22,7 +24,7 @@ class Verdict:
 
 def verify_greedy(target_logits: torch.Tensor, draft_ids: list[int]) -> Verdict:
     """target_logits: [γ+1, V], row i scores the token after draft position i-1."""
-    best = torch.argmax(target_logits, dim=-1).tolist()
+    best = argmax_rows(target_logits)
     accepted = 0
     while accepted < len(draft_ids) and draft_ids[accepted] == best[accepted]:
         accepted += 1

@@ -86,11 +86,14 @@ def kill(stack, name: str) -> None:
 
 
 def restart(stack, name: str, args: list[str], port: str | None = None):
-    """Start `name` again on the same port (or `port`), replacing the dead process in the stack."""
+    """Start `name` again on the same port (or `port`) and Unix socket (the controller dials that one),
+    replacing the dead process in the stack."""
     old = service(stack, name)
     port = port or old.address.rsplit(":", 1)[1]
     stack.services.remove(old)
     old.ready_file.unlink(missing_ok=True)
+    if old.unix_address is not None:
+        args = [*args, "--unix-socket", old.unix_address.removeprefix("unix:")]
     new = stack._spawn(name, [*args, "--port", port])
     stack._wait(new)
     return new

@@ -241,6 +241,19 @@ def test_health_and_reflection(stack, service):
         assert "grpc.health.v1.Health" in names
 
 
+@pytest.mark.parametrize("service", ["target", "draft"])
+def test_the_controller_dials_the_local_services_over_unix_sockets(stack, service):
+    """The launcher has the target and the draft service listen on a Unix socket too, and hands the
+    controller those addresses: every generation test here goes over them."""
+    process = next(s for s in stack.services if s.name == service)
+    assert process.unix_address is not None and process.unix_address.startswith("unix:/")
+    controller_args = next(s for s in stack.services if s.name == "controller").process.args
+    assert process.unix_address in controller_args or f"local={process.unix_address}" in controller_args
+    with grpc.insecure_channel(process.unix_address) as channel:
+        status = health_pb2_grpc.HealthStub(channel).Check(health_pb2.HealthCheckRequest(), timeout=RPC_TIMEOUT)
+        assert status.status == health_pb2.HealthCheckResponse.SERVING
+
+
 def test_reflection_serves_the_file_descriptor(stack):
     with grpc.insecure_channel(stack.address("controller")) as channel:
         reflection = reflection_pb2_grpc.ServerReflectionStub(channel)

@@ -12,7 +12,7 @@ import torch
 from scipy import stats
 
 from banditspec import distributions
-from banditspec.sampling import SamplingParams, probabilities
+from banditspec.sampling import SamplingParams, argmax_rows, probabilities
 from banditspec.v1 import common_pb2
 from services.target.verifier import Verdict, verify_greedy, verify_sampled
 
@@ -28,6 +28,19 @@ def one_hot_logits(winners: list[int], vocab: int = 6) -> torch.Tensor:
 
 
 # greedy ----------------------------------------------------------------------------------------
+
+
+@pytest.mark.parametrize("dtype", [torch.float32, torch.float16, torch.bfloat16, torch.float64])
+def test_argmax_rows_agrees_with_torch_argmax_ties_included(dtype):
+    generator = torch.Generator().manual_seed(0)
+    logits = torch.randn(8, 4099, generator=generator).to(dtype)
+    logits[0, 7] = logits[0, 4000] = 100.0  # a tie: the first index wins in both
+    logits[1] = 0.0
+    with torch.inference_mode():  # as the target's forwards make them
+        rows = logits[:5] * 1
+    assert argmax_rows(logits) == torch.argmax(logits, dim=-1).tolist()
+    assert argmax_rows(rows) == torch.argmax(rows, dim=-1).tolist()
+    assert argmax_rows(logits)[:2] == [7, 0]
 
 
 def test_greedy_accepts_the_whole_matching_draft_and_adds_the_bonus_token():
