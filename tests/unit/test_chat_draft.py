@@ -38,6 +38,9 @@ def test_prompts_are_seeded_broad_and_apart_from_the_benchmark():
     assert prompts.overlapping(second, BENCHMARK) == []
     follow = next(p for p in second if p.kind == "multi_turn")
     assert [m["role"] for m in follow.messages] == ["user", "assistant", "user"]
+    assert all(p.topic for p in first + second)  # held-out splits go by topic
+    parents = {p.topic for p, _ in answered}
+    assert {p.topic for p in second} <= parents
 
 
 def test_overlap_with_a_benchmark_prompt_is_found():
@@ -73,6 +76,8 @@ def test_answers_are_the_targets_greedy_continuations(answered_dir, chat_target)
     loaded = answers.load_shards([answered_dir / "first", answered_dir / "second"])
     assert len(records) == len(loaded) >= 15 and {r["kind"] for r in records} >= {"creative", "code_edit"}
     model = AutoModelForCausalLM.from_pretrained(str(chat_target), dtype=torch.float32).eval()
+    assert {r["kind"] for r in records[:12]} == {"creative", "explanation", "code_edit"}  # kinds in turn
+    assert [r["topic"] for r in records] == [item.topic for item in loaded] and all(r["topic"] for r in records)
     for item in loaded[:4]:
         assert 1 <= len(item.answer_ids) <= 8
         assert item.topk_ids.shape == item.topk_logp.shape == (len(item.answer_ids), answers.TOP_K)
@@ -109,6 +114,14 @@ def test_answering_again_skips_what_is_answered(answered_dir, chat_target):
         ]
     )
     assert len(answers.read_records(answered_dir / "first")) == before
+
+
+def test_held_out_split_keeps_a_topic_on_one_side():
+    ids = torch.zeros(1, answers.TOP_K).int().numpy()
+    items = [answers.Answered([i], [3], ids, ids.astype("float16"), f"topic {i % 10}") for i in range(200)]
+    held = {item.topic for item in items if chat_train.held_out(item, 4)}
+    trained = {item.topic for item in items if not chat_train.held_out(item, 4)}
+    assert held and trained and not held & trained
 
 
 def test_frequent_vocabulary_keeps_end_of_text_the_most_frequent_then_low_ids():

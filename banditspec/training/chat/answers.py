@@ -28,6 +28,7 @@ class Answered:
     answer_ids: list[int]
     topk_ids: np.ndarray  # [len(answer_ids), TOP_K] int32: the target's most probable next tokens ...
     topk_logp: np.ndarray  # ... and their log-probabilities (float16), at each answer position
+    topic: str = ""  # the prompt's topic: held-out splits go by topic, so no topic is on both sides
 
 
 def answer_all(
@@ -40,29 +41,45 @@ def answer_all(
     max_seconds: float,
     log: Callable[[str], None] = print,
 ) -> None:
-    """Answer every prompt not yet in `out`/answers.jsonl, shortest first, `batch_size` at a time."""
+    """Answer every prompt not yet in `out`/answers.jsonl, `batch_size` at a time: each batch one kind's
+    prompts of similar length (little padding), the kinds taken in turn (a time cap cuts every kind alike)."""
     out.mkdir(parents=True, exist_ok=True)
     done = {record["id"] for record in read_records(out)}
     todo = [p for p in prompts if p.id not in done]
-    encoded = [(p, _render(tokenizer, p)) for p in todo]
-    encoded.sort(key=lambda item: len(item[1]))
+    by_kind: dict[str, list[tuple[ChatPrompt, list[int]]]] = {}
+    for prompt in todo:
+        by_kind.setdefault(prompt.kind, []).append((prompt, _render(tokenizer, prompt)))
+    queues = [
+        [group[i : i + batch_size] for i in range(0, len(group), batch_size)]
+        for group in (sorted(items, key=lambda item: len(item[1])) for items in by_kind.values())
+    ]
+    batches = [queue[turn] for turn in range(max(map(len, queues), default=0)) for queue in queues if turn < len(queue)]
     start = time.perf_counter()
     eos = tokenizer.eos_token_id
-    for first in range(0, len(encoded), batch_size):
+    answered_count = 0
+    for batch in batches:
         if time.perf_counter() - start > max_seconds:
-            log(f"time cap: {len(encoded) - first} prompts left unanswered")
+            log(f"time cap: {len(todo) - answered_count} prompts left unanswered")
             break
-        batch = encoded[first : first + batch_size]
         answered = _generate(model, [ids for _, ids in batch], max_new_tokens, eos)
+        for (prompt, _), item in zip(batch, answered, strict=True):
+            item.topic = prompt.topic
         shard = out / f"shard-{len(list(out.glob('shard-*.npz'))):05d}.npz"
         _save_shard(shard, answered)
         with (out / "answers.jsonl").open("a", encoding="utf-8") as records:
             for (prompt, _), item in zip(batch, answered, strict=True):
                 text = tokenizer.decode(item.answer_ids, skip_special_tokens=True)
-                record = {"id": prompt.id, "kind": prompt.kind, "shard": shard.name, "answer": text}
+                record = {
+                    "id": prompt.id,
+                    "kind": prompt.kind,
+                    "topic": prompt.topic,
+                    "shard": shard.name,
+                    "answer": text,
+                }
                 records.write(json.dumps(record) + "\n")
+        answered_count += len(batch)
         tokens = sum(len(item.answer_ids) for item in answered)
-        log(f"{first + len(batch)}/{len(encoded)} prompts, {tokens} answer tokens, {time.perf_counter() - start:.0f}s")
+        log(f"{answered_count}/{len(todo)} prompts, {tokens} answer tokens, {time.perf_counter() - start:.0f}s")
 
 
 def read_records(out: Path) -> list[dict]:
@@ -79,6 +96,7 @@ def load_shards(directories: list[Path]) -> list[Answered]:
             with np.load(shard, allow_pickle=False) as data:
                 prompt_ends = np.cumsum(data["prompt_lengths"])
                 answer_ends = np.cumsum(data["answer_lengths"])
+                topics = data["topics"].tolist() if "topics" in data else [""] * len(prompt_ends)
                 for index in range(len(prompt_ends)):
                     p0 = prompt_ends[index - 1] if index else 0
                     a0 = answer_ends[index - 1] if index else 0
@@ -88,6 +106,7 @@ def load_shards(directories: list[Path]) -> list[Answered]:
                             data["answer_ids"][a0 : answer_ends[index]].tolist(),
                             data["topk_ids"][a0 : answer_ends[index]],
                             data["topk_logp"][a0 : answer_ends[index]],
+                            topics[index],
                         )
                     )
     return answered
@@ -145,4 +164,5 @@ def _save_shard(path: Path, answered: list[Answered]) -> None:
         answer_ids=np.array([t for a in answered for t in a.answer_ids], dtype=np.int32),
         topk_ids=np.concatenate([a.topk_ids for a in answered]).reshape(-1, TOP_K),
         topk_logp=np.concatenate([a.topk_logp for a in answered]).reshape(-1, TOP_K),
+        topics=np.array([a.topic for a in answered], dtype=str),
     )

@@ -198,6 +198,7 @@ class ChatPrompt:
     id: str
     kind: str
     messages: list[dict]
+    topic: str = ""  # what it is about (a subject, a function); prompts built on an answer keep its topic
 
 
 def first_turn_prompts(rng: random.Random, creative: int, explanation: int, code: int) -> list[ChatPrompt]:
@@ -205,14 +206,15 @@ def first_turn_prompts(rng: random.Random, creative: int, explanation: int, code
     prompts: list[ChatPrompt] = []
     pairs = [(form, subject) for form in CREATIVE_FORMS for subject in CREATIVE_SUBJECTS]
     for index, (form, subject) in enumerate(rng.sample(pairs, min(creative, len(pairs)))):
-        prompts.append(ChatPrompt(f"creative-{index}", "creative", _user(form.format(s=subject))))
+        prompts.append(ChatPrompt(f"creative-{index}", "creative", _user(form.format(s=subject)), subject))
     pairs = [(form, topic) for form in EXPLANATION_FORMS for topic in EXPLANATION_TOPICS]
     for index, (form, topic) in enumerate(rng.sample(pairs, min(explanation, len(pairs)))):
-        prompts.append(ChatPrompt(f"explanation-{index}", "explanation", _user(form.format(t=topic))))
+        prompts.append(ChatPrompt(f"explanation-{index}", "explanation", _user(form.format(t=topic)), topic))
     functions = stdlib_functions()
     for index, source in enumerate(rng.sample(functions, min(code, len(functions)))):
         instruction = rng.choice(CODE_INSTRUCTIONS)
-        prompts.append(ChatPrompt(f"code-{index}", "code_edit", _user(f"{instruction}\n\n```python\n{source}\n```")))
+        text = f"{instruction}\n\n```python\n{source}\n```"
+        prompts.append(ChatPrompt(f"code-{index}", "code_edit", _user(text), source.splitlines()[0]))
     return prompts
 
 
@@ -225,14 +227,14 @@ def second_turn_prompts(rng: random.Random, answered: list[tuple[ChatPrompt, str
         choice = index % 3
         if choice == 0:
             text = f"{rng.choice(PASSAGE_TASKS)}\n\n{answer}"
-            prompts.append(ChatPrompt(f"summary-{index}", "summarisation", _user(text)))
+            prompts.append(ChatPrompt(f"summary-{index}", "summarisation", _user(text), prompt.topic))
         elif choice == 1:
             text = f"{rng.choice(QUESTION_TASKS)}\n\n{answer}\n\nQuestion: {rng.choice(QUESTIONS)}"
-            prompts.append(ChatPrompt(f"question-{index}", "qa_context", _user(text)))
+            prompts.append(ChatPrompt(f"question-{index}", "qa_context", _user(text), prompt.topic))
         else:
             messages = [*prompt.messages, {"role": "assistant", "content": answer}]
             messages.append({"role": "user", "content": rng.choice(FOLLOW_UPS)})
-            prompts.append(ChatPrompt(f"follow-{index}", "multi_turn", messages))
+            prompts.append(ChatPrompt(f"follow-{index}", "multi_turn", messages, prompt.topic))
     return prompts
 
 

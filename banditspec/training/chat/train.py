@@ -62,8 +62,11 @@ def coverage(answered: list[Answered], vocabulary: list[int]) -> float:
 
 
 def held_out(item: Answered, every: int = 20) -> bool:
-    """A stable split by content: one answer in `every` is held out."""
-    return zlib.crc32(np.asarray(item.prompt_ids, dtype=np.int32).tobytes()) % every == 0
+    """A stable split by topic (by prompt for answers without one): about one topic in `every` is held out,
+    with every prompt on it. Answers to other prompts on a trained topic would overstate what the draft
+    learned (RESULTS 20: 0.51 agreement on such answers, 0.21 on the benchmark's)."""
+    key = item.topic.encode() if item.topic else np.asarray(item.prompt_ids, dtype=np.int32).tobytes()
+    return zlib.crc32(key) % every == 0
 
 
 def examples(answered: list[Answered], vocabulary: list[int], max_prompt_tokens: int) -> list[Example]:
