@@ -30,7 +30,11 @@ def test_prompts_are_seeded_broad_and_apart_from_the_benchmark():
     again = prompts.first_turn_prompts(random.Random(7), 40, 40, 30)
     assert [p.messages for p in first] == [p.messages for p in again]
     assert {p.kind for p in first} == {"creative", "explanation", "code_edit"} and len(first) == 110
-    assert len({p.messages[0]["content"] for p in first}) == len(first)
+    assert len({p.messages[0]["content"] for p in first}) == len({p.id for p in first}) == len(first)
+    more = prompts.first_turn_prompts(random.Random(9), 300, 0, 0)  # ids name the content, not the position
+    ids = {p.messages[0]["content"]: p.id for p in more}
+    shared = [p for p in first if p.messages[0]["content"] in ids]
+    assert shared and all(ids[p.messages[0]["content"]] == p.id for p in shared)
     assert prompts.overlapping(first, BENCHMARK) == []
     answered = [(p, " ".join(["word"] * 50) + f" {i}") for i, p in enumerate(first) if p.kind != "code_edit"]
     second = prompts.second_turn_prompts(random.Random(8), answered)

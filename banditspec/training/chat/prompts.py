@@ -10,9 +10,11 @@ generated prompt that shares a run of words with one of them.
 from __future__ import annotations
 
 import ast
+import json
 import random
 import re
 import sysconfig
+import zlib
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -201,20 +203,26 @@ class ChatPrompt:
     topic: str = ""  # what it is about (a subject, a function); prompts built on an answer keep its topic
 
 
+def _prompt(kind: str, messages: list[dict], topic: str) -> ChatPrompt:
+    """Named by its content, so a rerun with other counts or seeds never mistakes one prompt for another."""
+    digest = zlib.crc32(json.dumps(messages, sort_keys=True).encode())
+    return ChatPrompt(f"{kind}-{digest:08x}", kind, messages, topic)
+
+
 def first_turn_prompts(rng: random.Random, creative: int, explanation: int, code: int) -> list[ChatPrompt]:
     """Creative and explanation prompts from the templates, code prompts over standard-library functions."""
     prompts: list[ChatPrompt] = []
     pairs = [(form, subject) for form in CREATIVE_FORMS for subject in CREATIVE_SUBJECTS]
-    for index, (form, subject) in enumerate(rng.sample(pairs, min(creative, len(pairs)))):
-        prompts.append(ChatPrompt(f"creative-{index}", "creative", _user(form.format(s=subject)), subject))
+    for form, subject in rng.sample(pairs, min(creative, len(pairs))):
+        prompts.append(_prompt("creative", _user(form.format(s=subject)), subject))
     pairs = [(form, topic) for form in EXPLANATION_FORMS for topic in EXPLANATION_TOPICS]
-    for index, (form, topic) in enumerate(rng.sample(pairs, min(explanation, len(pairs)))):
-        prompts.append(ChatPrompt(f"explanation-{index}", "explanation", _user(form.format(t=topic)), topic))
+    for form, topic in rng.sample(pairs, min(explanation, len(pairs))):
+        prompts.append(_prompt("explanation", _user(form.format(t=topic)), topic))
     functions = stdlib_functions()
-    for index, source in enumerate(rng.sample(functions, min(code, len(functions)))):
+    for source in rng.sample(functions, min(code, len(functions))):
         instruction = rng.choice(CODE_INSTRUCTIONS)
         text = f"{instruction}\n\n```python\n{source}\n```"
-        prompts.append(ChatPrompt(f"code-{index}", "code_edit", _user(text), source.splitlines()[0]))
+        prompts.append(_prompt("code_edit", _user(text), source.splitlines()[0]))
     return prompts
 
 
@@ -227,14 +235,14 @@ def second_turn_prompts(rng: random.Random, answered: list[tuple[ChatPrompt, str
         choice = index % 3
         if choice == 0:
             text = f"{rng.choice(PASSAGE_TASKS)}\n\n{answer}"
-            prompts.append(ChatPrompt(f"summary-{index}", "summarisation", _user(text), prompt.topic))
+            prompts.append(_prompt("summarisation", _user(text), prompt.topic))
         elif choice == 1:
             text = f"{rng.choice(QUESTION_TASKS)}\n\n{answer}\n\nQuestion: {rng.choice(QUESTIONS)}"
-            prompts.append(ChatPrompt(f"question-{index}", "qa_context", _user(text), prompt.topic))
+            prompts.append(_prompt("qa_context", _user(text), prompt.topic))
         else:
             messages = [*prompt.messages, {"role": "assistant", "content": answer}]
             messages.append({"role": "user", "content": rng.choice(FOLLOW_UPS)})
-            prompts.append(ChatPrompt(f"follow-{index}", "multi_turn", messages, prompt.topic))
+            prompts.append(_prompt("multi_turn", messages, prompt.topic))
     return prompts
 
 
