@@ -138,29 +138,17 @@ def test_frequent_vocabulary_keeps_end_of_text_the_most_frequent_then_low_ids():
     assert chat_train.coverage([item], [5, 6]) == pytest.approx(5 / 6)
 
 
+def train_overlay(chat_target, answered_dir, overlay, *args: str) -> None:
+    """`chat-draft train` on the tiny answers, one answer topic in three held out."""
+    common = ["--target", str(chat_target), "--answers", str(answered_dir), "--out", str(overlay)]
+    build.main(["train", *common, "--held-out-every", "3", *args])
+
+
 def test_a_trained_chat_draft_proposes_from_its_vocabulary(answered_dir, chat_target, tmp_path, monkeypatch):
     monkeypatch.setenv("BANDITSPEC_CACHE", str(tmp_path / "cache"))
     overlay = tmp_path / "chat-draft"
-    build.main(
-        [
-            "train",
-            "--target",
-            str(chat_target),
-            "--answers",
-            str(answered_dir),
-            "--out",
-            str(overlay),
-            "--layers",
-            "1",
-            "--vocabulary",
-            "12",
-            "--steps",
-            "4",
-            "--eval-every",
-            "2",
-            "--held-out-every",
-            "3",
-        ]
+    train_overlay(
+        chat_target, answered_dir, overlay, "--layers", "1", "--vocabulary", "12", "--steps", "4", "--eval-every", "2"
     )
     record = json.loads((overlay / OVERLAY_JSON).read_text())
     vocabulary = json.loads((overlay / VOCABULARY_JSON).read_text())
@@ -195,25 +183,7 @@ def test_a_trained_chat_draft_proposes_from_its_vocabulary(answered_dir, chat_ta
 def test_a_changed_vocabulary_is_refused(answered_dir, chat_target, tmp_path, monkeypatch):
     monkeypatch.setenv("BANDITSPEC_CACHE", str(tmp_path / "cache"))
     overlay = tmp_path / "chat-draft"
-    build.main(
-        [
-            "train",
-            "--target",
-            str(chat_target),
-            "--answers",
-            str(answered_dir),
-            "--out",
-            str(overlay),
-            "--layers",
-            "0",
-            "--vocabulary",
-            "10",
-            "--steps",
-            "1",
-            "--held-out-every",
-            "3",
-        ]
-    )
+    train_overlay(chat_target, answered_dir, overlay, "--layers", "0", "--vocabulary", "10", "--steps", "1")
     vocabulary = json.loads((overlay / VOCABULARY_JSON).read_text())
     (overlay / VOCABULARY_JSON).write_text(json.dumps(vocabulary[:-1]))
     with pytest.raises(ValueError, match="SHA-256"):
