@@ -170,6 +170,7 @@ def cmd_serve_controller(args: argparse.Namespace) -> None:
             ControllerConfig(
                 target=args.target,
                 drafts=_parse_drafts(args.draft or []),
+                local_drafters=args.local_drafter or [],
                 tokenizer=args.tokenizer,
                 policy=args.policy,
                 model_free_gammas=_ints(_model_free_gammas(args)),
@@ -507,6 +508,11 @@ def build_parser() -> argparse.ArgumentParser:
     controller.add_argument(
         "--draft", action="append", help="NAME=HOST:PORT (or NAME=unix:PATH) of a draft service; repeatable"
     )
+    controller.add_argument(
+        "--local-drafter", action="append", metavar="SPEC",
+        help="a model-free drafter (prompt_lookup, suffix, retrieval) run in the controller itself: its rounds "
+        "make one RPC instead of two; arms inproc/NAME/γ; repeatable",
+    )  # fmt: skip
     controller.add_argument("--tokenizer", help="tokenizer directory (default: the target's model directory)")
     controller.add_argument("--policy", default=DEFAULT_POLICY, choices=list(POLICY_WIRE_VALUES))
     controller.add_argument(

@@ -14,7 +14,7 @@ import contextlib
 import time
 from collections.abc import Awaitable, Callable, Sequence
 from dataclasses import dataclass
-from typing import Any, TypeVar
+from typing import Any, Protocol, TypeVar
 
 import grpc
 import structlog
@@ -272,34 +272,49 @@ class DrafterEntry:
         return cls(pb.name, pb.model_free, pb.learns_from_outputs, pb.proposes_trees)
 
 
-class DraftClient:
-    """One draft service; remembers its drafters and which of them the target accepts, and a circuit
-    breaker that withdraws its arms after repeated failures until its health recovers."""
+class ProposalSession(Protocol):
+    """One request's session with the drafters of one host (a draft service, or the controller's own)."""
 
-    def __init__(
+    @property
+    def client(self) -> DraftHost: ...
+
+    async def propose(
         self,
-        name: str,
-        address: str,
-        tls: ClientTLS | None = None,
-        draft_deadline: float = DEFAULT_DRAFT_DEADLINE_SECONDS,
-    ) -> None:
+        context: list[int],
+        drafter: str,
+        num_tokens: int,
+        score_drafters: list[str] | None = None,
+        score_num_tokens: int = 0,
+        tree_tokens: int = 0,
+        score_tree_tokens: int = 0,
+    ) -> Proposal: ...
+
+    async def release(self, answer: list[int] | None, prompt_length: int) -> None: ...
+
+
+class DraftHost:
+    """Where drafters run, as the controller sees it: their entries, the arms they give, and a circuit
+    breaker that withdraws those arms after repeated failures until the host recovers. A draft service
+    (`DraftClient`) or the controller's own process (`local_drafts.InProcessDrafts`)."""
+
+    def __init__(self, name: str, address: str) -> None:
         self.name = name
         self.address = address
-        self.draft_deadline = draft_deadline
-        self.channel = open_aio_channel(address, tls)
-        self.stub = draft_pb2_grpc.DraftServiceStub(self.channel)
-        self.health = health_pb2_grpc.HealthStub(self.channel)
         self.drafters: list[DrafterEntry] = []
         self.refused: dict[str, str] = {}  # drafter name → why the controller will not use it
         self.breaker = CircuitBreaker()
 
     async def healthy(self, timeout: float) -> bool:
-        """Whether the service reports SERVING (a restarted one is NOT_SERVING while it loads)."""
-        try:
-            response = await self.health.Check(health_pb2.HealthCheckRequest(), timeout=timeout)
-        except grpc.aio.AioRpcError:
-            return False
-        return response.status == health_pb2.HealthCheckResponse.SERVING
+        raise NotImplementedError
+
+    async def refresh(self, target_fingerprint: str, timeout: float) -> None:
+        raise NotImplementedError
+
+    def session(self, session_id: str, sampling: SamplingParams, seed: int, deadline: Deadline) -> ProposalSession:
+        raise NotImplementedError
+
+    async def close(self) -> None:
+        raise NotImplementedError
 
     def failed(self, reason: str) -> None:
         if self.breaker.record_failure(time.monotonic()):
@@ -321,22 +336,6 @@ class DraftClient:
         metrics.DRAFT_SERVICE_WITHDRAWN.labels(self.name).set(0)
         log.info("draft service recovered; its arms return", service=self.name)
 
-    async def refresh(self, target_fingerprint: str, timeout: float) -> None:
-        response = await self.stub.ListDrafters(draft_pb2.ListDraftersRequest(), timeout=timeout)
-        usable, refused = [], {}
-        for drafter in response.drafters:
-            if drafter.vocab_fingerprint and drafter.vocab_fingerprint != target_fingerprint:
-                refused[drafter.name] = (
-                    f"drafter {drafter.name!r} on draft service {self.name!r} ({self.address}) has vocabulary "
-                    f"fingerprint {drafter.vocab_fingerprint}, the target has {target_fingerprint}: its token ids "
-                    "would not mean the same text, so it is not used"
-                )
-                if drafter.name not in self.refused:
-                    log.warning("drafter refused", reason=refused[drafter.name])
-            else:
-                usable.append(DrafterEntry.from_pb(drafter))
-        self.drafters, self.refused = usable, refused
-
     @property
     def learns_from_outputs(self) -> bool:
         return any(drafter.learns_from_outputs for drafter in self.drafters)
@@ -353,6 +352,47 @@ class DraftClient:
             if drafter.proposes_trees and gammas:
                 arms += [Arm.tree(self.name, drafter.name, max(gammas), tokens) for tokens in tree_tokens]
         return arms
+
+
+class DraftClient(DraftHost):
+    """One draft service, over gRPC; remembers its drafters and which of them the target accepts."""
+
+    def __init__(
+        self,
+        name: str,
+        address: str,
+        tls: ClientTLS | None = None,
+        draft_deadline: float = DEFAULT_DRAFT_DEADLINE_SECONDS,
+    ) -> None:
+        super().__init__(name, address)
+        self.draft_deadline = draft_deadline
+        self.channel = open_aio_channel(address, tls)
+        self.stub = draft_pb2_grpc.DraftServiceStub(self.channel)
+        self.health = health_pb2_grpc.HealthStub(self.channel)
+
+    async def healthy(self, timeout: float) -> bool:
+        """Whether the service reports SERVING (a restarted one is NOT_SERVING while it loads)."""
+        try:
+            response = await self.health.Check(health_pb2.HealthCheckRequest(), timeout=timeout)
+        except grpc.aio.AioRpcError:
+            return False
+        return response.status == health_pb2.HealthCheckResponse.SERVING
+
+    async def refresh(self, target_fingerprint: str, timeout: float) -> None:
+        response = await self.stub.ListDrafters(draft_pb2.ListDraftersRequest(), timeout=timeout)
+        usable, refused = [], {}
+        for drafter in response.drafters:
+            if drafter.vocab_fingerprint and drafter.vocab_fingerprint != target_fingerprint:
+                refused[drafter.name] = (
+                    f"drafter {drafter.name!r} on draft service {self.name!r} ({self.address}) has vocabulary "
+                    f"fingerprint {drafter.vocab_fingerprint}, the target has {target_fingerprint}: its token ids "
+                    "would not mean the same text, so it is not used"
+                )
+                if drafter.name not in self.refused:
+                    log.warning("drafter refused", reason=refused[drafter.name])
+            else:
+                usable.append(DrafterEntry.from_pb(drafter))
+        self.drafters, self.refused = usable, refused
 
     def session(self, session_id: str, sampling: SamplingParams, seed: int, deadline: Deadline) -> DraftSession:
         return DraftSession(self, session_id, sampling, seed, deadline)

@@ -25,7 +25,7 @@ from banditspec.policy_names import COUNTERFACTUAL_POLICIES
 from services.controller import metrics
 from services.controller.arms import TARGET_ONLY_ARM, Arm
 from services.controller.batch_cost import LOAD_COSTS, ForwardCurve, Load, charged_seconds, load_ceiling
-from services.controller.clients import DraftClient, DrafterFailed, TargetClient
+from services.controller.clients import DrafterFailed, DraftHost, TargetClient
 from services.controller.counterfactual import CounterfactualScorer, RoundCosts
 from services.controller.domain import (
     NO_DRAFT,
@@ -77,7 +77,7 @@ class Generation:
         self,
         request: GenerationRequest,
         target: TargetClient,
-        drafts: dict[str, DraftClient],
+        drafts: dict[str, DraftHost],
         tokenizer: PreTrainedTokenizerBase,
         step_estimate: StepTimeEstimate,
         deadline: Deadline,

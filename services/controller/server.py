@@ -23,9 +23,10 @@ from services.controller import metrics
 from services.controller.admission import Admission
 from services.controller.arms import TARGET_ONLY_ARM, Arm
 from services.controller.batch_cost import ForwardCurve
-from services.controller.clients import DEFAULT_DRAFT_DEADLINE_SECONDS, DraftClient, TargetClient
+from services.controller.clients import DEFAULT_DRAFT_DEADLINE_SECONDS, DraftClient, DraftHost, TargetClient
 from services.controller.domain import Deadline, GenerationRequest
 from services.controller.generation import Generation
+from services.controller.local_drafts import IN_PROCESS, InProcessDrafts
 from services.controller.priors import ArmPriors
 from services.controller.requests import check_fields, from_pb, prompt_ids, result_to_pb
 from services.controller.reward import StepTimeEstimate
@@ -37,6 +38,8 @@ log = structlog.get_logger()
 class ControllerConfig:
     target: str = "127.0.0.1:50051"
     drafts: dict[str, str] = field(default_factory=lambda: {"local": "127.0.0.1:50052"})
+    # Model-free drafter specs run in this process (local_drafts.py): their rounds make one exchange, not two.
+    local_drafters: list[str] = field(default_factory=list)
     tokenizer: str | None = None  # a directory; default: the target's model directory
     policy: str = DEFAULT_POLICY
     # One γ per drafter by default: every drafter stops its draft where it is unsure (match length,
@@ -70,10 +73,14 @@ class Controller:
     def __init__(self, config: ControllerConfig) -> None:
         self.config = config
         self.target = TargetClient(config.target, config.upstream_tls)
-        self.drafts = {
+        self.drafts: dict[str, DraftHost] = {
             name: DraftClient(name, address, config.upstream_tls, config.draft_deadline)
             for name, address in config.drafts.items()
         }
+        if config.local_drafters:
+            if IN_PROCESS in self.drafts:
+                raise ValueError(f"draft service name {IN_PROCESS!r} is taken by the in-process drafters")
+            self.drafts[IN_PROCESS] = InProcessDrafts(config.local_drafters)
         self.tokenizer: PreTrainedTokenizerBase | None = None
         self.step_estimate: StepTimeEstimate | None = None
         self.forward_curve: ForwardCurve | None = None  # f(tokens in a batch), learnt from every verify

@@ -6,14 +6,19 @@ import time
 from collections import OrderedDict
 from collections.abc import Callable
 
+import structlog
+
 from banditspec.errors import AlreadyExists, InvalidArgument, NotFound, OutOfSync, SessionLost
 from banditspec.released import ReleasedSessions
 from banditspec.sampling import SamplingParams
 from services.draft.drafters.base import Drafter, DraftSession, Proposal
 
+log = structlog.get_logger()
+
 MAX_DRAFT_TOKENS = 64  # γ beyond this is a client error, and it bounds what a proposal allocates
 MAX_TREE_TOKENS = 64  # a token tree's size: bounds what a proposal allocates and the target verifies
 MAX_CONTEXT_TOKENS = 1 << 17  # per session: bounds memory and the model-free drafters' indexing time
+MAX_SCORED_DRAFTERS = 64
 
 
 def check_draft_size(num_tokens: int, tree_tokens: int = 0, fields: str = "") -> None:
@@ -22,6 +27,16 @@ def check_draft_size(num_tokens: int, tree_tokens: int = 0, fields: str = "") ->
         raise InvalidArgument(f"{fields}num_tokens must be in [0, {MAX_DRAFT_TOKENS}], got {num_tokens}")
     if not 0 <= tree_tokens <= MAX_TREE_TOKENS:
         raise InvalidArgument(f"{fields}tree_tokens must be in [0, {MAX_TREE_TOKENS}] (0: a chain), got {tree_tokens}")
+
+
+def check_proposal_request(
+    num_tokens: int, tree_tokens: int, score_drafters: list[str], score_num_tokens: int, score_tree_tokens: int
+) -> None:
+    """A proposal request's sizes, checked before the session syncs: a rejected one must leave it as it was."""
+    check_draft_size(num_tokens, tree_tokens)
+    check_draft_size(score_num_tokens, score_tree_tokens, fields="score_")
+    if len(score_drafters) > MAX_SCORED_DRAFTERS:
+        raise InvalidArgument(f"score_drafters names at most {MAX_SCORED_DRAFTERS} drafters")
 
 
 class DrafterRegistry:
@@ -130,6 +145,35 @@ class DrafterRegistry:
         else:
             proposal = drafter.propose(session, num_tokens)
         return proposal, time.perf_counter() - start
+
+    def alternatives(
+        self,
+        session: DraftSession,
+        names: list[str],
+        num_tokens: int,
+        tree_tokens: int,
+        asked: str,
+        asked_tree_tokens: int,
+    ) -> list[tuple[str, Proposal]]:
+        """Drafts of other model-free drafters for the same context, for counterfactual scoring: trees from
+        those that branch when `tree_tokens` asks, else chains. Skips names that are gone or not model-free
+        (a model forward per round would cost what scoring saves), and the `asked` drafter unless a larger
+        tree of it is asked for than it just proposed."""
+        found = []
+        for name in dict.fromkeys(names):
+            drafter = self.drafters.get(name)
+            if drafter is None or not drafter.model_free:
+                continue
+            tree = tree_tokens if drafter.proposes_trees else 0
+            if name == asked and tree <= asked_tree_tokens:
+                continue
+            try:
+                proposal, _ = self.propose(drafter, session, num_tokens, tree)
+            except Exception:  # scoring is optional: it must never fail the proposal that was asked for
+                log.exception("alternative draft failed", drafter=name)
+                continue
+            found.append((name, proposal))
+        return found
 
     def release(
         self,

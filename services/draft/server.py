@@ -20,12 +20,10 @@ from services.draft import metrics
 from services.draft.drafters.base import Drafter, DraftSession, ServiceSettings
 from services.draft.drafters.kinds import KINDS
 from services.draft.model_worker import ModelWorker
-from services.draft.registry import DrafterRegistry, check_draft_size
+from services.draft.registry import DrafterRegistry, check_proposal_request
 from services.draft.specs import DrafterSpec
 
 log = structlog.get_logger()
-
-MAX_SCORED_DRAFTERS = 64
 
 
 @dataclass
@@ -121,10 +119,10 @@ class DraftServicer(draft_pb2_grpc.DraftServiceServicer):
     async def _propose(self, request: draft_pb2.ProposeRequest) -> draft_pb2.ProposeResponse:
         drafter = self.registry.get(request.drafter)
         # Every check before the sync: a rejected request must leave the session as it was.
-        check_draft_size(request.num_tokens, request.tree_tokens)
-        check_draft_size(request.score_num_tokens, request.score_tree_tokens, fields="score_")
-        if len(request.score_drafters) > MAX_SCORED_DRAFTERS:
-            raise InvalidArgument(f"score_drafters names at most {MAX_SCORED_DRAFTERS} drafters")
+        check_proposal_request(
+            request.num_tokens, request.tree_tokens, list(request.score_drafters), request.score_num_tokens,
+            request.score_tree_tokens,
+        )  # fmt: skip
         sampling = SamplingParams.from_pb(request.sampling)
         session = self.registry.sync(
             request.session_id,
@@ -160,30 +158,14 @@ class DraftServicer(draft_pb2_grpc.DraftServiceServicer):
     def _alternatives(
         self, request: draft_pb2.ProposeRequest, session: DraftSession
     ) -> list[draft_pb2.AlternativeDraft]:
-        """Drafts of other model-free drafters for the same context, for counterfactual scoring: trees from
-        those that branch when score_tree_tokens asks, else chains. Skips names that are gone or not model-free
-        (a model forward per round would cost what scoring saves), and the asked drafter unless a larger tree
-        of it is asked for than it just proposed."""
-        alternatives = []
-        num_tokens = request.score_num_tokens
-        for name in dict.fromkeys(request.score_drafters):
-            drafter = self.registry.drafters.get(name)
-            if drafter is None or not drafter.model_free:
-                continue
-            tree_tokens = request.score_tree_tokens if drafter.proposes_trees else 0
-            if name == request.drafter and tree_tokens <= request.tree_tokens:
-                continue
-            try:
-                proposal, _ = self.registry.propose(drafter, session, num_tokens, tree_tokens)
-            except Exception:  # scoring is optional: it must never fail the proposal that was asked for
-                log.exception("alternative draft failed", drafter=name)
-                continue
-            alternatives.append(
-                draft_pb2.AlternativeDraft(
-                    drafter=name, draft_ids=proposal.token_ids, draft_parents=proposal.parents or []
-                )
-            )
-        return alternatives
+        found = self.registry.alternatives(
+            session, list(request.score_drafters), request.score_num_tokens, request.score_tree_tokens,
+            asked=request.drafter, asked_tree_tokens=request.tree_tokens,
+        )  # fmt: skip
+        return [
+            draft_pb2.AlternativeDraft(drafter=name, draft_ids=p.token_ids, draft_parents=p.parents or [])
+            for name, p in found
+        ]
 
     @grpc_errors
     async def ReleaseSession(self, request, context):
