@@ -80,7 +80,10 @@ class Controller:
         if config.local_drafters:
             if IN_PROCESS in self.drafts:
                 raise ValueError(f"draft service name {IN_PROCESS!r} is taken by the in-process drafters")
-            self.drafts[IN_PROCESS] = InProcessDrafts(config.local_drafters)
+            try:
+                self.drafts[IN_PROCESS] = InProcessDrafts(config.local_drafters)
+            except ValueError as error:  # a bad spec, or a drafter that runs a model
+                raise SystemExit(f"controller: {error}") from error
         self.tokenizer: PreTrainedTokenizerBase | None = None
         self.step_estimate: StepTimeEstimate | None = None
         self.forward_curve: ForwardCurve | None = None  # f(tokens in a batch), learnt from every verify
