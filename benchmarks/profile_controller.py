@@ -62,7 +62,7 @@ def main() -> int:
     py_spy = Path(sys.executable).parent / "py-spy"
     with tempfile.TemporaryDirectory(prefix="banditspec-profile-") as workdir:
         stack = LocalStack(
-            model=model, drafters=["pld=prompt_lookup"], controller_port=0,
+            model=model, drafters=["pld=prompt_lookup"], controller_port=0, model_free_in_controller=False,
             extra_target_args=["--dtype", "float32", "--device", "cpu"], extra_draft_args=["--device", "cpu"],
             log_dir=Path(workdir), **({"unix_sockets": False} if args.tcp else {}),
             extra_controller_args=["--local-drafter", "pld=prompt_lookup"] if args.in_process else [],

@@ -84,7 +84,7 @@ def main() -> int:
     render_prompts(prompts, AutoTokenizer.from_pretrained(model))
     with tempfile.TemporaryDirectory(prefix="banditspec-breakdown-") as workdir:
         stack = LocalStack(
-            model=model, drafters=["pld=prompt_lookup"], controller_port=0,
+            model=model, drafters=["pld=prompt_lookup"], controller_port=0, model_free_in_controller=False,
             extra_target_args=["--dtype", "float32", "--device", "cpu"], extra_draft_args=["--device", "cpu"],
             log_dir=Path(args.log_dir or workdir),
         )  # fmt: skip

@@ -269,6 +269,7 @@ def local_stack(
         startup_timeout=startup_timeout,
         client_tls=client_tls,
         http_port=http_port,
+        model_free_in_controller=False,  # the draft service's arms (local/…); tests add --local-drafter themselves
     )
     try:
         stack.start()

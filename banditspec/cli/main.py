@@ -127,7 +127,7 @@ def cmd_serve_draft(args: argparse.Namespace) -> None:
     asyncio.run(
         serve(
             DraftConfig(
-                drafters=args.drafter or list(DEFAULT_DRAFTERS),
+                drafters=[] if args.no_drafters else args.drafter or list(DEFAULT_DRAFTERS),
                 device=args.device,
                 dtype=args.dtype,
                 max_sessions=args.max_sessions,
@@ -210,6 +210,7 @@ def _stack(args: argparse.Namespace):
         extra_draft_args=[f"--model-root={root}" for root in args.model_root or []],
         extra_controller_args=["--policy", args.policy],
         http_port=args.http_port,
+        model_free_in_controller=not args.model_free_in_service,
     )
 
 
@@ -488,6 +489,9 @@ def build_parser() -> argparse.ArgumentParser:
     draft.add_argument(
         "--drafter", action="append", help=f"{USAGE}; repeatable (default: {' '.join(DEFAULT_DRAFTERS)})"
     )
+    draft.add_argument(
+        "--no-drafters", action="store_true", help="start with no drafter (load them later with `drafters load`)"
+    )
     draft.add_argument("--device", default="auto")
     draft.add_argument("--dtype", default="auto")
     draft.add_argument("--max-sessions", type=int, default=256)
@@ -564,6 +568,10 @@ def build_parser() -> argparse.ArgumentParser:
         stack.add_argument("--model", default="default")
         stack.add_argument("--dtype", default=None)
         stack.add_argument("--drafter", action="append")
+        stack.add_argument(
+            "--model-free-in-service", action="store_true",
+            help="run prompt lookup and the suffix tree in the draft service, not in the controller",
+        )  # fmt: skip
         stack.add_argument("--policy", default=DEFAULT_POLICY, choices=list(POLICY_WIRE_VALUES))
         stack.add_argument("--model-root", action="append", help="the draft service's --model-root (repeatable)")
         stack.add_argument("--http-port", type=int, help="the controller's OpenAI-compatible HTTP API on this port")

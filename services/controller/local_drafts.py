@@ -65,13 +65,15 @@ class InProcessDrafts(DraftHost):
 def build_model_free(text: str) -> Drafter:
     """A drafter from its spec; ValueError for a bad spec or one whose drafter runs a model."""
     spec = DrafterSpec.parse(text)
-    drafter = spec.build(ServiceSettings(device="cpu"))
-    if not drafter.model_free or drafter.runs_on_worker:
-        drafter.close()
+    if not spec.model_free:
         raise ValueError(
             f"--local-drafter {text!r}: a {spec.kind} drafter runs a model; host it in a draft service "
             "(only model-free drafters run in the controller)"
         )
+    drafter = spec.build(ServiceSettings(device="cpu"))
+    if not drafter.model_free or drafter.runs_on_worker:  # the kind's declaration and its drafter disagree
+        drafter.close()
+        raise ValueError(f"--local-drafter {text!r}: its drafter is not model-free")
     return drafter
 
 

@@ -95,5 +95,9 @@ class DrafterSpec:
         confine = getattr(self.options, "confined", None)  # kinds that read files declare it
         return self if confine is None else replace(self, options=confine(roots))
 
+    @property
+    def model_free(self) -> bool:
+        return KINDS[self.kind].model_free
+
     def build(self, settings: ServiceSettings) -> Drafter:
         return self.options.build(self.name, settings)

@@ -105,3 +105,13 @@ def test_health_exits_zero_only_when_serving(capsys, monkeypatch):
         server.stop(None)
     with pytest.raises(SystemExit, match="unhealthy"):
         main(["health", address, "--timeout", "0.5"])
+
+
+def test_the_local_stack_runs_model_free_drafters_in_the_controller():
+    from banditspec.cli.launcher import LocalStack
+
+    drafters = ["pld=prompt_lookup", "dm=model:/x", "sfx=suffix:24"]
+    assert LocalStack(drafters=drafters)._placed_drafters() == (["dm=model:/x"], ["pld=prompt_lookup", "sfx=suffix:24"])
+    assert LocalStack(drafters=drafters, model_free_in_controller=False)._placed_drafters() == (drafters, [])
+    args = build_parser().parse_args(["demo", "--model-free-in-service"])
+    assert args.model_free_in_service

@@ -11,7 +11,7 @@ from conftest import Aborted, ServicerContext
 from banditspec.errors import InvalidArgument, SessionReleased
 from banditspec.sampling import SamplingParams
 from banditspec.v1 import draft_pb2
-from services.draft.drafters.base import DraftSession, ModelFree, Proposal
+from services.draft.drafters.base import DraftSession, ModelFree, Proposal, ServiceSettings
 from services.draft.drafters.kinds import KINDS
 from services.draft.drafters.prompt_lookup import PromptLookupDrafter
 from services.draft.registry import MAX_DRAFT_TOKENS, DrafterRegistry
@@ -230,3 +230,12 @@ def test_drafter_names_that_would_break_arm_names_or_logs_are_refused(name):
         DrafterSpec.parse(f"{name}=prompt_lookup")
     with pytest.raises(ValueError):
         DrafterSpec.from_pb(draft_pb2.LoadDrafterRequest(name=name, prompt_lookup=draft_pb2.PromptLookupOptions()))
+
+
+def test_a_kind_declares_whether_its_drafters_run_a_model():
+    """The launcher places drafters by the kind's declaration, before building them: it must match the drafter."""
+    assert not KINDS["model"].model_free and not DrafterSpec.parse("m=model:/x").model_free
+    for text in ("pld=prompt_lookup", "sfx=suffix"):
+        spec = DrafterSpec.parse(text)
+        drafter = spec.build(ServiceSettings())
+        assert spec.model_free and drafter.model_free and not drafter.runs_on_worker

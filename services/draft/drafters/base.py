@@ -187,6 +187,7 @@ class Kind(Generic[OptionsT]):
     enum: DrafterKind  # for DrafterInfo.kind
     usage: str  # its spec syntax, e.g. "NAME=suffix[:DEPTH[:MEMORY_TOKENS|off]]"
     options: type[OptionsT]
+    model_free: bool = True  # its drafters run no model: known before one is built (they may run in the controller)
 
 
 def optional_field(pb: Message, name: str) -> Any:

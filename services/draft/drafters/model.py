@@ -101,7 +101,11 @@ class ModelDrafterOptions:
 
 
 KIND = Kind(
-    "model", draft_pb2.DRAFTER_KIND_MODEL, "NAME=model:PATH[@DTYPE][~MIN_CONFIDENCE][^LOOKAHEAD]", ModelDrafterOptions
+    "model",
+    draft_pb2.DRAFTER_KIND_MODEL,
+    "NAME=model:PATH[@DTYPE][~MIN_CONFIDENCE][^LOOKAHEAD]",
+    ModelDrafterOptions,
+    model_free=False,
 )
 
 
