@@ -270,6 +270,11 @@ def main(argv: list[str] | None = None) -> int:
     )
     parser.add_argument("--timeout", type=float, default=600.0, help="seconds per request")
     parser.add_argument("--controller-arg", action="append", default=[], help="passed to serve-controller")
+    parser.add_argument(
+        "--model-free-in-service",
+        action="store_true",
+        help="model-free drafters in the draft service, not the controller",
+    )
     parser.add_argument("--no-check", action="store_true", help="skip the reference outputs (and the check)")
     parser.add_argument("--out", default="results/loadtest")
     args = parser.parse_args(argv)
@@ -310,6 +315,7 @@ def main(argv: list[str] | None = None) -> int:
             *args.controller_arg,
         ],
         log_dir=out / "logs",
+        model_free_in_controller=not args.model_free_in_service,
     ) as stack:
         address = stack.address("controller")
         with open_channel(address) as channel:
