@@ -291,11 +291,18 @@ class ProposalSession(Protocol):
 
     async def release(self, answer: list[int] | None, prompt_length: int) -> None: ...
 
+    async def score(self, context: list[int], drafters: list[str], num_tokens: int, tree_tokens: int) -> Proposal:
+        """Only the drafts of `drafters` to score, as `alternatives` (hosts that are `free_to_ask`)."""
+        ...
+
 
 class DraftHost:
     """Where drafters run, as the controller sees it: their entries, the arms they give, and a circuit
     breaker that withdraws those arms after repeated failures until the host recovers. A draft service
     (`DraftClient`) or the controller's own process (`local_drafts.InProcessDrafts`)."""
+
+    # Asking its drafters costs no RPC: counterfactual scoring asks them every round, whatever arm played.
+    free_to_ask = False
 
     def __init__(self, name: str, address: str) -> None:
         self.name = name
@@ -482,6 +489,9 @@ class DraftSession:
                 },
             )
         raise DrafterFailed("draft session could not be reopened")
+
+    async def score(self, context: list[int], drafters: list[str], num_tokens: int, tree_tokens: int) -> Proposal:
+        raise NotImplementedError("a draft service is not free to ask: its drafts to score come with a proposal")
 
     async def release(self, answer: list[int] | None, prompt_length: int) -> None:
         """Free the session. Drafters that learn from outputs get the finished `answer` (the whole

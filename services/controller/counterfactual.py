@@ -8,6 +8,8 @@ its common prefix with the text verified from the same position (HedgeSpec's obs
 `(accepted + 1) / modelled round seconds`, and target-only one of `1 / modelled seconds`. Round times are
 modelled from the target's measured k-token forwards plus the round overheads measured so far, so
 co-observed arms are compared on one scale. Model drafters are not scored: that would cost a forward.
+Drafters in the controller's own process cost no RPC to ask, so they are scored every round, also in
+rounds that played target-only or another host's arm.
 
 Token trees: a drafter that branches is asked for a tree of the largest budget among its tree arms. It
 scores each tree arm as the tree cut to that arm's budget and depth (its first nodes: a drafter adds its
@@ -171,10 +173,12 @@ class CounterfactualScorer:
         wall: float,
         context: list[int],
         load: Load | None = None,
+        side_drafts: dict[str, Proposal] | None = None,
     ) -> list[Sample]:
         """Learn from a finished round (arm index `pulled`, None for the fallback; γ as played, its
         draft made at context length `position`; `context` now verified past it) and return the samples
-        the verified text decides."""
+        the verified text decides. `side_drafts`: per host, drafts made for scoring alone (as
+        `alternatives`) by hosts the round did not ask."""
         self.costs.load = load  # the round's forward, when other rows shared it: model every arm in it
         drafted = len(proposal.token_ids)
         drafter = f"{arm.service}/{arm.drafter}" if gamma > 0 else None
@@ -195,6 +199,9 @@ class CounterfactualScorer:
                     arms = [i for i in self.arms_of(arm.service, name) if self.arms[i].tree_tokens > arm.tree_tokens]
                 self.add(position, arm.service, name, draft, arms, parents)
             samples += self.target_only_samples(pulled)
+        for service, side in (side_drafts or {}).items():
+            for name, draft in side.alternatives.items():
+                self.add(position, service, name, draft, None, side.alternative_parents.get(name))
         return samples + self.resolve(context)
 
     def drop_drafter(self, service: str, drafter: str) -> None:

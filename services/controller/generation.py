@@ -14,7 +14,7 @@ import statistics
 import time
 import uuid
 from collections.abc import AsyncIterator, Callable
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 
 import numpy as np
 import structlog
@@ -57,6 +57,7 @@ class Round:
     wall_seconds: float
     load: Load | None
     charged_seconds: float  # what the reward divides by (see batch_cost)
+    side_drafts: dict[str, Proposal] = field(default_factory=dict)  # free-to-ask hosts' drafts to score
 
     @property
     def service_seconds(self) -> float:
@@ -178,6 +179,7 @@ class Generation:
             except DrafterFailed as error:
                 self._drop_drafter(arm, str(error))
                 return None
+        side_drafts = await self._side_drafts(arm, gamma)
         verify_start = time.perf_counter()
         try:
             verdict = await self.target.verify(self.context, proposal)
@@ -188,7 +190,22 @@ class Generation:
         wall = end - start
         load = self._load_of(proposal, verdict)
         charged = charged_seconds(wall, fed_tokens(proposal), load, end - verify_start, self.round_overhead)
-        return Round(index, arm, gamma, proposal, verdict, wall, load, charged)
+        return Round(index, arm, gamma, proposal, verdict, wall, load, charged, side_drafts)
+
+    async def _side_drafts(self, arm: Arm, gamma: int) -> dict[str, Proposal]:
+        """With counterfactual scoring: drafts of the hosts that are free to ask (the controller's own
+        drafters) when the round did not ask them, so their arms are scored even in target-only rounds."""
+        scorer = self.scorer
+        if scorer is None:
+            return {}
+        drafts = {}
+        for name, session in self.drafts.items():
+            names = scorer.score_drafters.get(name)
+            if names and session.client.free_to_ask and not (gamma > 0 and name == arm.service):
+                drafts[name] = await session.score(
+                    self.context, names, scorer.score_num_tokens, scorer.score_tree_tokens
+                )
+        return drafts
 
     def _load_of(self, proposal: Proposal, verdict: Verdict) -> Load | None:
         fed = fed_tokens(proposal)
@@ -270,7 +287,7 @@ class Generation:
         load = played.load
         samples = self.scorer.after_round(
             played.index, played.arm, played.gamma, played.proposal, position, played.charged_seconds, self.context,
-            load,
+            load, played.side_drafts,
         )  # fmt: skip
         for sample in samples:
             if not self.policy.is_active(sample.arm):

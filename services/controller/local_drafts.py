@@ -35,6 +35,8 @@ IN_PROCESS = "inproc"  # the host name in its arms' names: inproc/pld/6
 class InProcessDrafts(DraftHost):
     """Model-free drafters built from specs at start-up; a spec of a drafter that runs a model is refused."""
 
+    free_to_ask = True
+
     def __init__(self, specs: list[str], max_sessions: int = 256, name: str = IN_PROCESS) -> None:
         super().__init__(name, "in-process")
         self.registry = DrafterRegistry(max_sessions)
@@ -124,6 +126,23 @@ class LocalSession:
             alternatives={name: p.token_ids for name, p in alternatives},
             parents=proposal.parents,
             alternative_parents={name: p.parents for name, p in alternatives if p.parents},
+        )
+
+    async def score(self, context: list[int], drafters: list[str], num_tokens: int, tree_tokens: int) -> Proposal:
+        """The drafts of `drafters` for counterfactual scoring, in a round that played another host's arm or
+        target-only: microseconds, no RPC. Scoring is optional, so a failure gives no drafts."""
+        registry = self._client.registry
+        try:
+            session = self._sync(context)
+            found = registry.alternatives(session, drafters, num_tokens, tree_tokens, asked="", asked_tree_tokens=0)
+        except Exception:
+            log.exception("in-process drafts to score failed")
+            self.synced = None
+            return Proposal([])
+        return Proposal(
+            [],
+            alternatives={name: p.token_ids for name, p in found},
+            alternative_parents={name: p.parents for name, p in found if p.parents},
         )
 
     def _sync(self, context: list[int]) -> DraftSession:

@@ -141,3 +141,23 @@ def test_counterfactual_policy_scores_tree_arms_without_pulling_them(tree_stub, 
     assert list(response.token_ids) == reference_greedy(target_model, BRANCHING, 24)
     observed = {a.arm: a.counterfactual_observations for a in response.stats.arms}
     assert all(observed.get(arm, 0) > 0 for arm in TREE if arm.startswith(f"{host}/")), observed
+
+
+def test_the_controllers_own_drafters_are_scored_in_rounds_that_did_not_ask_them(tree_stub, target_model):
+    """In-process drafters cost no RPC to ask: ucbspec-cf scores their arms in every round, also the rounds
+    that played target-only or the draft service's arm."""
+    arms = ["target-only", "local/pld/3", "inproc/sfx/3"]
+    request = generation_pb2.GenerateRequest(
+        max_new_tokens=24, policy=generation_pb2.POLICY_UCBSPEC_COUNTERFACTUAL, allowed_arms=arms
+    )
+    request.token_ids.ids.extend(BRANCHING)
+    response = tree_stub.Generate(request, timeout=RPC_TIMEOUT)
+    assert list(response.token_ids) == reference_greedy(target_model, BRANCHING, 24)
+    inproc = arm_stats(response, "inproc/sfx/3")
+    others = response.stats.rounds - inproc.pulls
+    print(
+        f"rounds {response.stats.rounds}, inproc/sfx/3 pulled {inproc.pulls}, scored {inproc.counterfactual_observations}"
+    )
+    assert others >= 5
+    # One draft to score per round that did not play it; the last few may still wait on text to decide them.
+    assert others - 3 <= inproc.counterfactual_observations <= others, (others, inproc)

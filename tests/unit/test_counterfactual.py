@@ -157,3 +157,16 @@ def test_a_chain_scores_no_tree_arm():
     scorer.after_round(2, ARMS[2], 6, Proposal([7, 8, 9]), 3, 0.02, [1, 2, 3])
     assert all(4 not in pending.arms for pending in scorer.pending)
     assert any(1 in pending.arms for pending in scorer.pending)  # pld/3 from pld/6's chain
+
+
+def test_drafts_of_a_host_free_to_ask_are_scored_in_a_target_only_round():
+    from services.controller.domain import Proposal
+
+    arms = [*ARMS, Arm.drafted("inproc", "sfx", 6)]
+    scorer = CounterfactualScorer(arms, costs(), {"local": {"pld", "sfx"}, "inproc": {"sfx"}})
+    assert scorer.score_drafters["inproc"] == ["sfx"]
+    side = {"inproc": Proposal([], alternatives={"sfx": [4, 5, 6]})}
+    samples = scorer.after_round(0, TARGET_ONLY_ARM, 0, Proposal([]), 1, 0.012, [1, 4], side_drafts=side)
+    assert samples == []  # target-only played: no sample for itself; the side draft is not decided yet
+    context = [1, 4, 5, 9]
+    assert scorer.resolve(context) == [(4, 3.0, pytest.approx(costs().seconds(3, "inproc/sfx")))]

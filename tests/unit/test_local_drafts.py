@@ -119,3 +119,16 @@ def test_release_teaches_the_suffix_tree_the_finished_answer(host):
         assert (await session(host, "third").propose([70, 62, 63], "sfx", 4)).token_ids == []  # else [64]
 
     asyncio.run(run())
+
+
+def test_drafts_to_score_alone_come_as_alternatives(host):
+    async def run():
+        local = session(host)
+        scored = await local.score(list(REPEATING), ["pld", "sfx"], 3, 0)
+        assert scored.token_ids == [] and scored.alternatives["pld"] == [8, 9, 5]
+        branching = [5, 6, 7, 9, 5, 6, 8, 9, 5, 6]  # (5, 6) goes on with 7 and with 8
+        trees = await session(host, "t").score(branching, ["pld"], 3, 8)
+        assert trees.alternative_parents["pld"].count(-1) == 2  # two branches at the root
+        assert host.registry.sessions["t"].context == branching
+
+    asyncio.run(run())
