@@ -43,17 +43,28 @@ class InProcessDrafts(DraftHost):
         self.learner = ThreadPoolExecutor(max_workers=1, thread_name_prefix="local-draft-learner")
         for text in specs:
             drafter = build_model_free(text)
+            if drafter.name in self.registry.drafters:
+                raise ValueError(f"--local-drafter {text!r}: a drafter named {drafter.name!r} is already given")
             self.registry.add(drafter)
-        self.drafters = [
-            DrafterEntry(d.name, d.model_free, d.learns_from_outputs, d.proposes_trees)
-            for d in self.registry.drafters.values()
-        ]
 
     async def healthy(self, timeout: float) -> bool:
         return True
 
     async def refresh(self, target_fingerprint: str, timeout: float) -> None:
-        """Fixed at start-up; model-free drafters take any vocabulary."""
+        """The drafters are fixed at start-up; as for a draft service, one whose ids mean other text (a
+        retrieval datastore of another tokenizer) is refused."""
+        usable, refused = [], {}
+        for drafter in self.registry.drafters.values():
+            if drafter.vocab_fingerprint and drafter.vocab_fingerprint != target_fingerprint:
+                refused[drafter.name] = (
+                    f"in-process drafter {drafter.name!r} has vocabulary fingerprint {drafter.vocab_fingerprint}, "
+                    f"the target has {target_fingerprint}: its token ids would not mean the same text, so it is not used"
+                )
+                if drafter.name not in self.refused:
+                    log.warning("drafter refused", reason=refused[drafter.name])
+            else:
+                usable.append(DrafterEntry(drafter.name, True, drafter.learns_from_outputs, drafter.proposes_trees))
+        self.drafters, self.refused = usable, refused
 
     def session(self, session_id: str, sampling: SamplingParams, seed: int, deadline: Deadline) -> LocalSession:
         return LocalSession(self, session_id, sampling, seed)

@@ -25,6 +25,7 @@ def session(host: InProcessDrafts, session_id: str = "s"):
 @pytest.fixture
 def host():
     drafts = InProcessDrafts(["pld=prompt_lookup:1-3:fixed", "sfx=suffix"])
+    asyncio.run(drafts.refresh("any target", 1.0))  # as the controller does before building arms
     yield drafts
     asyncio.run(drafts.close())
 
@@ -46,6 +47,15 @@ def test_a_drafter_that_runs_a_model_is_refused(tiny_models):
 def test_a_bad_spec_is_refused():
     with pytest.raises(ValueError, match="unknown kind"):
         InProcessDrafts(["x=nonsense"])
+    with pytest.raises(ValueError, match="already given"):
+        InProcessDrafts(["pld=prompt_lookup", "pld=suffix"])
+
+
+def test_a_drafter_of_another_vocabulary_is_refused_at_refresh(host):
+    host.registry.drafters["pld"].vocab_fingerprint = "another tokenizer"  # e.g. a foreign retrieval datastore
+    asyncio.run(host.refresh("the target's", 1.0))
+    assert [entry.name for entry in host.drafters] == ["sfx"]
+    assert "another tokenizer" in host.refused["pld"]
 
 
 def test_proposals_sync_only_new_tokens_and_match_the_drafter(host):
