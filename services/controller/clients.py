@@ -343,6 +343,23 @@ class DraftHost:
         metrics.DRAFT_SERVICE_WITHDRAWN.labels(self.name).set(0)
         log.info("draft service recovered; its arms return", service=self.name)
 
+    def take(self, listed: list[tuple[DrafterEntry, str]], target_fingerprint: str) -> None:
+        """The listed drafters (each with its vocabulary fingerprint, "" for any) become this host's, less
+        those whose token ids would mean other text than the target's: they are refused, and logged once."""
+        usable, refused = [], {}
+        for drafter, fingerprint in listed:
+            if fingerprint and fingerprint != target_fingerprint:
+                refused[drafter.name] = (
+                    f"drafter {drafter.name!r} on draft service {self.name!r} ({self.address}) has vocabulary "
+                    f"fingerprint {fingerprint}, the target has {target_fingerprint}: its token ids "
+                    "would not mean the same text, so it is not used"
+                )
+                if drafter.name not in self.refused:
+                    log.warning("drafter refused", reason=refused[drafter.name])
+            else:
+                usable.append(drafter)
+        self.drafters, self.refused = usable, refused
+
     @property
     def learns_from_outputs(self) -> bool:
         return any(drafter.learns_from_outputs for drafter in self.drafters)
@@ -387,19 +404,7 @@ class DraftClient(DraftHost):
 
     async def refresh(self, target_fingerprint: str, timeout: float) -> None:
         response = await self.stub.ListDrafters(draft_pb2.ListDraftersRequest(), timeout=timeout)
-        usable, refused = [], {}
-        for drafter in response.drafters:
-            if drafter.vocab_fingerprint and drafter.vocab_fingerprint != target_fingerprint:
-                refused[drafter.name] = (
-                    f"drafter {drafter.name!r} on draft service {self.name!r} ({self.address}) has vocabulary "
-                    f"fingerprint {drafter.vocab_fingerprint}, the target has {target_fingerprint}: its token ids "
-                    "would not mean the same text, so it is not used"
-                )
-                if drafter.name not in self.refused:
-                    log.warning("drafter refused", reason=refused[drafter.name])
-            else:
-                usable.append(DrafterEntry.from_pb(drafter))
-        self.drafters, self.refused = usable, refused
+        self.take([(DrafterEntry.from_pb(d), d.vocab_fingerprint) for d in response.drafters], target_fingerprint)
 
     def session(self, session_id: str, sampling: SamplingParams, seed: int, deadline: Deadline) -> DraftSession:
         return DraftSession(self, session_id, sampling, seed, deadline)

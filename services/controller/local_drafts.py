@@ -53,18 +53,11 @@ class InProcessDrafts(DraftHost):
     async def refresh(self, target_fingerprint: str, timeout: float) -> None:
         """The drafters are fixed at start-up; as for a draft service, one whose ids mean other text (a
         retrieval datastore of another tokenizer) is refused."""
-        usable, refused = [], {}
-        for drafter in self.registry.drafters.values():
-            if drafter.vocab_fingerprint and drafter.vocab_fingerprint != target_fingerprint:
-                refused[drafter.name] = (
-                    f"in-process drafter {drafter.name!r} has vocabulary fingerprint {drafter.vocab_fingerprint}, "
-                    f"the target has {target_fingerprint}: its token ids would not mean the same text, so it is not used"
-                )
-                if drafter.name not in self.refused:
-                    log.warning("drafter refused", reason=refused[drafter.name])
-            else:
-                usable.append(DrafterEntry(drafter.name, True, drafter.learns_from_outputs, drafter.proposes_trees))
-        self.drafters, self.refused = usable, refused
+        listed = [
+            (DrafterEntry(d.name, d.model_free, d.learns_from_outputs, d.proposes_trees), d.vocab_fingerprint)
+            for d in self.registry.drafters.values()
+        ]
+        self.take(listed, target_fingerprint)
 
     def session(self, session_id: str, sampling: SamplingParams, seed: int, deadline: Deadline) -> LocalSession:
         return LocalSession(self, session_id, sampling, seed)
