@@ -5,8 +5,10 @@ from __future__ import annotations
 import hashlib
 import json
 import time
+from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
+from typing import Any
 
 import torch
 from transformers import AutoModelForCausalLM, AutoTokenizer, DynamicCache, PreTrainedModel, PreTrainedTokenizerBase
@@ -64,24 +66,39 @@ class LoadedModel:
         out = self.model(input_ids=ids, cache=cache, use_cache=True, logits_to_keep=1 if last_only else 0)
         return out.logits[0].float()
 
-    @torch.inference_mode()
     def measure_forwards(self, max_tokens: int = 16, repeats: int = 5, context: int = 256) -> list[float]:
-        """Seconds of a cached forward of k = 1..max_tokens tokens after `context` cached tokens, the fastest
-        of `repeats`: the services start side by side, and load on the other cores only ever adds time,
-        while the curve's shape (blocked matrix kernels) is a property of the model. Sizes are
-        interleaved within each repeat, so drift hits them alike. Also warms up kernels."""
-        cache = self.new_cache()
-        self.forward([0] * max(1, min(context, self.max_context - max_tokens - 1)), cache)
-        times: list[list[float]] = [[] for _ in range(max_tokens)]
-        for _ in range(repeats):
-            for k in range(1, max_tokens + 1):
-                start = time.perf_counter()
-                self.forward([0] * k, cache)
-                if self.device.type == "cuda":
-                    torch.cuda.synchronize()
-                times[k - 1].append(time.perf_counter() - start)
-                cache.crop(-k)
-        return [min(t) for t in times]
+        return measure_forwards(
+            self.forward, self.new_cache, self.device, self.max_context, max_tokens, repeats, context
+        )
+
+
+@torch.inference_mode()
+def measure_forwards(
+    forward: Callable[[list[int], Any], Any],
+    new_cache: Callable[[], Any],
+    device: torch.device,
+    max_context: int,
+    max_tokens: int = 16,
+    repeats: int = 5,
+    context: int = 256,
+) -> list[float]:
+    """Seconds of a cached forward of k = 1..max_tokens tokens after `context` cached tokens, the fastest
+    of `repeats`: the services start side by side, and load on the other cores only ever adds time,
+    while the curve's shape (blocked matrix kernels) is a property of the model. Sizes are
+    interleaved within each repeat, so drift hits them alike. Also warms up kernels. `forward(ids, cache)`
+    and `new_cache()` are those of the path measured (a `LoadedModel`'s or the lean decoder's)."""
+    cache = new_cache()
+    forward([0] * max(1, min(context, max_context - max_tokens - 1)), cache)
+    times: list[list[float]] = [[] for _ in range(max_tokens)]
+    for _ in range(repeats):
+        for k in range(1, max_tokens + 1):
+            start = time.perf_counter()
+            forward([0] * k, cache)
+            if device.type == "cuda":
+                torch.cuda.synchronize()
+            times[k - 1].append(time.perf_counter() - start)
+            cache.crop(-k)
+    return [min(t) for t in times]
 
 
 def _eos_ids(model: PreTrainedModel, tokenizer: PreTrainedTokenizerBase) -> list[int]:

@@ -18,7 +18,7 @@ import torch
 
 from banditspec.errors import InvalidArgument, OutOfRange, OutOfSync, ServiceError
 from banditspec.lean_llama import Feed, LeanCache, LeanLlama, lean_supported
-from banditspec.models import LoadedModel
+from banditspec.models import LoadedModel, measure_forwards
 from banditspec.sampling import SamplingParams, probabilities
 from banditspec.token_tree import accept_greedy, accept_sampled, check_parents, feed_mask, feed_positions, is_chain
 from banditspec.verify_lengths import padded_length
@@ -119,6 +119,15 @@ class TargetEngine:
         self.max_batch_tokens = max_batch_tokens
         self.prefill_chunk = prefill_chunk
         self.decoder = LeanLlama(loaded.model, loaded.max_context) if lean and lean_supported(loaded.model) else None
+
+    def measure_forwards(self) -> list[float]:
+        """Seconds of a forward of 1..16 tokens on the path this engine runs (the lean decoder for a Llama
+        target, whose curve differs from the generic forward's): what padding and the cost model use."""
+        if self.decoder is None:
+            return self.loaded.measure_forwards()
+        return measure_forwards(
+            self.decoder.forward, self.decoder.new_cache, self.loaded.device, self.loaded.max_context
+        )
 
     @property
     def batches_rows(self) -> bool:

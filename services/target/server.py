@@ -74,15 +74,15 @@ class TargetServicer(target_pb2_grpc.TargetServiceServicer):
     def load(self, config: TargetConfig) -> None:
         path = resolve_model_path(config.model)
         loaded = load_causal_lm(path, device=config.device, dtype=config.dtype)
-        self.forward_seconds = loaded.measure_forwards()
-        verify_lengths = padded_lengths(self.forward_seconds) if config.verify_padding else []
         self.engine = TargetEngine(
             loaded,
             max_sessions=config.max_sessions,
-            verify_lengths=verify_lengths,
             max_batch_tokens=config.max_batch_tokens,
             prefill_chunk=config.prefill_chunk,
         )
+        self.forward_seconds = self.engine.measure_forwards()
+        verify_lengths = padded_lengths(self.forward_seconds) if config.verify_padding else []
+        self.engine.verify_lengths = verify_lengths
         self.batch_seconds = self.engine.decoder.measure_batches() if self.engine.decoder is not None else {}
         self.scheduler = Scheduler(self.engine, on_forward=metrics.record_forward)
         log.info(
