@@ -29,7 +29,7 @@ from transformers.models.llama.modeling_llama import apply_rotary_pos_emb
 # Rotary variants whose tables depend only on the position (no dynamic rescaling at run time).
 STATIC_ROPE_TYPES = {"default", "linear", "llama3"}
 # Up to this many tokens, a CPU forward multiplies weight × inputsᵀ (see `LeanLlama._times`); measured with
-# benchmarks/forward_cost.py: 1 × 3 and 1 × 5 tokens 0.76x and 0.80x the time, 7 or 8 no faster (RESULTS 24).
+# benchmarks/lean_ab.py: 1 × 3 and 1 × 5 tokens 0.77x and 0.75x the time, 7 or 8 no faster (RESULTS 24).
 NARROW_ROWS = 6
 
 
@@ -242,7 +242,7 @@ class LeanLlama:
     def _times(self, inputs: torch.Tensor, weight: torch.Tensor, bias: torch.Tensor | None = None) -> torch.Tensor:
         """`F.linear(inputs, weight, bias)`, but a few rows go as weight × inputsᵀ: the BLAS then streams the
         weight once, as for one row, instead of repacking it for a matrix product (on a CPU, 2-5 rows cost
-        about 1.7x one row the usual way and about 1.1x this way)."""
+        1.7-2.3x one row the usual way and 1.0-1.4x this way)."""
         if not 1 < inputs.shape[0] <= self.narrow_rows:
             return F.linear(inputs, weight, bias)
         out = torch.mm(weight, inputs.T).T.contiguous()
@@ -253,8 +253,8 @@ class LeanLlama:
     ) -> torch.Tensor:
         """One row's attention, [heads, count, head_dim] (query already scaled). The query heads that share a
         key head are folded into one matrix against it, so keys and values are never copied per query head
-        (grouped-query attention through `scaled_dot_product_attention` copies them: measured a fifth of an
-        8-row forward), and a row costs a handful of small operations."""
+        (grouped-query attention through `scaled_dot_product_attention` copies them; folding made an 8-row
+        forward 0.82x the time), and a row costs a handful of small operations."""
         count = query.shape[1]
         folded = query.reshape(self.kv_heads, -1, self.head_dim)  # [kv_heads, groups * count, head_dim]
         scores = torch.bmm(folded, keys.transpose(1, 2))
