@@ -10,7 +10,6 @@ the service lost (SESSION_LOST), the round stream, and the release. Every call h
 from __future__ import annotations
 
 import asyncio
-import contextlib
 import time
 from collections.abc import Awaitable, Callable, Sequence
 from dataclasses import dataclass
@@ -34,6 +33,7 @@ from services.controller.retry import Backoff, CircuitBreaker
 log = structlog.get_logger()
 
 RELEASE_TIMEOUT_SECONDS = 5.0
+CLOSE_TIMEOUT_SECONDS = 1.0  # half-closing a round stream before a release
 DEFAULT_DRAFT_DEADLINE_SECONDS = 3.0  # a proposal slower than this costs its drafter the request
 # A proposal that ships context (a session's first, or a reopen) may take one more draft deadline per this
 # many tokens: a draft model prefills them.
@@ -563,7 +563,13 @@ class RoundStream:
             self.call = None
 
     async def close(self) -> None:
+        """Half-close the stream. It is finished either way, so nothing here may keep the caller from its
+        next step (a session's release): a call that ended meanwhile can raise more than `AioRpcError`
+        (grpc's own internal errors), and a stalled peer gets `CLOSE_TIMEOUT_SECONDS`."""
         if self.call is not None:
             call, self.call = self.call, None
-            with contextlib.suppress(grpc.aio.AioRpcError):  # the stream is finished either way
-                await call.done_writing()
+            try:
+                async with asyncio.timeout(CLOSE_TIMEOUT_SECONDS):
+                    await call.done_writing()
+            except Exception:
+                call.cancel()
