@@ -13,6 +13,10 @@ os.environ.setdefault("TRANSFORMERS_NO_ADVISORY_WARNINGS", "1")
 
 from banditspec.bench import __doc__ as BENCH_DOC
 from banditspec.bench.config import FAMILIES, FULL, REDUCED, BenchConfig
+from banditspec.policy_names import POLICY_WIRE_VALUES
+
+# As bench.methods.ADAPTIVE, without importing torch before --help.
+ADAPTIVE_POLICIES = [name for name in POLICY_WIRE_VALUES if name != "fixed"]
 
 
 def parse_args(argv: list[str] | None = None) -> BenchConfig:
@@ -37,6 +41,11 @@ def parse_args(argv: list[str] | None = None) -> BenchConfig:
     parser.add_argument("--limit", type=int, help="prompts per kind (default all)")
     parser.add_argument("--kinds", help="comma-separated subset of prompt kinds")
     parser.add_argument("--repeats", type=int, default=1, help="timed calls per prompt and method; the median counts")
+    parser.add_argument(
+        "--policies",
+        help=f"comma-separated adaptive policies to measure (default all: {','.join(ADAPTIVE_POLICIES)}); "
+        "hf-plain, hf-pld and every fixed arm (the oracle) are always measured",
+    )
     parser.add_argument("--drafter", action="append", default=[], help="another drafter spec for the draft service")
     parser.add_argument("--datastore", help="add rest=retrieval:PATH when this datastore file exists")
     parser.add_argument("--assistant", help="draft model of the assisted generate() baseline (default: the family's)")
@@ -76,6 +85,7 @@ def parse_args(argv: list[str] | None = None) -> BenchConfig:
         limit=args.limit or preset["limit"],
         kinds=_list(args.kinds),
         repeats=args.repeats,
+        policies=_list(args.policies) or list(ADAPTIVE_POLICIES),
         reduced=args.reduced,
         out=out,
         device=args.device,
@@ -87,6 +97,8 @@ def parse_args(argv: list[str] | None = None) -> BenchConfig:
     )
     if config.repeats < 1 or config.max_new_tokens < 1:
         parser.error("--repeats and --max-new-tokens must be >= 1")
+    if unknown := sorted(set(config.policies) - set(ADAPTIVE_POLICIES)):
+        parser.error(f"unknown --policies {', '.join(unknown)}; choose from {', '.join(ADAPTIVE_POLICIES)}")
     import torch
 
     if config.device == "auto":

@@ -58,6 +58,7 @@ class BenchConfig:
     limit: int | None
     kinds: list[str] | None
     repeats: int
+    policies: list[str]  # adaptive policies measured
     reduced: bool
     out: Path
     device: str

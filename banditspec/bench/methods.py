@@ -164,7 +164,9 @@ def stream_problems(streamed: list[int], final, rounds: int) -> list[str]:
     return problems
 
 
-def stack_methods(stub, arms: list[str], max_new_tokens: int, timeout: float) -> list[Method]:
+def stack_methods(
+    stub, arms: list[str], max_new_tokens: int, timeout: float, policies: list[str] | None = None
+) -> list[Method]:
     def method(name: str, policy: int, allowed: list[str]) -> Method:
         return Method(
             name,
@@ -172,6 +174,6 @@ def stack_methods(stub, arms: list[str], max_new_tokens: int, timeout: float) ->
             stack=True,
         )
 
-    methods = [method(name, policy, []) for name, policy in ADAPTIVE.items()]
+    methods = [method(name, policy, []) for name, policy in ADAPTIVE.items() if policies is None or name in policies]
     methods += [method(FIXED_PREFIX + arm, generation_pb2.POLICY_FIXED, [arm]) for arm in arms]
     return methods

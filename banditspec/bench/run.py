@@ -69,7 +69,7 @@ def run_dtype(config: BenchConfig, dtype: str, prompts: list[Prompt], log) -> di
         arms = list_arms(stub, timeout=30)
         log(f"[{dtype}] arms: {', '.join(arms)}")
         methods = hf_methods(model, config.max_new_tokens, assistant) + stack_methods(
-            stub, arms, config.max_new_tokens, config.timeout
+            stub, arms, config.max_new_tokens, config.timeout, config.policies
         )
         raw = measure(methods, prompts, config.repeats, dtype, config.seed)
     return {"dtype": dtype, "arms": arms, "methods": [m.name for m in methods], **raw}
