@@ -79,13 +79,18 @@ class LocalStack:
         self.services.append(service)
         return service
 
-    def _target_threads(self) -> list[str]:
+    def _target_threads(self, service_drafters: list[str]) -> list[str]:
         """The services share this machine: the target's torch threads leave a core to the controller and
         the draft service. With every core in one OpenMP region, a forward waits for whichever thread the
-        other processes preempted (measured on 2 cores, 8 clients, target-only: 22.6 → 43.7 tok/s)."""
+        other processes preempted (measured on 2 cores, 8 clients, target-only: 22.6 → 43.7 tok/s). A lone
+        request's forward takes every core, unless a draft model may run beside it (lookahead)."""
         if "--threads" in self.extra_target_args:
             return []
-        return ["--threads", str(max(1, (os.cpu_count() or 1) - 1))]
+        cores = os.cpu_count() or 1
+        threads = ["--threads", str(max(1, cores - 1))]
+        if not service_drafters and "--solo-threads" not in self.extra_target_args:
+            threads += ["--solo-threads", str(cores)]
+        return threads
 
     def _unix_socket(self, name: str, extra_args: list[str]) -> list[str]:
         if not self.unix_sockets or self.client_tls is not None or "--unix-socket" in extra_args:
@@ -126,7 +131,7 @@ class LocalStack:
                     self.model,
                     "--port",
                     "0",
-                    *self._target_threads(),
+                    *self._target_threads(service_drafters),
                     *self._unix_socket("target", self.extra_target_args),
                     *self.extra_target_args,
                 ],

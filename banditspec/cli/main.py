@@ -107,6 +107,7 @@ def cmd_serve_target(args: argparse.Namespace) -> None:
                 metrics_port=args.metrics_port,
                 drain_seconds=args.drain_seconds,
                 unix_socket=args.unix_socket,
+                solo_threads=args.solo_threads,
                 **{  # unset: the engine's defaults (the CLI does not import torch to learn them)
                     key: value
                     for key, value in (
@@ -475,6 +476,11 @@ def build_parser() -> argparse.ArgumentParser:
         "--prefill-chunk", type=int, help="prompt tokens per forward while other sessions wait (default 64)",
     )  # fmt: skip
     target.add_argument("--threads", type=int, default=0, help="torch CPU threads (0: torch's default)")
+    target.add_argument(
+        "--solo-threads", type=int, default=0,
+        help="torch CPU threads of a forward while only one session is open, when nothing else on the machine "
+        "works during it (0: as --threads)",
+    )  # fmt: skip
     target.add_argument(
         "--verify-padding",
         choices=["auto", "off"],

@@ -21,6 +21,7 @@ import structlog
 
 from banditspec.errors import SessionLost
 from services.target.engine import BatchInfo, Job, TargetEngine
+from services.target.threads import ThreadPlan
 
 log = structlog.get_logger()
 
@@ -30,8 +31,14 @@ MAX_GATHER_SECONDS = 0.03
 
 
 class Scheduler:
-    def __init__(self, engine: TargetEngine, on_forward: Callable[[BatchInfo], None] | None = None) -> None:
+    def __init__(
+        self,
+        engine: TargetEngine,
+        on_forward: Callable[[BatchInfo], None] | None = None,
+        threads: ThreadPlan | None = None,
+    ) -> None:
         self.engine = engine
+        self.threads = threads  # None: the process's torch threads for every forward
         self.on_forward = on_forward  # called after every forward that ran (metrics)
         self._jobs: list[tuple[Job, Future]] = []  # submission order: the budget serves the oldest first
         self._calls: list[tuple[Callable[..., Any], tuple[Any, ...], Future]] = []
@@ -107,6 +114,8 @@ class Scheduler:
                         future.set_exception(error)
             if not jobs:
                 continue
+            if self.threads is not None:
+                self.threads.apply(len(self.engine.sessions))
             start = time.perf_counter()
             try:
                 batch = self.engine.step([job for job, _ in jobs])

@@ -29,6 +29,7 @@ from services.target.engine import (
     VerifyResult,
 )
 from services.target.scheduler import Scheduler
+from services.target.threads import ThreadPlan
 
 log = structlog.get_logger()
 
@@ -49,6 +50,7 @@ class TargetConfig:
     metrics_port: int | None = None  # Prometheus metrics over HTTP on host:metrics_port
     unix_socket: str | None = None  # also listen here (unix:PATH): lighter than TCP for a co-located controller
     drain_seconds: float = DRAIN_SECONDS  # after SIGTERM, how long in-flight calls may finish
+    solo_threads: int = 0  # torch threads of a forward while one session is open (0: the process's)
 
 
 class TargetServicer(target_pb2_grpc.TargetServiceServicer):
@@ -80,11 +82,16 @@ class TargetServicer(target_pb2_grpc.TargetServiceServicer):
             max_batch_tokens=config.max_batch_tokens,
             prefill_chunk=config.prefill_chunk,
         )
-        self.forward_seconds = self.engine.measure_forwards()
+        threads = ThreadPlan.from_flags(config.solo_threads)
+        # The one-row curve is a lone session's (solo threads); batched forwards run with several open.
+        self.forward_seconds = threads.measure(1, self.engine.measure_forwards)
         verify_lengths = padded_lengths(self.forward_seconds) if config.verify_padding else []
         self.engine.verify_lengths = verify_lengths
-        self.batch_seconds = self.engine.decoder.measure_batches() if self.engine.decoder is not None else {}
-        self.scheduler = Scheduler(self.engine, on_forward=metrics.record_forward)
+        decoder = self.engine.decoder
+        self.batch_seconds = threads.measure(2, decoder.measure_batches) if decoder is not None else {}
+        self.scheduler = Scheduler(
+            self.engine, on_forward=metrics.record_forward, threads=threads if threads.switches else None
+        )
         log.info(
             "target model loaded",
             path=str(path),
@@ -93,6 +100,7 @@ class TargetServicer(target_pb2_grpc.TargetServiceServicer):
             forward_ms=[round(t * 1e3, 1) for t in self.forward_seconds],
             padded={n: m for n, m in enumerate(verify_lengths, 1) if m != n},
             batched=self.engine.batches_rows,
+            threads={"shared": threads.shared, "solo": threads.solo},
             batch_ms={n: round(t * 1e3, 1) for n, t in self.batch_seconds.items()},
         )
 
