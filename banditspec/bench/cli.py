@@ -63,6 +63,10 @@ def parse_args(argv: list[str] | None = None) -> BenchConfig:
         "--controller-arg", action="append", default=[],
         help="passed to serve-controller, e.g. --controller-arg=--tree-tokens=12 (tree arms)",
     )  # fmt: skip
+    parser.add_argument(
+        "--target-arg", action="append", default=[],
+        help="passed to serve-target, e.g. --target-arg=--solo-threads=1 (a lone request on the shared threads)",
+    )  # fmt: skip
     args = parser.parse_args(argv)
 
     family = FAMILIES[args.family]
@@ -94,6 +98,7 @@ def parse_args(argv: list[str] | None = None) -> BenchConfig:
         timeout=args.timeout,
         log_dir=Path(args.log_dir) if args.log_dir else out / "logs",
         controller_args=args.controller_arg,
+        target_args=args.target_arg,
     )
     if config.repeats < 1 or config.max_new_tokens < 1:
         parser.error("--repeats and --max-new-tokens must be >= 1")

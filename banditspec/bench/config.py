@@ -67,6 +67,7 @@ class BenchConfig:
     timeout: float
     log_dir: Path
     controller_args: list[str] = field(default_factory=list)  # passed to serve-controller
+    target_args: list[str] = field(default_factory=list)  # passed to serve-target
 
     def to_json(self) -> dict:
         return {k: str(v) if isinstance(v, Path) else v for k, v in asdict(self).items()}

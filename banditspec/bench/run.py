@@ -59,7 +59,7 @@ def run_dtype(config: BenchConfig, dtype: str, prompts: list[Prompt], log) -> di
         model=str(model_path),
         drafters=config.drafters,
         controller_port=0,
-        extra_target_args=device_args,
+        extra_target_args=[*device_args, *config.target_args],
         extra_draft_args=device_args,
         extra_controller_args=config.controller_args,
         log_dir=config.log_dir / dtype,
