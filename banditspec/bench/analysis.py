@@ -13,6 +13,7 @@ from banditspec.bench.methods import ADAPTIVE, ASSISTED, ORACLE, PLAIN, PLD, is_
 from banditspec.bench.run import Measurement
 
 SHARE_BUCKETS = 20  # round buckets of the arm-share curves
+DISTURBED_STEAL = 0.05  # a call that lost more of its CPU time than this to the hypervisor measured neighbours too
 
 
 def analyse(raw: dict) -> dict:
@@ -40,6 +41,8 @@ def analyse(raw: dict) -> dict:
         "best_fixed": best,
         "oracle_arms": {m.prompt: m.stats["arm"] for m in oracle_rows if m.stats is not None},  # oracle() sets stats
         "ratios": ratios(per_method, per_kind, best),
+        "paired_ratios": paired_ratios(rows, best["all"]),
+        "steal": steal_summary(measured),
         "regret_curves": regret_curves(measured, by_prompt, kinds),
         "arm_shares": arm_shares(measured, raw["arms"]),
         "controller_overhead": overhead_summary(raw["overheads"]),
@@ -147,6 +150,40 @@ def ratios(per_method: dict, per_kind: dict, best: dict) -> dict:
                 for scope in scopes
             }
     return out
+
+
+def paired_ratios(rows: list[Measurement], best_arm: str | None) -> dict:
+    """Each adaptive policy's median over prompts of (its tokens/s ÷ a baseline's on the same prompt).
+
+    A prompt's methods run back to back, so a per-prompt ratio cancels the machine's drift between prompts,
+    which moves the aggregate ratios when a noisy neighbour comes and goes during an hour-long run."""
+    by_prompt: dict[str, dict[str, float]] = defaultdict(dict)
+    for m in rows:
+        by_prompt[m.prompt][m.method] = m.tokens_per_second
+    out: dict = {}
+    for policy in ADAPTIVE:
+        for baseline in ("best_fixed", ORACLE, PLAIN, PLD, ASSISTED):
+            other = best_arm if baseline == "best_fixed" else baseline
+            if other is None:
+                continue
+            pairs = [t[policy] / t[other] for t in by_prompt.values() if policy in t and t.get(other)]
+            if pairs:
+                out.setdefault(policy, {})[baseline] = statistics.median(pairs)
+    return out
+
+
+def steal_summary(measured: list[Measurement]) -> dict:
+    """How much CPU the hypervisor took during the run, and which prompts it disturbed."""
+    seen = [(m, m.steal) for m in measured if m.steal is not None]
+    disturbed = sorted({m.prompt for m, steal in seen if steal > DISTURBED_STEAL})
+    seconds = sum(m.seconds for m, _ in seen)
+    weighted = sum(steal * m.seconds for m, steal in seen) / seconds if seconds else None
+    return {
+        "mean": weighted,
+        "threshold": DISTURBED_STEAL,
+        "disturbed_prompts": disturbed,
+        "prompts": len({m.prompt for m in measured}),
+    }
 
 
 # --- curves over rounds -----------------------------------------------------------------------------------

@@ -35,6 +35,24 @@ def machine(device: str) -> dict:
     return info
 
 
+def cpu_ticks() -> tuple[int, int]:
+    """(steal, total) CPU ticks since boot from /proc/stat; (0, 0) where there is none.
+
+    Steal is time the hypervisor gave this VM's virtual CPUs to someone else: a call that saw much of it
+    measured the neighbours as well as the stack."""
+    fields = _read("/proc/stat").split("\n", 1)[0].split()
+    if not fields or fields[0] != "cpu":
+        return 0, 0
+    ticks = [int(v) for v in fields[1:]]
+    steal = ticks[7] if len(ticks) > 7 else 0
+    return steal, sum(ticks[:8])  # guest times (fields 9-10) are already counted in user and nice
+
+
+def steal_fraction(before: tuple[int, int], after: tuple[int, int]) -> float | None:
+    total = after[1] - before[1]
+    return (after[0] - before[0]) / total if total > 0 else None
+
+
 def _read(path: str) -> str:
     try:
         return Path(path).read_text()

@@ -41,6 +41,7 @@ class Call:
     overheads: list[float] = field(default_factory=list)  # per round: wall - service seconds
     stats: dict | None = None
     problems: list[str] = field(default_factory=list)
+    steal: float | None = None  # share of CPU time the hypervisor took during the call (Linux VMs)
 
 
 @dataclass

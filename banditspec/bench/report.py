@@ -87,14 +87,26 @@ def dtype_section(r: dict, plots: dict) -> list[str]:
         "Per kind, the best fixed arm is the best one for that kind.",
         "",
     ]
+    paired = r.get("paired_ratios", {})
     lines += table(
-        ["ratio", "all", *kinds],
+        ["ratio", "all", "median per prompt", *kinds],
         [
-            [f"{policy} ÷ {BASELINE_NAMES.get(base, base)}", *(_ratio(v.get(scope)) for scope in ["all", *kinds])]
+            [
+                f"{policy} ÷ {BASELINE_NAMES.get(base, base)}",
+                _ratio(v.get("all")),
+                _ratio(paired.get(policy, {}).get(base)),
+                *(_ratio(v.get(scope)) for scope in kinds),
+            ]
             for policy, bases in r["ratios"].items()
             for base, v in bases.items()
         ],
     )
+    lines += [
+        "",
+        "median per prompt: the median over prompts of the two methods' ratio on that prompt (they run "
+        "back to back, so it holds when the machine's speed drifts during the run).",
+        *steal_note(r),
+    ]
     lines += ["", "### Rounds, acceptance and regret", ""]
     lines += table(
         [
@@ -148,6 +160,19 @@ def arm_pulls(r: dict) -> list[str]:
 
     lines = ["", "### Arm pulls of the adaptive policies (pulls, accepted/drafted tokens)", ""]
     return lines + table(["arm", *policies], [[f"`{a}`", *(cell(p, a) for p in policies)] for a in arms])
+
+
+def steal_note(r: dict) -> list[str]:
+    steal = r.get("steal") or {}
+    if steal.get("mean") is None:
+        return []
+    disturbed = steal["disturbed_prompts"]
+    note = (
+        f"CPU steal (time the hypervisor gave these CPUs to other guests): {100 * steal['mean']:.1f}% of the "
+        f"measured calls' time; {len(disturbed)} of {steal['prompts']} prompts had a call above "
+        f"{100 * steal['threshold']:.0f}%"
+    )
+    return ["", note + (f" ({', '.join(f'`{p}`' for p in disturbed)})." if disturbed else ".")]
 
 
 def correctness(r: dict) -> list[str]:

@@ -10,6 +10,7 @@ import grpc
 from tqdm import tqdm
 
 from banditspec.bench.config import BenchConfig
+from banditspec.bench.machine import cpu_ticks, steal_fraction
 from banditspec.bench.methods import (
     ADAPTIVE,
     PLAIN,
@@ -46,6 +47,7 @@ class Measurement:
     trace: dict | None = None  # adaptive policies: per round "arms", "tokens", "seconds"
     stats: dict | None = None
     token_ids: list[int] | None = None  # the median call's output, to compare runs token by token
+    steal: float | None = None  # the most CPU steal any repeat saw (see machine.cpu_ticks)
 
 
 def run_dtype(config: BenchConfig, dtype: str, prompts: list[Prompt], log) -> dict:
@@ -85,12 +87,14 @@ def measure(methods: list[Method], prompts: list[Prompt], repeats: int, dtype: s
 
         def call(method: Method, prompt: Prompt, seed: int, label: str) -> Call:
             bar.set_postfix_str(label)
+            before = cpu_ticks()
             try:
                 result = method.call(prompt.ids, seed)
             except grpc.RpcError as error:  # one transient failure must not cost an hour-long run
                 bar.write(f"[{dtype}] {label}: {error.code().name} {error.details()}; retrying once")
                 result = method.call(prompt.ids, seed)
                 result.problems.append(f"first call failed: {error.code().name} {error.details()}")
+            result.steal = steal_fraction(before, cpu_ticks())
             bar.update()
             return result
 
@@ -163,4 +167,5 @@ def summarise(runs: list[Call], dtype: str, prompt: Prompt, method: Method, matc
         trace=trace,
         stats=run.stats,
         token_ids=list(run.tokens),
+        steal=max((r.steal for r in runs if r.steal is not None), default=None),
     )

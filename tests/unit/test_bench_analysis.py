@@ -34,3 +34,25 @@ def test_oracle_regret_and_shares_arithmetic():
     shares = analysis.arm_shares(rows, ["a", "b"])["ucbspec"]
     assert shares["bucket_size"] == 1 and shares["shares"] == {"a": [1, 1, 0, 0], "b": [0, 0, 1, 1]}
     assert analysis.mean_padded([np.array([1.0, 3.0]), np.array([2.0])]) == [1.5, 2.5]
+
+
+def test_paired_ratios_cancel_drift_that_moves_the_aggregate():
+    # prompt q ran while the machine was 4x slower: every method there took 4x as long
+    rows = [
+        _m("p", "hf-pld", 100, 10.0, None),
+        _m("p", "ucbspec-cf", 100, 8.0, 40),
+        _m("q", "hf-pld", 100, 10.0, None),
+        _m("q", "ucbspec-cf", 100, 40.0, 40),
+        _m("r", "hf-pld", 100, 10.0, None),
+        _m("r", "ucbspec-cf", 100, 9.0, 40),
+    ]
+    paired = analysis.paired_ratios(rows, best_arm=None)["ucbspec-cf"]
+    assert math.isclose(paired["hf-pld"], 10.0 / 9.0)  # median of 1.25, 0.25, 1.11; the aggregate is 0.53
+
+
+def test_steal_summary_names_the_disturbed_prompts():
+    rows = [_m("p", "hf-pld", 10, 1.0, None), _m("q", "hf-pld", 10, 3.0, None), _m("q", "fixed:a", 10, 1.0, 2)]
+    rows[0].steal, rows[1].steal, rows[2].steal = 0.0, 0.2, 0.01
+    summary = analysis.steal_summary(rows)
+    assert summary["disturbed_prompts"] == ["q"] and summary["prompts"] == 2
+    assert math.isclose(summary["mean"], (0.0 * 1 + 0.2 * 3 + 0.01 * 1) / 5)
