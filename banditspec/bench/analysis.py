@@ -30,6 +30,7 @@ def analyse(raw: dict) -> dict:
     for (kind, name), ms in group(rows, "kind", "method").items():
         per_kind[kind][name] = summary(ms, by_prompt)
     best = best_fixed(per_method, per_kind)
+    steal = steal_summary(measured)
     return {
         "dtype": raw["dtype"],
         "arms": raw["arms"],
@@ -42,7 +43,8 @@ def analyse(raw: dict) -> dict:
         "oracle_arms": {m.prompt: m.stats["arm"] for m in oracle_rows if m.stats is not None},  # oracle() sets stats
         "ratios": ratios(per_method, per_kind, best),
         "paired_ratios": paired_ratios(rows, best["all"]),
-        "steal": steal_summary(measured),
+        "steal": steal,
+        "undisturbed": undisturbed_ratios(rows, by_prompt, set(steal["disturbed_prompts"])),
         "regret_curves": regret_curves(measured, by_prompt, kinds),
         "arm_shares": arm_shares(measured, raw["arms"]),
         "controller_overhead": overhead_summary(raw["overheads"]),
@@ -183,6 +185,25 @@ def steal_summary(measured: list[Measurement]) -> dict:
         "threshold": DISTURBED_STEAL,
         "disturbed_prompts": disturbed,
         "prompts": len({m.prompt for m in measured}),
+    }
+
+
+def undisturbed_ratios(rows: list[Measurement], oracle_by_prompt: dict, disturbed: set[str]) -> dict:
+    """The workload ratios again over the prompts no call of which the hypervisor disturbed (empty when
+    none or all were). Those prompts are not a random sample of the workload: they are the ones measured
+    while the neighbours were quiet."""
+    quiet = [m for m in rows if m.prompt not in disturbed]
+    if not disturbed or not quiet:
+        return {}
+    per_method = {name: summary(ms, oracle_by_prompt) for (name,), ms in group(quiet, "method").items()}
+    best = best_fixed(per_method, {})
+    return {
+        "prompts": len({m.prompt for m in quiet}),
+        "best_fixed": best["all"],
+        "ratios": {
+            policy: {base: v["all"] for base, v in bases.items()}
+            for policy, bases in ratios(per_method, {}, best).items()
+        },
     }
 
 

@@ -88,13 +88,17 @@ def dtype_section(r: dict, plots: dict) -> list[str]:
         "",
     ]
     paired = r.get("paired_ratios", {})
+    undisturbed = r.get("undisturbed") or {}
+    quiet = undisturbed.get("ratios", {})
+    quiet_header = [f"{undisturbed['prompts']} undisturbed prompts"] if undisturbed else []
     lines += table(
-        ["ratio", "all", "median per prompt", *kinds],
+        ["ratio", "all", "median per prompt", *quiet_header, *kinds],
         [
             [
                 f"{policy} ÷ {BASELINE_NAMES.get(base, base)}",
                 _ratio(v.get("all")),
                 _ratio(paired.get(policy, {}).get(base)),
+                *([_ratio(quiet.get(policy, {}).get(base))] if undisturbed else []),
                 *(_ratio(v.get(scope)) for scope in kinds),
             ]
             for policy, bases in r["ratios"].items()
@@ -172,7 +176,14 @@ def steal_note(r: dict) -> list[str]:
         f"measured calls' time; {len(disturbed)} of {steal['prompts']} prompts had a call above "
         f"{100 * steal['threshold']:.0f}%"
     )
-    return ["", note + (f" ({', '.join(f'`{p}`' for p in disturbed)})." if disturbed else ".")]
+    lines = ["", note + (f" ({', '.join(f'`{p}`' for p in disturbed)})." if disturbed else ".")]
+    if r.get("undisturbed"):
+        lines.append(
+            "The undisturbed-prompts column repeats the workload ratios over the other prompts (best fixed arm "
+            f"there: `{r['undisturbed']['best_fixed']}`); they were measured while the neighbours were quiet, "
+            "so they are not a random sample of the workload."
+        )
+    return lines
 
 
 def correctness(r: dict) -> list[str]:

@@ -56,3 +56,22 @@ def test_steal_summary_names_the_disturbed_prompts():
     summary = analysis.steal_summary(rows)
     assert summary["disturbed_prompts"] == ["q"] and summary["prompts"] == 2
     assert math.isclose(summary["mean"], (0.0 * 1 + 0.2 * 3 + 0.01 * 1) / 5)
+
+
+def test_undisturbed_ratios_leave_out_the_disturbed_prompts():
+    rows = [
+        _m("p", "hf-pld", 100, 10.0, None),
+        _m("p", "ucbspec-cf", 100, 8.0, 40),
+        _m("p", "fixed:a", 100, 9.0, 40),
+        _m("q", "hf-pld", 100, 10.0, None),
+        _m("q", "ucbspec-cf", 100, 40.0, 40),
+        _m("q", "fixed:a", 100, 30.0, 40),
+    ]
+    rows += analysis.oracle(rows)
+    by_prompt = {m.prompt: m for m in rows if m.method == ORACLE}
+    quiet = analysis.undisturbed_ratios(rows, by_prompt, {"q"})
+    assert quiet["prompts"] == 1 and quiet["best_fixed"] == "fixed:a"
+    assert math.isclose(quiet["ratios"]["ucbspec-cf"]["hf-pld"], 10.0 / 8.0)
+    assert math.isclose(quiet["ratios"]["ucbspec-cf"][ORACLE], 9.0 / 8.0)
+    assert analysis.undisturbed_ratios(rows, by_prompt, set()) == {}
+    assert analysis.undisturbed_ratios(rows, by_prompt, {"p", "q"}) == {}
