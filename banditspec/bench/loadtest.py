@@ -28,7 +28,7 @@ import grpc
 import torch
 
 from banditspec.bench.config import FAMILIES
-from banditspec.bench.machine import machine
+from banditspec.bench.machine import StealMeter, machine
 from banditspec.bench.workload import Prompt, load_prompts, render_prompts
 from banditspec.channels import open_channel
 from banditspec.cli.launcher import LocalStack
@@ -74,6 +74,7 @@ class Phase:
     first_mismatch: dict | None = None
     rss_mib: dict[str, float] = field(default_factory=dict)
     note: str = ""
+    steal: float | None = None  # share of CPU time the hypervisor took during the phase (machine.cpu_ticks)
 
 
 def percentile(values: list[float], q: float) -> float:
@@ -271,6 +272,9 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--timeout", type=float, default=600.0, help="seconds per request")
     parser.add_argument("--controller-arg", action="append", default=[], help="passed to serve-controller")
     parser.add_argument(
+        "--target-arg", action="append", default=[], help="passed to serve-target (e.g. --target-arg=--threads=2)"
+    )
+    parser.add_argument(
         "--model-free-in-service",
         action="store_true",
         help="model-free drafters in the draft service, not the controller",
@@ -308,7 +312,7 @@ def main(argv: list[str] | None = None) -> int:
         model=str(model_path),
         drafters=args.drafter or list(family.drafters),
         controller_port=0,
-        extra_target_args=device_args,
+        extra_target_args=[*device_args, *args.target_arg],
         extra_draft_args=device_args,
         extra_controller_args=[
             *(["--model-free-gammas", args.model_free_gammas] if args.model_free_gammas else []),
@@ -328,20 +332,26 @@ def main(argv: list[str] | None = None) -> int:
             methods = [(args.policy, [])] + ([("fixed:" + a, [a]) for a in arms] if clients in fixed_at else [])
             for method, allowed in methods:
                 policy = "fixed" if allowed else args.policy
-                requests, seconds = run_clients(
-                    address, assignments, args.max_new_tokens, policy, allowed, args.timeout
-                )
+                with StealMeter() as steal:
+                    requests, seconds = run_clients(
+                        address, assignments, args.max_new_tokens, policy, allowed, args.timeout
+                    )
                 phase = stack_phase(method, clients, requests, seconds, references)
+                phase.steal = steal.fraction
                 phase.rss_mib = resident_mib(stack)
                 phases.append(phase)
                 print(_line(phase), flush=True)
             batch_prompts = [p for ps in assignments for p in ps]
             if "padded" in baselines:
                 batches = [[assignments[c][r] for c in range(clients)] for r in range(args.requests_per_client)]
-                phases.append(run_padded(model, batches, clients, args.max_new_tokens, pad, eos, references))
+                with StealMeter() as steal:
+                    phases.append(run_padded(model, batches, clients, args.max_new_tokens, pad, eos, references))
+                phases[-1].steal = steal.fraction
                 print(_line(phases[-1]), flush=True)
             if "continuous" in baselines and clients in continuous_at:
-                phases.append(run_continuous(model, batch_prompts, clients, args.max_new_tokens, eos, references))
+                with StealMeter() as steal:
+                    phases.append(run_continuous(model, batch_prompts, clients, args.max_new_tokens, eos, references))
+                phases[-1].steal = steal.fraction
                 print(_line(phases[-1]), flush=True)
 
     document = {
@@ -398,8 +408,8 @@ def report(document: dict) -> str:
         f"greedy, {config['requests_per_client']} requests per client; arms {', '.join(config['arms'])}.",
         "",
         "| N | method | requests | tok/s | ÷ N=1 | ÷ padded generate() | TTFT p50 s | latency p50 s | p99 s | "
-        "p99 ÷ p50 | mean γ | errors | ≠ target |",
-        "|---:|---|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|",
+        "p99 ÷ p50 | mean γ | errors | ≠ target | CPU steal |",
+        "|---:|---|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|",
     ]
     padded = {p.clients: p for p in phases if p.method == "generate-padded"}
     for p in phases:
@@ -410,8 +420,13 @@ def report(document: dict) -> str:
         lines.append(
             f"| {p.clients} | {p.method} | {p.requests} | {p.tokens_per_second:.1f} | {ratio_one} | {ratio_pad} | "
             f"{_num(p.ttft_p50)} | {_num(p.latency_p50)} | {_num(p.latency_p99)} | {spread} | {_num(p.mean_gamma)} | "
-            f"{p.errors} | {p.mismatches} |"
+            f"{p.errors} | {p.mismatches} | {'' if p.steal is None else f'{100 * p.steal:.1f}%'} |"
         )
+    lines += [
+        "",
+        "CPU steal: the share of CPU time the hypervisor gave these CPUs to other guests during the phase; a "
+        "phase with much of it measured the neighbours too.",
+    ]
     lines += ["", "Arm shares of the adaptive policy (pulls ÷ all pulls):", ""]
     arms = config["arms"]
     lines += ["| N | " + " | ".join(arms) + " |", "|---:|" + "---:|" * len(arms)]
@@ -441,7 +456,9 @@ def report(document: dict) -> str:
 def _argv(config: dict) -> list[str]:
     keys = ("family", "clients", "requests_per_client", "max_new_tokens", "dtype", "device", "policy", "fixed_at",
             "model_free_gammas")  # fmt: skip
-    return [f"--{k.replace('_', '-')} {config[k]}" for k in keys]
+    flags = [f"--{k.replace('_', '-')} {config[k]}" for k in keys]
+    passed = [f"--{k.replace('_', '-')}={v}" for k in ("controller_arg", "target_arg") for v in config.get(k) or []]
+    return flags + passed
 
 
 def _num(value: float | None) -> str:

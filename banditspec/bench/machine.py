@@ -53,6 +53,19 @@ def steal_fraction(before: tuple[int, int], after: tuple[int, int]) -> float | N
     return (after[0] - before[0]) / total if total > 0 else None
 
 
+class StealMeter:
+    """`with StealMeter() as meter: ...` then `meter.fraction`: the CPU steal over the block."""
+
+    fraction: float | None = None
+
+    def __enter__(self) -> StealMeter:
+        self._before = cpu_ticks()
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.fraction = steal_fraction(self._before, cpu_ticks())
+
+
 def _read(path: str) -> str:
     try:
         return Path(path).read_text()

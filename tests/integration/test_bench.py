@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import json
 import math
+from pathlib import Path
 
 import pytest
 
@@ -65,6 +66,12 @@ def test_ratios_regret_curves_and_shares_are_finite(reduced_run):
         shares = result["arm_shares"][policy]["shares"]
         columns = list(zip(*shares.values(), strict=True))
         assert columns and all(math.isclose(sum(c), 1.0) for c in columns)
+        assert set(result["paired_ratios"][policy]) == {"best_fixed", ORACLE, PLAIN, PLD, ASSISTED}
+        assert all(_finite(v) and v > 0 for v in result["paired_ratios"][policy].values())
+    steals = [row["steal"] for row in result["per_prompt"]]
+    assert all(s is None or 0 <= s <= 1 for s in steals)
+    if Path("/proc/stat").exists():  # Linux: every call's steal is measured
+        assert all(s is not None for s in steals) and result["steal"]["mean"] is not None
 
 
 def test_markdown_tables_and_png_plots(reduced_run):
@@ -77,6 +84,7 @@ def test_markdown_tables_and_png_plots(reduced_run):
     for policy in ADAPTIVE:
         assert f"| {policy} ÷ best fixed arm |" in markdown
         assert f"| {policy} ÷ per-prompt oracle |" in markdown
+    assert "| ratio | all | median per prompt |" in markdown
     for name in ("throughput-float32.png", "regret-float32.png", "arm-shares-float32.png"):
         assert (out / name).read_bytes()[:8] == PNG_MAGIC, name
         assert f"]({name})" in markdown

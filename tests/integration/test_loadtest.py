@@ -4,6 +4,7 @@ target's own greedy output, and the report, JSON and plot are written."""
 from __future__ import annotations
 
 import json
+from pathlib import Path
 
 from banditspec.bench.loadtest import main
 
@@ -24,9 +25,12 @@ def test_a_small_load_test_reports_every_phase(tmp_path):
     for phase in phases:
         assert phase["errors"] == 0 and phase["mismatches"] == 0, phase
         assert phase["tokens"] > 0 and phase["tokens_per_second"] > 0
+        assert phase["steal"] is None or 0 <= phase["steal"] <= 1
+    if Path("/proc/stat").exists():  # Linux: every phase's CPU steal is measured
+        assert all(phase["steal"] is not None for phase in phases)
     stack = [p for p in phases if p["method"] == "ucbspec-cf"]
     assert all(abs(sum(p["arm_shares"].values()) - 1) < 1e-9 for p in stack)
     assert all(set(p["rss_mib"]) == {"target", "draft", "controller"} for p in stack)
     report = (out / "loadtest.md").read_text()
-    assert "| 2 | ucbspec-cf |" in report and "Peak resident memory" in report
+    assert "| 2 | ucbspec-cf |" in report and "Peak resident memory" in report and "CPU steal" in report
     assert (out / "loadtest.png").read_bytes().startswith(PNG_MAGIC)
