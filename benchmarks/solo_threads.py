@@ -42,7 +42,7 @@ def main() -> None:
     model = str(resolve_model_path("default"))
     prompts = load_prompts(FAMILIES["default"].prompts, limit=args.limit)
     render_prompts(prompts, AutoTokenizer.from_pretrained(model))
-    # on: the launcher's default for this stack (every core); off: the shared count, one core fewer
+    # on: the launcher's default for this stack (every core); off: a lone forward on one core fewer
     target_args = {"on": [], "off": [f"--solo-threads={max(1, (os.cpu_count() or 1) - 1)}"]}
     tokens_per_second: dict[tuple[str, str], list[float]] = {}
     with tempfile.TemporaryDirectory(prefix="banditspec-solo-") as workdir:

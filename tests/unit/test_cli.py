@@ -117,13 +117,14 @@ def test_the_local_stack_runs_model_free_drafters_in_the_controller():
     assert args.model_free_in_service
 
 
-def test_the_local_target_takes_every_core_for_a_lone_request_unless_a_draft_model_runs_beside_it(monkeypatch):
+def test_the_local_target_takes_every_core_unless_a_drafter_runs_beside_it(monkeypatch):
     from banditspec.cli.launcher import LocalStack
 
     monkeypatch.setattr("os.cpu_count", lambda: 4)
-    assert LocalStack()._target_threads([]) == ["--threads", "3", "--solo-threads", "4"]
+    assert LocalStack()._target_threads([]) == ["--threads", "4"]
     assert LocalStack()._target_threads(["dm=model:/x"]) == ["--threads", "3"]
-    assert LocalStack(extra_target_args=["--solo-threads=3"])._target_threads([]) == ["--threads", "3"]
+    assert LocalStack(extra_target_args=["--solo-threads=3"])._target_threads([]) == ["--threads", "4"]
     assert LocalStack(extra_target_args=["--threads", "2"])._target_threads([]) == []
+    assert LocalStack(extra_target_args=["--threads=2"])._target_threads(["dm=model:/x"]) == []
     target = build_parser().parse_args(["serve-target", "--solo-threads", "2"])
     assert (target.threads, target.solo_threads) == (0, 2)
