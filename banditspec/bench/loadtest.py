@@ -17,6 +17,7 @@ import os
 import statistics
 import threading
 import time
+from collections.abc import Callable
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Any
@@ -241,6 +242,14 @@ def run_continuous(model, prompts: list[Prompt], clients: int, max_new: int, eos
     return batch_phase("generate-continuous", clients, outputs, seconds, references)
 
 
+def metered(run: Callable[..., Phase], *args: Any) -> Phase:
+    """A baseline phase with the CPU steal it saw."""
+    with StealMeter() as steal:
+        phase = run(*args)
+    phase.steal = steal.fraction
+    return phase
+
+
 # --- the run ------------------------------------------------------------------------------------------------
 
 
@@ -344,14 +353,12 @@ def main(argv: list[str] | None = None) -> int:
             batch_prompts = [p for ps in assignments for p in ps]
             if "padded" in baselines:
                 batches = [[assignments[c][r] for c in range(clients)] for r in range(args.requests_per_client)]
-                with StealMeter() as steal:
-                    phases.append(run_padded(model, batches, clients, args.max_new_tokens, pad, eos, references))
-                phases[-1].steal = steal.fraction
+                phases.append(metered(run_padded, model, batches, clients, args.max_new_tokens, pad, eos, references))
                 print(_line(phases[-1]), flush=True)
             if "continuous" in baselines and clients in continuous_at:
-                with StealMeter() as steal:
-                    phases.append(run_continuous(model, batch_prompts, clients, args.max_new_tokens, eos, references))
-                phases[-1].steal = steal.fraction
+                phases.append(
+                    metered(run_continuous, model, batch_prompts, clients, args.max_new_tokens, eos, references)
+                )
                 print(_line(phases[-1]), flush=True)
 
     document = {

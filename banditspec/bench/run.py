@@ -10,7 +10,7 @@ import grpc
 from tqdm import tqdm
 
 from banditspec.bench.config import BenchConfig
-from banditspec.bench.machine import cpu_ticks, steal_fraction
+from banditspec.bench.machine import StealMeter
 from banditspec.bench.methods import (
     ADAPTIVE,
     PLAIN,
@@ -87,14 +87,14 @@ def measure(methods: list[Method], prompts: list[Prompt], repeats: int, dtype: s
 
         def call(method: Method, prompt: Prompt, seed: int, label: str) -> Call:
             bar.set_postfix_str(label)
-            before = cpu_ticks()
-            try:
-                result = method.call(prompt.ids, seed)
-            except grpc.RpcError as error:  # one transient failure must not cost an hour-long run
-                bar.write(f"[{dtype}] {label}: {error.code().name} {error.details()}; retrying once")
-                result = method.call(prompt.ids, seed)
-                result.problems.append(f"first call failed: {error.code().name} {error.details()}")
-            result.steal = steal_fraction(before, cpu_ticks())
+            with StealMeter() as steal:
+                try:
+                    result = method.call(prompt.ids, seed)
+                except grpc.RpcError as error:  # one transient failure must not cost an hour-long run
+                    bar.write(f"[{dtype}] {label}: {error.code().name} {error.details()}; retrying once")
+                    result = method.call(prompt.ids, seed)
+                    result.problems.append(f"first call failed: {error.code().name} {error.details()}")
+            result.steal = steal.fraction
             bar.update()
             return result
 
