@@ -131,6 +131,8 @@ class LeanLlama:
         weight = self.lm_head.weight
         self.dtype, self.device = weight.dtype, weight.device
         self.narrow_rows = NARROW_ROWS if self.device.type == "cpu" else 0
+        # float32 keeps the folded products: as fast there, and the path the exactness tests hold to generate()
+        self.fused = self.dtype != torch.float32
         with torch.inference_mode():
             positions = torch.arange(max_positions, device=self.device)[None]
             cos, sin = self.decoder.rotary_emb(weight[:1], positions)
@@ -211,7 +213,7 @@ class LeanLlama:
         total = hidden.shape[0]
         groups = self.heads // self.kv_heads
         # A row's mask, tiled for the query heads that share a key head; True where a query may not look.
-        blocked = [None if row.mask is None else ~row.mask.repeat(groups, 1) for row in rows]
+        blocked = [None if row.mask is None or self.fused else ~row.mask.repeat(groups, 1) for row in rows]
         for index, layer in enumerate(self.layers):
             attention = layer.self_attn
             normed = layer.input_layernorm(hidden)
@@ -227,7 +229,11 @@ class LeanLlama:
                 keys, values = row.cache.keys[index], row.cache.values[index]
                 keys[:, row.start : end] = key[:, row.first : row.last]
                 values[:, row.start : end] = value[:, row.first : row.last]
-                attended.append(self._attend(query[:, row.first : row.last], keys[:, :end], values[:, :end], block))
+                attended.append(
+                    self._attend_fused(query[:, row.first : row.last], keys[:, :end], values[:, :end], row.mask)
+                    if self.fused
+                    else self._attend(query[:, row.first : row.last], keys[:, :end], values[:, :end], block)
+                )
             joined = attended[0] if len(attended) == 1 else torch.cat(attended, dim=1)
             hidden = hidden + self._linear(attention.o_proj, joined.transpose(0, 1).reshape(total, -1))
             normed = layer.post_attention_layernorm(hidden)
@@ -261,6 +267,17 @@ class LeanLlama:
         if blocked is not None:
             scores.masked_fill_(blocked, -torch.inf)
         return torch.bmm(scores.softmax(-1), values).view(self.heads, count, self.head_dim)
+
+    def _attend_fused(
+        self, query: torch.Tensor, keys: torch.Tensor, values: torch.Tensor, mask: torch.Tensor | None
+    ) -> torch.Tensor:
+        """One row's attention through `scaled_dot_product_attention` (`mask` True where a query may look): in
+        half precision its fused kernel, which accumulates in float32, is 2-3x faster on a CPU than the
+        folded products above (bfloat16 matrix products of these small shapes have no fast kernel)."""
+        attended = F.scaled_dot_product_attention(
+            query[None], keys[None], values[None], attn_mask=mask, scale=1.0, enable_gqa=True
+        )
+        return attended[0]
 
     def _head(self, normed: torch.Tensor) -> torch.Tensor:
         """Logits [n, V] as float32, over the vocabulary subset when there is one."""

@@ -15,10 +15,13 @@ from banditspec.models import load_causal_lm
 TOLERANCE = {"atol": 2e-5, "rtol": 2e-5}
 
 
-@pytest.fixture(scope="module")
-def lean(tiny_models):
+@pytest.fixture(scope="module", params=["folded", "fused"])
+def lean(tiny_models, request):
+    """Both attention paths in float32: folded products (float32's) and the fused kernel (half precision's)."""
     loaded = load_causal_lm(tiny_models.target, device="cpu", dtype="float32")
-    return LeanLlama(loaded.model, loaded.max_context), tiny_models.vocab_size
+    model = LeanLlama(loaded.model, loaded.max_context)
+    model.fused = request.param == "fused"
+    return model, tiny_models.vocab_size
 
 
 def ids(generator: torch.Generator, vocab: int, count: int) -> list[int]:

@@ -41,10 +41,12 @@ def run_both(loaded, lean: LeanLlama, steps: list[tuple[str, int]], vocab: int) 
         length += count
 
 
-@pytest.fixture(scope="module")
-def tiny(tiny_models):
+@pytest.fixture(scope="module", params=["folded", "fused"])
+def tiny(tiny_models, request):
     loaded = load_causal_lm(tiny_models.target, device="cpu", dtype="float32")
-    return loaded, LeanLlama(loaded.model, loaded.max_context), tiny_models.vocab_size
+    lean = LeanLlama(loaded.model, loaded.max_context)
+    lean.fused = request.param == "fused"  # half precision's attention path, held to float32 tolerances
+    return loaded, lean, tiny_models.vocab_size
 
 
 @settings(max_examples=25, deadline=None)
@@ -82,3 +84,17 @@ def test_other_architectures_fall_back():
     assert not lean_supported(gpt2)
     with pytest.raises(ValueError, match="Llama"):
         LeanLlama(gpt2, 16)
+
+
+def test_half_precision_takes_the_fused_attention_and_tracks_transformers(tiny_models):
+    loaded = load_causal_lm(tiny_models.target, device="cpu", dtype="bfloat16")
+    lean = LeanLlama(loaded.model, loaded.max_context)
+    assert lean.fused
+    generator = torch.Generator().manual_seed(3)
+    hf_cache, lean_cache = loaded.new_cache(), lean.new_cache()
+    for count in (9, 1, 4, 1):
+        ids = torch.randint(3, tiny_models.vocab_size, (count,), generator=generator).tolist()
+        expected = loaded.forward(ids, hf_cache)
+        got = lean.forward(ids, lean_cache)
+        # bfloat16 keeps ~3 significant digits; different kernels round differently within that
+        torch.testing.assert_close(got, expected, atol=0.05, rtol=0.05)
