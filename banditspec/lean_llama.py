@@ -133,6 +133,7 @@ class LeanLlama:
         self.narrow_rows = NARROW_ROWS if self.device.type == "cpu" else 0
         # float32 keeps the folded products: as fast there, and the path the exactness tests hold to generate()
         self.fused = self.dtype != torch.float32
+        self.half_vectors = self.fused and self.device.type == "cpu"
         with torch.inference_mode():
             positions = torch.arange(max_positions, device=self.device)[None]
             cos, sin = self.decoder.rotary_emb(weight[:1], positions)
@@ -249,7 +250,11 @@ class LeanLlama:
         """`F.linear(inputs, weight, bias)`, but a few rows go as weight × inputsᵀ: the BLAS then streams the
         weight once, as for one row, instead of repacking it for a matrix product (on a CPU, 2-5 rows cost
         1.7-2.3x one row the usual way and 1.0-1.4x this way)."""
-        if not 1 < inputs.shape[0] <= self.narrow_rows:
+        rows = inputs.shape[0]
+        if rows == 1 and self.half_vectors:
+            out = torch.mv(weight, inputs[0])[None]  # half-precision one-row products: ~2x F.linear's speed
+            return out if bias is None else out + bias
+        if not 1 < rows <= self.narrow_rows:
             return F.linear(inputs, weight, bias)
         out = torch.mm(weight, inputs.T).T.contiguous()
         return out if bias is None else out + bias

@@ -17,10 +17,10 @@ TOLERANCE = {"atol": 2e-5, "rtol": 2e-5}
 
 @pytest.fixture(scope="module", params=["folded", "fused"])
 def lean(tiny_models, request):
-    """Both attention paths in float32: folded products (float32's) and the fused kernel (half precision's)."""
+    """Both paths in float32: folded attention (float32's) and the fused kernel with one-row products as `mv` (half precision's)."""
     loaded = load_causal_lm(tiny_models.target, device="cpu", dtype="float32")
     model = LeanLlama(loaded.model, loaded.max_context)
-    model.fused = request.param == "fused"
+    model.fused = model.half_vectors = request.param == "fused"
     return model, tiny_models.vocab_size
 
 

@@ -45,7 +45,7 @@ def run_both(loaded, lean: LeanLlama, steps: list[tuple[str, int]], vocab: int) 
 def tiny(tiny_models, request):
     loaded = load_causal_lm(tiny_models.target, device="cpu", dtype="float32")
     lean = LeanLlama(loaded.model, loaded.max_context)
-    lean.fused = request.param == "fused"  # half precision's attention path, held to float32 tolerances
+    lean.fused = lean.half_vectors = request.param == "fused"  # half precision's path, at float32 tolerances
     return loaded, lean, tiny_models.vocab_size
 
 
