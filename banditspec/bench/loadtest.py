@@ -29,6 +29,7 @@ import grpc
 import torch
 
 from banditspec.bench.config import FAMILIES
+from banditspec.bench.forwards import ForwardTotals, free_port, phase_forwards, scrape
 from banditspec.bench.machine import StealMeter, machine
 from banditspec.bench.workload import Prompt, load_prompts, render_prompts
 from banditspec.channels import open_channel
@@ -76,6 +77,7 @@ class Phase:
     rss_mib: dict[str, float] = field(default_factory=dict)
     note: str = ""
     steal: float | None = None  # share of CPU time the hypervisor took during the phase (machine.cpu_ticks)
+    target: dict[str, float] = field(default_factory=dict)  # the target's forwards (bench.forwards.phase_forwards)
 
 
 def percentile(values: list[float], q: float) -> float:
@@ -317,11 +319,14 @@ def main(argv: list[str] | None = None) -> int:
     out.mkdir(parents=True, exist_ok=True)
     phases: list[Phase] = []
     device_args = ["--dtype", args.dtype, "--device", args.device]
+    given_port = _flag_int(args.target_arg, "--metrics-port")
+    metrics_port = given_port or free_port()  # the target's metrics say how full and how long its forwards were
+    metrics_args = [] if given_port else [f"--metrics-port={metrics_port}"]
     with LocalStack(
         model=str(model_path),
         drafters=args.drafter or list(family.drafters),
         controller_port=0,
-        extra_target_args=[*device_args, *args.target_arg],
+        extra_target_args=[*device_args, *metrics_args, *args.target_arg],
         extra_draft_args=device_args,
         extra_controller_args=[
             *(["--model-free-gammas", args.model_free_gammas] if args.model_free_gammas else []),
@@ -341,12 +346,16 @@ def main(argv: list[str] | None = None) -> int:
             methods = [(args.policy, [])] + ([("fixed:" + a, [a]) for a in arms] if clients in fixed_at else [])
             for method, allowed in methods:
                 policy = "fixed" if allowed else args.policy
+                before = _scrape(metrics_port)
                 with StealMeter() as steal:
                     requests, seconds = run_clients(
                         address, assignments, args.max_new_tokens, policy, allowed, args.timeout
                     )
+                after = _scrape(metrics_port)
                 phase = stack_phase(method, clients, requests, seconds, references)
                 phase.steal = steal.fraction
+                if before is not None and after is not None:
+                    phase.target = phase_forwards(before, after, seconds)
                 phase.rss_mib = resident_mib(stack)
                 phases.append(phase)
                 print(_line(phase), flush=True)
@@ -385,6 +394,25 @@ def target_forward_ms(address: str) -> dict[str, float]:
     for tokens, seconds in zip(info.batch_forward_tokens, info.batch_forward_seconds, strict=True):
         out[f"{tokens} in rows of 8"] = 1e3 * seconds
     return out
+
+
+def _flag_int(args: list[str], flag: str) -> int | None:
+    """The value of `--flag=N` or `--flag N` among pass-through arguments, if given."""
+    for index, arg in enumerate(args):
+        if arg.startswith(flag + "="):
+            return int(arg.split("=", 1)[1])
+        if arg == flag and index + 1 < len(args):
+            return int(args[index + 1])
+    return None
+
+
+def _scrape(port: int) -> ForwardTotals | None:
+    """The target's forward totals; None if its metrics cannot be read (the phase then reports none)."""
+    try:
+        return scrape(port)
+    except OSError as error:
+        print(f"target metrics on port {port} unreadable: {error}", flush=True)
+        return None
 
 
 def _as_list(value: Any) -> list[int]:
@@ -434,6 +462,23 @@ def report(document: dict) -> str:
         "CPU steal: the share of CPU time the hypervisor gave these CPUs to other guests during the phase; a "
         "phase with much of it measured the neighbours too.",
     ]
+    stack_phases = [p for p in phases if p.target]
+    if stack_phases:
+        lines += ["", "The target's forwards during each stack phase (from its metrics):", ""]
+        lines += [
+            "| N | method | forwards | rows per forward | tokens per forward | ms per forward | busy |",
+            "|---:|---|---:|---:|---:|---:|---:|",
+        ]
+        for p in stack_phases:
+            t = p.target
+            lines.append(
+                f"| {p.clients} | {p.method} | {t['forwards']:.0f} | {t['rows_per_forward']:.2f} | "
+                f"{t['tokens_per_forward']:.1f} | {t['ms_per_forward']:.1f} | {100 * t['busy']:.0f}% |"
+            )
+        lines += [
+            "",
+            "busy: the share of the phase's wall time the target spent in forwards (prefill included).",
+        ]
     lines += ["", "Arm shares of the adaptive policy (pulls ÷ all pulls):", ""]
     arms = config["arms"]
     lines += ["| N | " + " | ".join(arms) + " |", "|---:|" + "---:|" * len(arms)]

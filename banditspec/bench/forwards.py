@@ -1,0 +1,71 @@
+"""The target's forwards during a load-test phase, from its Prometheus metrics: how many ran, how many rows
+and tokens each carried, how long each took, and how much of the phase the target spent in them. They say
+where a phase's throughput went: rows that missed a forward, forwards slowed by what ran beside them, or a
+target left waiting."""
+
+from __future__ import annotations
+
+import socket
+import urllib.request
+from dataclasses import dataclass
+
+from prometheus_client.parser import text_string_to_metric_families
+
+HISTOGRAMS = {
+    "banditspec_target_forward_seconds": "seconds",
+    "banditspec_target_batch_rows": "rows",
+    "banditspec_target_batch_tokens": "tokens",
+}
+
+
+@dataclass(frozen=True)
+class ForwardTotals:
+    """The target's running totals: forwards, and the sums of their seconds, rows and tokens."""
+
+    forwards: float = 0.0
+    seconds: float = 0.0
+    rows: float = 0.0
+    tokens: float = 0.0
+
+
+def free_port(host: str = "127.0.0.1") -> int:
+    with socket.socket() as probe:
+        probe.bind((host, 0))
+        return int(probe.getsockname()[1])
+
+
+def parse_totals(text: str) -> ForwardTotals:
+    """Totals from a Prometheus text exposition (zeros before the first forward)."""
+    sums: dict[str, float] = {}
+    forwards = 0.0
+    for family in text_string_to_metric_families(text):
+        field = HISTOGRAMS.get(family.name)
+        if field is None:
+            continue
+        for sample in family.samples:
+            if sample.name == f"{family.name}_sum":
+                sums[field] = sample.value
+            elif sample.name == f"{family.name}_count" and field == "seconds":
+                forwards = sample.value
+    return ForwardTotals(forwards, sums.get("seconds", 0.0), sums.get("rows", 0.0), sums.get("tokens", 0.0))
+
+
+def scrape(port: int, host: str = "127.0.0.1", timeout: float = 10.0) -> ForwardTotals:
+    with urllib.request.urlopen(f"http://{host}:{port}/metrics", timeout=timeout) as response:
+        return parse_totals(response.read().decode())
+
+
+def phase_forwards(before: ForwardTotals, after: ForwardTotals, wall_seconds: float) -> dict[str, float]:
+    """What the target did between two scrapes: forwards, rows and tokens per forward, ms per forward, and
+    busy (the share of the phase's wall time inside forwards). Empty when no forward ran."""
+    forwards = after.forwards - before.forwards
+    if forwards <= 0:
+        return {}
+    seconds = after.seconds - before.seconds
+    return {
+        "forwards": forwards,
+        "rows_per_forward": (after.rows - before.rows) / forwards,
+        "tokens_per_forward": (after.tokens - before.tokens) / forwards,
+        "ms_per_forward": 1e3 * seconds / forwards,
+        "busy": seconds / wall_seconds if wall_seconds > 0 else 0.0,
+    }
