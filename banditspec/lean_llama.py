@@ -29,8 +29,10 @@ from transformers.models.llama.modeling_llama import apply_rotary_pos_emb
 # Rotary variants whose tables depend only on the position (no dynamic rescaling at run time).
 STATIC_ROPE_TYPES = {"default", "linear", "llama3"}
 # Up to this many tokens, a CPU forward multiplies weight × inputsᵀ (see `LeanLlama._times`); measured with
-# benchmarks/lean_ab.py: 1 × 3 and 1 × 5 tokens 0.77x and 0.75x the time, 7 or 8 no faster (RESULTS 24).
+# benchmarks/lean_ab.py: 1 × 3 and 1 × 5 tokens 0.77x and 0.75x the time, 7 or 8 no faster (RESULTS 24, AMD).
+# Where the crossover lies beyond that depends on the CPU, so `calibrate_narrow` measures it at start-up.
 NARROW_ROWS = 6
+NARROW_SIZES = (2, 4, 8, 16, 32, 48, 64)  # the product sizes `calibrate_narrow` times
 
 
 class LeanCache:
@@ -74,6 +76,16 @@ class LeanCache:
 
     def get_seq_length(self) -> int:
         return self.length
+
+
+def narrow_table(ratios: dict[int, float]) -> list[bool]:
+    """Per token count up to the largest measured size, whether weight × inputsᵀ won (ratio < 1) at the
+    smallest measured size at or above it."""
+    sizes = sorted(ratios)
+    table = [False] * (sizes[-1] + 1 if sizes else 0)
+    for count in range(2, len(table)):
+        table[count] = ratios[next(size for size in sizes if size >= count)] < 1.0
+    return table
 
 
 def lean_supported(model: torch.nn.Module) -> bool:
@@ -130,7 +142,8 @@ class LeanLlama:
         self.scale = self.head_dim**-0.5  # Llama attention's scaling
         weight = self.lm_head.weight
         self.dtype, self.device = weight.dtype, weight.device
-        self.narrow_rows = NARROW_ROWS if self.device.type == "cpu" else 0
+        # narrow[m]: whether m tokens multiply weight × inputsᵀ (`_times`); calibrate_narrow measures it.
+        self.narrow = [1 < m <= NARROW_ROWS for m in range(NARROW_ROWS + 1)] if self.device.type == "cpu" else []
         # Half precision on a CPU (RESULTS 28). float32 keeps the folded products (as fast there, and the path the
         # exactness tests hold to generate()); a GPU keeps them too, unmeasured with the fused kernel.
         self.fused = self.half_vectors = self.dtype != torch.float32 and self.device.type == "cpu"
@@ -247,14 +260,14 @@ class LeanLlama:
         return self._times(inputs, linear.weight, linear.bias)
 
     def _times(self, inputs: torch.Tensor, weight: torch.Tensor, bias: torch.Tensor | None = None) -> torch.Tensor:
-        """`F.linear(inputs, weight, bias)`, but a few rows go as weight × inputsᵀ: the BLAS then streams the
-        weight once, as for one row, instead of repacking it for a matrix product (on a CPU, 2-5 rows cost
-        1.7-2.3x one row the usual way and 1.0-1.4x this way)."""
+        """`F.linear(inputs, weight, bias)`, but the sizes `narrow` marks go as weight × inputsᵀ: the BLAS then
+        streams the weight once instead of repacking it for a matrix product. Which sizes gain depends on the
+        CPU (an AMD EPYC: 2-6 tokens; an Intel Xeon: 8-48, while 2-4 lost), hence `calibrate_narrow`."""
         rows = inputs.shape[0]
         if rows == 1 and self.half_vectors:
             out = torch.mv(weight, inputs[0])[None]  # half-precision one-row products: ~2x F.linear's speed
             return out if bias is None else out + bias
-        if not 1 < rows <= self.narrow_rows:
+        if not (rows < len(self.narrow) and self.narrow[rows]):
             return F.linear(inputs, weight, bias)
         out = torch.mm(weight, inputs.T).T.contiguous()
         return out if bias is None else out + bias
@@ -316,6 +329,39 @@ class LeanLlama:
             out.append(logits[row : row + size] if size else None)
             row += size
         return out
+
+    @torch.inference_mode()
+    def calibrate_narrow(self, sizes: tuple[int, ...] = NARROW_SIZES, repeats: int = 2) -> dict[int, float]:
+        """On a CPU, choose per product size which way multiplies: weight × inputsᵀ where it beat `F.linear`
+        (the fastest of `repeats`, interleaved), timed over every layer's weights so that they stream from
+        memory as in a forward (one matrix alone stays in cache and times differently). A size between two
+        measured ones takes the larger one's choice; beyond the largest, `F.linear`. Returns each size's
+        time ratio, narrow ÷ linear; a GPU keeps `F.linear` and measures nothing."""
+        if self.device.type != "cpu":
+            return {}
+        weights = [
+            linear.weight
+            for layer in self.layers
+            for linear in (
+                layer.self_attn.q_proj, layer.self_attn.k_proj, layer.self_attn.v_proj, layer.self_attn.o_proj,
+                layer.mlp.gate_proj, layer.mlp.up_proj, layer.mlp.down_proj,
+            )
+        ]  # fmt: skip
+        ratios: dict[int, float] = {}
+        for size in sorted(sizes):
+            inputs = {width: torch.randn(size, width, dtype=self.dtype) for width in {w.shape[1] for w in weights}}
+            linear = narrow = float("inf")
+            for _ in range(repeats):
+                start = time.perf_counter()
+                for weight in weights:
+                    F.linear(inputs[weight.shape[1]], weight)
+                middle = time.perf_counter()
+                for weight in weights:
+                    torch.mm(weight, inputs[weight.shape[1]].T).T.contiguous()
+                linear, narrow = min(linear, middle - start), min(narrow, time.perf_counter() - middle)
+            ratios[size] = narrow / linear
+        self.narrow = narrow_table(ratios)
+        return ratios
 
     @torch.inference_mode()
     def measure_batches(

@@ -83,11 +83,13 @@ class TargetServicer(target_pb2_grpc.TargetServiceServicer):
             prefill_chunk=config.prefill_chunk,
         )
         threads = ThreadPlan.from_flags(config.solo_threads)
+        decoder = self.engine.decoder
+        # Before the curves: they measure the products it chooses. Batched forwards run on the shared threads.
+        narrow = threads.measure(2, decoder.calibrate_narrow) if decoder is not None else {}
         # The one-row curve is a lone session's (solo threads); batched forwards run with several open.
         self.forward_seconds = threads.measure(1, self.engine.measure_forwards)
         verify_lengths = padded_lengths(self.forward_seconds) if config.verify_padding else []
         self.engine.verify_lengths = verify_lengths
-        decoder = self.engine.decoder
         self.batch_seconds = threads.measure(2, decoder.measure_batches) if decoder is not None else {}
         self.scheduler = Scheduler(
             self.engine, on_forward=metrics.record_forward, threads=threads if threads.switches else None
@@ -102,6 +104,7 @@ class TargetServicer(target_pb2_grpc.TargetServiceServicer):
             batched=self.engine.batches_rows,
             threads={"shared": threads.shared, "solo": threads.solo},
             batch_ms={n: round(t * 1e3, 1) for n, t in self.batch_seconds.items()},
+            narrow_vs_linear={n: round(ratio, 2) for n, ratio in narrow.items()},
         )
 
     @grpc_errors

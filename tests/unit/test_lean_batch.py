@@ -9,18 +9,21 @@ import torch
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from banditspec.lean_llama import Feed, LeanLlama
+from banditspec.lean_llama import NARROW_SIZES, Feed, LeanLlama, narrow_table
 from banditspec.models import load_causal_lm
 
 TOLERANCE = {"atol": 2e-5, "rtol": 2e-5}
 
 
-@pytest.fixture(scope="module", params=["folded", "fused"])
+@pytest.fixture(scope="module", params=["folded", "fused", "narrow"])
 def lean(tiny_models, request):
-    """Both paths in float32: folded attention (float32's) and the fused kernel with one-row products as `mv` (half precision's)."""
+    """Every path in float32: folded attention (float32's), the fused kernel with one-row products as `mv` (half
+    precision's), and every product of 2-64 tokens as weight × inputsᵀ (what `calibrate_narrow` may choose)."""
     loaded = load_causal_lm(tiny_models.target, device="cpu", dtype="float32")
     model = LeanLlama(loaded.model, loaded.max_context)
     model.fused = model.half_vectors = request.param == "fused"
+    if request.param == "narrow":
+        model.narrow = [count > 1 for count in range(65)]
     return model, tiny_models.vocab_size
 
 
@@ -94,3 +97,19 @@ def test_batches_are_measured_by_their_tokens(lean):
     model, _ = lean
     measured = model.measure_batches(totals=(16, 24), row_tokens=8, context=12, repeats=1)
     assert set(measured) == {16, 24} and all(seconds > 0 for seconds in measured.values())
+
+
+def test_a_size_takes_the_choice_measured_at_or_above_it():
+    table = narrow_table({2: 1.5, 4: 1.1, 8: 0.9, 32: 0.8, 48: 1.05})
+    assert len(table) == 49
+    assert not any(table[:5])  # one token never; 2-4 lost
+    assert all(table[5:33])  # 5-8 take 8's win, 9-32 take 32's
+    assert not any(table[33:])  # 33-48 take 48's loss
+
+
+def test_calibration_times_every_size_and_sets_the_table(tiny_models):
+    loaded = load_causal_lm(tiny_models.target, device="cpu", dtype="float32")
+    model = LeanLlama(loaded.model, loaded.max_context)
+    ratios = model.calibrate_narrow(repeats=1)
+    assert sorted(ratios) == sorted(NARROW_SIZES) and all(ratio > 0 for ratio in ratios.values())
+    assert model.narrow == narrow_table(ratios)
