@@ -2,6 +2,7 @@
 
     PYTHONPATH=. python benchmarks/lean_ab.py --baseline ../wt-old [--shapes 1x1,1x5,8x1] [--repeats 12]
 
+A checkout whose decoder calibrates its products (`calibrate_narrow`) does so first, as the target does.
 `--baseline` is another checkout of this repository (for example a `git worktree` at an older commit); its
 `banditspec/lean_llama.py` is loaded beside this one. Each shape (rows × tokens per row, after 150-290
 cached tokens per row) runs on both, alternating which goes first, and the table gives the fastest and the
@@ -55,6 +56,9 @@ def main() -> None:
         caches[name] = [engines[name].new_cache() for _ in contexts]
         for cache, ids in zip(caches[name], contexts, strict=True):
             engines[name].forward(ids, cache)
+        if hasattr(engines[name], "calibrate_narrow"):  # as the target does at start-up
+            ratios = engines[name].calibrate_narrow()
+            print(f"{name}: narrow ÷ linear by product size {', '.join(f'{n}: {r:.2f}' for n, r in ratios.items())}")
 
     def run(name: str, rows: int, tokens: int) -> tuple[float, list]:
         feeds = [modules[name].Feed(cache, [7 + i] * tokens, "all") for i, cache in enumerate(caches[name][:rows])]
