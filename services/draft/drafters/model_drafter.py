@@ -114,6 +114,7 @@ class ModelDrafter:
         if lean_supported(loaded.model):
             vocabulary = read_vocabulary(Path(loaded.path))
             self.decoder = LeanLlama(loaded.model, loaded.max_context, vocabulary)
+            self.decoder.calibrate_narrow()  # which product sizes stream the weights once, on this CPU
             if vocabulary is not None:
                 notes.append(f"proposes from {len(set(vocabulary))} frequent tokens")
         self.source = loaded.path + (f" ({'; '.join(notes)})" if notes else "")
