@@ -1,9 +1,12 @@
 """`banditspec loadtest`: N concurrent streaming clients against a local stack, side by side with
 transformers' batched baselines, for N = 1, 2, 4, 8, 16.
 
-Per N, N client threads each stream `--requests-per-client` requests of the workload (greedy), and the
-phase reports aggregate tokens/s (all tokens ÷ the phase's wall time), time to first token, request
-latency p50/p99, the arms' pull shares and the mean γ pulled, and each service's resident memory. The
+Per N, N client threads stream N × `--requests-per-client` requests of the workload (greedy), one at a
+time each, taking the next prompt from one queue when a request ends (`--dispatch queue`, as vLLM's
+max-concurrency benchmark does; `per-client` fixes each client's prompts, so clients whose prompts go
+fast leave their rows empty for the rest of the phase). The phase reports aggregate tokens/s (all tokens
+÷ the phase's wall time), time to first token, request latency p50/p99, the arms' pull shares and the
+mean γ pulled, and each service's resident memory. The
 baselines run the same prompts in-process, N at a time: `generate()` on a left-padded static batch (plain
 decoding), and transformers' continuous batching (`generate_batch`), each checked against the target's
 own greedy output. Every stack output is checked against it too: batching must stay lossless.
@@ -14,6 +17,7 @@ from __future__ import annotations
 import argparse
 import json
 import os
+import queue
 import statistics
 import threading
 import time
@@ -40,6 +44,7 @@ from banditspec.tokens import common_prefix_length
 from banditspec.v1 import generation_pb2, generation_pb2_grpc, target_pb2, target_pb2_grpc
 
 DEFAULT_CLIENTS = (1, 2, 4, 8, 16)
+DISPATCH = ("queue", "per-client")  # how a phase's prompts reach its clients (run_clients)
 
 
 @dataclass
@@ -117,19 +122,46 @@ def stream_request(stub, prompt: Prompt, max_new_tokens: int, policy: str, arms:
     return Request(prompt.id, [], time.perf_counter() - start, 0.0, error="the stream ended without a result")
 
 
+def queue_order(assignments: list[list[Prompt]]) -> list[Prompt]:
+    """Every client's first prompt, then every client's second, ...: the padded baseline's batches in turn."""
+    rounds = max((len(prompts) for prompts in assignments), default=0)
+    return [prompts[r] for r in range(rounds) for prompts in assignments if r < len(prompts)]
+
+
 def run_clients(
-    address: str, assignments: list[list[Prompt]], max_new_tokens: int, policy: str, arms: list[str], timeout: float
+    address: str,
+    assignments: list[list[Prompt]],
+    max_new_tokens: int,
+    policy: str,
+    arms: list[str],
+    timeout: float,
+    dispatch: str = "queue",
 ) -> tuple[list[Request], float]:
-    """One thread per client, each with its own channel, streaming its prompts one after another."""
+    """One thread per client, each with its own channel, streaming one request at a time. `queue`: every
+    client takes the next of the phase's prompts when its request ends (the padded baseline's batch order),
+    so the clients stay busy until the queue is empty; `per-client`: client c streams assignments[c]."""
+    if dispatch not in DISPATCH:
+        raise ValueError(f"dispatch must be one of {', '.join(DISPATCH)}, got {dispatch!r}")
     results: list[list[Request]] = [[] for _ in assignments]
     start_line = threading.Barrier(len(assignments) + 1)
+    shared: queue.SimpleQueue[Prompt] = queue.SimpleQueue()
+    for prompt in queue_order(assignments):
+        shared.put(prompt)
+
+    def next_prompt(index: int, taken: int) -> Prompt | None:
+        if dispatch == "per-client":
+            return assignments[index][taken] if taken < len(assignments[index]) else None
+        try:
+            return shared.get_nowait()
+        except queue.Empty:
+            return None
 
     def client(index: int) -> None:
         with open_channel(address) as channel:
             stub = generation_pb2_grpc.GenerationServiceStub(channel)
             grpc.channel_ready_future(channel).result(timeout=30)
             start_line.wait()
-            for prompt in assignments[index]:
+            while (prompt := next_prompt(index, len(results[index]))) is not None:
                 results[index].append(stream_request(stub, prompt, max_new_tokens, policy, arms, timeout))
 
     threads = [threading.Thread(target=client, args=(i,), daemon=True) for i in range(len(assignments))]
@@ -265,6 +297,13 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--family", choices=sorted(FAMILIES), default="default")
     parser.add_argument("--clients", default=",".join(map(str, DEFAULT_CLIENTS)), help="comma-separated N values")
     parser.add_argument("--requests-per-client", type=int, default=2)
+    parser.add_argument(
+        "--dispatch",
+        choices=DISPATCH,
+        default="queue",
+        help="queue: clients take the phase's prompts from one queue (as a busy server's clients would); "
+        "per-client: each client streams its own, and one whose prompts go fast idles for the rest of the phase",
+    )
     parser.add_argument("--max-new-tokens", type=int, default=64)
     parser.add_argument("--dtype", default="float32")
     parser.add_argument("--device", default="cpu")
@@ -349,7 +388,7 @@ def main(argv: list[str] | None = None) -> int:
                 before = _scrape(metrics_port)
                 with StealMeter() as steal:
                     requests, seconds = run_clients(
-                        address, assignments, args.max_new_tokens, policy, allowed, args.timeout
+                        address, assignments, args.max_new_tokens, policy, allowed, args.timeout, args.dispatch
                     )
                 after = _scrape(metrics_port)
                 phase = stack_phase(method, clients, requests, seconds, references)
@@ -440,7 +479,9 @@ def report(document: dict) -> str:
         "",
         f"`banditspec loadtest {' '.join(_argv(config))}` at commit {document['machine'].get('git_commit', '?')}: "
         f"{config['family']} family, {config['dtype']} on {config['device']}, {config['max_new_tokens']} new tokens, "
-        f"greedy, {config['requests_per_client']} requests per client; arms {', '.join(config['arms'])}.",
+        f"greedy, {config['requests_per_client']} requests per client"
+        f"{' from one queue' if config.get('dispatch', 'per-client') == 'queue' else ', each client its own'}; "
+        f"arms {', '.join(config['arms'])}.",
         "",
         "| N | method | requests | tok/s | ÷ N=1 | ÷ padded generate() | TTFT p50 s | latency p50 s | p99 s | "
         "p99 ÷ p50 | mean γ | errors | ≠ target | CPU steal |",

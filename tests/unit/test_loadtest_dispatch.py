@@ -1,0 +1,25 @@
+"""How the load test hands a phase's prompts to its clients: one queue in the padded baseline's batch
+order, so both run the same prompts and no client idles while prompts are left."""
+
+from __future__ import annotations
+
+from banditspec.bench.loadtest import assign, queue_order
+from banditspec.bench.workload import Prompt
+
+
+def prompts(count: int) -> list[Prompt]:
+    return [Prompt(id=f"p{i}", kind="chat", messages=None, text=f"prompt {i}") for i in range(count)]
+
+
+def test_the_queue_takes_every_clients_first_prompt_then_every_second():
+    assignments = assign(prompts(10), clients=3, per_client=2)
+    order = queue_order(assignments)
+    assert [p.id for p in order] == ["p0", "p2", "p4", "p1", "p3", "p5"]
+    batches = [[assignments[c][r] for c in range(3)] for r in range(2)]  # the padded baseline's batches
+    assert order == [p for batch in batches for p in batch]
+
+
+def test_clients_with_fewer_prompts_are_skipped_not_padded():
+    a, b, c = prompts(3)
+    assert queue_order([[a, b], [c]]) == [a, c, b]
+    assert queue_order([]) == []
