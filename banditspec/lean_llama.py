@@ -28,9 +28,9 @@ from transformers.models.llama.modeling_llama import apply_rotary_pos_emb
 
 # Rotary variants whose tables depend only on the position (no dynamic rescaling at run time).
 STATIC_ROPE_TYPES = {"default", "linear", "llama3"}
-# Up to this many tokens, a CPU forward multiplies weight × inputsᵀ (see `LeanLlama._times`); measured with
-# benchmarks/lean_ab.py: 1 × 3 and 1 × 5 tokens 0.77x and 0.75x the time, 7 or 8 no faster (RESULTS 24, AMD).
-# Where the crossover lies beyond that depends on the CPU, so `calibrate_narrow` measures it at start-up.
+# Until `calibrate_narrow` measures this CPU, 2 to this many tokens multiply weight × inputsᵀ on a CPU (see
+# `LeanLlama._times`): 1 × 3 and 1 × 5 tokens 0.77x and 0.75x the time on the AMD machine (RESULTS 24), while on
+# the Intel one 2-4 tokens lost and 8-48 gained (RESULTS 31).
 NARROW_ROWS = 6
 NARROW_SIZES = (2, 4, 8, 16, 32, 48, 64)  # the product sizes `calibrate_narrow` times
 
@@ -348,8 +348,10 @@ class LeanLlama:
             )
         ]  # fmt: skip
         ratios: dict[int, float] = {}
+        generator = torch.Generator().manual_seed(0)  # leaves the global random state alone
+        widths = {weight.shape[1] for weight in weights}
         for size in sorted(sizes):
-            inputs = {width: torch.randn(size, width, dtype=self.dtype) for width in {w.shape[1] for w in weights}}
+            inputs = {width: torch.randn(size, width, generator=generator).to(self.dtype) for width in widths}
             linear = narrow = float("inf")
             for _ in range(repeats):
                 start = time.perf_counter()
