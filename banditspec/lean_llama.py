@@ -78,6 +78,11 @@ class LeanCache:
         return self.length
 
 
+def narrow_product(inputs: torch.Tensor, weight: torch.Tensor) -> torch.Tensor:
+    """inputs × weightᵀ computed as (weight × inputsᵀ)ᵀ: the BLAS streams the weight once, as for one row."""
+    return torch.mm(weight, inputs.T).T.contiguous()
+
+
 def narrow_table(ratios: dict[int, float]) -> list[bool]:
     """Per token count up to the largest measured size, whether weight × inputsᵀ won (ratio < 1) at the
     smallest measured size at or above it."""
@@ -269,7 +274,7 @@ class LeanLlama:
             return out if bias is None else out + bias
         if not (rows < len(self.narrow) and self.narrow[rows]):
             return F.linear(inputs, weight, bias)
-        out = torch.mm(weight, inputs.T).T.contiguous()
+        out = narrow_product(inputs, weight)
         return out if bias is None else out + bias
 
     def _attend(
@@ -359,7 +364,7 @@ class LeanLlama:
                     F.linear(inputs[weight.shape[1]], weight)
                 middle = time.perf_counter()
                 for weight in weights:
-                    torch.mm(weight, inputs[weight.shape[1]].T).T.contiguous()
+                    narrow_product(inputs[weight.shape[1]], weight)
                 linear, narrow = min(linear, middle - start), min(narrow, time.perf_counter() - middle)
             ratios[size] = narrow / linear
         self.narrow = narrow_table(ratios)

@@ -122,10 +122,22 @@ def stream_request(stub, prompt: Prompt, max_new_tokens: int, policy: str, arms:
     return Request(prompt.id, [], time.perf_counter() - start, 0.0, error="the stream ended without a result")
 
 
-def queue_order(assignments: list[list[Prompt]]) -> list[Prompt]:
-    """Every client's first prompt, then every client's second, ...: the padded baseline's batches in turn."""
+def batches_of(assignments: list[list[Prompt]]) -> list[list[Prompt]]:
+    """Every client's first prompt, then every client's second, ...: the padded baseline's batches."""
     rounds = max((len(prompts) for prompts in assignments), default=0)
-    return [prompts[r] for r in range(rounds) for prompts in assignments if r < len(prompts)]
+    return [[prompts[r] for prompts in assignments if r < len(prompts)] for r in range(rounds)]
+
+
+def queue_order(assignments: list[list[Prompt]]) -> list[Prompt]:
+    """The order the stack's clients take prompts in from one queue: the padded baseline's batches in turn."""
+    return [prompt for batch in batches_of(assignments) for prompt in batch]
+
+
+def _filled(prompts: list[Prompt]) -> queue.SimpleQueue[Prompt]:
+    waiting: queue.SimpleQueue[Prompt] = queue.SimpleQueue()
+    for prompt in prompts:
+        waiting.put(prompt)
+    return waiting
 
 
 def run_clients(
@@ -144,24 +156,19 @@ def run_clients(
         raise ValueError(f"dispatch must be one of {', '.join(DISPATCH)}, got {dispatch!r}")
     results: list[list[Request]] = [[] for _ in assignments]
     start_line = threading.Barrier(len(assignments) + 1)
-    shared: queue.SimpleQueue[Prompt] = queue.SimpleQueue()
-    for prompt in queue_order(assignments):
-        shared.put(prompt)
-
-    def next_prompt(index: int, taken: int) -> Prompt | None:
-        if dispatch == "per-client":
-            return assignments[index][taken] if taken < len(assignments[index]) else None
-        try:
-            return shared.get_nowait()
-        except queue.Empty:
-            return None
+    shared = _filled(queue_order(assignments))
+    queues = [shared if dispatch == "queue" else _filled(prompts) for prompts in assignments]
 
     def client(index: int) -> None:
         with open_channel(address) as channel:
             stub = generation_pb2_grpc.GenerationServiceStub(channel)
             grpc.channel_ready_future(channel).result(timeout=30)
             start_line.wait()
-            while (prompt := next_prompt(index, len(results[index]))) is not None:
+            while True:
+                try:
+                    prompt = queues[index].get_nowait()
+                except queue.Empty:
+                    return
                 results[index].append(stream_request(stub, prompt, max_new_tokens, policy, arms, timeout))
 
     threads = [threading.Thread(target=client, args=(i,), daemon=True) for i in range(len(assignments))]
@@ -400,7 +407,7 @@ def main(argv: list[str] | None = None) -> int:
                 print(_line(phase), flush=True)
             batch_prompts = [p for ps in assignments for p in ps]
             if "padded" in baselines:
-                batches = [[assignments[c][r] for c in range(clients)] for r in range(args.requests_per_client)]
+                batches = batches_of(assignments)
                 phases.append(metered(run_padded, model, batches, clients, args.max_new_tokens, pad, eos, references))
                 print(_line(phases[-1]), flush=True)
             if "continuous" in baselines and clients in continuous_at:

@@ -3,7 +3,7 @@ order, so both run the same prompts and no client idles while prompts are left."
 
 from __future__ import annotations
 
-from banditspec.bench.loadtest import assign, queue_order
+from banditspec.bench.loadtest import assign, batches_of, queue_order
 from banditspec.bench.workload import Prompt
 
 
@@ -15,7 +15,9 @@ def test_the_queue_takes_every_clients_first_prompt_then_every_second():
     assignments = assign(prompts(10), clients=3, per_client=2)
     order = queue_order(assignments)
     assert [p.id for p in order] == ["p0", "p2", "p4", "p1", "p3", "p5"]
-    batches = [[assignments[c][r] for c in range(3)] for r in range(2)]  # the padded baseline's batches
+    batches = batches_of(assignments)  # the padded baseline's batches: client c's r-th prompt in batch r
+    assert [[p.id for p in batch] for batch in batches] == [["p0", "p2", "p4"], ["p1", "p3", "p5"]]
+    assert batches == [[assignments[c][r] for c in range(3)] for r in range(2)]
     assert order == [p for batch in batches for p in batch]
 
 
