@@ -33,6 +33,9 @@ STATIC_ROPE_TYPES = {"default", "linear", "llama3"}
 # the Intel one 2-4 tokens lost and 8-48 gained (RESULTS 31).
 NARROW_ROWS = 6
 NARROW_SIZES = (2, 4, 8, 16, 32, 48, 64)  # the product sizes `calibrate_narrow` times
+# Batched forwards `measure_batches` times at start-up, (rows, tokens per row): short rows as under load
+# (one token and a short draft each), then rows of 8 tokens up to 128 in all.
+BATCH_SHAPES = ((8, 1), (16, 1), (8, 2), (16, 2), (3, 8), (4, 8), (6, 8), (8, 8), (12, 8), (16, 8))
 
 
 class LeanCache:
@@ -372,30 +375,26 @@ class LeanLlama:
 
     @torch.inference_mode()
     def measure_batches(
-        self,
-        totals: tuple[int, ...] = (24, 32, 48, 64, 96, 128),
-        row_tokens: int = 8,
-        context: int = 256,
-        repeats: int = 3,
-    ) -> dict[int, float]:
-        """Seconds of a batched forward of `total` tokens, as rows of `row_tokens` after `context` cached tokens
-        each (the fastest of `repeats`): the cost of a forward beyond the one-row curve, for the reward."""
-        context = max(1, min(context, self.max_positions - row_tokens - 1))
-        rows = max(totals) // row_tokens
-        caches = [self.new_cache() for _ in range(rows)]
+        self, shapes: tuple[tuple[int, int], ...] = BATCH_SHAPES, context: int = 256, repeats: int = 3
+    ) -> dict[tuple[int, int], float]:
+        """Seconds of a batched forward of `rows` rows of `row_tokens` tokens after `context` cached tokens each
+        (the fastest of `repeats`), keyed (rows, tokens in the forward): the cost of forwards beyond the
+        one-row curve, for the reward's model of a shared forward."""
+        longest = max(row_tokens for _, row_tokens in shapes)
+        context = max(1, min(context, self.max_positions - longest - 1))
+        caches = [self.new_cache() for _ in range(max(rows for rows, _ in shapes))]
         for cache in caches:
             self.forward([0] * context, cache)
-        out: dict[int, float] = {}
-        for total in totals:
-            count = max(1, total // row_tokens)
+        out: dict[tuple[int, int], float] = {}
+        for rows, row_tokens in shapes:
             times = []
             for _ in range(repeats):
                 start = time.perf_counter()
-                self.forward_batch([Feed(cache, [0] * row_tokens, "all") for cache in caches[:count]])
+                self.forward_batch([Feed(cache, [0] * row_tokens, "all") for cache in caches[:rows]])
                 if self.device.type == "cuda":
                     torch.cuda.synchronize()
                 times.append(time.perf_counter() - start)
-                for cache in caches[:count]:
+                for cache in caches[:rows]:
                     cache.crop(-row_tokens)
-            out[count * row_tokens] = min(times)
+            out[(rows, rows * row_tokens)] = min(times)
         return out

@@ -431,14 +431,15 @@ def main(argv: list[str] | None = None) -> int:
 
 
 def target_forward_ms(address: str) -> dict[str, float]:
-    """The target's start-up measurements, by tokens in one forward: one row of 1-16 tokens ("1".."16"),
-    and rows of 8 tokens ("24 in rows of 8"...): what a draft token adds to a forward, alone and beside
+    """The target's start-up measurements: one row of 1-16 tokens ("1".."16"), and batched forwards as
+    rows × tokens per row ("8×1", "8×2"… "16×8"): what a draft token adds to a forward, alone and beside
     others, which is what decides whether shorter drafts pay under load."""
     with open_channel(address) as channel:
         info = target_pb2_grpc.TargetServiceStub(channel).Info(target_pb2.TargetInfoRequest(), timeout=30)
     out = {str(k): 1e3 * s for k, s in enumerate(info.forward_seconds, start=1)}
-    for tokens, seconds in zip(info.batch_forward_tokens, info.batch_forward_seconds, strict=True):
-        out[f"{tokens} in rows of 8"] = 1e3 * seconds
+    rows = list(info.batch_forward_rows) or [tokens // 8 for tokens in info.batch_forward_tokens]
+    for count, tokens, seconds in zip(rows, info.batch_forward_tokens, info.batch_forward_seconds, strict=True):
+        out[f"{count}×{tokens // count}"] = 1e3 * seconds
     return out
 
 

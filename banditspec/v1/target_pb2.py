@@ -25,7 +25,7 @@ _sym_db = _symbol_database.Default()
 from banditspec.v1 import common_pb2 as banditspec_dot_v1_dot_common__pb2
 
 
-DESCRIPTOR = _descriptor_pool.Default().AddSerializedFile(b'\n\x1a\x62\x61nditspec/v1/target.proto\x12\rbanditspec.v1\x1a\x1a\x62\x61nditspec/v1/common.proto\"\x13\n\x11TargetInfoRequest\"\xd5\x02\n\x12TargetInfoResponse\x12\x12\n\nmodel_name\x18\x01 \x01(\t\x12\x19\n\x11vocab_fingerprint\x18\x02 \x01(\t\x12\x12\n\nvocab_size\x18\x03 \x01(\x05\x12\x0e\n\x06\x64\x65vice\x18\x04 \x01(\t\x12\r\n\x05\x64type\x18\x05 \x01(\t\x12\x13\n\x0bmax_context\x18\x06 \x01(\x05\x12\x15\n\reos_token_ids\x18\x07 \x03(\x05\x12\x1b\n\x13\x64\x65\x63ode_step_seconds\x18\x08 \x01(\x01\x12\x14\n\x0cmax_sessions\x18\t \x01(\x05\x12\x17\n\x0f\x66orward_seconds\x18\n \x03(\x01\x12\x16\n\x0everify_lengths\x18\x0b \x03(\x05\x12\x1c\n\x14\x62\x61tch_forward_tokens\x18\x0c \x03(\x05\x12\x1d\n\x15\x62\x61tch_forward_seconds\x18\r \x03(\x01\x12\x10\n\x08sessions\x18\x0e \x01(\x05\"|\n\x12OpenSessionRequest\x12\x12\n\nsession_id\x18\x01 \x01(\t\x12\x13\n\x0b\x63ontext_ids\x18\x02 \x03(\x05\x12/\n\x08sampling\x18\x03 \x01(\x0b\x32\x1d.banditspec.v1.SamplingParams\x12\x0c\n\x04seed\x18\x04 \x01(\x04\"F\n\x13OpenSessionResponse\x12\x16\n\x0e\x63ontext_length\x18\x01 \x01(\x05\x12\x17\n\x0f\x63ompute_seconds\x18\x02 \x01(\x01\"\xcf\x01\n\rVerifyRequest\x12\x12\n\nsession_id\x18\x01 \x01(\t\x12\x16\n\x0e\x63ontext_length\x18\x02 \x01(\x05\x12\x11\n\tdraft_ids\x18\x03 \x03(\x05\x12\x35\n\x0b\x64raft_probs\x18\x04 \x03(\x0b\x32 .banditspec.v1.TokenDistribution\x12\x31\n\x06reopen\x18\x05 \x01(\x0b\x32!.banditspec.v1.OpenSessionRequest\x12\x15\n\rdraft_parents\x18\x06 \x03(\x05\"\xaf\x01\n\x0eVerifyResponse\x12\x10\n\x08\x61\x63\x63\x65pted\x18\x01 \x01(\x05\x12\x11\n\ttoken_ids\x18\x02 \x03(\x05\x12\x16\n\x0e\x63ontext_length\x18\x03 \x01(\x05\x12\x17\n\x0f\x63ompute_seconds\x18\x04 \x01(\x01\x12\x12\n\nbatch_rows\x18\x05 \x01(\x05\x12\x14\n\x0c\x62\x61tch_tokens\x18\x06 \x01(\x05\x12\x1d\n\x15\x62\x61tch_forward_seconds\x18\x07 \x01(\x01\"+\n\x15ReleaseSessionRequest\x12\x12\n\nsession_id\x18\x01 \x01(\t\"*\n\x16ReleaseSessionResponse\x12\x10\n\x08released\x18\x01 \x01(\x08\x32\xa9\x03\n\rTargetService\x12K\n\x04Info\x12 .banditspec.v1.TargetInfoRequest\x1a!.banditspec.v1.TargetInfoResponse\x12T\n\x0bOpenSession\x12!.banditspec.v1.OpenSessionRequest\x1a\".banditspec.v1.OpenSessionResponse\x12\x45\n\x06Verify\x12\x1c.banditspec.v1.VerifyRequest\x1a\x1d.banditspec.v1.VerifyResponse\x12O\n\x0cVerifyStream\x12\x1c.banditspec.v1.VerifyRequest\x1a\x1d.banditspec.v1.VerifyResponse(\x01\x30\x01\x12]\n\x0eReleaseSession\x12$.banditspec.v1.ReleaseSessionRequest\x1a%.banditspec.v1.ReleaseSessionResponseb\x06proto3')
+DESCRIPTOR = _descriptor_pool.Default().AddSerializedFile(b'\n\x1a\x62\x61nditspec/v1/target.proto\x12\rbanditspec.v1\x1a\x1a\x62\x61nditspec/v1/common.proto\"\x13\n\x11TargetInfoRequest\"\xf1\x02\n\x12TargetInfoResponse\x12\x12\n\nmodel_name\x18\x01 \x01(\t\x12\x19\n\x11vocab_fingerprint\x18\x02 \x01(\t\x12\x12\n\nvocab_size\x18\x03 \x01(\x05\x12\x0e\n\x06\x64\x65vice\x18\x04 \x01(\t\x12\r\n\x05\x64type\x18\x05 \x01(\t\x12\x13\n\x0bmax_context\x18\x06 \x01(\x05\x12\x15\n\reos_token_ids\x18\x07 \x03(\x05\x12\x1b\n\x13\x64\x65\x63ode_step_seconds\x18\x08 \x01(\x01\x12\x14\n\x0cmax_sessions\x18\t \x01(\x05\x12\x17\n\x0f\x66orward_seconds\x18\n \x03(\x01\x12\x16\n\x0everify_lengths\x18\x0b \x03(\x05\x12\x1c\n\x14\x62\x61tch_forward_tokens\x18\x0c \x03(\x05\x12\x1d\n\x15\x62\x61tch_forward_seconds\x18\r \x03(\x01\x12\x10\n\x08sessions\x18\x0e \x01(\x05\x12\x1a\n\x12\x62\x61tch_forward_rows\x18\x0f \x03(\x05\"|\n\x12OpenSessionRequest\x12\x12\n\nsession_id\x18\x01 \x01(\t\x12\x13\n\x0b\x63ontext_ids\x18\x02 \x03(\x05\x12/\n\x08sampling\x18\x03 \x01(\x0b\x32\x1d.banditspec.v1.SamplingParams\x12\x0c\n\x04seed\x18\x04 \x01(\x04\"F\n\x13OpenSessionResponse\x12\x16\n\x0e\x63ontext_length\x18\x01 \x01(\x05\x12\x17\n\x0f\x63ompute_seconds\x18\x02 \x01(\x01\"\xcf\x01\n\rVerifyRequest\x12\x12\n\nsession_id\x18\x01 \x01(\t\x12\x16\n\x0e\x63ontext_length\x18\x02 \x01(\x05\x12\x11\n\tdraft_ids\x18\x03 \x03(\x05\x12\x35\n\x0b\x64raft_probs\x18\x04 \x03(\x0b\x32 .banditspec.v1.TokenDistribution\x12\x31\n\x06reopen\x18\x05 \x01(\x0b\x32!.banditspec.v1.OpenSessionRequest\x12\x15\n\rdraft_parents\x18\x06 \x03(\x05\"\xaf\x01\n\x0eVerifyResponse\x12\x10\n\x08\x61\x63\x63\x65pted\x18\x01 \x01(\x05\x12\x11\n\ttoken_ids\x18\x02 \x03(\x05\x12\x16\n\x0e\x63ontext_length\x18\x03 \x01(\x05\x12\x17\n\x0f\x63ompute_seconds\x18\x04 \x01(\x01\x12\x12\n\nbatch_rows\x18\x05 \x01(\x05\x12\x14\n\x0c\x62\x61tch_tokens\x18\x06 \x01(\x05\x12\x1d\n\x15\x62\x61tch_forward_seconds\x18\x07 \x01(\x01\"+\n\x15ReleaseSessionRequest\x12\x12\n\nsession_id\x18\x01 \x01(\t\"*\n\x16ReleaseSessionResponse\x12\x10\n\x08released\x18\x01 \x01(\x08\x32\xa9\x03\n\rTargetService\x12K\n\x04Info\x12 .banditspec.v1.TargetInfoRequest\x1a!.banditspec.v1.TargetInfoResponse\x12T\n\x0bOpenSession\x12!.banditspec.v1.OpenSessionRequest\x1a\".banditspec.v1.OpenSessionResponse\x12\x45\n\x06Verify\x12\x1c.banditspec.v1.VerifyRequest\x1a\x1d.banditspec.v1.VerifyResponse\x12O\n\x0cVerifyStream\x12\x1c.banditspec.v1.VerifyRequest\x1a\x1d.banditspec.v1.VerifyResponse(\x01\x30\x01\x12]\n\x0eReleaseSession\x12$.banditspec.v1.ReleaseSessionRequest\x1a%.banditspec.v1.ReleaseSessionResponseb\x06proto3')
 
 _globals = globals()
 _builder.BuildMessageAndEnumDescriptors(DESCRIPTOR, _globals)
@@ -35,19 +35,19 @@ if not _descriptor._USE_C_DESCRIPTORS:
   _globals['_TARGETINFOREQUEST']._serialized_start=73
   _globals['_TARGETINFOREQUEST']._serialized_end=92
   _globals['_TARGETINFORESPONSE']._serialized_start=95
-  _globals['_TARGETINFORESPONSE']._serialized_end=436
-  _globals['_OPENSESSIONREQUEST']._serialized_start=438
-  _globals['_OPENSESSIONREQUEST']._serialized_end=562
-  _globals['_OPENSESSIONRESPONSE']._serialized_start=564
-  _globals['_OPENSESSIONRESPONSE']._serialized_end=634
-  _globals['_VERIFYREQUEST']._serialized_start=637
-  _globals['_VERIFYREQUEST']._serialized_end=844
-  _globals['_VERIFYRESPONSE']._serialized_start=847
-  _globals['_VERIFYRESPONSE']._serialized_end=1022
-  _globals['_RELEASESESSIONREQUEST']._serialized_start=1024
-  _globals['_RELEASESESSIONREQUEST']._serialized_end=1067
-  _globals['_RELEASESESSIONRESPONSE']._serialized_start=1069
-  _globals['_RELEASESESSIONRESPONSE']._serialized_end=1111
-  _globals['_TARGETSERVICE']._serialized_start=1114
-  _globals['_TARGETSERVICE']._serialized_end=1539
+  _globals['_TARGETINFORESPONSE']._serialized_end=464
+  _globals['_OPENSESSIONREQUEST']._serialized_start=466
+  _globals['_OPENSESSIONREQUEST']._serialized_end=590
+  _globals['_OPENSESSIONRESPONSE']._serialized_start=592
+  _globals['_OPENSESSIONRESPONSE']._serialized_end=662
+  _globals['_VERIFYREQUEST']._serialized_start=665
+  _globals['_VERIFYREQUEST']._serialized_end=872
+  _globals['_VERIFYRESPONSE']._serialized_start=875
+  _globals['_VERIFYRESPONSE']._serialized_end=1050
+  _globals['_RELEASESESSIONREQUEST']._serialized_start=1052
+  _globals['_RELEASESESSIONREQUEST']._serialized_end=1095
+  _globals['_RELEASESESSIONRESPONSE']._serialized_start=1097
+  _globals['_RELEASESESSIONRESPONSE']._serialized_end=1139
+  _globals['_TARGETSERVICE']._serialized_start=1142
+  _globals['_TARGETSERVICE']._serialized_end=1567
 # @@protoc_insertion_point(module_scope)

@@ -12,7 +12,7 @@ class TargetInfoRequest(_message.Message):
     def __init__(self) -> None: ...
 
 class TargetInfoResponse(_message.Message):
-    __slots__ = ("model_name", "vocab_fingerprint", "vocab_size", "device", "dtype", "max_context", "eos_token_ids", "decode_step_seconds", "max_sessions", "forward_seconds", "verify_lengths", "batch_forward_tokens", "batch_forward_seconds", "sessions")
+    __slots__ = ("model_name", "vocab_fingerprint", "vocab_size", "device", "dtype", "max_context", "eos_token_ids", "decode_step_seconds", "max_sessions", "forward_seconds", "verify_lengths", "batch_forward_tokens", "batch_forward_seconds", "sessions", "batch_forward_rows")
     MODEL_NAME_FIELD_NUMBER: _ClassVar[int]
     VOCAB_FINGERPRINT_FIELD_NUMBER: _ClassVar[int]
     VOCAB_SIZE_FIELD_NUMBER: _ClassVar[int]
@@ -27,6 +27,7 @@ class TargetInfoResponse(_message.Message):
     BATCH_FORWARD_TOKENS_FIELD_NUMBER: _ClassVar[int]
     BATCH_FORWARD_SECONDS_FIELD_NUMBER: _ClassVar[int]
     SESSIONS_FIELD_NUMBER: _ClassVar[int]
+    BATCH_FORWARD_ROWS_FIELD_NUMBER: _ClassVar[int]
     model_name: str
     vocab_fingerprint: str
     vocab_size: int
@@ -41,7 +42,8 @@ class TargetInfoResponse(_message.Message):
     batch_forward_tokens: _containers.RepeatedScalarFieldContainer[int]
     batch_forward_seconds: _containers.RepeatedScalarFieldContainer[float]
     sessions: int
-    def __init__(self, model_name: _Optional[str] = ..., vocab_fingerprint: _Optional[str] = ..., vocab_size: _Optional[int] = ..., device: _Optional[str] = ..., dtype: _Optional[str] = ..., max_context: _Optional[int] = ..., eos_token_ids: _Optional[_Iterable[int]] = ..., decode_step_seconds: _Optional[float] = ..., max_sessions: _Optional[int] = ..., forward_seconds: _Optional[_Iterable[float]] = ..., verify_lengths: _Optional[_Iterable[int]] = ..., batch_forward_tokens: _Optional[_Iterable[int]] = ..., batch_forward_seconds: _Optional[_Iterable[float]] = ..., sessions: _Optional[int] = ...) -> None: ...
+    batch_forward_rows: _containers.RepeatedScalarFieldContainer[int]
+    def __init__(self, model_name: _Optional[str] = ..., vocab_fingerprint: _Optional[str] = ..., vocab_size: _Optional[int] = ..., device: _Optional[str] = ..., dtype: _Optional[str] = ..., max_context: _Optional[int] = ..., eos_token_ids: _Optional[_Iterable[int]] = ..., decode_step_seconds: _Optional[float] = ..., max_sessions: _Optional[int] = ..., forward_seconds: _Optional[_Iterable[float]] = ..., verify_lengths: _Optional[_Iterable[int]] = ..., batch_forward_tokens: _Optional[_Iterable[int]] = ..., batch_forward_seconds: _Optional[_Iterable[float]] = ..., sessions: _Optional[int] = ..., batch_forward_rows: _Optional[_Iterable[int]] = ...) -> None: ...
 
 class OpenSessionRequest(_message.Message):
     __slots__ = ("session_id", "context_ids", "sampling", "seed")

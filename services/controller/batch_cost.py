@@ -11,9 +11,9 @@ load: with B tokens of other rows and f(n) the measured cost of a forward of n t
 
     ceiling(B) = max over k = 1..L+1 of  k / (o + f(B + k) · k / (B + k))
 
-which at B = 0 is the lone-round ceiling of `reward.RewardScale`. f comes from the target's start-up
-measurements (one row of n ≤ 16 tokens; batched forwards of 24–128 tokens) and, online, from the forwards
-the target reports with each verify.
+which at B = 0 is the lone-round ceiling of `reward.RewardScale`. f is `ForwardModel`: the target's
+start-up measurements (one row of n ≤ 16 tokens; batched forwards of short and 8-token rows), whose level
+follows the forwards the target reports with each verify.
 
 That share still misses what a draft costs the others: a round also waits for the forwards of the rows
 before it, and that wait, though charged to it as a fixed cost, grows with everyone's drafts. Measured at
@@ -22,7 +22,7 @@ throughput (benchmarks/RESULTS.md §15). The *cycle* model (`--load-cost cycle`,
 round, instead, the target time of one cycle in which every running request played the same arm, in
 forwards of as many rows as this round's:
 
-    cycle(k) = (R / r) · f(r · k)      R requests running, r rows in the round's forward
+    cycle(k) = (R / r) · f(r rows, r · k tokens)      R requests running, r rows in the round's forward
 
 plus the round's own time outside the target (drafting, RPCs). The reward then ranks arms as their
 throughput at that load does, and at R = 1 it is the lone round's f(k).
@@ -30,8 +30,10 @@ throughput at that load does, and at R = 1 it is the lone round's f(k).
 
 from __future__ import annotations
 
-import bisect
+import math
 from dataclasses import dataclass
+
+import numpy as np
 
 LOAD_COSTS = ("cycle", "share")  # how a round beside other requests is charged (see above)
 
@@ -39,80 +41,109 @@ LOAD_COSTS = ("cycle", "share")  # how a round beside other requests is charged 
 @dataclass(frozen=True)
 class Load:
     """The forward a round ran in, seen from that round: the other rows' tokens and the forward's time;
-    with `curve`, the cycle model of `running` requests in forwards of `rows` rows."""
+    with `model`, the cycle model of `running` requests in forwards of `rows` rows."""
 
     others: int
     forward_seconds: float
     running: int = 1
     rows: int = 1
-    curve: ForwardCurve | None = None
+    model: ForwardModel | None = None
 
     @classmethod
     def of(cls, own_tokens: int, batch_rows: int, batch_tokens: int, forward_seconds: float) -> Load | None:
         """The share model; None when the round had its forward to itself."""
         if batch_rows <= 1 or batch_tokens <= own_tokens:
             return None
-        return cls(batch_tokens - own_tokens, forward_seconds)
+        return cls(batch_tokens - own_tokens, forward_seconds, rows=batch_rows)
 
     @classmethod
     def cycle(
         cls, own_tokens: int, batch_rows: int, batch_tokens: int, forward_seconds: float, running: int,
-        curve: ForwardCurve,
+        model: ForwardModel,
     ) -> Load | None:  # fmt: skip
         """The cycle model; None when no other request was running (a lone round)."""
         if running <= 1:
             return None
         rows = max(1, min(batch_rows, running))
-        return cls(max(0, batch_tokens - own_tokens), forward_seconds, running, rows, curve)
+        return cls(max(0, batch_tokens - own_tokens), forward_seconds, running, rows, model)
 
     def forward(self, tokens: int) -> float:
         """Target seconds charged to a round feeding `tokens` in this forward."""
-        if self.curve is not None:
-            return self.running / self.rows * self.curve.seconds(self.rows * tokens)
+        if self.model is not None:
+            return self.running / self.rows * self.model.seconds(self.rows * tokens, self.rows)
         return self.forward_seconds * tokens / (self.others + tokens)
 
-    def modelled_forward(self, curve: ForwardCurve, tokens: int) -> float:
-        """As `forward`, from the curve alone (for the ceiling)."""
-        if self.curve is not None:
+    def modelled_forward(self, model: ForwardModel, tokens: int) -> float:
+        """As `forward`, from the model alone (for the ceiling)."""
+        if self.model is not None:
             return self.forward(tokens)
-        return curve.seconds(self.others + tokens) * tokens / (self.others + tokens)
+        return model.seconds(self.others + tokens, self.rows) * tokens / (self.others + tokens)
 
 
-class ForwardCurve:
-    """f(n), seconds of a forward carrying n tokens; shared by every request of a controller."""
+class ForwardModel:
+    """f(n, r): seconds of a forward carrying n tokens in r rows; one per controller, shared by its requests.
 
-    def __init__(self, start_up: list[float], batches: dict[int, float] | None = None, weight: float = 0.1) -> None:
+    One row: the curve the target measured at start-up (its kinks are the kernels'). Several rows: a plane
+    ρ · (a + b·(r − 1) + c·n), the plane fitted once to every start-up measurement (relative least
+    squares, so small forwards count as much as large ones) and ρ, the machine's speed now against its
+    speed at start-up, following the batched forwards the target reports with each verify.
+
+    The shape stays the one measured at start-up, and only the level follows the load. Updating each size
+    from the forwards of that size instead lets the sizes the load visits (short rows) grow with its
+    contexts and the machine's slow-down while those it does not visit (a long draft in every row) keep
+    their start-up times, so under load a long draft looks ever cheaper (benchmarks/RESULTS.md §33)."""
+
+    def __init__(
+        self, one_row: list[float], batches: dict[tuple[int, int], float] | None = None, weight: float = 0.1
+    ) -> None:
+        self.one_row = [seconds for seconds in one_row if seconds > 0]
         self.weight = weight
-        self.points: dict[int, float] = {n: seconds for n, seconds in enumerate(start_up, 1) if seconds > 0}
-        self.points.update({n: seconds for n, seconds in (batches or {}).items() if n > 0 and seconds > 0})
-        self._sizes = sorted(self.points)  # kept sorted: seconds() runs for every round
+        self.speed = 1.0  # ρ: reported ÷ modelled, a moving average of the ratio's logarithm
+        self._log_speed = 0.0
+        self._last: tuple[int, int, float] | None = None
+        points = [(1, n, seconds) for n, seconds in enumerate(self.one_row, 1)]
+        points += [(rows, n, seconds) for (rows, n), seconds in (batches or {}).items() if n > 0 and seconds > 0]
+        self.plane = _fit_plane(points)
 
-    def observe(self, tokens: int, seconds: float) -> None:
-        if tokens < 1 or seconds <= 0:
+    def seconds(self, tokens: int, rows: int = 1) -> float:
+        if rows <= 1:
+            return self._one_row(tokens)
+        return self.speed * self._plane(tokens, rows)
+
+    def observe(self, tokens: int, seconds: float, rows: int = 1) -> None:
+        """A forward the target reported. Several rows report one forward: it counts once."""
+        if rows <= 1 or tokens < 1 or seconds <= 0 or (rows, tokens, seconds) == self._last:
             return
-        known = self.points.get(tokens)
-        if known is None:
-            bisect.insort(self._sizes, tokens)
-            self.points[tokens] = seconds
-        else:
-            self.points[tokens] = known + self.weight * (seconds - known)
+        self._last = (rows, tokens, seconds)
+        self._log_speed += self.weight * (math.log(seconds / self._plane(tokens, rows)) - self._log_speed)
+        self.speed = math.exp(self._log_speed)
 
-    def seconds(self, tokens: int) -> float:
-        """Interpolated between measured sizes; beyond the largest, growing in proportion to the tokens."""
-        if not self.points:
-            return 0.0
-        if tokens in self.points:
-            return self.points[tokens]
-        sizes = self._sizes
-        at = bisect.bisect_left(sizes, tokens)
-        if at == 0:
-            return self.points[sizes[0]]
-        if at == len(sizes):
-            largest = sizes[-1]
-            return self.points[largest] * tokens / largest
-        low, high = sizes[at - 1], sizes[at]
-        share = (tokens - low) / (high - low)
-        return self.points[low] + share * (self.points[high] - self.points[low])
+    def _plane(self, tokens: int, rows: int) -> float:
+        a, b, c = self.plane
+        return max(1e-6, a + b * (rows - 1) + c * tokens)
+
+    def _one_row(self, tokens: int) -> float:
+        curve = self.one_row
+        if not curve:
+            return self._plane(tokens, 1)
+        if tokens <= len(curve):
+            return curve[max(1, tokens) - 1]
+        return curve[-1] * tokens / len(curve)  # beyond the measured: in proportion to the tokens
+
+
+def _fit_plane(points: list[tuple[int, int, float]]) -> tuple[float, float, float]:
+    """(a, b, c) of seconds ≈ a + b·(rows − 1) + c·tokens, least squares of the relative error; no cost per
+    row without several-row points, and no cost below zero."""
+    if not points:
+        return (0.0, 0.0, 0.0)
+    design = np.array([[1.0, rows - 1.0, float(tokens)] for rows, tokens, _ in points])
+    seconds = np.array([s for _, _, s in points])
+    scale = 1.0 / seconds  # relative error
+    a, b, c = np.linalg.lstsq(design * scale[:, None], seconds * scale, rcond=None)[0]
+    if c < 0 or b < 0:  # measurement noise only: fall back to a level per row and token
+        b, c = max(0.0, float(b)), max(0.0, float(c))
+        a = float(np.median(seconds - b * (design[:, 1]) - c * design[:, 2]))
+    return (float(a), float(b), float(c))
 
 
 def charged_seconds(
@@ -123,11 +154,11 @@ def charged_seconds(
     (`wall - target_seconds`) plus the target's RPC overhead plus its modelled cycle."""
     if load is None:
         return wall
-    if load.curve is not None:
+    if load.model is not None:
         return max(1e-6, wall - target_seconds + target_overhead + load.forward(own_tokens))
     return max(1e-6, wall - load.forward_seconds + load.forward(own_tokens))
 
 
-def load_ceiling(curve: ForwardCurve, load: Load, max_gamma: int, overhead: float) -> float:
+def load_ceiling(model: ForwardModel, load: Load, max_gamma: int, overhead: float) -> float:
     """Best tokens per charged second for a round of up to max_gamma + 1 tokens at this load."""
-    return max(k / (overhead + load.modelled_forward(curve, k)) for k in range(1, max_gamma + 2))
+    return max(k / (overhead + load.modelled_forward(model, k)) for k in range(1, max_gamma + 2))

@@ -84,7 +84,7 @@ class TargetInfo:
     forward_seconds: list[float]  # [k-1]: a cached forward of k tokens, measured at start-up
     verify_lengths: list[int]  # [n-1]: the forward length the target runs to verify n tokens
     verify_seconds: list[float]  # [n-1]: a verify of n tokens, padding included
-    batch_forward_seconds: dict[int, float]  # tokens in a batched forward → seconds, measured at start-up
+    batch_forward_seconds: dict[tuple[int, int], float]  # (rows, tokens) of a batched forward → seconds, at start-up
 
     @classmethod
     def from_pb(cls, pb: target_pb2.TargetInfoResponse) -> TargetInfo:
@@ -100,8 +100,18 @@ class TargetInfo:
             forward_seconds=forward,
             verify_lengths=lengths,
             verify_seconds=effective_forward_seconds(forward, lengths),
-            batch_forward_seconds=dict(zip(pb.batch_forward_tokens, pb.batch_forward_seconds, strict=False)),
+            batch_forward_seconds=start_up_batches(pb),
         )
+
+
+def start_up_batches(pb: target_pb2.TargetInfoResponse) -> dict[tuple[int, int], float]:
+    """(rows, tokens) → seconds of the batched forwards the target measured at start-up."""
+    rows = list(pb.batch_forward_rows) or [tokens // 8 for tokens in pb.batch_forward_tokens]  # an older target
+    return {
+        (count, tokens): seconds
+        for count, tokens, seconds in zip(rows, pb.batch_forward_tokens, pb.batch_forward_seconds, strict=False)
+        if count > 0
+    }
 
 
 class TargetClient:

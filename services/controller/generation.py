@@ -24,7 +24,7 @@ from banditspec.errors import OutOfRange
 from banditspec.policy_names import COUNTERFACTUAL_POLICIES
 from services.controller import metrics
 from services.controller.arms import TARGET_ONLY_ARM, Arm
-from services.controller.batch_cost import LOAD_COSTS, ForwardCurve, Load, charged_seconds, load_ceiling
+from services.controller.batch_cost import LOAD_COSTS, ForwardModel, Load, charged_seconds, load_ceiling
 from services.controller.clients import DrafterFailed, DraftHost, TargetClient
 from services.controller.counterfactual import CounterfactualScorer, RoundCosts
 from services.controller.domain import (
@@ -82,7 +82,7 @@ class Generation:
         tokenizer: PreTrainedTokenizerBase,
         step_estimate: StepTimeEstimate,
         deadline: Deadline,
-        forward_curve: ForwardCurve | None = None,
+        forward_model: ForwardModel | None = None,
         running: Callable[[], int] = lambda: 1,
         load_cost: str = "cycle",
     ) -> None:
@@ -93,7 +93,7 @@ class Generation:
         self.load_cost = load_cost
         self.info = target.info
         self.step_estimate = step_estimate
-        self.forward_curve = forward_curve or ForwardCurve(self.info.forward_seconds, self.info.batch_forward_seconds)
+        self.forward_model = forward_model or ForwardModel(self.info.forward_seconds, self.info.batch_forward_seconds)
         session_id = uuid.uuid4().hex
         self.target = target.session(session_id, request.sampling, request.seed, deadline)
         self.drafts = {
@@ -211,7 +211,7 @@ class Generation:
         fed = fed_tokens(proposal)
         rows, tokens, forward = verdict.batch_rows, verdict.batch_tokens, verdict.batch_forward_seconds
         if self.load_cost == "cycle":
-            load = Load.cycle(fed, rows, tokens, forward, self.running(), self.forward_curve)
+            load = Load.cycle(fed, rows, tokens, forward, self.running(), self.forward_model)
             if load is not None:
                 return load
         return Load.of(fed, rows, tokens, forward)  # also rows of other controllers' requests
@@ -260,14 +260,14 @@ class Generation:
         """In [0, 1]: against the lone-round ceiling, or against the best round beside the same load."""
         if load is None:
             return self.scale.normalise(tokens_per_second)
-        ceiling = load_ceiling(self.forward_curve, load, self.max_gamma, self.round_overhead)
+        ceiling = load_ceiling(self.forward_model, load, self.max_gamma, self.round_overhead)
         return min(1.0, max(0.0, tokens_per_second / ceiling))
 
     def _reward(self, played: Round) -> None:
         arm, verdict, wall = played.arm, played.verdict, played.wall_seconds
         drafted, verified = len(played.proposal.token_ids), len(verdict.token_ids)
         if verdict.batch_tokens:
-            self.forward_curve.observe(verdict.batch_tokens, verdict.batch_forward_seconds)
+            self.forward_model.observe(verdict.batch_tokens, verdict.batch_forward_seconds, verdict.batch_rows)
         tokens_per_second = verified / played.charged_seconds
         if played.index is not None:
             self.policy.update(played.index, self._normalise(tokens_per_second, played.load))

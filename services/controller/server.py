@@ -22,7 +22,7 @@ from banditspec.verify_lengths import filled_gamma
 from services.controller import metrics
 from services.controller.admission import Admission
 from services.controller.arms import TARGET_ONLY_ARM, Arm
-from services.controller.batch_cost import ForwardCurve
+from services.controller.batch_cost import ForwardModel
 from services.controller.clients import DEFAULT_DRAFT_DEADLINE_SECONDS, DraftClient, DraftHost, TargetClient
 from services.controller.domain import Deadline, GenerationRequest
 from services.controller.generation import Generation
@@ -86,7 +86,7 @@ class Controller:
                 raise SystemExit(f"controller: {error}") from error
         self.tokenizer: PreTrainedTokenizerBase | None = None
         self.step_estimate: StepTimeEstimate | None = None
-        self.forward_curve: ForwardCurve | None = None  # f(tokens in a batch), learnt from every verify
+        self.forward_model: ForwardModel | None = None  # f(tokens, rows) of a forward, its level from every verify
         self.arms: list[Arm] = [TARGET_ONLY_ARM]
         self.admission = Admission(config.max_concurrent, config.max_queued)
         self.priors = ArmPriors()
@@ -110,7 +110,7 @@ class Controller:
             self.admission = Admission(info.max_sessions, self.config.max_queued)
         # One target step plus about a millisecond of RPC, until target-only rounds refine it.
         self.step_estimate = StepTimeEstimate(info.decode_step_seconds + 0.001)
-        self.forward_curve = ForwardCurve(info.forward_seconds, info.batch_forward_seconds)
+        self.forward_model = ForwardModel(info.forward_seconds, info.batch_forward_seconds)
         await self.refresh_arms()
         self._refresher = asyncio.create_task(self._refresh_forever())
         log.info(
@@ -188,7 +188,7 @@ class Controller:
             raise Unavailable("the controller is still connecting")
         deadline = Deadline(context.time_remaining(), self.config.rpc_timeout)
         generation = Generation(
-            request, self.target, self.drafts, self.tokenizer, self.step_estimate, deadline, self.forward_curve,
+            request, self.target, self.drafts, self.tokenizer, self.step_estimate, deadline, self.forward_model,
             running=lambda: self.admission.running, load_cost=self.config.load_cost,
         )  # fmt: skip
         generation.load = self.admission.running

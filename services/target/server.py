@@ -58,7 +58,7 @@ class TargetServicer(target_pb2_grpc.TargetServiceServicer):
         self.engine: TargetEngine | None = None
         self.scheduler: Scheduler | None = None
         self.forward_seconds: list[float] = []
-        self.batch_seconds: dict[int, float] = {}  # tokens in a batched forward → seconds, at start-up
+        self.batch_seconds: dict[tuple[int, int], float] = {}  # (rows, tokens) of a batched forward → seconds
 
     def _engine(self) -> TargetEngine:
         if self.engine is None:
@@ -103,7 +103,9 @@ class TargetServicer(target_pb2_grpc.TargetServiceServicer):
             padded={n: m for n, m in enumerate(verify_lengths, 1) if m != n},
             batched=self.engine.batches_rows,
             threads={"shared": threads.shared, "solo": threads.solo},
-            batch_ms={n: round(t * 1e3, 1) for n, t in self.batch_seconds.items()},
+            batch_ms={
+                f"{rows}x{tokens // rows}": round(t * 1e3, 1) for (rows, tokens), t in self.batch_seconds.items()
+            },
             narrow_vs_linear={n: round(ratio, 2) for n, ratio in narrow.items()},
         )
 
@@ -123,7 +125,8 @@ class TargetServicer(target_pb2_grpc.TargetServiceServicer):
             forward_seconds=self.forward_seconds,
             max_sessions=engine.sessions.max_sessions,
             verify_lengths=engine.verify_lengths,
-            batch_forward_tokens=list(self.batch_seconds),
+            batch_forward_rows=[rows for rows, _ in self.batch_seconds],
+            batch_forward_tokens=[tokens for _, tokens in self.batch_seconds],
             batch_forward_seconds=list(self.batch_seconds.values()),
             sessions=len(engine.sessions),
         )

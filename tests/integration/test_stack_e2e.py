@@ -351,3 +351,6 @@ def test_target_info(target_stub, tiny_models, tiny_tokenizer):
     assert info.max_context == 256
     assert list(info.eos_token_ids) == [tiny_tokenizer.eos_token_id]
     assert info.device == "cpu" and info.dtype == "float32"
+    # Batched forwards measured at start-up, each with its rows: the controller's model of a shared forward.
+    shapes = list(zip(info.batch_forward_rows, info.batch_forward_tokens, strict=True))
+    assert (8, 8) in shapes and (16, 128) in shapes and len(shapes) == len(info.batch_forward_seconds)

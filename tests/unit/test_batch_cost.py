@@ -1,13 +1,14 @@
 """A round's share of a batched forward: the charges of a forward's rows add up to it, a lone round is
 charged its wall time, the load ceiling is the lone-round ceiling at no load and shrinks long drafts'
-worth as the load grows, and the forward curve follows the forwards the target reports. The cycle
-model: a lone request is not charged by it, and under load it ranks arms as their throughput does."""
+worth as the load grows, and the forward model keeps the shape measured at start-up while its level
+follows the forwards the target reports. The cycle model: a lone request is not charged by it, and under
+load it ranks arms as their throughput does."""
 
 from __future__ import annotations
 
 import pytest
 
-from services.controller.batch_cost import ForwardCurve, Load, charged_seconds, load_ceiling
+from services.controller.batch_cost import ForwardModel, Load, charged_seconds, load_ceiling
 from services.controller.reward import RewardScale
 
 CURVE = [0.050 + 0.002 * k for k in range(16)]  # f(k) for k = 1..16: flat-ish, as a memory-bound CPU forward
@@ -27,62 +28,101 @@ def test_a_lone_round_is_charged_its_wall_time():
         assert charged_seconds(0.09, own, load) == 0.09
 
 
+def plane(rows: int, tokens: int) -> float:
+    """A compute-bound forward, as on this CPU: a fixed part, a cost per row and one per token."""
+    return 0.030 + 0.006 * (rows - 1) + 0.004 * tokens
+
+
+START_UP_SHAPES = ((8, 1), (16, 1), (8, 2), (16, 2), (3, 8), (4, 8), (8, 8), (16, 8))
+
+
+def measured(truth=plane) -> ForwardModel:
+    """A model from start-up measurements of `truth`: one row of 1-16 tokens and the batched shapes."""
+    return ForwardModel([truth(1, n) for n in range(1, 17)], {(r, r * t): truth(r, r * t) for r, t in START_UP_SHAPES})
+
+
 def test_no_load_gives_the_lone_round_ceiling():
-    curve = ForwardCurve(CURVE)
+    model = ForwardModel(CURVE)
     lone = RewardScale.for_arms(max_gamma=6, forward_seconds=CURVE, round_overhead_seconds=0.003, step_seconds=0.06)
-    assert load_ceiling(curve, Load(0, 0.06), 6, 0.003) == pytest.approx(lone.ceiling_tokens_per_second)
+    assert load_ceiling(model, Load(0, 0.06), 6, 0.003) == pytest.approx(lone.ceiling_tokens_per_second)
 
 
 def test_under_load_a_long_draft_is_worth_less():
     """Beside 50 other tokens, a 7-token round costs 7/57 of a forward: its per-token cost is near what
     every other token pays, so a draft must be accepted to pay; alone, the same round costs barely more
     than one token's."""
-    curve = ForwardCurve(CURVE)
-    curve.observe(57, 0.20)
-    curve.observe(51, 0.18)
-    alone_long, alone_one = 7 / (curve.seconds(7) + 0.003), 1 / (curve.seconds(1) + 0.003)
-    loaded_long = 7 / (0.003 + curve.seconds(57) * 7 / 57)
-    loaded_one = 1 / (0.003 + curve.seconds(51) * 1 / 51)
+    model = measured(lambda rows, tokens: CURVE[0] + 0.0025 * (tokens - 1))
+    alone_long, alone_one = 7 / (CURVE[6] + 0.003), 1 / (CURVE[0] + 0.003)
+    loaded_long = 7 / (0.003 + model.seconds(57, rows=8) * 7 / 57)
+    loaded_one = 1 / (0.003 + model.seconds(51, rows=8) * 1 / 51)
     assert alone_long / alone_one > 5  # alone, drafting is nearly free
     assert loaded_long / loaded_one < 2  # under load, it costs nearly what it yields
 
 
-def test_the_curve_interpolates_and_follows_reports():
-    curve = ForwardCurve([0.05, 0.06])
-    assert curve.seconds(1) == 0.05 and curve.seconds(4) == pytest.approx(0.06 * 4 / 2)
-    curve.observe(10, 0.10)
-    assert curve.seconds(6) == pytest.approx(0.06 + (6 - 2) / (10 - 2) * (0.10 - 0.06))
-    curve.observe(10, 0.20)
-    assert curve.seconds(10) == pytest.approx(0.10 + 0.1 * (0.20 - 0.10))
+def test_one_row_is_the_curve_measured_at_start_up():
+    model = measured()
+    assert [model.seconds(n) for n in range(1, 17)] == [plane(1, n) for n in range(1, 17)]
+    assert model.seconds(32) == pytest.approx(plane(1, 16) * 2)  # beyond it, in proportion to the tokens
+    model.observe(16, 5 * plane(8, 16), rows=8)
+    assert model.seconds(4) == plane(1, 4)  # a lone round's forward is not the load's
 
 
-def test_start_up_batches_seed_the_curve_beyond_one_row():
-    curve = ForwardCurve([0.05, 0.06], {32: 0.12, 64: 0.20})
-    assert curve.seconds(32) == 0.12
-    assert curve.seconds(48) == pytest.approx(0.16)
-    assert curve.seconds(128) == pytest.approx(0.40)
+def test_the_plane_fits_the_start_up_forwards():
+    model = measured()
+    for rows, tokens in ((8, 8), (8, 56), (12, 30), (16, 128), (2, 5)):
+        assert model.seconds(tokens, rows) == pytest.approx(plane(rows, tokens), rel=1e-6)
+
+
+def test_the_level_follows_the_load_and_the_shape_stays():
+    """Under load the target reports short rows only (8 rows of 1-2 tokens), on a machine now 1.6× slower
+    than at start-up. Every size slows alike: a long draft in every row (56 tokens) must not keep its
+    start-up time while the sizes seen grow, or a long draft looks ever cheaper as the load grows."""
+    model = measured()
+    for step in range(60):
+        tokens = 8 + step % 13
+        model.observe(tokens, 1.6 * plane(8, tokens), rows=8)
+    assert model.speed == pytest.approx(1.6, rel=0.01)
+    for tokens in (8, 16, 56, 64):
+        assert model.seconds(tokens, rows=8) == pytest.approx(1.6 * plane(8, tokens), rel=0.01)
+    long_draft, one_token = model.seconds(56, rows=8), model.seconds(8, rows=8)
+    assert long_draft / one_token == pytest.approx(plane(8, 56) / plane(8, 8), rel=1e-6)
+
+
+def test_a_forward_reported_by_every_row_counts_once():
+    once, eight_times = measured(), measured()
+    once.observe(12, 2 * plane(6, 12), rows=6)
+    for _ in range(8):
+        eight_times.observe(12, 2 * plane(6, 12), rows=6)
+    assert eight_times.speed == once.speed > 1
+
+
+def test_noise_never_makes_a_token_or_a_row_free_or_negative():
+    jitter = [1.0, 1.3, 0.8, 1.2, 0.9]
+    model = measured(lambda rows, tokens: 0.05 * jitter[(rows + tokens) % 5])
+    _, b, c = model.plane
+    assert b >= 0 and c >= 0
+    assert all(model.seconds(n, r) > 0 for r in (2, 8, 16) for n in (r, 4 * r))
 
 
 # the cycle model ---------------------------------------------------------------------------------------
 
-# A compute-bound forward, as on this CPU: a fixed part and a cost per token.
-LINEAR = ForwardCurve([0.030 + 0.004 * n for n in range(1, 17)], {n: 0.030 + 0.004 * n for n in (32, 64, 128)})
+LINEAR = measured(lambda rows, tokens: 0.030 + 0.004 * tokens)
 
 
 def test_the_cycle_model_leaves_a_lone_request_alone():
-    assert Load.cycle(4, batch_rows=1, batch_tokens=4, forward_seconds=0.05, running=1, curve=LINEAR) is None
-    assert Load.cycle(4, batch_rows=3, batch_tokens=9, forward_seconds=0.05, running=1, curve=LINEAR) is None
+    assert Load.cycle(4, batch_rows=1, batch_tokens=4, forward_seconds=0.05, running=1, model=LINEAR) is None
+    assert Load.cycle(4, batch_rows=3, batch_tokens=9, forward_seconds=0.05, running=1, model=LINEAR) is None
 
 
 def test_a_cycle_is_the_forwards_of_every_running_request_playing_the_same_arm():
     # 8 requests in forwards of 4 rows: two forwards of 4·k tokens per cycle.
-    load = Load.cycle(4, batch_rows=4, batch_tokens=13, forward_seconds=0.08, running=8, curve=LINEAR)
+    load = Load.cycle(4, batch_rows=4, batch_tokens=13, forward_seconds=0.08, running=8, model=LINEAR)
     assert load is not None
-    assert load.forward(4) == pytest.approx(2 * LINEAR.seconds(16))
-    assert load.forward(1) == pytest.approx(2 * LINEAR.seconds(4))
+    assert load.forward(4) == pytest.approx(2 * LINEAR.seconds(16, rows=4))
+    assert load.forward(1) == pytest.approx(2 * LINEAR.seconds(4, rows=4))
     # Rows never exceed the requests running (other controllers' rows are not this controller's cycle).
-    wide = Load.cycle(4, batch_rows=12, batch_tokens=30, forward_seconds=0.1, running=2, curve=LINEAR)
-    assert wide is not None and wide.forward(1) == pytest.approx(LINEAR.seconds(2))
+    wide = Load.cycle(4, batch_rows=12, batch_tokens=30, forward_seconds=0.1, running=2, model=LINEAR)
+    assert wide is not None and wide.forward(1) == pytest.approx(LINEAR.seconds(2, rows=2))
 
 
 def rewards(load: Load | None, accepted: float, gamma: int, outside: float) -> tuple[float, float]:
@@ -96,8 +136,8 @@ def rewards(load: Load | None, accepted: float, gamma: int, outside: float) -> t
 
 def throughputs(running: int, accepted: float, gamma: int, outside: float) -> tuple[float, float]:
     """Tokens per second of `running` requests all playing target-only, or all the drafting arm, in one forward."""
-    cycle_one = outside + LINEAR.seconds(running)
-    cycle_draft = outside + LINEAR.seconds(running * (gamma + 1))
+    cycle_one = outside + LINEAR.seconds(running, rows=running)
+    cycle_draft = outside + LINEAR.seconds(running * (gamma + 1), rows=running)
     return running / cycle_one, running * (1 + accepted) / cycle_draft
 
 

@@ -93,10 +93,10 @@ def test_bad_rows_are_refused(lean):
         model.forward_batch([Feed(model.new_cache(), [3, 4], mask=torch.ones(1, 2, dtype=torch.bool))])
 
 
-def test_batches_are_measured_by_their_tokens(lean):
+def test_batches_are_measured_by_their_rows_and_tokens(lean):
     model, _ = lean
-    measured = model.measure_batches(totals=(16, 24), row_tokens=8, context=12, repeats=1)
-    assert set(measured) == {16, 24} and all(seconds > 0 for seconds in measured.values())
+    measured = model.measure_batches(shapes=((4, 1), (2, 8), (3, 8)), context=12, repeats=1)
+    assert set(measured) == {(4, 4), (2, 16), (3, 24)} and all(seconds > 0 for seconds in measured.values())
 
 
 def test_a_size_takes_the_choice_measured_at_or_above_it():
