@@ -84,9 +84,9 @@ class ForwardModel:
     """f(n, r): seconds of a forward carrying n tokens in r rows; one per controller, shared by its requests.
 
     One row: the curve the target measured at start-up (its kinks are the kernels'). Several rows: a plane
-    ρ · (a + b·(r − 1) + c·n), the plane fitted once to every start-up measurement (relative least
-    squares, so small forwards count as much as large ones) and ρ, the machine's speed now against its
-    speed at start-up, following the batched forwards the target reports with each verify.
+    ρ · (a + b·(r − 1) + c·n), the plane fitted once to the batched forwards measured at start-up
+    (relative least squares, so small forwards count as much as large ones) and ρ, the machine's speed
+    now against its speed at start-up, following the batched forwards the target reports with each verify.
 
     The shape stays the one measured at start-up, and only the level follows the load. Updating each size
     from the forwards of that size instead lets the sizes the load visits (short rows) grow with its
@@ -101,9 +101,11 @@ class ForwardModel:
         self.speed = 1.0  # ρ: reported ÷ modelled, a moving average of the ratio's logarithm
         self._log_speed = 0.0
         self._last: tuple[int, int, float] | None = None
-        points = [(1, n, seconds) for n, seconds in enumerate(self.one_row, 1)]
-        points += [(rows, n, seconds) for (rows, n), seconds in (batches or {}).items() if n > 0 and seconds > 0]
-        self.plane = _fit_plane(points)
+        one_row = [(1, n, seconds) for n, seconds in enumerate(self.one_row, 1)]
+        batched = [(rows, n, seconds) for (rows, n), seconds in (batches or {}).items() if n > 0 and seconds > 0]
+        # The plane answers for several rows: fitted to batched forwards alone where they tell a row's cost
+        # from a token's (rows of 8 tokens alone do not: an older target's), as one row's kinks would tilt it.
+        self.plane = _fit_plane(batched if _separates_rows_from_tokens(batched) else one_row + batched)
 
     def seconds(self, tokens: int, rows: int = 1) -> float:
         if rows <= 1:
@@ -129,6 +131,13 @@ class ForwardModel:
         if tokens <= len(curve):
             return curve[max(1, tokens) - 1]
         return curve[-1] * tokens / len(curve)  # beyond the measured: in proportion to the tokens
+
+
+def _separates_rows_from_tokens(points: list[tuple[int, int, float]]) -> bool:
+    if len(points) < 3:
+        return False
+    design = np.array([[1.0, rows - 1.0, float(tokens)] for rows, tokens, _ in points])
+    return bool(np.linalg.matrix_rank(design) == 3)
 
 
 def _fit_plane(points: list[tuple[int, int, float]]) -> tuple[float, float, float]:

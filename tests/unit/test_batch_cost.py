@@ -73,6 +73,14 @@ def test_the_plane_fits_the_start_up_forwards():
         assert model.seconds(tokens, rows) == pytest.approx(plane(rows, tokens), rel=1e-6)
 
 
+def test_rows_of_eight_tokens_alone_lean_on_the_one_row_curve():
+    """An older target measured rows of 8 tokens only, where rows and tokens grow together: the one-row
+    curve tells a token's cost from a row's."""
+    model = ForwardModel([plane(1, n) for n in range(1, 17)], {(t // 8, t): plane(t // 8, t) for t in (24, 64, 128)})
+    for rows, tokens in ((8, 8), (8, 56), (16, 32)):
+        assert model.seconds(tokens, rows) == pytest.approx(plane(rows, tokens), rel=1e-6)
+
+
 def test_the_level_follows_the_load_and_the_shape_stays():
     """Under load the target reports short rows only (8 rows of 1-2 tokens), on a machine now 1.6× slower
     than at start-up. Every size slows alike: a long draft in every row (56 tokens) must not keep its
