@@ -101,11 +101,11 @@ class ForwardModel:
         self.speed = 1.0  # ρ: reported ÷ modelled, a moving average of the ratio's logarithm
         self._log_speed = 0.0
         self._last: tuple[int, int, float] | None = None
-        one_row = [(1, n, seconds) for n, seconds in enumerate(self.one_row, 1)]
+        single = [(1, n, seconds) for n, seconds in enumerate(self.one_row, 1)]
         batched = [(rows, n, seconds) for (rows, n), seconds in (batches or {}).items() if n > 0 and seconds > 0]
         # The plane answers for several rows: fitted to batched forwards alone where they tell a row's cost
         # from a token's (rows of 8 tokens alone do not: an older target's), as one row's kinks would tilt it.
-        self.plane = _fit_plane(batched if _separates_rows_from_tokens(batched) else one_row + batched)
+        self.plane = _fit_plane(batched if _separates_rows_from_tokens(batched) else single + batched)
 
     def seconds(self, tokens: int, rows: int = 1) -> float:
         if rows <= 1:
