@@ -34,8 +34,11 @@ STATIC_ROPE_TYPES = {"default", "linear", "llama3"}
 NARROW_ROWS = 6
 NARROW_SIZES = (2, 4, 8, 16, 32, 48, 64)  # the product sizes `calibrate_narrow` times
 # Batched forwards `measure_batches` times at start-up, (rows, tokens per row): short rows as under load
-# (one token and a short draft each), then rows of 8 tokens up to 128 in all.
-BATCH_SHAPES = ((8, 1), (16, 1), (8, 2), (16, 2), (3, 8), (4, 8), (6, 8), (8, 8), (12, 8), (16, 8))
+# (one token and a short draft each, from 2 rows up), then rows of 8 tokens up to 128 in all.
+BATCH_SHAPES = (
+    (2, 1), (4, 1), (8, 1), (16, 1), (4, 2), (8, 2), (16, 2), (2, 4),
+    (3, 8), (4, 8), (6, 8), (8, 8), (12, 8), (16, 8),
+)  # fmt: skip
 
 
 class LeanCache:

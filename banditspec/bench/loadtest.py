@@ -439,7 +439,8 @@ def target_forward_ms(address: str) -> dict[str, float]:
     out = {str(k): 1e3 * s for k, s in enumerate(info.forward_seconds, start=1)}
     rows = list(info.batch_forward_rows) or [tokens // 8 for tokens in info.batch_forward_tokens]
     for count, tokens, seconds in zip(rows, info.batch_forward_tokens, info.batch_forward_seconds, strict=True):
-        out[f"{count}×{tokens // count}"] = 1e3 * seconds
+        if count > 0:
+            out[f"{count}×{tokens // count}"] = 1e3 * seconds
     return out
 
 
@@ -545,7 +546,11 @@ def report(document: dict) -> str:
         lines.append(f"| {clients} | " + " | ".join(f"{p.rss_mib.get(s, 0):.0f}" for s in services) + " |")
     forward = document.get("target_forward_ms") or {}
     if forward:
-        lines += ["", "The target's forward time (ms, measured at start-up) by tokens in one forward:", ""]
+        lines += [
+            "",
+            "The target's forward time (ms, measured at start-up): one row of 1-16 tokens, then rows × tokens per row:",
+            "",
+        ]
         lines += ["| " + " | ".join(forward) + " |", "|" + "---:|" * len(forward)]
         lines.append("| " + " | ".join(f"{ms:.1f}" for ms in forward.values()) + " |")
     notes = [f"- {p.method} at N={p.clients}: {p.note}" for p in phases if p.note]

@@ -7,9 +7,9 @@ forward its tokens took, F · own / total; a forward's charges add up to the for
 row) is charged its wall time, as without batching.
 
 A charged round is normalised against the best a round of the request's arms could do beside the same
-load: with B tokens of other rows and f(n) the measured cost of a forward of n tokens,
+load: with B tokens of other rows and f(n, r) the measured cost of a forward of n tokens in r rows,
 
-    ceiling(B) = max over k = 1..L+1 of  k / (o + f(B + k) · k / (B + k))
+    ceiling(B) = max over k = 1..L+1 of  k / (o + f(B + k, r) · k / (B + k))
 
 which at B = 0 is the lone-round ceiling of `reward.RewardScale`. f is `ForwardModel`: the target's
 start-up measurements (one row of n ≤ 16 tokens; batched forwards of short and 8-token rows), whose level
@@ -83,10 +83,11 @@ class Load:
 class ForwardModel:
     """f(n, r): seconds of a forward carrying n tokens in r rows; one per controller, shared by its requests.
 
-    One row: the curve the target measured at start-up (its kinks are the kernels'). Several rows: a plane
-    ρ · (a + b·(r − 1) + c·n), the plane fitted once to the batched forwards measured at start-up
-    (relative least squares, so small forwards count as much as large ones) and ρ, the machine's speed
-    now against its speed at start-up, following the batched forwards the target reports with each verify.
+    It answers for rounds beside other requests (a lone round is charged its wall time). One row:
+    ρ · the curve the target measured at start-up (its kinks are the kernels'). Several rows: a plane
+    ρ · (a + b·(r − 1) + c·n), fitted once to the batched forwards measured at start-up (relative least
+    squares, so small forwards count as much as large ones). ρ is the machine's speed now against its
+    speed at start-up, following the batched forwards the target reports with each verify.
 
     The shape stays the one measured at start-up, and only the level follows the load. Updating each size
     from the forwards of that size instead lets the sizes the load visits (short rows) grow with its
@@ -105,11 +106,13 @@ class ForwardModel:
         batched = [(rows, n, seconds) for (rows, n), seconds in (batches or {}).items() if n > 0 and seconds > 0]
         # The plane answers for several rows: fitted to batched forwards alone where they tell a row's cost
         # from a token's (rows of 8 tokens alone do not: an older target's), as one row's kinks would tilt it.
-        self.plane = _fit_plane(batched if _separates_rows_from_tokens(batched) else single + batched)
+        points = batched if _separates_rows_from_tokens(batched) else single + batched
+        self.plane = _fit_plane(points)
+        self._floor = 0.5 * min((seconds for _, _, seconds in points), default=1e-3)  # no forward is nearly free
 
     def seconds(self, tokens: int, rows: int = 1) -> float:
         if rows <= 1:
-            return self._one_row(tokens)
+            return self.speed * self._one_row(tokens)
         return self.speed * self._plane(tokens, rows)
 
     def observe(self, tokens: int, seconds: float, rows: int = 1) -> None:
@@ -122,7 +125,7 @@ class ForwardModel:
 
     def _plane(self, tokens: int, rows: int) -> float:
         a, b, c = self.plane
-        return max(1e-6, a + b * (rows - 1) + c * tokens)
+        return max(self._floor, a + b * (rows - 1) + c * tokens)
 
     def _one_row(self, tokens: int) -> float:
         curve = self.one_row
@@ -141,18 +144,21 @@ def _separates_rows_from_tokens(points: list[tuple[int, int, float]]) -> bool:
 
 
 def _fit_plane(points: list[tuple[int, int, float]]) -> tuple[float, float, float]:
-    """(a, b, c) of seconds ≈ a + b·(rows − 1) + c·tokens, least squares of the relative error; no cost per
-    row without several-row points, and no cost below zero."""
+    """(a, b, c) of seconds ≈ a + b·(rows − 1) + c·tokens, least squares of the relative error, with b and c
+    kept ≥ 0 (a negative one is timing noise: it is held at 0 and the others refitted)."""
     if not points:
         return (0.0, 0.0, 0.0)
     design = np.array([[1.0, rows - 1.0, float(tokens)] for rows, tokens, _ in points])
     seconds = np.array([s for _, _, s in points])
     scale = 1.0 / seconds  # relative error
-    a, b, c = np.linalg.lstsq(design * scale[:, None], seconds * scale, rcond=None)[0]
-    if c < 0 or b < 0:  # measurement noise only: fall back to a level per row and token
-        b, c = max(0.0, float(b)), max(0.0, float(c))
-        a = float(np.median(seconds - b * (design[:, 1]) - c * design[:, 2]))
-    return (float(a), float(b), float(c))
+    free = [0, 1, 2]
+    while True:
+        fit = np.linalg.lstsq(design[:, free] * scale[:, None], seconds * scale, rcond=None)[0]
+        coefficients = dict(zip(free, (float(value) for value in fit), strict=True))
+        negative = [i for i in free[1:] if coefficients[i] < 0]
+        if not negative:
+            return (coefficients[0], coefficients.get(1, 0.0), coefficients.get(2, 0.0))
+        free.remove(min(negative, key=coefficients.__getitem__))
 
 
 def charged_seconds(

@@ -104,7 +104,7 @@ class TargetServicer(target_pb2_grpc.TargetServiceServicer):
             batched=self.engine.batches_rows,
             threads={"shared": threads.shared, "solo": threads.solo},
             batch_ms={
-                f"{rows}x{tokens // rows}": round(t * 1e3, 1) for (rows, tokens), t in self.batch_seconds.items()
+                f"{rows}×{tokens // rows}": round(t * 1e3, 1) for (rows, tokens), t in self.batch_seconds.items()
             },
             narrow_vs_linear={n: round(ratio, 2) for n, ratio in narrow.items()},
         )
