@@ -138,6 +138,7 @@ def main(argv: list[str] | None = None) -> int:
         os.environ["OMP_NUM_THREADS"] = str(config.threads)  # inherited by the services
 
     start = time.perf_counter()
+    measured_machine = machine(config.device)  # the commit that runs, not the one checked out at the end
     try:
         prompts = load_prompts(config.prompts, config.kinds, config.limit)
         render_prompts(prompts, load_tokenizer(resolve_model_path(config.model)))
@@ -156,7 +157,7 @@ def main(argv: list[str] | None = None) -> int:
         plots[dtype] = write_plots(result, config.out)
         results.append(result)
     bad = failures(results)
-    document = build_document(config, machine(config.device), prompts, results, bool(bad), plots)
+    document = build_document(config, measured_machine, prompts, results, bool(bad), plots)
     document["elapsed_seconds"] = time.perf_counter() - start
     json_path, md_path = write_reports(document, config.out)
     print(md_path.read_text())

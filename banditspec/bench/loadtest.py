@@ -368,6 +368,7 @@ def main(argv: list[str] | None = None) -> int:
     given_port = _flag_int(args.target_arg, "--metrics-port")
     metrics_port = given_port or free_port()  # the target's metrics say how full and how long its forwards were
     metrics_args = [] if given_port else [f"--metrics-port={metrics_port}"]
+    measured_machine = machine(args.device)  # the commit that runs, not the one checked out at the end
     with LocalStack(
         model=str(model_path),
         drafters=args.drafter or list(family.drafters),
@@ -417,7 +418,7 @@ def main(argv: list[str] | None = None) -> int:
                 print(_line(phases[-1]), flush=True)
 
     document = {
-        "machine": machine(args.device),
+        "machine": measured_machine,
         "config": vars(args) | {"arms": arms, "prompts": len(prompts)},
         "phases": [asdict(p) for p in phases],
         "target_forward_ms": forward_ms,
