@@ -435,13 +435,13 @@ def target_forward_ms(address: str) -> dict[str, float]:
     """The target's start-up measurements: one row of 1-16 tokens ("1".."16"), and batched forwards as
     rows × tokens per row ("8×1", "8×2"… "16×8"): what a draft token adds to a forward, alone and beside
     others, which is what decides whether shorter drafts pay under load."""
+    from services.controller.clients import start_up_batches
+
     with open_channel(address) as channel:
         info = target_pb2_grpc.TargetServiceStub(channel).Info(target_pb2.TargetInfoRequest(), timeout=30)
     out = {str(k): 1e3 * s for k, s in enumerate(info.forward_seconds, start=1)}
-    rows = list(info.batch_forward_rows) or [tokens // 8 for tokens in info.batch_forward_tokens]
-    for count, tokens, seconds in zip(rows, info.batch_forward_tokens, info.batch_forward_seconds, strict=True):
-        if count > 0:
-            out[f"{count}×{tokens // count}"] = 1e3 * seconds
+    for (rows, tokens), seconds in start_up_batches(info).items():
+        out[f"{rows}×{tokens // rows}"] = 1e3 * seconds
     return out
 
 

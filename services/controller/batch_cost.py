@@ -136,11 +136,13 @@ class ForwardModel:
         return curve[-1] * tokens / len(curve)  # beyond the measured: in proportion to the tokens
 
 
+def _design(points: list[tuple[int, int, float]]) -> np.ndarray:
+    """The plane's inputs per point: 1, rows − 1, tokens."""
+    return np.array([[1.0, rows - 1.0, float(tokens)] for rows, tokens, _ in points])
+
+
 def _separates_rows_from_tokens(points: list[tuple[int, int, float]]) -> bool:
-    if len(points) < 3:
-        return False
-    design = np.array([[1.0, rows - 1.0, float(tokens)] for rows, tokens, _ in points])
-    return bool(np.linalg.matrix_rank(design) == 3)
+    return len(points) >= 3 and bool(np.linalg.matrix_rank(_design(points)) == 3)
 
 
 def _fit_plane(points: list[tuple[int, int, float]]) -> tuple[float, float, float]:
@@ -148,7 +150,7 @@ def _fit_plane(points: list[tuple[int, int, float]]) -> tuple[float, float, floa
     kept ≥ 0 (a negative one is timing noise: it is held at 0 and the others refitted)."""
     if not points:
         return (0.0, 0.0, 0.0)
-    design = np.array([[1.0, rows - 1.0, float(tokens)] for rows, tokens, _ in points])
+    design = _design(points)
     seconds = np.array([s for _, _, s in points])
     scale = 1.0 / seconds  # relative error
     free = [0, 1, 2]
