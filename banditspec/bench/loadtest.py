@@ -40,6 +40,7 @@ from banditspec.channels import open_channel
 from banditspec.cli.launcher import LocalStack
 from banditspec.model_paths import resolve_model_path
 from banditspec.policy_names import DEFAULT_POLICY, POLICY_WIRE_VALUES
+from banditspec.target_measurements import start_up_batches
 from banditspec.tokens import common_prefix_length
 from banditspec.v1 import generation_pb2, generation_pb2_grpc, target_pb2, target_pb2_grpc
 
@@ -435,8 +436,6 @@ def target_forward_ms(address: str) -> dict[str, float]:
     """The target's start-up measurements: one row of 1-16 tokens ("1".."16"), and batched forwards as
     rows × tokens per row ("8×1", "8×2"… "16×8"): what a draft token adds to a forward, alone and beside
     others, which is what decides whether shorter drafts pay under load."""
-    from services.controller.clients import start_up_batches
-
     with open_channel(address) as channel:
         info = target_pb2_grpc.TargetServiceStub(channel).Info(target_pb2.TargetInfoRequest(), timeout=30)
     out = {str(k): 1e3 * s for k, s in enumerate(info.forward_seconds, start=1)}

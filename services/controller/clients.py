@@ -23,6 +23,7 @@ from banditspec.channels import open_aio_channel
 from banditspec.errors import Unavailable, is_session_lost
 from banditspec.sampling import SamplingParams
 from banditspec.security import ClientTLS
+from banditspec.target_measurements import start_up_batches
 from banditspec.v1 import draft_pb2, draft_pb2_grpc, target_pb2, target_pb2_grpc
 from banditspec.verify_lengths import effective_forward_seconds
 from services.controller import metrics
@@ -102,16 +103,6 @@ class TargetInfo:
             verify_seconds=effective_forward_seconds(forward, lengths),
             batch_forward_seconds=start_up_batches(pb),
         )
-
-
-def start_up_batches(pb: target_pb2.TargetInfoResponse) -> dict[tuple[int, int], float]:
-    """(rows, tokens) → seconds of the batched forwards the target measured at start-up."""
-    rows = list(pb.batch_forward_rows) or [tokens // 8 for tokens in pb.batch_forward_tokens]  # an older target
-    return {
-        (count, tokens): seconds
-        for count, tokens, seconds in zip(rows, pb.batch_forward_tokens, pb.batch_forward_seconds, strict=False)
-        if count > 0
-    }
 
 
 class TargetClient:
