@@ -327,6 +327,13 @@ def main(argv: list[str] | None = None) -> int:
         default="2,6",
         help="the controller's γ values: a short and a long one let the bandit choose",
     )
+    parser.add_argument(
+        "--warm-up-tokens",
+        type=int,
+        default=16,
+        help="before each N's phases, every client streams one unmeasured request of this many tokens "
+        "(0: none): the first phase at an N otherwise also pays for filling N sessions' buffers and caches",
+    )
     parser.add_argument("--timeout", type=float, default=600.0, help="seconds per request")
     parser.add_argument("--controller-arg", action="append", default=[], help="passed to serve-controller")
     parser.add_argument(
@@ -365,6 +372,7 @@ def main(argv: list[str] | None = None) -> int:
     out = Path(args.out)
     out.mkdir(parents=True, exist_ok=True)
     phases: list[Phase] = []
+    warm_ups: dict[int, dict[str, int]] = {}  # N → the unmeasured requests before its phases
     device_args = ["--dtype", args.dtype, "--device", args.device]
     given_port = _flag_int(args.target_arg, "--metrics-port")
     metrics_port = given_port or free_port()  # the target's metrics say how full and how long its forwards were
@@ -391,6 +399,12 @@ def main(argv: list[str] | None = None) -> int:
         forward_ms = target_forward_ms(stack.address("target"))
         for clients in counts:
             assignments = assign(prompts, clients, args.requests_per_client)
+            if args.warm_up_tokens > 0:
+                warm_up = [[prompts[-1 - c % len(prompts)]] for c in range(clients)]  # the workload's last prompts
+                done, _ = run_clients(
+                    address, warm_up, args.warm_up_tokens, args.policy, [], args.timeout, "per-client"
+                )
+                warm_ups[clients] = {"requests": len(done), "errors": sum(1 for r in done if r.error)}
             methods = [(args.policy, [])] + ([("fixed:" + a, [a]) for a in arms] if clients in fixed_at else [])
             for method, allowed in methods:
                 policy = "fixed" if allowed else args.policy
@@ -423,6 +437,7 @@ def main(argv: list[str] | None = None) -> int:
         "config": vars(args) | {"arms": arms, "prompts": len(prompts)},
         "phases": [asdict(p) for p in phases],
         "target_forward_ms": forward_ms,
+        "warm_ups": warm_ups,
     }
     (out / "loadtest.json").write_text(json.dumps(document, indent=1))
     (out / "loadtest.md").write_text(report(document))
@@ -563,6 +578,8 @@ def _argv(config: dict) -> list[str]:
     keys = ("family", "clients", "requests_per_client", "max_new_tokens", "dtype", "device", "policy", "fixed_at",
             "model_free_gammas")  # fmt: skip
     flags = [f"--{k.replace('_', '-')} {config[k]}" for k in keys]
+    if "warm_up_tokens" in config:  # reports from before the warm-up ran none
+        flags.append(f"--warm-up-tokens {config['warm_up_tokens']}")
     passed = [f"--{k.replace('_', '-')}={v}" for k in ("controller_arg", "target_arg") for v in config.get(k) or []]
     return flags + passed
 

@@ -1,5 +1,5 @@
 """`banditspec loadtest` end to end on the small pydocs family: every phase runs, every output equals the
-target's own greedy output, and the report, JSON and plot are written."""
+target's own greedy output, each N is warmed up unmeasured, and the report, JSON and plot are written."""
 
 from __future__ import annotations
 
@@ -14,12 +14,14 @@ PNG_MAGIC = b"\x89PNG\r\n\x1a\n"
 def test_a_small_load_test_reports_every_phase(tmp_path):
     out = tmp_path / "loadtest"
     argv = ["--family", "pydocs", "--clients", "1,2", "--requests-per-client", "1", "--max-new-tokens", "8"]
-    argv += ["--fixed-at", "2", "--baselines", "padded", "--out", str(out)]
+    argv += ["--fixed-at", "2", "--baselines", "padded", "--warm-up-tokens", "4", "--out", str(out)]
     assert main(argv) == 0
     document = json.loads((out / "loadtest.json").read_text())
     phases = document["phases"]
     arms = document["config"]["arms"]
     methods = {(p["method"], p["clients"]) for p in phases}
+    # Before each N's phases, one unmeasured request per client.
+    assert document["warm_ups"] == {"1": {"requests": 1, "errors": 0}, "2": {"requests": 2, "errors": 0}}
     assert {("ucbspec-cf", 1), ("ucbspec-cf", 2), ("generate-padded", 1), ("generate-padded", 2)} <= methods
     assert {(f"fixed:{arm}", 2) for arm in arms} <= methods
     for phase in phases:
