@@ -101,6 +101,10 @@ class ForwardModel:
         self.weight = weight
         self.speed = 1.0  # ρ: reported ÷ modelled, a moving average of the ratio's logarithm
         self._log_speed = 0.0
+        # A lone request's forwards (one row, one session open) run on the threads the one-row curve was
+        # measured on: their own ratio, for the rounds of a request with the target to itself.
+        self.alone_speed = 1.0
+        self._log_alone_speed = 0.0
         self._last: tuple[int, int, float] | None = None
         single = [(1, n, seconds) for n, seconds in enumerate(self.one_row, 1)]
         batched = [(rows, n, seconds) for (rows, n), seconds in (batches or {}).items() if n > 0 and seconds > 0]
@@ -122,6 +126,14 @@ class ForwardModel:
         self._last = (rows, tokens, seconds)
         self._log_speed += self.weight * (math.log(seconds / self._plane(tokens, rows)) - self._log_speed)
         self.speed = math.exp(self._log_speed)
+
+    def observe_alone(self, tokens: int, seconds: float) -> None:
+        """A one-row forward of a lone request; prefills past the measured curve say nothing of it."""
+        if not 1 <= tokens <= len(self.one_row) or seconds <= 0:
+            return
+        ratio = math.log(seconds / self.one_row[tokens - 1])
+        self._log_alone_speed += self.weight * (ratio - self._log_alone_speed)
+        self.alone_speed = math.exp(self._log_alone_speed)
 
     def _plane(self, tokens: int, rows: int) -> float:
         a, b, c = self.plane

@@ -25,7 +25,7 @@ from typing import NamedTuple
 
 from banditspec.tokens import common_prefix_length
 from services.controller.arms import Arm
-from services.controller.batch_cost import Load
+from services.controller.batch_cost import ForwardModel, Load
 from services.controller.domain import Proposal
 
 
@@ -93,7 +93,9 @@ class RoundCosts:
     Overheads (round wall − f(k + 1): RPCs and drafting) are running averages per drafter, so a draft
     model's compute is not charged to prompt lookup; a drafter never pulled yet gets the average of
     the model-free drafters pulled so far. While the round shares its forward (`load`), a round's
-    forward is its share of that forward, as `batch_cost` charges pulled rounds."""
+    forward is its share of that forward, as `batch_cost` charges pulled rounds. Alone, f follows the
+    machine's speed now (`model.alone_speed`): else a slow-down would land in each drafter's overhead at
+    the γ it was pulled at, and a long arm of a drafter pulled short would look cheaper than it is."""
 
     forward_seconds: list[float]  # f(k) for k = 1..len
     target_only_overhead: float
@@ -101,11 +103,13 @@ class RoundCosts:
     weight: float = 0.1
     by_drafter: dict[str, float] = field(default_factory=dict)
     load: Load | None = None  # the current round's forward, when other rows shared it
+    model: ForwardModel | None = None  # the controller's, for the speed of a lone request's forwards
 
     def forward(self, tokens: int) -> float:
         if self.load is not None:
             return self.load.forward(tokens)
-        return self.forward_seconds[min(tokens, len(self.forward_seconds)) - 1]
+        speed = self.model.alone_speed if self.model is not None else 1.0
+        return speed * self.forward_seconds[min(tokens, len(self.forward_seconds)) - 1]
 
     def seconds(self, drafted: int, drafter: str | None) -> float:
         """drafter None: a target-only round."""

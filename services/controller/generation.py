@@ -129,7 +129,8 @@ class Generation:
             return None
         forward = self.info.verify_seconds
         overhead = max(0.0, self.step_estimate.seconds - forward[0])
-        return CounterfactualScorer(request.arms, RoundCosts(forward, overhead, overhead), model_free)
+        costs = RoundCosts(forward, overhead, overhead, model=self.forward_model)
+        return CounterfactualScorer(request.arms, costs, model_free)
 
     # the loop ----------------------------------------------------------------------------------
     async def run(self) -> AsyncIterator[RoundEvent]:
@@ -268,6 +269,8 @@ class Generation:
         drafted, verified = len(played.proposal.token_ids), len(verdict.token_ids)
         if verdict.batch_tokens:
             self.forward_model.observe(verdict.batch_tokens, verdict.batch_forward_seconds, verdict.batch_rows)
+            if verdict.batch_rows <= 1 and self.running() <= 1:
+                self.forward_model.observe_alone(verdict.batch_tokens, verdict.batch_forward_seconds)
         tokens_per_second = verified / played.charged_seconds
         if played.index is not None:
             self.policy.update(played.index, self._normalise(tokens_per_second, played.load))

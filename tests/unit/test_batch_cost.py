@@ -71,6 +71,19 @@ def test_one_row_is_the_curve_measured_at_start_up_at_the_speed_of_now():
     assert model.seconds(4) == pytest.approx(1.5**0.1 * plane(1, 4))
 
 
+def test_a_lone_requests_forwards_set_their_own_speed():
+    """A lone request's one-row forwards run on the threads the one-row curve was measured on: their ratio
+    to it is the lone rounds' speed, apart from the batched forwards' (and prefills past the curve are no
+    sample of it)."""
+    model = measured()
+    for step in range(80):
+        tokens = 1 + step % 8
+        model.observe_alone(tokens, 1.3 * plane(1, tokens))
+    model.observe_alone(200, 0.001)  # a prefill: far cheaper per token than the curve's extrapolation
+    assert model.alone_speed == pytest.approx(1.3, rel=0.01)
+    assert model.speed == 1.0
+
+
 def test_the_plane_fits_the_start_up_forwards():
     model = measured()
     for rows, tokens in ((8, 8), (8, 56), (12, 30), (16, 128), (2, 5)):

@@ -6,6 +6,7 @@ from __future__ import annotations
 import pytest
 
 from services.controller.arms import TARGET_ONLY_ARM, Arm
+from services.controller.batch_cost import ForwardModel
 from services.controller.counterfactual import CounterfactualScorer, RoundCosts
 from services.controller.policies import UCBSpec
 
@@ -28,6 +29,24 @@ def test_modelled_round_seconds_use_the_forward_cost_of_k_plus_one_tokens():
     c.observe(drafted=3, wall=0.063, drafter="local/model", model_free=False)  # a draft model's compute...
     assert c.seconds(3, "local/model") > c.seconds(3, "local/sfx")  # ...is not charged to the others
     assert c.seconds(3, "local/sfx") == pytest.approx(0.013 + c.drafted_overhead)
+
+
+def test_a_slow_down_is_charged_to_the_forward_not_to_the_drafters_overhead():
+    """The machine runs 1.5x slower than at start-up. A drafter pulled at γ 1 must still be priced right at
+    γ 12: its learnt overhead stays the RPCs' and drafting's, and every forward is 1.5x the curve's."""
+    curve = [0.010 + 0.002 * k for k in range(16)]
+    model = ForwardModel(curve)
+    c = RoundCosts(curve, target_only_overhead=0.002, drafted_overhead=0.002, model=model)
+    for _ in range(60):
+        model.observe_alone(2, 1.5 * curve[1])
+        c.observe(drafted=1, wall=1.5 * curve[1] + 0.002, drafter="local/pld")
+    assert c.seconds(12, "local/pld") == pytest.approx(1.5 * curve[12] + 0.002, rel=0.02)
+    assert c.seconds(0, None) == pytest.approx(1.5 * curve[0] + 0.002, rel=0.02)
+    # Without the speed the slow-down sits in the overhead learnt at γ 1, and γ 12 looks a fifth cheaper.
+    unscaled = RoundCosts(curve, target_only_overhead=0.002, drafted_overhead=0.002)
+    for _ in range(60):
+        unscaled.observe(drafted=1, wall=1.5 * curve[1] + 0.002, drafter="local/pld")
+    assert unscaled.seconds(12, "local/pld") < 0.9 * c.seconds(12, "local/pld")
 
 
 def test_a_mismatch_decides_every_arm_of_the_draft_at_once():
