@@ -17,7 +17,10 @@ Tests hold the logits to those of the `transformers` forward.
 
 from __future__ import annotations
 
+import heapq
+import threading
 import time
+import weakref
 from dataclasses import dataclass
 from typing import Any, Literal
 
@@ -35,33 +38,91 @@ NARROW_ROWS = 6
 NARROW_SIZES = (2, 4, 8, 16, 32, 48, 64)  # the product sizes `calibrate_narrow` times
 # Batched forwards `measure_batches` times at start-up, (rows, tokens per row): short rows as under load
 # (one token and a short draft each, from 2 rows up), then rows of 8 tokens up to 128 in all.
+POOL_SLOTS = 8  # a pooled model's first slots; they double when all are taken
 BATCH_SHAPES = (
     (2, 1), (4, 1), (8, 1), (16, 1), (4, 2), (8, 2), (16, 2), (2, 4),
     (3, 8), (4, 8), (6, 8), (8, 8), (12, 8), (16, 8),
 )  # fmt: skip
 
 
-class LeanCache:
-    """Keys and values of one sequence, [layers, kv_heads, capacity, head_dim], grown by doubling."""
+class KVPool:
+    """Keys and values of many sequences in one buffer, [layers, slots, kv_heads, capacity, head_dim]: one slot
+    per sequence, the lowest free slot first, so the sequences open at once sit side by side and a batched
+    forward attends over a range of slots as one matrix (`LeanLlama._attend_slots`). The capacity is every
+    slot's and doubles when a sequence needs more; the slots double when all are taken."""
 
     def __init__(
-        self, layers: int, kv_heads: int, head_dim: int, dtype: torch.dtype, device: torch.device, capacity: int = 256
-    ) -> None:
-        self.keys = torch.zeros(layers, kv_heads, capacity, head_dim, dtype=dtype, device=device)
+        self, layers: int, kv_heads: int, head_dim: int, dtype: torch.dtype, device: torch.device, slots: int = 1,
+        capacity: int = 256,
+    ) -> None:  # fmt: skip
+        self.keys = torch.zeros(layers, slots, kv_heads, capacity, head_dim, dtype=dtype, device=device)
         self.values = torch.zeros_like(self.keys)
-        self.length = 0
+        self._free = list(range(slots))  # a heap: the lowest free slot first
+        self._lock = threading.Lock()  # a cache may be collected (its slot released) on any thread
+
+    @property
+    def slots(self) -> int:
+        return self.keys.shape[1]
+
+    @property
+    def capacity(self) -> int:
+        return self.keys.shape[3]
+
+    def acquire(self) -> int:
+        with self._lock:
+            if not self._free:
+                taken = self.slots
+                self._grow(taken * 2, self.capacity)
+                self._free = list(range(taken, taken * 2))
+            return heapq.heappop(self._free)
+
+    def release(self, slot: int) -> None:
+        with self._lock:
+            heapq.heappush(self._free, slot)
 
     def reserve(self, length: int) -> None:
-        capacity = self.keys.shape[2]
+        capacity = self.capacity
         if length <= capacity:
             return
         while capacity < length:
             capacity *= 2
+        with self._lock:
+            self._grow(self.slots, capacity)
+
+    @torch.inference_mode()  # buffers grown inside a forward are inference tensors
+    def _grow(self, slots: int, capacity: int) -> None:
         for name in ("keys", "values"):
             old = getattr(self, name)
-            grown = old.new_zeros(old.shape[0], old.shape[1], capacity, old.shape[3])
-            grown[:, :, : self.length] = old[:, :, : self.length]
+            layers, taken, kv_heads, length, head_dim = old.shape
+            grown = old.new_zeros(layers, slots, kv_heads, capacity, head_dim)
+            grown[:, :taken, :, :length] = old
             setattr(self, name, grown)
+
+
+class LeanCache:
+    """Keys and values of one sequence: a slot of a `KVPool` (its own pool of one slot unless given one);
+    `keys` and `values` are [layers, kv_heads, capacity, head_dim] views of it. The slot returns to the
+    pool when the cache is collected."""
+
+    def __init__(
+        self, layers: int, kv_heads: int, head_dim: int, dtype: torch.dtype, device: torch.device, capacity: int = 256,
+        pool: KVPool | None = None,
+    ) -> None:  # fmt: skip
+        self.pool = pool or KVPool(layers, kv_heads, head_dim, dtype, device, 1, capacity)
+        self.slot = self.pool.acquire()
+        weakref.finalize(self, self.pool.release, self.slot)
+        self.length = 0
+
+    @property
+    def keys(self) -> torch.Tensor:
+        return self.pool.keys[:, self.slot]
+
+    @property
+    def values(self) -> torch.Tensor:
+        return self.pool.values[:, self.slot]
+
+    def reserve(self, length: int) -> None:
+        self.pool.reserve(length)
 
     def crop(self, max_length: int) -> None:
         """`DynamicCache.crop` semantics: keep the first `max_length` positions; a negative value drops that many."""
@@ -70,15 +131,15 @@ class LeanCache:
         self.length = max(0, min(self.length, max_length))
 
     @torch.inference_mode()  # buffers grown inside a forward are inference tensors
-    def keep_path(self, start: int, slots: list[int]) -> None:
-        """Keep the first `start` positions, then the given slots moved to follow them in order: a verified
+    def keep_path(self, start: int, positions: list[int]) -> None:
+        """Keep the first `start` positions, then the given positions moved to follow them in order: a verified
         token tree keeps only its accepted path."""
-        if slots != list(range(start, start + len(slots))):
-            source = torch.tensor(slots, device=self.keys.device)
+        if positions != list(range(start, start + len(positions))):
+            source = torch.tensor(positions, device=self.pool.keys.device)
             for name in ("keys", "values"):
                 buffer = getattr(self, name)
-                buffer[:, :, start : start + len(slots)] = buffer[:, :, source]
-        self.length = start + len(slots)
+                buffer[:, :, start : start + len(positions)] = buffer[:, :, source]
+        self.length = start + len(positions)
 
     def get_seq_length(self) -> int:
         return self.length
@@ -133,13 +194,32 @@ class _Row:
     mask: torch.Tensor | None
 
 
+@dataclass(frozen=True)
+class _SlotBatch:
+    """A forward's rows as pool slots low..low + span - 1, each slot's queries padded to `width`, keys read up
+    to position `end`; per flat token its slot, its position and its row in the padded queries; `blocked`
+    [span * kv_heads, groups * width, end] where a query may not look (None: nowhere)."""
+
+    low: int
+    span: int
+    width: int
+    end: int
+    slot_of: torch.Tensor
+    position_of: torch.Tensor
+    query_of: torch.Tensor
+    blocked: torch.Tensor | None
+
+
 class LeanLlama:
     """`new_cache()` and `forward(ids, cache)` with the same meaning as `LoadedModel`'s, for a LlamaForCausalLM;
     `forward_batch` for many sequences at once."""
 
-    def __init__(self, model: PreTrainedModel, max_positions: int, vocabulary: list[int] | None = None) -> None:
+    def __init__(
+        self, model: PreTrainedModel, max_positions: int, vocabulary: list[int] | None = None, pooled: bool = False
+    ) -> None:
         """`vocabulary`: compute the output layer over these token ids only (a draft's frequent tokens); every
-        other token's logit is -inf, so it is never proposed and has no probability."""
+        other token's logit is -inf, so it is never proposed and has no probability. `pooled`: caches are
+        slots of one `KVPool`, so a batched forward attends over them as one matrix (a target's many sessions)."""
         if not lean_supported(model):
             raise ValueError("the lean decoder supports Llama models with static rotary embeddings only")
         config = model.config
@@ -171,9 +251,14 @@ class LeanLlama:
                 raise ValueError(f"a vocabulary subset must be ids in [0, {self.vocab_size})")
             self.vocabulary = torch.tensor(sorted(set(vocabulary)), device=self.device)
             self.head_weight = weight.detach()[self.vocabulary].contiguous()
+        self.pool = (
+            KVPool(len(self.layers), self.kv_heads, self.head_dim, self.dtype, self.device, POOL_SLOTS)
+            if pooled
+            else None
+        )
 
     def new_cache(self) -> LeanCache:
-        return LeanCache(len(self.layers), self.kv_heads, self.head_dim, self.dtype, self.device)
+        return LeanCache(len(self.layers), self.kv_heads, self.head_dim, self.dtype, self.device, pool=self.pool)
 
     @torch.inference_mode()
     def forward(self, input_ids: list[int], cache: LeanCache, last_only: bool = False) -> torch.Tensor:
@@ -227,14 +312,58 @@ class LeanLlama:
             _Row(feed.cache, first, last, start, mask)
             for feed, (first, last), start, mask in zip(feeds, bounds, starts, masks, strict=True)
         ]
-        hidden = self._layers(hidden, cos, sin, rows)
+        hidden = self._layers(hidden, cos, sin, rows, self._slot_batch(feeds, counts, starts))
         for feed, count, start in zip(feeds, counts, starts, strict=True):
             feed.cache.length = start + count
         return self._logits(feeds, bounds, hidden)
 
-    def _layers(self, hidden: torch.Tensor, cos: torch.Tensor, sin: torch.Tensor, rows: list[_Row]) -> torch.Tensor:
+    def _slot_batch(self, feeds: list[Feed], counts: list[int], starts: list[int]) -> _SlotBatch | None:
+        """The rows as one range of pool slots, when attention can run over them as one matrix: chains (a tree's
+        mask and positions are per row) of caches in this model's pool, in float32 (half precision keeps the
+        fused per-row kernel), their slots at most half empty (a slot in the range but not in the forward is
+        computed and dropped)."""
+        pool = self.pool
+        if pool is None or self.fused or len(feeds) < 2:
+            return None
+        if any(feed.cache.pool is not pool or feed.mask is not None or feed.positions is not None for feed in feeds):
+            return None
+        slots = [feed.cache.slot for feed in feeds]
+        low, span = min(slots), max(slots) - min(slots) + 1
+        if span > 2 * len(feeds) or len(set(slots)) < len(feeds):
+            return None
+        width = max(counts)
+        end = max(start + count for start, count in zip(starts, counts, strict=True))
+        slot_of: list[int] = []
+        position_of: list[int] = []
+        query_of: list[int] = []
+        limit = torch.full((span, width), end, dtype=torch.long)  # a slot outside the forward: nothing blocked
+        for slot, start, count in zip(slots, starts, counts, strict=True):
+            slot_of.extend([slot] * count)
+            position_of.extend(range(start, start + count))
+            query_of.extend((slot - low) * width + j for j in range(count))
+            limit[slot - low] = torch.arange(start, start + width)  # query j sees positions up to start + j
+        blocked = torch.arange(end)[None, None, :] > limit[:, :, None]  # [span, width, end]
+        groups = self.heads // self.kv_heads
+        folded = blocked[:, None, None].expand(span, self.kv_heads, groups, width, end)
+        device = self.device
+        return _SlotBatch(
+            low, span, width, end,
+            torch.tensor(slot_of, device=device), torch.tensor(position_of, device=device),
+            torch.tensor(query_of, device=device),
+            folded.reshape(span * self.kv_heads, groups * width, end).to(device) if bool(blocked.any()) else None,
+        )  # fmt: skip
+
+    def _layers(
+        self,
+        hidden: torch.Tensor,
+        cos: torch.Tensor,
+        sin: torch.Tensor,
+        rows: list[_Row],
+        slots: _SlotBatch | None = None,
+    ) -> torch.Tensor:
         """The decoder layers over the flat tokens [total, hidden]: projections and MLP for all rows at once,
-        attention per row against its own cache (whose new keys and values it writes)."""
+        attention against each row's cache (whose new keys and values it writes): per row, or over a range of
+        pool slots at once (`slots`)."""
         total = hidden.shape[0]
         groups = self.heads // self.kv_heads
         # A row's mask, tiled for the query heads that share a key head; True where a query may not look.
@@ -247,25 +376,69 @@ class LeanLlama:
             value = self._linear(attention.v_proj, normed).view(total, self.kv_heads, self.head_dim).transpose(0, 1)
             query, key = apply_rotary_pos_emb(query, key, cos, sin, unsqueeze_dim=0)  # tables [total, head_dim]
             query = query * self.scale
-            attended = []
-            for row, block in zip(rows, blocked, strict=True):
-                count = row.last - row.first
-                end = row.start + count
-                keys, values = row.cache.keys[index], row.cache.values[index]
-                keys[:, row.start : end] = key[:, row.first : row.last]
-                values[:, row.start : end] = value[:, row.first : row.last]
-                attended.append(
-                    self._attend_fused(query[:, row.first : row.last], keys[:, :end], values[:, :end], row.mask)
-                    if self.fused
-                    else self._attend(query[:, row.first : row.last], keys[:, :end], values[:, :end], block)
-                )
-            joined = attended[0] if len(attended) == 1 else torch.cat(attended, dim=1)
-            hidden = hidden + self._linear(attention.o_proj, joined.transpose(0, 1).reshape(total, -1))
+            if slots is not None:
+                joined = self._attend_slots(index, query, key, value, slots)
+            else:
+                joined = self._attend_rows(index, query, key, value, rows, blocked)
+            hidden = hidden + self._linear(attention.o_proj, joined)
             normed = layer.post_attention_layernorm(hidden)
             mlp = layer.mlp
             gated = mlp.act_fn(self._linear(mlp.gate_proj, normed)) * self._linear(mlp.up_proj, normed)
             hidden = hidden + self._linear(mlp.down_proj, gated)
         return hidden
+
+    def _attend_rows(
+        self, index: int, query: torch.Tensor, key: torch.Tensor, value: torch.Tensor, rows: list[_Row],
+        blocked: list[torch.Tensor | None],
+    ) -> torch.Tensor:  # fmt: skip
+        """Layer `index`'s attention row by row, [total, heads * head_dim]."""
+        attended = []
+        for row, block in zip(rows, blocked, strict=True):
+            count = row.last - row.first
+            end = row.start + count
+            keys, values = row.cache.pool.keys[index, row.cache.slot], row.cache.pool.values[index, row.cache.slot]
+            keys[:, row.start : end] = key[:, row.first : row.last]
+            values[:, row.start : end] = value[:, row.first : row.last]
+            attended.append(
+                self._attend_fused(query[:, row.first : row.last], keys[:, :end], values[:, :end], row.mask)
+                if self.fused
+                else self._attend(query[:, row.first : row.last], keys[:, :end], values[:, :end], block)
+            )
+        joined = attended[0] if len(attended) == 1 else torch.cat(attended, dim=1)
+        return joined.transpose(0, 1).reshape(query.shape[1], -1)
+
+    def _attend_slots(
+        self, index: int, query: torch.Tensor, key: torch.Tensor, value: torch.Tensor, batch: _SlotBatch
+    ) -> torch.Tensor:
+        """Layer `index`'s attention over a range of pool slots as one matrix, [total, heads * head_dim]. Each
+        slot's queries are padded to the widest row's; a padded query, a position past a row's own and a slot
+        outside the forward are computed and dropped (a row of 8 sessions' single tokens costs two `bmm`s
+        instead of sixteen)."""
+        assert self.pool is not None
+        span, width, end, heads, kv_heads, dim = (
+            batch.span,
+            batch.width,
+            batch.end,
+            self.heads,
+            self.kv_heads,
+            self.head_dim,
+        )
+        groups = heads // kv_heads
+        keys, values = self.pool.keys[index], self.pool.values[index]  # [slots, kv_heads, capacity, head_dim]
+        keys[batch.slot_of, :, batch.position_of] = key.transpose(0, 1)
+        values[batch.slot_of, :, batch.position_of] = value.transpose(0, 1)
+        padded = query.new_zeros(span * width, heads, dim).index_copy_(0, batch.query_of, query.transpose(0, 1))
+        # Query head h reads key head h // groups (grouped-query attention): fold each key head's queries.
+        folded = padded.view(span, width, kv_heads, groups, dim).permute(0, 2, 3, 1, 4).reshape(-1, groups * width, dim)
+        window = slice(batch.low, batch.low + span)
+        span_keys = keys[window, :, :end].reshape(span * kv_heads, end, dim)  # a view: no copy
+        span_values = values[window, :, :end].reshape(span * kv_heads, end, dim)
+        scores = torch.bmm(folded, span_keys.transpose(1, 2))
+        if batch.blocked is not None:
+            scores.masked_fill_(batch.blocked, -torch.inf)
+        attended = torch.bmm(scores.softmax(-1), span_values)  # [span * kv_heads, groups * width, dim]
+        attended = attended.view(span, kv_heads, groups, width, dim).permute(0, 3, 1, 2, 4).reshape(span * width, -1)
+        return attended.index_select(0, batch.query_of)
 
     def _linear(self, linear: Any, inputs: torch.Tensor) -> torch.Tensor:
         return self._times(inputs, linear.weight, linear.bias)

@@ -5,7 +5,7 @@
 A checkout whose decoder calibrates its products (`calibrate_narrow`) does so first, as the target does.
 `--baseline` is another checkout of this repository (for example a `git worktree` at an older commit); its
 `banditspec/lean_llama.py` is loaded beside this one. Each shape (rows × tokens per row, after 150-290
-cached tokens per row) runs on both, alternating which goes first, and the table gives the fastest and the
+cached tokens per row; a checkout whose decoder pools its caches pools them, as the target does) runs on both, alternating which goes first, and the table gives the fastest and the
 median time of each and the median of the paired ratios (robust to a machine whose speed drifts), plus
 the largest difference between the two logits.
 """
@@ -14,6 +14,7 @@ from __future__ import annotations
 
 import argparse
 import importlib.util
+import inspect
 import statistics
 import sys
 import time
@@ -49,10 +50,12 @@ def main() -> None:
     model = AutoModelForCausalLM.from_pretrained(ensure_default_model(), dtype=getattr(torch, args.dtype)).eval()
     modules = {"baseline": load_baseline(args.baseline), "this": lean_llama}
     generator = torch.Generator().manual_seed(0)
-    contexts = [torch.randint(0, 49_000, (150 + 20 * i,), generator=generator).tolist() for i in range(8)]
+    most_rows = max(rows for rows, _ in shapes)
+    contexts = [torch.randint(0, 49_000, (150 + 20 * (i % 8),), generator=generator).tolist() for i in range(most_rows)]
     engines, caches = {}, {}
     for name, module in modules.items():
-        engines[name] = module.LeanLlama(model, 2048)
+        pooled = "pooled" in inspect.signature(module.LeanLlama).parameters  # as a target's decoder
+        engines[name] = module.LeanLlama(model, 2048, pooled=True) if pooled else module.LeanLlama(model, 2048)
         caches[name] = [engines[name].new_cache() for _ in contexts]
         for cache, ids in zip(caches[name], contexts, strict=True):
             engines[name].forward(ids, cache)

@@ -118,7 +118,9 @@ class TargetEngine:
         self.verify_lengths = verify_lengths or []  # see banditspec.verify_lengths
         self.max_batch_tokens = max_batch_tokens
         self.prefill_chunk = prefill_chunk
-        self.decoder = LeanLlama(loaded.model, loaded.max_context) if lean and lean_supported(loaded.model) else None
+        self.decoder = (
+            LeanLlama(loaded.model, loaded.max_context, pooled=True) if lean and lean_supported(loaded.model) else None
+        )
 
     def measure_forwards(self) -> list[float]:
         """Seconds of a forward of 1..16 tokens on the path this engine runs (the lean decoder for a Llama

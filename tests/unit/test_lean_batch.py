@@ -15,12 +15,14 @@ from banditspec.models import load_causal_lm
 TOLERANCE = {"atol": 2e-5, "rtol": 2e-5}
 
 
-@pytest.fixture(scope="module", params=["folded", "fused", "narrow"])
+@pytest.fixture(scope="module", params=["folded", "fused", "narrow", "pooled"])
 def lean(tiny_models, request):
     """Every path in float32: folded attention (float32's), the fused kernel with one-row products as `mv` (half
-    precision's), and every product of 2-64 tokens as weight × inputsᵀ (what `calibrate_narrow` may choose)."""
+    precision's), every product of 2-64 tokens as weight × inputsᵀ (what `calibrate_narrow` may choose), and
+    caches as slots of one pool, attended as one matrix (a target's); there a test's lone and batched caches
+    alternate, so a forward's slots have gaps."""
     loaded = load_causal_lm(tiny_models.target, device="cpu", dtype="float32")
-    model = LeanLlama(loaded.model, loaded.max_context)
+    model = LeanLlama(loaded.model, loaded.max_context, pooled=request.param == "pooled")
     model.fused = model.half_vectors = request.param == "fused"
     if request.param == "narrow":
         model.narrow = [count > 1 for count in range(65)]
@@ -113,3 +115,45 @@ def test_calibration_times_every_size_and_sets_the_table(tiny_models):
     ratios = model.calibrate_narrow(repeats=1)
     assert sorted(ratios) == sorted(NARROW_SIZES) and all(ratio > 0 for ratio in ratios.values())
     assert model.narrow == narrow_table(ratios)
+
+
+def test_chains_in_one_pool_are_attended_as_one_matrix(tiny_models):
+    """The slot path is taken where it applies (chains of the pool's caches, their slots at most half empty)
+    and gives each row its lone logits; a tree row, a foreign cache or a sparse range go row by row."""
+    loaded = load_causal_lm(tiny_models.target, device="cpu", dtype="float32")
+    model = LeanLlama(loaded.model, loaded.max_context, pooled=True)
+    generator = torch.Generator().manual_seed(5)
+    caches = [model.new_cache() for _ in range(12)]  # past the pool's first 8 slots: it grows
+    assert [cache.slot for cache in caches] == list(range(12))
+    for index, cache in enumerate(caches):
+        model.forward(ids(generator, tiny_models.vocab_size, 3 + index), cache)
+    taken = []
+    original = model._attend_slots
+
+    def spy(*args):
+        taken.append(args[-1])
+        return original(*args)
+
+    model._attend_slots = spy  # type: ignore[method-assign]
+    rows = [caches[i] for i in (2, 3, 5)]  # slots 2..5: one gap
+    new = [ids(generator, tiny_models.vocab_size, count) for count in (1, 4, 2)]
+    solo = LeanLlama(loaded.model, loaded.max_context)
+    expected = []
+    for cache, tokens in zip(rows, new, strict=True):
+        alone = solo.new_cache()
+        alone.keys[:, :, : cache.length] = cache.keys[:, :, : cache.length]
+        alone.values[:, :, : cache.length] = cache.values[:, :, : cache.length]
+        alone.length = cache.length
+        expected.append(solo.forward(tokens, alone))
+    outputs = model.forward_batch([Feed(cache, tokens) for cache, tokens in zip(rows, new, strict=True)])
+    assert len(taken) == len(model.layers) and taken[0].span == 4 and taken[0].width == 4
+    for got, want in zip(outputs, expected, strict=True):
+        torch.testing.assert_close(got, want, **TOLERANCE)
+    taken.clear()
+    model.forward_batch([Feed(caches[0], [5]), Feed(caches[11], [6])])  # slots 0 and 11: mostly empty
+    tree = torch.ones(2, caches[1].length + 2, dtype=torch.bool)
+    model.forward_batch([Feed(caches[1], [5, 6], mask=tree), Feed(caches[4], [7])])
+    model.forward_batch([Feed(caches[6], [5]), Feed(solo.new_cache(), [6])])
+    assert taken == []
+    del caches[3], rows  # a collected cache's slot is free again, and the lowest free is taken first
+    assert model.new_cache().slot == 3
