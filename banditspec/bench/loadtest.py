@@ -81,6 +81,7 @@ class Phase:
     mismatches: int = 0  # outputs that differ from the target's own greedy output
     first_mismatch: dict | None = None
     rss_mib: dict[str, float] = field(default_factory=dict)
+    cpu_seconds: dict[str, float] = field(default_factory=dict)  # per service, during the phase
     note: str = ""
     steal: float | None = None  # share of CPU time the hypervisor took during the phase (machine.cpu_ticks)
     target: dict[str, float] = field(default_factory=dict)  # the target's forwards (bench.forwards.phase_forwards)
@@ -229,6 +230,16 @@ def resident_mib(stack: LocalStack) -> dict[str, float]:
         for line in Path(f"/proc/{service.process.pid}/status").read_text().splitlines():
             if line.startswith("VmHWM:"):
                 out[service.name] = int(line.split()[1]) / 1024
+    return out
+
+
+def cpu_seconds(stack: LocalStack) -> dict[str, float]:
+    """Each service's CPU time so far (user + system), seconds."""
+    tick = os.sysconf("SC_CLK_TCK")
+    out = {}
+    for service in stack.services:
+        fields = Path(f"/proc/{service.process.pid}/stat").read_text().rsplit(")", 1)[1].split()
+        out[service.name] = (int(fields[11]) + int(fields[12])) / tick  # utime, stime (fields 14, 15)
     return out
 
 
@@ -409,6 +420,7 @@ def main(argv: list[str] | None = None) -> int:
             for method, allowed in methods:
                 policy = "fixed" if allowed else args.policy
                 before = _scrape(metrics_port)
+                cpu_before = cpu_seconds(stack)
                 with StealMeter() as steal:
                     requests, seconds = run_clients(
                         address, assignments, args.max_new_tokens, policy, allowed, args.timeout, args.dispatch
@@ -419,6 +431,7 @@ def main(argv: list[str] | None = None) -> int:
                 if before is not None and after is not None:
                     phase.target = phase_forwards(before, after, seconds)
                 phase.rss_mib = resident_mib(stack)
+                phase.cpu_seconds = {k: v - cpu_before.get(k, 0.0) for k, v in cpu_seconds(stack).items()}
                 phases.append(phase)
                 print(_line(phase), flush=True)
             batch_prompts = [p for ps in assignments for p in ps]
@@ -544,6 +557,15 @@ def report(document: dict) -> str:
             "",
             "busy: the share of the phase's wall time the target spent in forwards (prefill included).",
         ]
+    timed = [p for p in phases if p.cpu_seconds]
+    if timed:
+        services = sorted({s for p in timed for s in p.cpu_seconds})
+        lines += ["", "CPU seconds each service used per second of each stack phase (the machine has "
+                  f"{document['machine'].get('cpus_usable', '?')} CPUs):", ""]  # fmt: skip
+        lines += ["| N | method | " + " | ".join(services) + " |", "|---:|---|" + "---:|" * len(services)]
+        for p in timed:
+            cells = (f"{p.cpu_seconds.get(s, 0.0) / p.seconds:.2f}" for s in services)
+            lines.append(f"| {p.clients} | {p.method} | " + " | ".join(cells) + " |")
     lines += ["", "Arm shares of the adaptive policy (pulls ÷ all pulls):", ""]
     arms = config["arms"]
     lines += ["| N | " + " | ".join(arms) + " |", "|---:|" + "---:|" * len(arms)]

@@ -35,11 +35,14 @@ def test_a_small_load_test_reports_every_phase(tmp_path):
     assert all(abs(sum(p["arm_shares"].values()) - 1) < 1e-9 for p in stack)
     assert all(set(p["rss_mib"]) == {"target", "draft", "controller"} for p in stack)
     for phase in [p for p in phases if p["method"] == "ucbspec-cf" or p["method"].startswith("fixed:")]:
+        used = phase["cpu_seconds"]  # each service's CPU time during the phase: the target forwarded
+        assert set(used) == {"target", "draft", "controller"} and used["target"] > 0 and min(used.values()) >= 0
+    for phase in [p for p in phases if p["method"] == "ucbspec-cf" or p["method"].startswith("fixed:")]:
         target = phase["target"]  # read from the target's metrics around the phase
         assert target["forwards"] >= 1 and 1 <= target["rows_per_forward"] <= phase["clients"], phase
         assert target["tokens_per_forward"] >= target["rows_per_forward"] and target["ms_per_forward"] > 0
         assert 0 < target["busy"] <= 1
     report = (out / "loadtest.md").read_text()
     assert "| 2 | ucbspec-cf |" in report and "Peak resident memory" in report and "CPU steal" in report
-    assert "The target's forwards during each stack phase" in report
+    assert "The target's forwards during each stack phase" in report and "CPU seconds each service" in report
     assert (out / "loadtest.png").read_bytes().startswith(PNG_MAGIC)
