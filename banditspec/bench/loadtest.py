@@ -85,6 +85,7 @@ class Phase:
     note: str = ""
     steal: float | None = None  # share of CPU time the hypervisor took during the phase (machine.cpu_ticks)
     target: dict[str, float] = field(default_factory=dict)  # the target's forwards (bench.forwards.phase_forwards)
+    sitting: int = 0  # which pass over the N's methods (--sittings)
 
 
 def percentile(values: list[float], q: float) -> float:
@@ -345,6 +346,13 @@ def main(argv: list[str] | None = None) -> int:
         help="before each N's phases, every client streams one unmeasured request of this many tokens "
         "(0: none): the first phase at an N otherwise also pays for filling N sessions' buffers and caches",
     )
+    parser.add_argument(
+        "--sittings",
+        type=int,
+        default=1,
+        help="passes over each N's methods, every other one in reverse order: this machine's speed drifts "
+        "between phases by more than the arms differ, and alternating shows every method the same drift",
+    )
     parser.add_argument("--timeout", type=float, default=600.0, help="seconds per request")
     parser.add_argument("--controller-arg", action="append", default=[], help="passed to serve-controller")
     parser.add_argument(
@@ -417,33 +425,38 @@ def main(argv: list[str] | None = None) -> int:
                 )
                 warm_ups[clients] = {"requests": len(done), "errors": sum(1 for r in done if r.error)}
             methods = [(args.policy, [])] + ([("fixed:" + a, [a]) for a in arms] if clients in fixed_at else [])
-            for method, allowed in methods:
-                policy = "fixed" if allowed else args.policy
-                before = _scrape(metrics_port)
-                cpu_before = cpu_seconds(stack)
-                with StealMeter() as steal:
-                    requests, seconds = run_clients(
-                        address, assignments, args.max_new_tokens, policy, allowed, args.timeout, args.dispatch
+            for sitting in range(args.sittings):
+                for method, allowed in methods if sitting % 2 == 0 else methods[::-1]:
+                    policy = "fixed" if allowed else args.policy
+                    before = _scrape(metrics_port)
+                    cpu_before = cpu_seconds(stack)
+                    with StealMeter() as steal:
+                        requests, seconds = run_clients(
+                            address, assignments, args.max_new_tokens, policy, allowed, args.timeout, args.dispatch
+                        )
+                    after = _scrape(metrics_port)
+                    phase = stack_phase(method, clients, requests, seconds, references)
+                    phase.steal, phase.sitting = steal.fraction, sitting
+                    if before is not None and after is not None:
+                        phase.target = phase_forwards(before, after, seconds)
+                    phase.rss_mib = resident_mib(stack)
+                    phase.cpu_seconds = {k: v - cpu_before.get(k, 0.0) for k, v in cpu_seconds(stack).items()}
+                    phases.append(phase)
+                    print(_line(phase), flush=True)
+                batch_prompts = [p for ps in assignments for p in ps]
+                if "padded" in baselines:
+                    batches = batches_of(assignments)
+                    phases.append(
+                        metered(run_padded, model, batches, clients, args.max_new_tokens, pad, eos, references)
                     )
-                after = _scrape(metrics_port)
-                phase = stack_phase(method, clients, requests, seconds, references)
-                phase.steal = steal.fraction
-                if before is not None and after is not None:
-                    phase.target = phase_forwards(before, after, seconds)
-                phase.rss_mib = resident_mib(stack)
-                phase.cpu_seconds = {k: v - cpu_before.get(k, 0.0) for k, v in cpu_seconds(stack).items()}
-                phases.append(phase)
-                print(_line(phase), flush=True)
-            batch_prompts = [p for ps in assignments for p in ps]
-            if "padded" in baselines:
-                batches = batches_of(assignments)
-                phases.append(metered(run_padded, model, batches, clients, args.max_new_tokens, pad, eos, references))
-                print(_line(phases[-1]), flush=True)
-            if "continuous" in baselines and clients in continuous_at:
-                phases.append(
-                    metered(run_continuous, model, batch_prompts, clients, args.max_new_tokens, eos, references)
-                )
-                print(_line(phases[-1]), flush=True)
+                    phases[-1].sitting = sitting
+                    print(_line(phases[-1]), flush=True)
+                if "continuous" in baselines and clients in continuous_at:
+                    phases.append(
+                        metered(run_continuous, model, batch_prompts, clients, args.max_new_tokens, eos, references)
+                    )
+                    phases[-1].sitting = sitting
+                    print(_line(phases[-1]), flush=True)
 
     document = {
         "machine": measured_machine,
@@ -500,17 +513,64 @@ def _as_list(value: Any) -> list[int]:
 def _line(p: Phase) -> str:
     extra = f" p50 {p.latency_p50:.2f}s p99 {p.latency_p99:.2f}s γ̄ {p.mean_gamma:.2f}" if p.latency_p50 else ""
     return (
-        f"N={p.clients:<3} {p.method:<24} {p.tokens_per_second:7.1f} tok/s{extra}"
+        f"N={p.clients:<3} {_label(p):<27} {p.tokens_per_second:7.1f} tok/s{extra}"
         f" mismatches {p.mismatches} errors {p.errors} {p.note}"
     )
+
+
+def _label(p: Phase, sittings: int = 2) -> str:
+    """The method, and which sitting when there were several."""
+    return f"{p.method} #{p.sitting + 1}" if sittings > 1 else p.method
+
+
+def _sitting(sitting: int, sittings: int) -> str:
+    return f" #{sitting + 1}" if sittings > 1 else ""
+
+
+def _sittings_intro(phases: list[Phase], policy: str, sittings: int) -> list[str]:
+    if sittings <= 1:
+        return []
+    intro = f"Every N's methods ran in {sittings} sittings, every other one in reverse order; pooled:"
+    return [intro, "", *sittings_table(phases, policy), "", "Each sitting:", ""]
+
+
+def sittings_table(phases: list[Phase], policy: str) -> list[str]:
+    """Per N and method, every sitting's tok/s and all of them pooled (all tokens ÷ all seconds), against
+    padded generate() and the best fixed arm pooled the same way."""
+    pooled: dict[tuple[int, str], list[Phase]] = {}
+    for p in phases:
+        pooled.setdefault((p.clients, p.method), []).append(p)
+
+    def rate(group: list[Phase]) -> float:
+        seconds = sum(p.seconds for p in group)
+        return sum(p.tokens for p in group) / seconds if seconds else 0.0
+
+    lines = [
+        "| N | method | tok/s per sitting | pooled tok/s | ÷ padded generate() | ÷ best fixed arm |",
+        "|---:|---|---|---:|---:|---:|",
+    ]
+    for clients in sorted({n for n, _ in pooled}):
+        fixed = {m: rate(g) for (n, m), g in pooled.items() if n == clients and m.startswith("fixed:")}
+        best = max(fixed.values(), default=0.0)
+        padded = rate(pooled.get((clients, "generate-padded"), []))
+        for (n, method), group in pooled.items():
+            if n != clients:
+                continue
+            value = rate(group)
+            each = ", ".join(f"{p.tokens_per_second:.1f}" for p in sorted(group, key=lambda p: p.sitting))
+            to_padded = f"{value / padded:.2f}" if padded else ""
+            to_best = f"{value / best:.2f}" if best and (method == policy or method.startswith("fixed:")) else ""
+            lines.append(f"| {clients} | {method} | {each} | {value:.1f} | {to_padded} | {to_best} |")
+    return lines
 
 
 def report(document: dict) -> str:
     phases = [Phase(**p) for p in document["phases"]]
     config = document["config"]
     policy = config["policy"]
-    base = {p.clients: p for p in phases if p.method == policy}
-    one = base.get(1)
+    sittings = config.get("sittings", 1)
+    base = {(p.clients, p.sitting): p for p in phases if p.method == policy}
+    one = base.get((1, 0))
     lines = [
         "# Load test",
         "",
@@ -520,18 +580,19 @@ def report(document: dict) -> str:
         f"{' from one queue' if config.get('dispatch', 'per-client') == 'queue' else ', each client its own'}; "
         f"arms {', '.join(config['arms'])}.",
         "",
+        *_sittings_intro(phases, policy, sittings),
         "| N | method | requests | tok/s | ÷ N=1 | ÷ padded generate() | TTFT p50 s | latency p50 s | p99 s | "
         "p99 ÷ p50 | mean γ | errors | ≠ target | CPU steal |",
         "|---:|---|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|",
     ]
-    padded = {p.clients: p for p in phases if p.method == "generate-padded"}
+    padded = {(p.clients, p.sitting): p for p in phases if p.method == "generate-padded"}
     for p in phases:
         ratio_one = f"{p.tokens_per_second / one.tokens_per_second:.2f}" if one and one.tokens_per_second else ""
-        pad = padded.get(p.clients)
+        pad = padded.get((p.clients, p.sitting))
         ratio_pad = f"{p.tokens_per_second / pad.tokens_per_second:.2f}" if pad and pad.tokens_per_second else ""
         spread = f"{p.latency_p99 / p.latency_p50:.2f}" if p.latency_p50 and p.latency_p99 else ""
         lines.append(
-            f"| {p.clients} | {p.method} | {p.requests} | {p.tokens_per_second:.1f} | {ratio_one} | {ratio_pad} | "
+            f"| {p.clients} | {_label(p, sittings)} | {p.requests} | {p.tokens_per_second:.1f} | {ratio_one} | {ratio_pad} | "
             f"{_num(p.ttft_p50)} | {_num(p.latency_p50)} | {_num(p.latency_p99)} | {spread} | {_num(p.mean_gamma)} | "
             f"{p.errors} | {p.mismatches} | {'' if p.steal is None else f'{100 * p.steal:.1f}%'} |"
         )
@@ -550,7 +611,7 @@ def report(document: dict) -> str:
         for p in stack_phases:
             t = p.target
             lines.append(
-                f"| {p.clients} | {p.method} | {t['forwards']:.0f} | {t['rows_per_forward']:.2f} | "
+                f"| {p.clients} | {_label(p, sittings)} | {t['forwards']:.0f} | {t['rows_per_forward']:.2f} | "
                 f"{t['tokens_per_forward']:.1f} | {t['ms_per_forward']:.1f} | {100 * t['busy']:.0f}% |"
             )
         lines += [
@@ -565,22 +626,27 @@ def report(document: dict) -> str:
         lines += ["| N | method | " + " | ".join(services) + " |", "|---:|---|" + "---:|" * len(services)]
         for p in timed:
             cells = (f"{p.cpu_seconds.get(s, 0.0) / p.seconds:.2f}" for s in services)
-            lines.append(f"| {p.clients} | {p.method} | " + " | ".join(cells) + " |")
+            lines.append(f"| {p.clients} | {_label(p, sittings)} | " + " | ".join(cells) + " |")
     lines += ["", "Arm shares of the adaptive policy (pulls ÷ all pulls):", ""]
     arms = config["arms"]
     lines += ["| N | " + " | ".join(arms) + " |", "|---:|" + "---:|" * len(arms)]
-    for clients, p in sorted(base.items()):
-        lines.append(f"| {clients} | " + " | ".join(f"{p.arm_shares.get(a, 0.0):.2f}" for a in arms) + " |")
+    for (clients, sitting), p in sorted(base.items()):
+        lines.append(
+            f"| {clients}{_sitting(sitting, sittings)} | "
+            + " | ".join(f"{p.arm_shares.get(a, 0.0):.2f}" for a in arms)
+            + " |"
+        )
     lines += ["", "What the adaptive policy measured per arm (mean verified tokens per second of its rounds):", ""]
     lines += ["| N | " + " | ".join(arms) + " |", "|---:|" + "---:|" * len(arms)]
-    for clients, p in sorted(base.items()):
+    for (clients, sitting), p in sorted(base.items()):
         cells = (f"{p.arm_rewards[a]:.1f}" if a in p.arm_rewards else "" for a in arms)
-        lines.append(f"| {clients} | " + " | ".join(cells) + " |")
+        lines.append(f"| {clients}{_sitting(sitting, sittings)} | " + " | ".join(cells) + " |")
     lines += ["", "Peak resident memory per service (MiB, VmHWM) after each N:", ""]
     services = sorted({s for p in base.values() for s in p.rss_mib})
     lines += ["| N | " + " | ".join(services) + " |", "|---:|" + "---:|" * len(services)]
-    for clients, p in sorted(base.items()):
-        lines.append(f"| {clients} | " + " | ".join(f"{p.rss_mib.get(s, 0):.0f}" for s in services) + " |")
+    for (clients, sitting), p in sorted(base.items()):
+        cells = (f"{p.rss_mib.get(s, 0):.0f}" for s in services)
+        lines.append(f"| {clients}{_sitting(sitting, sittings)} | " + " | ".join(cells) + " |")
     forward = document.get("target_forward_ms") or {}
     if forward:
         lines += [
@@ -602,6 +668,8 @@ def _argv(config: dict) -> list[str]:
     flags = [f"--{k.replace('_', '-')} {config[k]}" for k in keys]
     if "warm_up_tokens" in config:  # reports from before the warm-up ran none
         flags.append(f"--warm-up-tokens {config['warm_up_tokens']}")
+    if config.get("sittings", 1) > 1:
+        flags.append(f"--sittings {config['sittings']}")
     passed = [f"--{k.replace('_', '-')}={v}" for k in ("controller_arg", "target_arg") for v in config.get(k) or []]
     return flags + passed
 

@@ -1,5 +1,5 @@
 """`banditspec loadtest` end to end on the small pydocs family: every phase runs, every output equals the
-target's own greedy output, each N is warmed up unmeasured, and the report, JSON and plot are written."""
+target's own greedy output, each N is warmed up unmeasured, its methods run in two sittings, and the report, JSON and plot are written."""
 
 from __future__ import annotations
 
@@ -14,7 +14,7 @@ PNG_MAGIC = b"\x89PNG\r\n\x1a\n"
 def test_a_small_load_test_reports_every_phase(tmp_path):
     out = tmp_path / "loadtest"
     argv = ["--family", "pydocs", "--clients", "1,2", "--requests-per-client", "1", "--max-new-tokens", "8"]
-    argv += ["--fixed-at", "2", "--baselines", "padded", "--warm-up-tokens", "4", "--out", str(out)]
+    argv += ["--fixed-at", "2", "--baselines", "padded", "--warm-up-tokens", "4", "--sittings", "2", "--out", str(out)]
     assert main(argv) == 0
     document = json.loads((out / "loadtest.json").read_text())
     phases = document["phases"]
@@ -24,6 +24,11 @@ def test_a_small_load_test_reports_every_phase(tmp_path):
     assert document["warm_ups"] == {"1": {"requests": 1, "errors": 0}, "2": {"requests": 2, "errors": 0}}
     assert {("ucbspec-cf", 1), ("ucbspec-cf", 2), ("generate-padded", 1), ("generate-padded", 2)} <= methods
     assert {(f"fixed:{arm}", 2) for arm in arms} <= methods
+    # Two sittings, the second in reverse order: every method twice per N, pooled in the report.
+    at_two = [(p["method"], p["sitting"]) for p in phases if p["clients"] == 2 and p["method"] != "generate-padded"]
+    first = [m for m, sitting in at_two if sitting == 0]
+    assert first[0] == "ucbspec-cf" and [m for m, sitting in at_two if sitting == 1] == first[::-1]
+    assert len(phases) == 2 * len(methods)
     for phase in phases:
         assert phase["errors"] == 0 and phase["mismatches"] == 0, phase
         assert phase["tokens"] > 0 and phase["tokens_per_second"] > 0
@@ -43,6 +48,11 @@ def test_a_small_load_test_reports_every_phase(tmp_path):
         assert target["tokens_per_forward"] >= target["rows_per_forward"] and target["ms_per_forward"] > 0
         assert 0 < target["busy"] <= 1
     report = (out / "loadtest.md").read_text()
-    assert "| 2 | ucbspec-cf |" in report and "Peak resident memory" in report and "CPU steal" in report
+    assert (
+        "| 2 | ucbspec-cf #2 |" in report
+        and "pooled tok/s" in report
+        and "Peak resident memory" in report
+        and "CPU steal" in report
+    )
     assert "The target's forwards during each stack phase" in report and "CPU seconds each service" in report
     assert (out / "loadtest.png").read_bytes().startswith(PNG_MAGIC)
