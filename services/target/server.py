@@ -76,24 +76,24 @@ class TargetServicer(target_pb2_grpc.TargetServiceServicer):
     def load(self, config: TargetConfig) -> None:
         path = resolve_model_path(config.model)
         loaded = load_causal_lm(path, device=config.device, dtype=config.dtype)
-        self.engine = TargetEngine(
+        # Published only once measured: an Info answered meanwhile would carry empty curves.
+        engine = TargetEngine(
             loaded,
             max_sessions=config.max_sessions,
             max_batch_tokens=config.max_batch_tokens,
             prefill_chunk=config.prefill_chunk,
         )
         threads = ThreadPlan.from_flags(config.solo_threads)
-        decoder = self.engine.decoder
+        decoder = engine.decoder
         # Before the curves: they measure the products it chooses. Batched forwards run on the shared threads.
         narrow = threads.measure(2, decoder.calibrate_narrow) if decoder is not None else {}
         # The one-row curve is a lone session's (solo threads); batched forwards run with several open.
-        self.forward_seconds = threads.measure(1, self.engine.measure_forwards)
+        self.forward_seconds = threads.measure(1, engine.measure_forwards)
         verify_lengths = padded_lengths(self.forward_seconds) if config.verify_padding else []
-        self.engine.verify_lengths = verify_lengths
+        engine.verify_lengths = verify_lengths
         self.batch_seconds = threads.measure(2, decoder.measure_batches) if decoder is not None else {}
-        self.scheduler = Scheduler(
-            self.engine, on_forward=metrics.record_forward, threads=threads if threads.switches else None
-        )
+        scheduler = Scheduler(engine, on_forward=metrics.record_forward, threads=threads if threads.switches else None)
+        self.engine, self.scheduler = engine, scheduler
         log.info(
             "target model loaded",
             path=str(path),
@@ -101,7 +101,7 @@ class TargetServicer(target_pb2_grpc.TargetServiceServicer):
             dtype=str(loaded.dtype).removeprefix("torch."),
             forward_ms=[round(t * 1e3, 1) for t in self.forward_seconds],
             padded={n: m for n, m in enumerate(verify_lengths, 1) if m != n},
-            batched=self.engine.batches_rows,
+            batched=engine.batches_rows,
             threads={"shared": threads.shared, "solo": threads.solo},
             batch_ms={
                 f"{rows}×{tokens // rows}": round(t * 1e3, 1) for (rows, tokens), t in self.batch_seconds.items()
