@@ -21,7 +21,7 @@ import heapq
 import threading
 import time
 import weakref
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from typing import Any, Literal
 
 import torch
@@ -39,6 +39,7 @@ NARROW_SIZES = (2, 4, 8, 16, 32, 48, 64)  # the product sizes `calibrate_narrow`
 # Batched forwards `measure_batches` times at start-up, (rows, tokens per row): short rows as under load
 # (one token and a short draft each, from 2 rows up), then rows of 8 tokens up to 128 in all.
 POOL_SLOTS = 8  # a pooled model's first slots; they double when all are taken
+ROW_IN_SLOT_QUERIES = 7  # a row attended alone costs about as much as 7 padded queries per slot (`slot_width`)
 BATCH_SHAPES = (
     (2, 1), (4, 1), (8, 1), (16, 1), (4, 2), (8, 2), (16, 2), (2, 4),
     (3, 8), (4, 8), (6, 8), (8, 8), (12, 8), (16, 8),
@@ -208,6 +209,18 @@ class _SlotBatch:
     position_of: torch.Tensor
     query_of: torch.Tensor
     blocked: torch.Tensor | None
+    tokens: torch.Tensor | None = None  # the flat tokens of the rows in the slot range (None: every row's)
+    alone: list[int] = field(default_factory=list)  # the rows attended row by row
+    alone_tokens: torch.Tensor | None = None  # their flat tokens, in row order
+
+
+def slot_width(counts: list[int], rows: int) -> int:
+    """The query width of a slot batch: the rows wider than it go row by row. A width costs every slot in
+    the range that many queries; a row alone costs a fixed number of small operations, about as much as
+    ROW_IN_SLOT_QUERIES queries (measured on the AMD machine, RESULTS 35)."""
+    return min(
+        sorted(set(counts)), key=lambda width: rows * width + ROW_IN_SLOT_QUERIES * sum(c > width for c in counts)
+    )
 
 
 class LeanLlama:
@@ -318,39 +331,54 @@ class LeanLlama:
         return self._logits(feeds, bounds, hidden)
 
     def _slot_batch(self, feeds: list[Feed], counts: list[int], starts: list[int]) -> _SlotBatch | None:
-        """The rows as one range of pool slots, when attention can run over them as one matrix: chains (a tree's
-        mask and positions are per row) of caches in this model's pool, in float32 (half precision keeps the
-        fused per-row kernel), their slots at most half empty (a slot in the range but not in the forward is
-        computed and dropped)."""
+        """The rows to attend as one range of pool slots, when that applies: chains (a tree's mask and positions
+        are per row) of caches in this model's pool, in float32 (half precision keeps the fused per-row kernel),
+        their slots at most half empty (a slot in the range but not in the forward is computed and dropped).
+        Every slot's queries are padded to one width, so a row much wider than the others (a long draft
+        beside one-token rows) goes row by row instead when that costs less (`slot_width`)."""
         pool = self.pool
         if pool is None or self.fused or len(feeds) < 2:
             return None
         if any(feed.cache.pool is not pool or feed.mask is not None or feed.positions is not None for feed in feeds):
             return None
-        slots = [feed.cache.slot for feed in feeds]
-        low, span = min(slots), max(slots) - min(slots) + 1
-        if span > 2 * len(feeds) or len(set(slots)) < len(feeds):
+        width = slot_width(counts, len(feeds))
+        together = [i for i, count in enumerate(counts) if count <= width]
+        slots = [feeds[i].cache.slot for i in together]
+        if len(together) < 2 or len(set(slots)) < len(slots):
             return None
-        width = max(counts)
-        end = max(start + count for start, count in zip(starts, counts, strict=True))
+        low, span = min(slots), max(slots) - min(slots) + 1
+        if span > 2 * len(slots):
+            return None
+        end = max(starts[i] + counts[i] for i in together)
+        offsets = [0]
+        for count in counts:
+            offsets.append(offsets[-1] + count)
         slot_of: list[int] = []
         position_of: list[int] = []
         query_of: list[int] = []
+        tokens: list[int] = []
         limit = torch.full((span, width), end, dtype=torch.long)  # a slot outside the forward: nothing blocked
-        for slot, start, count in zip(slots, starts, counts, strict=True):
+        for i, slot in zip(together, slots, strict=True):
+            start, count = starts[i], counts[i]
             slot_of.extend([slot] * count)
             position_of.extend(range(start, start + count))
             query_of.extend((slot - low) * width + j for j in range(count))
+            tokens.extend(range(offsets[i], offsets[i] + count))
             limit[slot - low] = torch.arange(start, start + width)  # query j sees positions up to start + j
         blocked = torch.arange(end)[None, None, :] > limit[:, :, None]  # [span, width, end]
         groups = self.heads // self.kv_heads
         folded = blocked[:, None, None].expand(span, self.kv_heads, groups, width, end)
+        alone = [i for i, count in enumerate(counts) if count > width]
+        alone_tokens = [t for i in alone for t in range(offsets[i], offsets[i + 1])]
         device = self.device
         return _SlotBatch(
             low, span, width, end,
             torch.tensor(slot_of, device=device), torch.tensor(position_of, device=device),
             torch.tensor(query_of, device=device),
             folded.reshape(span * self.kv_heads, groups * width, end).to(device) if bool(blocked.any()) else None,
+            torch.tensor(tokens, device=device) if alone else None,
+            alone,
+            torch.tensor(alone_tokens, device=device) if alone else None,
         )  # fmt: skip
 
     def _layers(
@@ -376,10 +404,18 @@ class LeanLlama:
             value = self._linear(attention.v_proj, normed).view(total, self.kv_heads, self.head_dim).transpose(0, 1)
             query, key = apply_rotary_pos_emb(query, key, cos, sin, unsqueeze_dim=0)  # tables [total, head_dim]
             query = query * self.scale
-            if slots is not None:
-                joined = self._attend_slots(index, query, key, value, slots)
-            else:
+            if slots is None:
                 joined = self._attend_rows(index, query, key, value, rows, blocked)
+            elif slots.tokens is None:
+                joined = self._attend_slots(index, query, key, value, slots)
+            else:  # some rows in the slot range, the wide ones row by row
+                assert slots.alone_tokens is not None
+                picked = slots.tokens
+                together = self._attend_slots(index, query[:, picked], key[:, picked], value[:, picked], slots)
+                joined = together.new_empty(total, together.shape[1]).index_copy_(0, picked, together)
+                alone = [rows[i] for i in slots.alone]
+                apart = self._attend_rows(index, query, key, value, alone, [blocked[i] for i in slots.alone])
+                joined.index_copy_(0, slots.alone_tokens, apart)
             hidden = hidden + self._linear(attention.o_proj, joined)
             normed = layer.post_attention_layernorm(hidden)
             mlp = layer.mlp
@@ -405,7 +441,7 @@ class LeanLlama:
                 else self._attend(query[:, row.first : row.last], keys[:, :end], values[:, :end], block)
             )
         joined = attended[0] if len(attended) == 1 else torch.cat(attended, dim=1)
-        return joined.transpose(0, 1).reshape(query.shape[1], -1)
+        return joined.transpose(0, 1).reshape(joined.shape[1], -1)
 
     def _attend_slots(
         self, index: int, query: torch.Tensor, key: torch.Tensor, value: torch.Tensor, batch: _SlotBatch

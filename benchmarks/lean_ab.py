@@ -1,6 +1,6 @@
 """The lean batched forward of this checkout against another's, interleaved in one process on one model.
 
-    PYTHONPATH=. python benchmarks/lean_ab.py --baseline ../wt-old [--shapes 1x1,1x5,8x1] [--repeats 12]
+    PYTHONPATH=. python benchmarks/lean_ab.py --baseline ../wt-old [--shapes 1x1,1x5,8x1,7+1+1+3] [--repeats 12]
 
 A checkout whose decoder calibrates its products (`calibrate_narrow`) does so first, as the target does.
 `--baseline` is another checkout of this repository (for example a `git worktree` at an older commit); its
@@ -37,6 +37,18 @@ def load_baseline(checkout: Path):
     return module
 
 
+def parse_shape(text: str) -> tuple[int, ...]:
+    """Each row's tokens: "8x1" is 8 rows of 1 token, "7+1+1+3" rows of 7, 1, 1 and 3."""
+    if "x" in text:
+        rows, tokens = (int(part) for part in text.split("x"))
+        return (tokens,) * rows
+    return tuple(int(part) for part in text.split("+"))
+
+
+def label(shape: tuple[int, ...]) -> str:
+    return f"{len(shape)} × {shape[0]}" if len(set(shape)) == 1 else "+".join(map(str, shape))
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("--baseline", type=Path, required=True, help="another checkout of this repository")
@@ -46,11 +58,11 @@ def main() -> None:
     parser.add_argument("--dtype", default="float32")
     args = parser.parse_args()
     torch.set_num_threads(args.threads)
-    shapes = [tuple(int(x) for x in shape.split("x")) for shape in args.shapes.split(",")]
+    shapes = [parse_shape(shape) for shape in args.shapes.split(",")]
     model = AutoModelForCausalLM.from_pretrained(ensure_default_model(), dtype=getattr(torch, args.dtype)).eval()
     modules = {"baseline": load_baseline(args.baseline), "this": lean_llama}
     generator = torch.Generator().manual_seed(0)
-    most_rows = max(rows for rows, _ in shapes)
+    most_rows = max(len(shape) for shape in shapes)
     contexts = [torch.randint(0, 49_000, (150 + 20 * (i % 8),), generator=generator).tolist() for i in range(most_rows)]
     engines, caches = {}, {}
     for name, module in modules.items():
@@ -63,12 +75,14 @@ def main() -> None:
             ratios = engines[name].calibrate_narrow()
             print(f"{name}: narrow ÷ linear by product size {', '.join(f'{n}: {r:.2f}' for n, r in ratios.items())}")
 
-    def run(name: str, rows: int, tokens: int) -> tuple[float, list]:
-        feeds = [modules[name].Feed(cache, [7 + i] * tokens, "all") for i, cache in enumerate(caches[name][:rows])]
+    def run(name: str, shape: tuple[int, ...]) -> tuple[float, list]:
+        rows = caches[name][: len(shape)]
+        pairs = enumerate(zip(rows, shape, strict=True))
+        feeds = [modules[name].Feed(cache, [7 + i] * tokens, "all") for i, (cache, tokens) in pairs]
         start = time.perf_counter()
         logits = engines[name].forward_batch(feeds)
         seconds = time.perf_counter() - start
-        for cache in caches[name][:rows]:
+        for cache, tokens in zip(rows, shape, strict=True):
             cache.crop(-tokens)
         return seconds, logits
 
@@ -78,19 +92,21 @@ def main() -> None:
         for shape in shapes:
             logits = {}
             for name in ("baseline", "this") if repeat % 2 else ("this", "baseline"):
-                seconds, logits[name] = run(name, *shape)
+                seconds, logits[name] = run(name, shape)
                 times.setdefault((shape, name), []).append(seconds)
             differences[shape] = max(
                 (a - b).abs().max().item() for a, b in zip(logits["baseline"], logits["this"], strict=True)
             )
     print(f"{args.dtype}, {args.threads} thread(s); ms per forward, fastest / median of {args.repeats}\n")
-    print("| rows × tokens | baseline | this checkout | this ÷ baseline (median of pairs) | largest logit difference |")
+    print(
+        "| rows × tokens (or each row's tokens) | baseline | this checkout | this ÷ baseline (median of pairs) | largest logit difference |"
+    )
     print("|---|---:|---:|---:|---:|")
     for shape in shapes:
         base, this = times[(shape, "baseline")], times[(shape, "this")]
         ratio = statistics.median(b / a for a, b in zip(base, this, strict=True))
         print(
-            f"| {shape[0]} × {shape[1]} | {1e3 * min(base):.1f} / {1e3 * statistics.median(base):.1f} "
+            f"| {label(shape)} | {1e3 * min(base):.1f} / {1e3 * statistics.median(base):.1f} "
             f"| {1e3 * min(this):.1f} / {1e3 * statistics.median(this):.1f} | {ratio:.3f} | {differences[shape]:.1e} |"
         )
 

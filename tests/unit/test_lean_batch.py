@@ -9,7 +9,7 @@ import torch
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from banditspec.lean_llama import NARROW_SIZES, Feed, LeanLlama, narrow_table
+from banditspec.lean_llama import NARROW_SIZES, Feed, LeanLlama, narrow_table, slot_width
 from banditspec.models import load_causal_lm
 
 TOLERANCE = {"atol": 2e-5, "rtol": 2e-5}
@@ -149,6 +149,21 @@ def test_chains_in_one_pool_are_attended_as_one_matrix(tiny_models):
     assert len(taken) == len(model.layers) and taken[0].span == 4 and taken[0].width == 4
     for got, want in zip(outputs, expected, strict=True):
         torch.testing.assert_close(got, want, **TOLERANCE)
+    # A long draft beside one-token rows: padding every slot to its width would cost more than it alone.
+    rows = [caches[i] for i in (6, 7, 8, 9)]
+    new = [ids(generator, tiny_models.vocab_size, count) for count in (1, 8, 1, 1)]
+    expected = []
+    for cache, tokens in zip(rows, new, strict=True):
+        alone = solo.new_cache()
+        alone.keys[:, :, : cache.length] = cache.keys[:, :, : cache.length]
+        alone.values[:, :, : cache.length] = cache.values[:, :, : cache.length]
+        alone.length = cache.length
+        expected.append(solo.forward(tokens, alone))
+    taken.clear()
+    outputs = model.forward_batch([Feed(cache, tokens) for cache, tokens in zip(rows, new, strict=True)])
+    assert taken[0].width == 1 and taken[0].alone == [1]
+    for got, want in zip(outputs, expected, strict=True):
+        torch.testing.assert_close(got, want, **TOLERANCE)
     taken.clear()
     model.forward_batch([Feed(caches[0], [5]), Feed(caches[11], [6])])  # slots 0 and 11: mostly empty
     tree = torch.ones(2, caches[1].length + 2, dtype=torch.bool)
@@ -157,3 +172,10 @@ def test_chains_in_one_pool_are_attended_as_one_matrix(tiny_models):
     assert taken == []
     del caches[3], rows  # a collected cache's slot is free again, and the lowest free is taken first
     assert model.new_cache().slot == 3
+
+
+def test_a_slot_batch_is_as_wide_as_pays():
+    assert slot_width([1] * 8, 8) == 1 and slot_width([4] * 8, 8) == 4
+    assert slot_width([7, 1, 1, 3, 1, 2, 1, 1], 8) == 1  # three rows alone beat padding eight slots to 7
+    assert slot_width([2, 2, 2, 2, 2, 2, 2, 7], 8) == 2
+    assert slot_width([1, 4, 2], 3) == 4  # few rows: padding is cheap
