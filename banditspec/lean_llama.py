@@ -17,6 +17,7 @@ Tests hold the logits to those of the `transformers` forward.
 
 from __future__ import annotations
 
+import collections
 import heapq
 import threading
 import time
@@ -59,7 +60,10 @@ class KVPool:
         self.keys = torch.zeros(layers, slots, kv_heads, capacity, head_dim, dtype=dtype, device=device)
         self.values = torch.zeros_like(self.keys)
         self._free = list(range(slots))  # a heap: the lowest free slot first
-        self._lock = threading.Lock()  # a cache may be collected (its slot released) on any thread
+        # Released slots wait here for the next acquire: a cache may be collected on any thread, also by a
+        # garbage collection that runs inside a growth holding the lock, so releasing takes no lock.
+        self._returned: collections.deque[int] = collections.deque()
+        self._lock = threading.Lock()
 
     @property
     def slots(self) -> int:
@@ -71,6 +75,8 @@ class KVPool:
 
     def acquire(self) -> int:
         with self._lock:
+            while self._returned:
+                heapq.heappush(self._free, self._returned.popleft())
             if not self._free:
                 taken = self.slots
                 self._grow(taken * 2, self.capacity)
@@ -78,8 +84,7 @@ class KVPool:
             return heapq.heappop(self._free)
 
     def release(self, slot: int) -> None:
-        with self._lock:
-            heapq.heappush(self._free, slot)
+        self._returned.append(slot)  # atomic
 
     def reserve(self, length: int) -> None:
         capacity = self.capacity

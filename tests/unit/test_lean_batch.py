@@ -179,3 +179,15 @@ def test_a_slot_batch_is_as_wide_as_pays():
     assert slot_width([7, 1, 1, 3, 1, 2, 1, 1], 8) == 1  # three rows alone beat padding eight slots to 7
     assert slot_width([2, 2, 2, 2, 2, 2, 2, 7], 8) == 2
     assert slot_width([1, 4, 2], 3) == 4  # few rows: padding is cheap
+
+
+def test_a_slot_is_released_without_the_pools_lock(tiny_models):
+    """A cache collected by a garbage collection that runs inside the pool's growth (which holds the lock)
+    releases its slot on that same thread: releasing must not wait for the lock."""
+    loaded = load_causal_lm(tiny_models.target, device="cpu", dtype="float32")
+    model = LeanLlama(loaded.model, loaded.max_context, pooled=True)
+    assert model.pool is not None
+    cache = model.new_cache()
+    with model.pool._lock:
+        del cache  # would deadlock if releasing took the lock
+    assert model.new_cache().slot == 0
