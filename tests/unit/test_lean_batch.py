@@ -9,7 +9,7 @@ import torch
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from banditspec.lean_llama import NARROW_SIZES, Feed, LeanLlama, narrow_table, slot_width
+from banditspec.lean_llama import NARROW_SIZES, Feed, LeanCache, LeanLlama, narrow_table, slot_width
 from banditspec.models import load_causal_lm
 
 TOLERANCE = {"atol": 2e-5, "rtol": 2e-5}
@@ -117,6 +117,15 @@ def test_calibration_times_every_size_and_sets_the_table(tiny_models):
     assert model.narrow == narrow_table(ratios)
 
 
+def copied(model: LeanLlama, cache: LeanCache) -> LeanCache:
+    """A cache of `model` holding what `cache` holds."""
+    alone = model.new_cache()
+    alone.keys[:, :, : cache.length] = cache.keys[:, :, : cache.length]
+    alone.values[:, :, : cache.length] = cache.values[:, :, : cache.length]
+    alone.length = cache.length
+    return alone
+
+
 def test_chains_in_one_pool_are_attended_as_one_matrix(tiny_models):
     """The slot path is taken where it applies (chains of the pool's caches, their slots at most half empty)
     and gives each row its lone logits; a tree row, a foreign cache or a sparse range go row by row."""
@@ -138,13 +147,7 @@ def test_chains_in_one_pool_are_attended_as_one_matrix(tiny_models):
     rows = [caches[i] for i in (2, 3, 5)]  # slots 2..5: one gap
     new = [ids(generator, tiny_models.vocab_size, count) for count in (1, 4, 2)]
     solo = LeanLlama(loaded.model, loaded.max_context)
-    expected = []
-    for cache, tokens in zip(rows, new, strict=True):
-        alone = solo.new_cache()
-        alone.keys[:, :, : cache.length] = cache.keys[:, :, : cache.length]
-        alone.values[:, :, : cache.length] = cache.values[:, :, : cache.length]
-        alone.length = cache.length
-        expected.append(solo.forward(tokens, alone))
+    expected = [solo.forward(tokens, copied(solo, cache)) for cache, tokens in zip(rows, new, strict=True)]
     outputs = model.forward_batch([Feed(cache, tokens) for cache, tokens in zip(rows, new, strict=True)])
     assert len(taken) == len(model.layers) and taken[0].span == 4 and taken[0].width == 4
     for got, want in zip(outputs, expected, strict=True):
@@ -152,13 +155,7 @@ def test_chains_in_one_pool_are_attended_as_one_matrix(tiny_models):
     # A long draft beside one-token rows: padding every slot to its width would cost more than it alone.
     rows = [caches[i] for i in (6, 7, 8, 9)]
     new = [ids(generator, tiny_models.vocab_size, count) for count in (1, 8, 1, 1)]
-    expected = []
-    for cache, tokens in zip(rows, new, strict=True):
-        alone = solo.new_cache()
-        alone.keys[:, :, : cache.length] = cache.keys[:, :, : cache.length]
-        alone.values[:, :, : cache.length] = cache.values[:, :, : cache.length]
-        alone.length = cache.length
-        expected.append(solo.forward(tokens, alone))
+    expected = [solo.forward(tokens, copied(solo, cache)) for cache, tokens in zip(rows, new, strict=True)]
     taken.clear()
     outputs = model.forward_batch([Feed(cache, tokens) for cache, tokens in zip(rows, new, strict=True)])
     assert taken[0].width == 1 and taken[0].alone == [1]
