@@ -9,7 +9,7 @@ import torch
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from banditspec.lean_llama import NARROW_SIZES, Feed, LeanCache, LeanLlama, narrow_table, slot_width
+from banditspec.lean_llama import NARROW_SIZES, Feed, LeanCache, LeanLlama, narrow_product, narrow_table, slot_width
 from banditspec.models import load_causal_lm
 
 TOLERANCE = {"atol": 2e-5, "rtol": 2e-5}
@@ -18,14 +18,14 @@ TOLERANCE = {"atol": 2e-5, "rtol": 2e-5}
 @pytest.fixture(scope="module", params=["folded", "fused", "narrow", "pooled"])
 def lean(tiny_models, request):
     """Every path in float32: folded attention (float32's), the fused kernel with one-row products as `mv` (half
-    precision's), every product of 2-64 tokens as weight × inputsᵀ (what `calibrate_narrow` may choose), and
+    precision's), every product of 1-64 tokens as weight × inputsᵀ (what `calibrate_narrow` may choose), and
     caches as slots of one pool, attended as one matrix (a target's); there a test's lone and batched caches
     alternate, so a forward's slots have gaps."""
     loaded = load_causal_lm(tiny_models.target, device="cpu", dtype="float32")
     model = LeanLlama(loaded.model, loaded.max_context, pooled=request.param == "pooled")
     model.fused = model.half_vectors = request.param == "fused"
     if request.param == "narrow":
-        model.narrow = [count > 1 for count in range(65)]
+        model.narrow = [count > 0 for count in range(65)]
     return model, tiny_models.vocab_size
 
 
@@ -107,6 +107,21 @@ def test_a_size_takes_the_choice_measured_at_or_above_it():
     assert not any(table[:5])  # one token never; 2-4 lost
     assert all(table[5:33])  # 5-8 take 8's win, 9-32 take 32's
     assert not any(table[33:])  # 33-48 take 48's loss
+
+
+def test_one_token_goes_narrow_only_where_one_token_won():
+    assert not narrow_table({2: 0.5})[1]  # unmeasured: F.linear
+    assert not narrow_table({1: 1.2, 2: 0.5})[1]
+    table = narrow_table({1: 0.5, 2: 1.5})
+    assert table[1] and not table[2]
+
+
+def test_one_row_as_two_gives_one_rows_product():
+    generator = torch.Generator().manual_seed(0)
+    weight, inputs = torch.randn(48, 16, generator=generator), torch.randn(1, 16, generator=generator)
+    product = narrow_product(inputs, weight)
+    assert product.shape == (1, 48) and product.is_contiguous()
+    torch.testing.assert_close(product, inputs @ weight.T)
 
 
 def test_calibration_times_every_size_and_sets_the_table(tiny_models):

@@ -46,8 +46,8 @@ def tiny(tiny_models, request):
     loaded = load_causal_lm(tiny_models.target, device="cpu", dtype="float32")
     lean = LeanLlama(loaded.model, loaded.max_context)
     lean.fused = lean.half_vectors = request.param == "fused"  # half precision's path, at float32 tolerances
-    if request.param == "narrow":  # every product of 2-64 tokens as weight × inputsᵀ
-        lean.narrow = [count > 1 for count in range(65)]
+    if request.param == "narrow":  # every product of 1-64 tokens as weight × inputsᵀ
+        lean.narrow = [count > 0 for count in range(65)]
     return loaded, lean, tiny_models.vocab_size
 
 
