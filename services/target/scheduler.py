@@ -7,6 +7,11 @@ Only sessions whose last verify just finished are waited for, briefly: their nex
 through the controller and a draft service, and a forward that starts without them leaves them to the
 next one, so the rows split into groups that alternate (measured: 3.6 of 8 sessions per forward). Other engine work (release) runs between forwards on the same thread,
 so the engine is only ever touched by one thread.
+
+That thread is also the only one of the process to run torch: the target loads and measures its model
+there (`call`, before `attach`). Each thread that runs an OpenMP region gets its own team of OpenMP
+threads, and once the teams together outnumber the cores GNU OpenMP stops spinning between regions: on
+a 2-core AMD EPYC a forward on a second thread took twice the time it took on the first (RESULTS 37).
 """
 
 from __future__ import annotations
@@ -33,11 +38,11 @@ MAX_GATHER_SECONDS = 0.03
 class Scheduler:
     def __init__(
         self,
-        engine: TargetEngine,
+        engine: TargetEngine | None = None,
         on_forward: Callable[[BatchInfo], None] | None = None,
         threads: ThreadPlan | None = None,
     ) -> None:
-        self.engine = engine
+        self._engine = engine  # None until `attach`: only `call`s run before
         self.threads = threads  # None: the process's torch threads for every forward
         self.on_forward = on_forward  # called after every forward that ran (metrics)
         self._jobs: list[tuple[Job, Future]] = []  # submission order: the budget serves the oldest first
@@ -49,6 +54,16 @@ class Scheduler:
         self._last_step_seconds = 0.0
         self._thread = threading.Thread(target=self._run, name="target-scheduler", daemon=True)
         self._thread.start()
+
+    @property
+    def engine(self) -> TargetEngine:
+        if self._engine is None:
+            raise RuntimeError("the scheduler has no engine yet")
+        return self._engine
+
+    def attach(self, engine: TargetEngine, threads: ThreadPlan | None = None) -> None:
+        """The engine its jobs run on, built (by a `call`) on its thread."""
+        self._engine, self.threads = engine, threads
 
     def submit(self, job: Job) -> Future:
         """The future resolves to the finished job (its result), or to its error."""

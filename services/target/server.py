@@ -7,6 +7,7 @@ from collections.abc import Callable
 from dataclasses import dataclass, field
 from typing import Any
 
+import numpy as np
 import structlog
 import torch
 
@@ -74,9 +75,21 @@ class TargetServicer(target_pb2_grpc.TargetServiceServicer):
         return await asyncio.wrap_future(self._scheduler().call(fn, *args))
 
     def load(self, config: TargetConfig) -> None:
+        """Load and measure the model on the scheduler's thread, the one thread of this process that runs
+        torch (see `scheduler`), then publish the engine and the scheduler together."""
+        scheduler = Scheduler(on_forward=metrics.record_forward)
+        try:
+            engine, threads = scheduler.call(self._load, config).result()
+        except BaseException:
+            scheduler.close()
+            raise
+        scheduler.attach(engine, threads if threads.switches else None)
+        # Published only once measured: an Info answered meanwhile would carry empty curves.
+        self.engine, self.scheduler = engine, scheduler
+
+    def _load(self, config: TargetConfig) -> tuple[TargetEngine, ThreadPlan]:
         path = resolve_model_path(config.model)
         loaded = load_causal_lm(path, device=config.device, dtype=config.dtype)
-        # Published only once measured: an Info answered meanwhile would carry empty curves.
         engine = TargetEngine(
             loaded,
             max_sessions=config.max_sessions,
@@ -92,8 +105,6 @@ class TargetServicer(target_pb2_grpc.TargetServiceServicer):
         verify_lengths = padded_lengths(self.forward_seconds) if config.verify_padding else []
         engine.verify_lengths = verify_lengths
         self.batch_seconds = threads.measure(2, decoder.measure_batches) if decoder is not None else {}
-        scheduler = Scheduler(engine, on_forward=metrics.record_forward, threads=threads if threads.switches else None)
-        self.engine, self.scheduler = engine, scheduler
         log.info(
             "target model loaded",
             path=str(path),
@@ -108,6 +119,7 @@ class TargetServicer(target_pb2_grpc.TargetServiceServicer):
             },
             narrow_vs_linear={n: round(ratio, 2) for n, ratio in narrow.items()},
         )
+        return engine, threads
 
     @grpc_errors
     async def Info(self, request, context):
@@ -149,7 +161,10 @@ class TargetServicer(target_pb2_grpc.TargetServiceServicer):
                     f"{len(request.draft_probs)} draft distributions for {len(request.draft_ids)} draft tokens"
                 )
             vocab = engine.loaded.vocab_size
-            draft_probs = torch.stack([distributions.decode(d, vocab) for d in request.draft_probs])
+            # Stacked in numpy: a torch copy this size would run an OpenMP region on the event loop's thread.
+            draft_probs = torch.from_numpy(
+                np.stack([distributions.decode(d, vocab).numpy() for d in request.draft_probs])
+            )
         reopen = None
         if request.HasField("reopen"):
             reopen = (
