@@ -40,11 +40,13 @@ from banditspec.channels import open_channel
 from banditspec.cli.launcher import LocalStack
 from banditspec.model_paths import resolve_model_path
 from banditspec.policy_names import DEFAULT_POLICY, POLICY_WIRE_VALUES
+from banditspec.priority import lower_thread_priority
 from banditspec.target_measurements import start_up_batches
 from banditspec.tokens import common_prefix_length
 from banditspec.v1 import generation_pb2, generation_pb2_grpc, target_pb2, target_pb2_grpc
 
 DEFAULT_CLIENTS = (1, 2, 4, 8, 16)
+CLIENT_NICE = 10  # the client threads' priority below the harness's (run_clients)
 DISPATCH = ("queue", "per-client")  # how a phase's prompts reach its clients (run_clients)
 
 
@@ -163,6 +165,9 @@ def run_clients(
     queues = [shared if dispatch == "queue" else _filled(prompts) for prompts in assignments]
 
     def client(index: int) -> None:
+        # The clients stand in for remote users: on this machine they would take cores from the target's
+        # forwards (banditspec.priority), as the controller would at the target's own priority.
+        lower_thread_priority(CLIENT_NICE)
         with open_channel(address) as channel:
             stub = generation_pb2_grpc.GenerationServiceStub(channel)
             grpc.channel_ready_future(channel).result(timeout=30)

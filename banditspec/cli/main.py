@@ -46,6 +46,14 @@ def _service_args(parser: argparse.ArgumentParser, port: int, max_message_mib: i
     parser.add_argument("--tls-key", help="the private key of --tls-cert (PEM)")
     parser.add_argument("--tls-client-ca", help="mutual TLS: require client certificates signed by this CA (PEM)")
     parser.add_argument(
+        "--nice",
+        type=int,
+        default=0,
+        metavar="N",
+        help="lower this service's CPU priority by N (0-19): on cores shared with a CPU target, so that the "
+        "target's forwards are not preempted",
+    )
+    parser.add_argument(
         "--max-message-mib", type=int, default=max_message_mib,
         help=f"largest request message accepted, MiB (default {max_message_mib}); larger: RESOURCE_EXHAUSTED",
     )  # fmt: skip
@@ -85,8 +93,19 @@ def _server_security(args: argparse.Namespace, admin_token: str | None = None, a
     )
 
 
+def _lower_priority(by: int) -> None:
+    from banditspec.priority import lower_process_priority
+
+    try:
+        lower_process_priority(by)
+    except ValueError as error:
+        sys.exit(f"error: --nice: {error}")
+
+
 def cmd_serve_target(args: argparse.Namespace) -> None:
     from services.target.server import TargetConfig, serve
+
+    _lower_priority(args.nice)
 
     if args.threads:
         import torch
@@ -124,6 +143,8 @@ def cmd_serve_target(args: argparse.Namespace) -> None:
 def cmd_serve_draft(args: argparse.Namespace) -> None:
     from banditspec.security import ADMIN_TOKEN_ENV, read_secret
     from services.draft.server import DraftConfig, serve
+
+    _lower_priority(args.nice)
 
     asyncio.run(
         serve(
@@ -165,6 +186,8 @@ def _model_free_gammas(args: argparse.Namespace) -> str:
 def cmd_serve_controller(args: argparse.Namespace) -> None:
     from banditspec.security import API_KEY_ENV, ClientTLS, read_secret
     from services.controller.server import ControllerConfig, serve
+
+    _lower_priority(args.nice)
 
     asyncio.run(
         serve(

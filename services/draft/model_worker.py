@@ -10,7 +10,6 @@ gives way whenever a proposal is waiting. No gRPC here.
 from __future__ import annotations
 
 import asyncio
-import os
 import sys
 import threading
 import time
@@ -21,10 +20,13 @@ from typing import Any, TypeVar
 
 import structlog
 
+from banditspec.priority import lower_thread_priority
 from services.draft.drafters.base import Drafter, DraftSession, Proposal
 from services.draft.metrics import BATCH_SIZE
 
 log = structlog.get_logger()
+
+LOOKAHEAD_NICE = 10  # below the service's own priority
 
 T = TypeVar("T")
 
@@ -143,13 +145,10 @@ class ModelWorker:
 
 
 def _low_cpu_priority() -> None:
-    """Nice 10: a core goes to the controller's and the target's wake-ups first, yet a proposal waiting on
-    the lookahead's last forward is not starved (nice 19 gets ~1.5% of a busy core, nice 10 ~10%)."""
-    if sys.platform.startswith("linux"):  # per thread on Linux only (elsewhere it would renice the process)
-        try:
-            os.setpriority(os.PRIO_PROCESS, threading.get_native_id(), 10)
-        except OSError:
-            log.warning("could not lower the lookahead thread's priority")
+    """10 below the service: a core goes to the controller's and the target's wake-ups first, yet a proposal
+    waiting on the lookahead's last forward is not starved (nice 19 gets ~1.5% of a busy core, nice 10 ~10%)."""
+    if sys.platform.startswith("linux") and not lower_thread_priority(LOOKAHEAD_NICE):
+        log.warning("could not lower the lookahead thread's priority")
 
 
 def _log_failure(future: Future) -> None:

@@ -3,6 +3,9 @@ is token-identical to transformers generate() on the target alone, whatever the 
 
 from __future__ import annotations
 
+import os
+import sys
+
 import grpc
 import pytest
 from conftest import RPC_TIMEOUT, list_arm_names, reference_greedy, wait_for
@@ -252,6 +255,21 @@ def test_the_controller_dials_the_local_services_over_unix_sockets(stack, servic
     with grpc.insecure_channel(process.unix_address) as channel:
         status = health_pb2_grpc.HealthStub(channel).Check(health_pb2.HealthCheckRequest(), timeout=RPC_TIMEOUT)
         assert status.status == health_pb2.HealthCheckResponse.SERVING
+
+
+@pytest.mark.skipif(not sys.platform.startswith("linux"), reason="per-thread priorities are Linux's")
+def test_the_services_beside_the_target_run_at_a_lower_cpu_priority(stack):
+    """On shared cores the controller's and the draft service's threads must not preempt a CPU forward's
+    OpenMP team (banditspec.priority): every thread of theirs runs 10 below the target's."""
+
+    def nice_of_threads(name: str) -> set[int]:
+        pid = next(s for s in stack.services if s.name == name).process.pid
+        return {os.getpriority(os.PRIO_PROCESS, int(tid)) for tid in os.listdir(f"/proc/{pid}/task")}
+
+    (target,) = nice_of_threads("target")
+    assert nice_of_threads("controller") == {min(19, target + 10)}
+    draft = nice_of_threads("draft")  # a draft model's lookahead thread runs lower still
+    assert min(draft) == min(19, target + 10) and max(draft) <= 19
 
 
 def test_reflection_serves_the_file_descriptor(stack):

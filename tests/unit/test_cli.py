@@ -6,7 +6,7 @@ from __future__ import annotations
 import pytest
 
 from banditspec.cli import build_parser
-from banditspec.cli.main import _model_free_gammas
+from banditspec.cli.main import _model_free_gammas, main
 from banditspec.policy_names import POLICY_WIRE_VALUES
 
 
@@ -115,6 +115,19 @@ def test_the_local_stack_runs_model_free_drafters_in_the_controller():
     assert LocalStack(drafters=drafters, model_free_in_controller=False)._placed_drafters() == (drafters, [])
     args = build_parser().parse_args(["demo", "--model-free-in-service"])
     assert args.model_free_in_service
+
+
+def test_the_local_stack_runs_the_controller_and_the_draft_service_below_the_targets_priority():
+    from banditspec.cli.launcher import LocalStack
+
+    assert LocalStack()._nice([]) == ["--nice", "10"]
+    assert LocalStack()._nice(["--nice=3"]) == []  # the caller's own choice stands
+    assert LocalStack(nice_beside_target=0)._nice([]) == []
+    for command in ("serve-target", "serve-draft", "serve-controller"):
+        assert build_parser().parse_args([command, "--nice", "7"]).nice == 7
+        assert build_parser().parse_args([command]).nice == 0
+    with pytest.raises(SystemExit, match="--nice"):
+        main(["serve-controller", "--nice", "20"])
 
 
 def test_the_local_target_takes_every_core_unless_a_drafter_runs_beside_it(monkeypatch):
