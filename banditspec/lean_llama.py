@@ -36,7 +36,8 @@ STATIC_ROPE_TYPES = {"default", "linear", "llama3"}
 # `LeanLlama._times`): 1 × 3 and 1 × 5 tokens 0.77x and 0.75x the time on the AMD machine (RESULTS 24), while on
 # the Intel one 2-4 tokens lost and 8-48 gained (RESULTS 31).
 NARROW_ROWS = 6
-NARROW_SIZES = (1, 2, 4, 8, 16, 32, 48, 64)  # the product sizes `calibrate_narrow` times
+# The product sizes `calibrate_narrow` times; a product of a size between two runs padded to one of them.
+NARROW_SIZES = (*range(1, 17), 20, 24, 28, 32, 40, 48, 56, 64)
 # Batched forwards `measure_batches` times at start-up, (rows, tokens per row): short rows as under load
 # (one token and a short draft each, from 2 rows up), then rows of 8 tokens up to 128 in all.
 POOL_SLOTS = 8  # a pooled model's first slots; they double when all are taken
@@ -173,6 +174,17 @@ def narrow_table(ratios: dict[int, float]) -> list[bool]:
     return table
 
 
+def padded_sizes(seconds: dict[int, float]) -> list[int]:
+    """Per product size up to the largest measured one, the measured size at or above it that multiplied
+    fastest: the product runs there, its extra rows zero. MKL's kernels on the AMD EPYC took longer for 9-15
+    tokens than for 16 (11: 1.3x), so a forward of rows of mixed widths paid for its odd total (RESULTS 38)."""
+    sizes = sorted(seconds)
+    table = list(range(sizes[-1] + 1 if sizes else 0))
+    for count in range(1, len(table)):
+        table[count] = min((size for size in sizes if size >= count), key=lambda size: (seconds[size], size))
+    return table
+
+
 def lean_supported(model: torch.nn.Module) -> bool:
     config = getattr(model, "config", None)
     if getattr(config, "model_type", None) != "llama":
@@ -260,6 +272,7 @@ class LeanLlama:
         self.dtype, self.device = weight.dtype, weight.device
         # narrow[m]: whether m tokens multiply weight × inputsᵀ (`_times`); calibrate_narrow measures it.
         self.narrow = [1 < m <= NARROW_ROWS for m in range(NARROW_ROWS + 1)] if self.device.type == "cpu" else []
+        self.padded_to: list[int] = []  # padded_to[m]: the size m tokens multiply at (`padded_sizes`); none: m
         # Half precision on a CPU (RESULTS 28). float32 keeps the folded products (as fast there, and the path the
         # exactness tests hold to generate()); a GPU keeps them too, unmeasured with the fused kernel.
         self.fused = self.half_vectors = self.dtype != torch.float32 and self.device.type == "cpu"
@@ -405,15 +418,21 @@ class LeanLlama:
         attention against each row's cache (whose new keys and values it writes): per row, or over a range of
         pool slots at once (`slots`)."""
         total = hidden.shape[0]
+        # The products run at the calibrated size (`padded_to`): pad the tokens once here, not every product.
+        size = self.padded_to[total] if total < len(self.padded_to) else total
+        if size > total:
+            hidden = torch.cat([hidden, hidden.new_zeros(size - total, hidden.shape[1])])
         groups = self.heads // self.kv_heads
         # A row's mask, tiled for the query heads that share a key head; True where a query may not look.
         blocked = [None if row.mask is None or self.fused else ~row.mask.repeat(groups, 1) for row in rows]
         for index, layer in enumerate(self.layers):
             attention = layer.self_attn
             normed = layer.input_layernorm(hidden)
-            query = self._linear(attention.q_proj, normed).view(total, self.heads, self.head_dim).transpose(0, 1)
-            key = self._linear(attention.k_proj, normed).view(total, self.kv_heads, self.head_dim).transpose(0, 1)
-            value = self._linear(attention.v_proj, normed).view(total, self.kv_heads, self.head_dim).transpose(0, 1)
+            projections = (attention.q_proj, attention.k_proj, attention.v_proj)
+            query, key, value = (
+                self._linear(linear, normed)[:total].view(total, -1, self.head_dim).transpose(0, 1)
+                for linear in projections
+            )
             query, key = apply_rotary_pos_emb(query, key, cos, sin, unsqueeze_dim=0)  # tables [total, head_dim]
             query = query * self.scale
             if slots is None:
@@ -428,12 +447,14 @@ class LeanLlama:
                 alone = [rows[i] for i in slots.alone]
                 apart = self._attend_rows(index, query, key, value, alone, [blocked[i] for i in slots.alone])
                 joined.index_copy_(0, slots.alone_tokens, apart)
+            if size > total:
+                joined = torch.cat([joined, joined.new_zeros(size - total, joined.shape[1])])
             hidden = hidden + self._linear(attention.o_proj, joined)
             normed = layer.post_attention_layernorm(hidden)
             mlp = layer.mlp
             gated = mlp.act_fn(self._linear(mlp.gate_proj, normed)) * self._linear(mlp.up_proj, normed)
             hidden = hidden + self._linear(mlp.down_proj, gated)
-        return hidden
+        return hidden[:total]
 
     def _attend_rows(
         self, index: int, query: torch.Tensor, key: torch.Tensor, value: torch.Tensor, rows: list[_Row],
@@ -494,14 +515,21 @@ class LeanLlama:
     def _times(self, inputs: torch.Tensor, weight: torch.Tensor, bias: torch.Tensor | None = None) -> torch.Tensor:
         """`F.linear(inputs, weight, bias)`, but the sizes `narrow` marks go as weight × inputsᵀ: the BLAS then
         streams the weight once instead of repacking it for a matrix product. Which sizes gain depends on the
-        CPU (an AMD EPYC: 2-6 tokens; an Intel Xeon: 8-48, while 2-4 lost), hence `calibrate_narrow`."""
+        CPU (an AMD EPYC: 2-6 tokens; an Intel Xeon: 8-48, while 2-4 lost), hence `calibrate_narrow`, which also
+        finds the sizes that multiply faster padded with zero rows (`padded_to`)."""
         rows = inputs.shape[0]
         if rows == 1 and self.half_vectors:
             out = torch.mv(weight, inputs[0])[None]  # half-precision one-row products: ~2x F.linear's speed
             return out if bias is None else out + bias
-        if not (rows < len(self.narrow) and self.narrow[rows]):
+        size = self.padded_to[rows] if rows < len(self.padded_to) else rows
+        narrow = size < len(self.narrow) and self.narrow[size]
+        if size == rows and not narrow:
             return F.linear(inputs, weight, bias)
-        out = narrow_product(inputs, weight)
+        if size > rows:  # zero rows: each output row depends on its own input row only
+            inputs = torch.cat([inputs, inputs.new_zeros(size - rows, inputs.shape[1])])
+        out = narrow_product(inputs, weight) if narrow else F.linear(inputs, weight)
+        if size > rows:
+            out = out[:rows]
         return out if bias is None else out + bias
 
     def _attend(
@@ -566,9 +594,9 @@ class LeanLlama:
     def calibrate_narrow(self, sizes: tuple[int, ...] = NARROW_SIZES, repeats: int = 2) -> dict[int, float]:
         """On a CPU, choose per product size which way multiplies: weight × inputsᵀ where it beat `F.linear`
         (the fastest of `repeats`, interleaved), timed over every layer's weights so that they stream from
-        memory as in a forward (one matrix alone stays in cache and times differently). A size between two
-        measured ones takes the larger one's choice; beyond the largest, `F.linear`. Returns each size's
-        time ratio, narrow ÷ linear; a GPU keeps `F.linear` and measures nothing."""
+        memory as in a forward (one matrix alone stays in cache and times differently); and per size, the
+        measured size at or above it to pad to (`padded_sizes`). Beyond the largest, `F.linear` unpadded.
+        Returns each size's time ratio, narrow ÷ linear; a GPU keeps `F.linear` and measures nothing."""
         if self.device.type != "cpu":
             return {}
         weights = [
@@ -580,6 +608,7 @@ class LeanLlama:
             )
         ]  # fmt: skip
         ratios: dict[int, float] = {}
+        fastest: dict[int, float] = {}
         generator = torch.Generator().manual_seed(0)  # leaves the global random state alone
         widths = {weight.shape[1] for weight in weights}
         for size in sorted(sizes):
@@ -593,8 +622,9 @@ class LeanLlama:
                 for weight in weights:
                     narrow_product(inputs[weight.shape[1]], weight)
                 linear, narrow = min(linear, middle - start), min(narrow, time.perf_counter() - middle)
-            ratios[size] = narrow / linear
+            ratios[size], fastest[size] = narrow / linear, min(narrow, linear)
         self.narrow = narrow_table(ratios)
+        self.padded_to = padded_sizes(fastest)
         return ratios
 
     @torch.inference_mode()

@@ -9,13 +9,22 @@ import torch
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from banditspec.lean_llama import NARROW_SIZES, Feed, LeanCache, LeanLlama, narrow_product, narrow_table, slot_width
+from banditspec.lean_llama import (
+    NARROW_SIZES,
+    Feed,
+    LeanCache,
+    LeanLlama,
+    narrow_product,
+    narrow_table,
+    padded_sizes,
+    slot_width,
+)
 from banditspec.models import load_causal_lm
 
 TOLERANCE = {"atol": 2e-5, "rtol": 2e-5}
 
 
-@pytest.fixture(scope="module", params=["folded", "fused", "narrow", "pooled"])
+@pytest.fixture(scope="module", params=["folded", "fused", "narrow", "padded", "pooled"])
 def lean(tiny_models, request):
     """Every path in float32: folded attention (float32's), the fused kernel with one-row products as `mv` (half
     precision's), every product of 1-64 tokens as weight × inputsᵀ (what `calibrate_narrow` may choose), and
@@ -26,6 +35,8 @@ def lean(tiny_models, request):
     model.fused = model.half_vectors = request.param == "fused"
     if request.param == "narrow":
         model.narrow = [count > 0 for count in range(65)]
+    if request.param == "padded":  # every product padded with zero rows to a multiple of 8
+        model.padded_to = [-(-count // 8) * 8 for count in range(65)]
     return model, tiny_models.vocab_size
 
 
@@ -130,6 +141,17 @@ def test_calibration_times_every_size_and_sets_the_table(tiny_models):
     ratios = model.calibrate_narrow(repeats=1)
     assert sorted(ratios) == sorted(NARROW_SIZES) and all(ratio > 0 for ratio in ratios.values())
     assert model.narrow == narrow_table(ratios)
+    assert len(model.padded_to) == max(NARROW_SIZES) + 1
+    assert all(model.padded_to[count] in NARROW_SIZES and model.padded_to[count] >= count for count in range(1, 65))
+
+
+def test_a_size_pads_to_the_fastest_measured_size_at_or_above_it():
+    table = padded_sizes({1: 3.0, 2: 2.0, 4: 4.0, 8: 3.5, 16: 3.5, 24: 9.0})
+    assert table[:9] == [0, 2, 2, 8, 8, 8, 8, 8, 8]  # 1 pads to 2; 3-8 to 8 (a tie goes to the smaller size)
+    assert table[9:17] == [16] * 8 and table[17:] == [24] * 8  # only 24 is at or above 17
+    assert padded_sizes({}) == []
+    for count in range(1, 25):  # a padded size pads to itself
+        assert table[table[count]] == table[count]
 
 
 def copied(model: LeanLlama, cache: LeanCache) -> LeanCache:
