@@ -591,7 +591,7 @@ class LeanLlama:
         return out
 
     @torch.inference_mode()
-    def calibrate_narrow(self, sizes: tuple[int, ...] = NARROW_SIZES, repeats: int = 2) -> dict[int, float]:
+    def calibrate_narrow(self, sizes: tuple[int, ...] = NARROW_SIZES, repeats: int = 3) -> dict[int, float]:
         """On a CPU, choose per product size which way multiplies: weight × inputsᵀ where it beat `F.linear`
         (the fastest of `repeats`, interleaved), timed over every layer's weights so that they stream from
         memory as in a forward (one matrix alone stays in cache and times differently); and per size, the
@@ -611,18 +611,24 @@ class LeanLlama:
         fastest: dict[int, float] = {}
         generator = torch.Generator().manual_seed(0)  # leaves the global random state alone
         widths = {weight.shape[1] for weight in weights}
-        for size in sorted(sizes):
-            inputs = {width: torch.randn(size, width, generator=generator).to(self.dtype) for width in widths}
-            linear = narrow = float("inf")
-            for _ in range(repeats):
+        inputs = {
+            size: {width: torch.randn(size, width, generator=generator).to(self.dtype) for width in widths}
+            for size in sorted(sizes)
+        }
+        linear = dict.fromkeys(inputs, float("inf"))
+        narrow = dict.fromkeys(inputs, float("inf"))
+        for _ in range(repeats):  # every size once per pass: a burst of noise spoils one pass, not one size
+            for size, by_width in inputs.items():
                 start = time.perf_counter()
                 for weight in weights:
-                    F.linear(inputs[weight.shape[1]], weight)
+                    F.linear(by_width[weight.shape[1]], weight)
                 middle = time.perf_counter()
                 for weight in weights:
-                    narrow_product(inputs[weight.shape[1]], weight)
-                linear, narrow = min(linear, middle - start), min(narrow, time.perf_counter() - middle)
-            ratios[size], fastest[size] = narrow / linear, min(narrow, linear)
+                    narrow_product(by_width[weight.shape[1]], weight)
+                linear[size] = min(linear[size], middle - start)
+                narrow[size] = min(narrow[size], time.perf_counter() - middle)
+        for size in inputs:
+            ratios[size], fastest[size] = narrow[size] / linear[size], min(narrow[size], linear[size])
         self.narrow = narrow_table(ratios)
         self.padded_to = padded_sizes(fastest)
         return ratios

@@ -141,6 +141,9 @@ class LocalStack:
                     *self.extra_target_args,
                 ],
             )
+            # One at a time: each service times its forwards and products at start-up (the target's choices
+            # depend on them), and a neighbour's start-up, all the more a lower-priority one's, disturbs that.
+            self._wait(target)
             draft = self._spawn(
                 "draft",
                 [
@@ -153,7 +156,7 @@ class LocalStack:
                     *self.extra_draft_args,
                 ],
             )
-            self._wait(target), self._wait(draft)
+            self._wait(draft)
             controller = self._spawn(
                 "controller",
                 [
