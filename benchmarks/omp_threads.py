@@ -4,9 +4,10 @@ thread, then on a new thread, twice.
 
     PYTHONPATH=. python benchmarks/omp_threads.py [--threads 2]
 
-Prints ms per forward (the median of 8). GNU OpenMP gives each thread that runs a parallel region its own
-team; once the teams outnumber the cores it stops spinning between regions (RESULTS 37), which is why the
-target runs all its torch work on one thread.
+Then times forwards on the main thread while another thread that ran one parallel region waits, and after
+it exits. Prints ms per forward (the median of 8). GNU OpenMP gives each thread that runs a parallel region
+its own team; once the teams outnumber the cores it stops spinning between regions (RESULTS 37, 38), which
+is why the target and the draft service run all their forwards on one thread.
 """
 
 from __future__ import annotations
@@ -54,6 +55,25 @@ def main() -> int:
     for _ in range(2):
         for tokens in (1, 2, 3):
             print(f"{tokens} | {forward_ms(tokens):.1f} | {on_new_thread(tokens):.1f}")
+
+    # A thread that ran one parallel region and now waits keeps its team (a draft service's loader did).
+    print("\nanother thread, idle | its torch threads | main thread ms (2 tokens)")
+    print(f"none | | {forward_ms(2):.1f}")
+    for others in (args.threads, 1, args.threads):
+        done = threading.Event()
+
+        def hold(count: int, done: threading.Event) -> None:
+            torch.set_num_threads(count)  # per thread
+            torch.randn(1000, 1000) @ torch.randn(1000, 1000)
+            done.wait()
+
+        holder = threading.Thread(target=hold, args=(others, done))
+        holder.start()
+        time.sleep(1.0)
+        print(f"alive | {others} | {forward_ms(2):.1f}")
+        done.set()
+        holder.join()
+        print(f"exited | {others} | {forward_ms(2):.1f}")
     return 0
 
 

@@ -3,14 +3,17 @@
 Model forwards run on one worker thread, off the event loop. Proposals for the same drafter that wait
 while the worker is busy run together as one `propose_batch` (one batched forward per drafted token), the
 way the target batches verifications: no wait timer, so a lone proposal starts at once. Lookahead
-(drafting the next round while the target verifies) runs on its own thread at a low CPU priority and
-gives way whenever a proposal is waiting. No gRPC here.
+(drafting the next round while the target verifies) runs on the same thread and gives way, between
+forwards, whenever a proposal is waiting. No gRPC here.
+
+One thread for every forward, as in the target: GNU OpenMP gives each thread that runs a parallel region a
+team of its own, and while the teams outnumber the cores none of them spins between regions (an idle
+second team beside a forward made it 2.0-2.2x slower, RESULTS 38). Models load on a thread that exits after.
 """
 
 from __future__ import annotations
 
 import asyncio
-import sys
 import threading
 import time
 from collections.abc import Callable
@@ -20,13 +23,10 @@ from typing import Any, TypeVar
 
 import structlog
 
-from banditspec.priority import lower_thread_priority
 from services.draft.drafters.base import Drafter, DraftSession, Proposal
 from services.draft.metrics import BATCH_SIZE
 
 log = structlog.get_logger()
-
-LOOKAHEAD_NICE = 10  # below the service's own priority
 
 T = TypeVar("T")
 
@@ -43,11 +43,9 @@ class ModelWorker:
     def __init__(self, forget_if_retired: Callable[[Drafter, DraftSession], None]) -> None:
         # After a proposal: a drafter swapped out while its proposal waited must leave no state behind.
         self._forget_if_retired = forget_if_retired
+        # The only thread of the service to run model forwards, lookahead included (see the module doc).
         self._worker = ThreadPoolExecutor(max_workers=1, thread_name_prefix="draft-model")
-        self._ahead = ThreadPoolExecutor(
-            max_workers=1, thread_name_prefix="draft-lookahead", initializer=_low_cpu_priority
-        )
-        self._model_lock = threading.Lock()  # the worker and the lookahead never run a model at once
+        self._model_lock = threading.Lock()  # a model is never used by two jobs at once
         self._lock = threading.Lock()
         self._pending = 0  # jobs and proposals submitted, not yet finished or cancelled
         self._waiting: dict[int, list[_Waiting]] = {}  # per drafter (by id: a swap keeps the name), in order
@@ -74,12 +72,11 @@ class ModelWorker:
         return await asyncio.wrap_future(future)
 
     def draft_ahead(self, drafter: Drafter, session: DraftSession) -> None:
-        self._ahead.submit(self._look_ahead, drafter, session).add_done_callback(_log_failure)
+        self._worker.submit(self._look_ahead, drafter, session).add_done_callback(_log_failure)
 
     def shutdown(self) -> None:
         with self._lock:
             self._pending += 1  # stops a running lookahead at its next forward
-        self._ahead.shutdown(wait=True, cancel_futures=True)
         self._worker.shutdown(wait=True)
 
     def _count(self, future: Future) -> Future:
@@ -142,13 +139,6 @@ class ModelWorker:
             return
         with self._model_lock:
             drafter.draft_ahead(session, self.work_waiting)
-
-
-def _low_cpu_priority() -> None:
-    """10 below the service: a core goes to the controller's and the target's wake-ups first, yet a proposal
-    waiting on the lookahead's last forward is not starved (nice 19 gets ~1.5% of a busy core, nice 10 ~10%)."""
-    if sys.platform.startswith("linux") and not lower_thread_priority(LOOKAHEAD_NICE):
-        log.warning("could not lower the lookahead thread's priority")
 
 
 def _log_failure(future: Future) -> None:

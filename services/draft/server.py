@@ -63,22 +63,31 @@ def drafter_info(drafter: Drafter) -> draft_pb2.DrafterInfo:
     )
 
 
+async def _on_own_thread(fn, *args):
+    """`fn(*args)` on a new thread, which exits once it returns (a cancelled caller's call finishes first)."""
+    executor = ThreadPoolExecutor(max_workers=1, thread_name_prefix="draft-loader")
+    try:
+        return await asyncio.get_running_loop().run_in_executor(executor, fn, *args)
+    finally:
+        executor.shutdown(wait=False)
+
+
 class DraftServicer(draft_pb2_grpc.DraftServiceServicer):
     def __init__(self, config: DraftConfig) -> None:
         self.config = config
         self.registry = DrafterRegistry(config.max_sessions)
         # Session and registry updates run on the event loop; model forwards on the model worker (which
-        # batches the proposals waiting for a drafter), loading on another thread so that a hot swap
-        # does not stall traffic.
+        # batches the proposals waiting for a drafter), loading on a thread of its own so that a hot swap
+        # does not stall traffic. That thread exits after its load: a model's load and calibration run
+        # OpenMP regions, and a team left behind would slow the worker's forwards (model_worker.py).
         self.models = ModelWorker(self.registry.forget_if_retired)
-        self.loader = ThreadPoolExecutor(max_workers=1, thread_name_prefix="draft-loader")
+        self._loading = asyncio.Lock()  # one load at a time
         # Learning from finished outputs (suffix-tree insertion, ~7 ms per 1k tokens) off the event loop.
         self.learner = ThreadPoolExecutor(max_workers=1, thread_name_prefix="draft-learner")
 
     def shutdown(self) -> None:
         """Finish the work queued on the service's threads, then stop them."""
         self.models.shutdown()
-        self.loader.shutdown(wait=True)
         self.learner.shutdown(wait=True)
 
     async def _on(self, executor, fn, *args):
@@ -88,7 +97,8 @@ class DraftServicer(draft_pb2_grpc.DraftServiceServicer):
         start = time.perf_counter()
         if not replace and spec.name in self.registry.drafters:  # fail fast, before a costly load
             raise AlreadyExists(f"drafter {spec.name!r} is already loaded; pass replace to swap it")
-        drafter = await self._on(self.loader, build_drafter, spec, self.config.device, self.config.dtype)
+        async with self._loading:
+            drafter = await _on_own_thread(build_drafter, spec, self.config.device, self.config.dtype)
         old = self.registry.add(drafter, replace)
         if old is not None:  # on the worker: after any proposal still using it
             await self.models.run(old.close)

@@ -79,3 +79,51 @@ async def test_a_cancelled_proposal_leaves_its_batch(servicer):
     await holding
     assert servicer.models.batches == 1 and servicer.models.batched_proposals == 1
     assert not servicer.models.work_waiting()
+
+
+async def test_every_model_forward_runs_on_one_thread_and_a_load_leaves_no_thread_behind(tiny_models, monkeypatch):
+    """GNU OpenMP gives each thread that runs a parallel region a team of its own, and a second team slows
+    every forward (model_worker.py): proposals and lookahead share the worker thread, and a model is
+    loaded on a thread that exits after."""
+    import services.draft.server as draft_server
+
+    loaders: list[threading.Thread] = []
+    build = draft_server.build_drafter
+
+    def recorded_build(*args):
+        loaders.append(threading.current_thread())
+        return build(*args)
+
+    monkeypatch.setattr(draft_server, "build_drafter", recorded_build)
+    servicer = DraftServicer(DraftConfig(drafters=[], device="cpu", dtype="float32"))
+    try:
+        drafter, _ = await servicer.load(DrafterSpec.parse(f"ahead=model:{tiny_models.target}^4"))
+        assert drafter.looks_ahead
+        (loader,) = loaders
+        loader.join(timeout=10)
+        assert not loader.is_alive()
+        ran_on: dict[str, set[int]] = {"propose": set(), "lookahead": set()}
+        propose_batch, draft_ahead = drafter.propose_batch, drafter.draft_ahead
+
+        def recorded_propose(*args, **kwargs):
+            ran_on["propose"].add(threading.get_native_id())
+            return propose_batch(*args, **kwargs)
+
+        def recorded_ahead(*args, **kwargs):
+            ran_on["lookahead"].add(threading.get_native_id())
+            return draft_ahead(*args, **kwargs)
+
+        monkeypatch.setattr(drafter, "propose_batch", recorded_propose)
+        monkeypatch.setattr(drafter, "draft_ahead", recorded_ahead)
+        for i, prompt in enumerate(PROMPTS):
+            await servicer.Propose(request(f"s{i}", "ahead", prompt), ServicerContext())
+        for _ in range(200):  # the lookahead runs after its proposal returns
+            if ran_on["lookahead"]:
+                break
+            await asyncio.sleep(0.05)
+        await servicer.models.run(lambda: None)  # after any lookahead still queued
+        assert ran_on["lookahead"], "no lookahead ran"
+        assert len(ran_on["propose"] | ran_on["lookahead"]) == 1
+        assert loader.native_id not in ran_on["propose"]
+    finally:
+        servicer.shutdown()
