@@ -285,8 +285,22 @@ def test_restarted_draft_service_arms_return_within_seconds(recovery_stack, stub
     assert any(a.arm.startswith("local/") and a.pulls for a in response.stats.arms)  # drafted again
 
 
+def settled_sessions(stack, quiet: float = 2.0, timeout: float = 30.0) -> tuple[int, int]:
+    """The sessions held once the counts have not changed for `quiet` seconds: the controller releases an
+    earlier request's sessions in the background, so a count taken right after it may still include them."""
+    deadline = time.monotonic() + timeout
+    held = sessions_held(stack)
+    while time.monotonic() < deadline:
+        time.sleep(quiet)
+        now = sessions_held(stack)
+        if now == held:
+            return held
+        held = now
+    raise AssertionError(f"the sessions held kept changing for {timeout}s (last {held})")
+
+
 def test_cancelled_or_expired_request_releases_its_sessions_everywhere(recovery_stack, stub):
-    idle = sessions_held(recovery_stack)
+    idle = settled_sessions(recovery_stack)  # the test before may still be releasing its request's sessions
     drafting = {"policy": generation_pb2.POLICY_FIXED, "allowed_arms": ["local/pld/3"]}  # both services hold it
     stream = stub.GenerateStream(request(LONG, **drafting), timeout=RPC_TIMEOUT)
     next(stream)
