@@ -45,7 +45,6 @@ class ModelWorker:
         self._forget_if_retired = forget_if_retired
         # The only thread of the service to run model forwards, lookahead included (see the module doc).
         self._worker = ThreadPoolExecutor(max_workers=1, thread_name_prefix="draft-model")
-        self._model_lock = threading.Lock()  # a model is never used by two jobs at once
         self._lock = threading.Lock()
         self._pending = 0  # jobs and proposals submitted, not yet finished or cancelled
         self._waiting: dict[int, list[_Waiting]] = {}  # per drafter (by id: a swap keeps the name), in order
@@ -56,7 +55,7 @@ class ModelWorker:
 
     async def run(self, fn: Callable[..., T], *args: Any) -> T:
         """`fn(*args)` on the model thread, after the work already queued there."""
-        future = self._count(self._worker.submit(self._locked, fn, *args))
+        future = self._count(self._worker.submit(fn, *args))
         return await asyncio.wrap_future(future)
 
     async def propose(self, drafter: Drafter, session: DraftSession, num_tokens: int) -> tuple[Proposal, float]:
@@ -91,10 +90,6 @@ class ModelWorker:
         with self._lock:
             self._pending -= 1
 
-    def _locked(self, fn: Callable[..., T], *args: Any) -> T:
-        with self._model_lock:
-            return fn(*args)
-
     def _run_batch(self, key: int) -> None:
         with self._lock:
             waiting = self._waiting.pop(key, [])
@@ -118,8 +113,7 @@ class ModelWorker:
         drafter = batch[0].drafter
         start = time.perf_counter()
         try:
-            with self._model_lock:
-                proposals = drafter.propose_batch([(entry.session, entry.num_tokens) for entry in batch])
+            proposals = drafter.propose_batch([(entry.session, entry.num_tokens) for entry in batch])
         except Exception as error:
             for entry in batch:
                 entry.future.set_exception(error)
@@ -137,8 +131,7 @@ class ModelWorker:
     def _look_ahead(self, drafter: Drafter, session: DraftSession) -> None:
         if self.work_waiting():
             return
-        with self._model_lock:
-            drafter.draft_ahead(session, self.work_waiting)
+        drafter.draft_ahead(session, self.work_waiting)
 
 
 def _log_failure(future: Future) -> None:

@@ -90,9 +90,6 @@ class DraftServicer(draft_pb2_grpc.DraftServiceServicer):
         self.models.shutdown()
         self.learner.shutdown(wait=True)
 
-    async def _on(self, executor, fn, *args):
-        return await asyncio.get_running_loop().run_in_executor(executor, fn, *args)
-
     async def load(self, spec: DrafterSpec, replace: bool = False) -> tuple[Drafter, float]:
         start = time.perf_counter()
         if not replace and spec.name in self.registry.drafters:  # fail fast, before a costly load
