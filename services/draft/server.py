@@ -12,6 +12,7 @@ import structlog
 
 from banditspec import distributions
 from banditspec.errors import AlreadyExists, InvalidArgument, grpc_errors
+from banditspec.own_thread import on_own_thread
 from banditspec.sampling import SamplingParams
 from banditspec.security import ServerSecurity
 from banditspec.serving import DRAIN_SECONDS, run_server
@@ -63,15 +64,6 @@ def drafter_info(drafter: Drafter) -> draft_pb2.DrafterInfo:
     )
 
 
-async def _on_own_thread(fn, *args):
-    """`fn(*args)` on a new thread, which exits once it returns (a cancelled caller's call finishes first)."""
-    executor = ThreadPoolExecutor(max_workers=1, thread_name_prefix="draft-loader")
-    try:
-        return await asyncio.get_running_loop().run_in_executor(executor, fn, *args)
-    finally:
-        executor.shutdown(wait=False)
-
-
 class DraftServicer(draft_pb2_grpc.DraftServiceServicer):
     def __init__(self, config: DraftConfig) -> None:
         self.config = config
@@ -95,7 +87,9 @@ class DraftServicer(draft_pb2_grpc.DraftServiceServicer):
         if not replace and spec.name in self.registry.drafters:  # fail fast, before a costly load
             raise AlreadyExists(f"drafter {spec.name!r} is already loaded; pass replace to swap it")
         async with self._loading:
-            drafter = await _on_own_thread(build_drafter, spec, self.config.device, self.config.dtype)
+            drafter = await on_own_thread(
+                build_drafter, spec, self.config.device, self.config.dtype, name="draft-loader"
+            )
         old = self.registry.add(drafter, replace)
         if old is not None:  # on the worker: after any proposal still using it
             await self.models.run(old.close)

@@ -131,6 +131,14 @@ class TargetEngine:
             self.decoder.forward, self.decoder.new_cache, self.loaded.device, self.loaded.max_context
         )
 
+    def warm_up(self) -> None:
+        """One forward on a scratch cache, on the thread that will run the forwards: its OpenMP team and
+        kernels' buffers are made now rather than in the first request's round."""
+        if self.decoder is not None:
+            self.decoder.forward([0] * 4, self.decoder.new_cache())
+        else:
+            self.loaded.forward([0] * 4, self.loaded.new_cache(), last_only=True)
+
     @property
     def batches_rows(self) -> bool:
         """Whether rows of several sessions share one forward (Llama targets)."""

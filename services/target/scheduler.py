@@ -1,26 +1,29 @@
-"""Continuous batching for the target: one worker thread runs the jobs that are ready as one forward.
+"""Continuous batching for the target: the service's event loop runs the jobs that are ready as one forward.
 
-Callers submit jobs from any thread and wait on a future. The worker takes every job waiting when a
-forward ends and runs them together (within the engine's token budget); jobs submitted meanwhile join the
-next forward. There is no wait timer for a lone request: a job that finds the worker idle runs at once.
-Only sessions whose last verify just finished are waited for, briefly: their next round is on its way
-through the controller and a draft service, and a forward that starts without them leaves them to the
-next one, so the rows split into groups that alternate (measured: 3.6 of 8 sessions per forward). Other engine work (release) runs between forwards on the same thread,
-so the engine is only ever touched by one thread.
+Handlers submit jobs and await their future. A step is due as soon as a job arrives and runs, on the event
+loop's thread, every job waiting then as one forward (within the engine's token budget); jobs that arrive
+during a forward join the next one. There is no wait timer for a lone request: a job that finds nothing
+running is stepped on the loop's next pass, or at once when no other session is open. Only sessions whose last verify just finished are waited for,
+briefly: their next round is on its way through the controller and a draft service, and a forward that
+starts without them leaves them to the next one, so the rows split into groups that alternate (measured:
+3.6 of 8 sessions per forward).
 
-That thread is also the only one of the process to run torch: the target loads and measures its model
-there (`call`, before `attach`). Each thread that runs an OpenMP region gets its own team of OpenMP
-threads, and once the teams together outnumber the cores GNU OpenMP stops spinning between regions: on
-a 2-core AMD EPYC a forward on a second thread took twice the time it took on the first (RESULTS 37).
+Why the loop and not a worker thread: a verify answered by a worker had to hand its job to the worker and
+its result back to the loop, two wake-ups of a sleeping thread (0.08 and 0.22 ms of a round's 1.3 ms of
+overhead on a 2-core CPU, RESULTS 39). The price is that an RPC arriving during a forward is read when it
+ends; the token budget bounds that wait, and a forward is what every RPC here waits for anyway.
+
+The loop's thread is the only one of the process that runs torch once the service is up: each thread that
+runs an OpenMP region gets its own team of OpenMP threads, and once the teams together outnumber the cores
+GNU OpenMP stops spinning between regions (a forward on a second thread took twice the time, RESULTS 37).
+The model loads and is measured on a thread that exits before the first step (`server.py`).
 """
 
 from __future__ import annotations
 
-import threading
+import asyncio
 import time
 from collections.abc import Callable
-from concurrent.futures import Future, InvalidStateError
-from typing import Any
 
 import structlog
 
@@ -36,148 +39,146 @@ MAX_GATHER_SECONDS = 0.03
 
 
 class Scheduler:
+    """Runs on the event loop that submits to it; every method is called on that loop's thread."""
+
     def __init__(
         self,
-        engine: TargetEngine | None = None,
+        engine: TargetEngine,
         on_forward: Callable[[BatchInfo], None] | None = None,
         threads: ThreadPlan | None = None,
     ) -> None:
-        self._engine = engine  # None until `attach`: only `call`s run before
-        self.threads = threads  # None: the process's torch threads for every forward
+        self.engine = engine
+        self.threads = threads  # None: the thread's torch threads for every forward
         self.on_forward = on_forward  # called after every forward that ran (metrics)
-        self._jobs: list[tuple[Job, Future]] = []  # submission order: the budget serves the oldest first
-        self._calls: list[tuple[Callable[..., Any], tuple[Any, ...], Future]] = []
-        self._wake = threading.Condition()
+        self._jobs: list[tuple[Job, asyncio.Future]] = []  # submission order: the budget serves the oldest first
+        self._loop: asyncio.AbstractEventLoop | None = None
+        self._due: asyncio.Handle | None = None  # the next step, at once or when a gather ends
+        self._gather_until: float | None = None
         self._stopping = False
+        self._idle = asyncio.Event()
+        self._idle.set()
         self.stats = StepStats()
         self._returning: set[str] = set()  # sessions whose verify just finished: their next round is coming
         self._last_step_seconds = 0.0
-        self._thread = threading.Thread(target=self._run, name="target-scheduler", daemon=True)
-        self._thread.start()
 
-    @property
-    def engine(self) -> TargetEngine:
-        if self._engine is None:
-            raise RuntimeError("the scheduler has no engine yet")
-        return self._engine
-
-    def attach(self, engine: TargetEngine, threads: ThreadPlan | None = None) -> None:
-        """The engine its jobs run on, built (by a `call`) on its thread."""
-        self._engine, self.threads = engine, threads
-
-    def submit(self, job: Job) -> Future:
-        """The future resolves to the finished job (its result), or to its error."""
-        future: Future = Future()
-        with self._wake:
-            if self._stopping:
-                raise RuntimeError("the scheduler is stopped")
-            self._jobs.append((job, future))
-            self._wake.notify()
+    def submit(self, job: Job) -> asyncio.Future:
+        """The future resolves to the finished job (its result), or to its error. A caller that cancels it
+        drops the job if no step has taken it up; a started one finishes (its session stays consistent)."""
+        if self._stopping:
+            raise RuntimeError("the scheduler is stopped")
+        loop = asyncio.get_running_loop()
+        if loop is not self._loop:  # tools and tests may drive it from one `asyncio.run` after another
+            if self._jobs:
+                raise RuntimeError("the scheduler has jobs on another event loop")
+            self._loop, self._due = loop, None
+        future = loop.create_future()
+        self._jobs.append((job, future))
+        self._idle.clear()
+        if self._alone(job):
+            self._step()  # nothing to batch it with: answered before the handler awaits, no loop pass
+        else:
+            self._step_soon()
         return future
 
-    def call(self, fn: Callable[..., Any], *args: Any) -> Future:
-        """Run `fn(*args)` on the worker, between forwards."""
-        future: Future = Future()
-        with self._wake:
-            if self._stopping:
-                raise RuntimeError("the scheduler is stopped")
-            self._calls.append((fn, args, future))
-            self._wake.notify()
-        return future
+    def _alone(self, job: Job) -> bool:
+        """No other job waits and no other session is open, so no other row can join its forward."""
+        sessions = self.engine.sessions
+        others = len(sessions) - (job.session_id in sessions)
+        return others == 0 and len(self._jobs) == 1 and self._due is None
 
     def forget(self, session_id: str) -> None:
         """The session ended: no round of it is coming back, and its jobs not yet started are dropped (run
         later, an open would bring the released session back)."""
-        with self._wake:
-            self._returning.discard(session_id)
-            dropped = [(job, future) for job, future in self._jobs if job.session_id == session_id and not job.started]
-            gone = {id(job) for job, _ in dropped}  # by identity: jobs hold tensors, == would compare them
-            self._jobs = [(job, future) for job, future in self._jobs if id(job) not in gone]
+        self._returning.discard(session_id)
+        dropped = [(job, future) for job, future in self._jobs if job.session_id == session_id and not job.started]
+        gone = {id(job) for job, _ in dropped}  # by identity: jobs hold tensors, == would compare them
+        self._jobs = [(job, future) for job, future in self._jobs if id(job) not in gone]
         for _, future in dropped:
             _resolve(future, error=SessionLost(f"session {session_id!r} was released"))
+        if not self._jobs:
+            self._idle.set()
 
     def pending(self) -> int:
-        with self._wake:
-            return len(self._jobs)
+        return len(self._jobs)
 
-    def close(self) -> None:
-        """Finish the work already submitted, then stop the worker."""
-        with self._wake:
-            self._stopping = True
-            self._wake.notify()
-        self._thread.join()
+    async def close(self) -> None:
+        """Refuse new jobs and finish those already submitted."""
+        self._stopping = True
+        await self._idle.wait()
 
-    def _run(self) -> None:
-        while True:
-            with self._wake:
-                while not self._jobs and not self._calls and not self._stopping:
-                    self._wake.wait()
-                if self._stopping and not self._jobs and not self._calls:
-                    return
-                calls, self._calls = self._calls, []
-                # A caller that gave up (cancelled its call) cancels the job's future: a job not yet
-                # started is dropped; a started one finishes (its session stays consistent) unanswered.
-                self._jobs = [(job, future) for job, future in self._jobs if job.started or not future.cancelled()]
-                if self._jobs and not calls:
-                    self._gather()
-                jobs = list(self._jobs)
-            for fn, args, future in calls:
-                if future.set_running_or_notify_cancel():
-                    try:
-                        future.set_result(fn(*args))
-                    except Exception as error:
-                        future.set_exception(error)
-            if not jobs:
-                continue
-            if self.threads is not None:
-                self.threads.apply(len(self.engine.sessions))
-            start = time.perf_counter()
-            try:
-                batch = self.engine.step([job for job, _ in jobs])
-                if batch is not None and self.on_forward is not None:
-                    self.on_forward(batch)
-            except Exception as error:  # a bug in a step must not stop the worker: fail that step's jobs
-                log.exception("target step failed")
-                for job, _ in jobs:
-                    if not job.done:
-                        job.fail(error)
-            self._last_step_seconds = time.perf_counter() - start
-            self.stats.record(jobs=len(jobs), seconds=self._last_step_seconds)
-            finished = [(job, future) for job, future in jobs if job.done]
-            if finished:
-                with self._wake:
-                    done = {id(job) for job, _ in finished}
-                    self._jobs = [(job, future) for job, future in self._jobs if id(job) not in done]
-                    for job, _ in finished:
-                        if job.error is None:
-                            self._returning.add(job.session_id)
-                        else:
-                            self._returning.discard(job.session_id)
-                for job, future in finished:
-                    _resolve(future, job, job.error)
-
-    def _gather(self) -> None:
-        """With the lock held: wait, briefly, for the sessions on their way back (see the module doc)."""
-        deadline = time.perf_counter() + min(MAX_GATHER_SECONDS, GATHER_SHARE * self._last_step_seconds)
-        while not self._stopping:
-            queued = {job.session_id for job, _ in self._jobs}
-            missing = self._returning - queued
-            left = deadline - time.perf_counter()
-            if not missing or left <= 0:
-                self._returning -= missing  # late ones are not waited for again until their next verify
+    def _step_soon(self) -> None:
+        """A step on the loop's next pass, unless one is already due then; a step waiting out a gather
+        looks again (the job just submitted may be the one it waits for)."""
+        if self._due is not None:
+            if not isinstance(self._due, asyncio.TimerHandle):
                 return
-            self._wake.wait(left)
+            self._due.cancel()
+        assert self._loop is not None
+        self._due = self._loop.call_soon(self._step)
 
-
-def _resolve(future: Future, result: Any = None, error: Exception | None = None) -> None:
-    """Answer a job's future unless its caller cancelled it meanwhile (which must not stop the worker)."""
-    try:
-        if error is not None:
-            future.set_exception(error)
+    def _step(self) -> None:
+        self._due = None
+        self._jobs = [(job, future) for job, future in self._jobs if job.started or not future.cancelled()]
+        if not self._jobs:
+            self._idle.set()
+            return
+        wait = self._gather()
+        if wait > 0:
+            assert self._loop is not None
+            self._due = self._loop.call_later(wait, self._step)
+            return
+        jobs = list(self._jobs)
+        if self.threads is not None:
+            self.threads.apply(len(self.engine.sessions))
+        start = time.perf_counter()
+        try:
+            batch = self.engine.step([job for job, _ in jobs])
+            if batch is not None and self.on_forward is not None:
+                self.on_forward(batch)
+        except Exception as error:  # a bug in a step must not stop the service: fail that step's jobs
+            log.exception("target step failed")
+            for job, _ in jobs:
+                if not job.done:
+                    job.fail(error)
+        self._last_step_seconds = time.perf_counter() - start
+        finished = [(job, future) for job, future in jobs if job.done]
+        done = {id(job) for job, _ in finished}
+        self._jobs = [(job, future) for job, future in self._jobs if id(job) not in done]
+        for job, future in finished:
+            if job.error is None:
+                self._returning.add(job.session_id)
+            else:
+                self._returning.discard(job.session_id)
+            _resolve(future, job, job.error)
+        self.stats.record(jobs=len(jobs), seconds=self._last_step_seconds)
+        if self._jobs:
+            self._step_soon()
         else:
-            future.set_result(result)
-    except InvalidStateError:
-        pass
+            self._idle.set()
+
+    def _gather(self) -> float:
+        """Seconds to wait, briefly, for the sessions on their way back (see the module doc); 0: step now."""
+        queued = {job.session_id for job, _ in self._jobs}
+        missing = self._returning - queued
+        now = time.perf_counter()
+        if missing and not self._stopping:
+            if self._gather_until is None:
+                self._gather_until = now + min(MAX_GATHER_SECONDS, GATHER_SHARE * self._last_step_seconds)
+            if now < self._gather_until:
+                return self._gather_until - now
+        self._returning -= missing  # late ones are not waited for again until their next verify
+        self._gather_until = None
+        return 0.0
+
+
+def _resolve(future: asyncio.Future, result: Job | None = None, error: Exception | None = None) -> None:
+    """Answer a job's future unless its caller cancelled it meanwhile."""
+    if future.done():
+        return
+    if error is not None:
+        future.set_exception(error)
+    else:
+        future.set_result(result)
 
 
 class StepStats:

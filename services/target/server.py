@@ -2,10 +2,7 @@
 
 from __future__ import annotations
 
-import asyncio
-from collections.abc import Callable
 from dataclasses import dataclass, field
-from typing import Any
 
 import numpy as np
 import structlog
@@ -15,6 +12,7 @@ from banditspec import distributions
 from banditspec.errors import InvalidArgument, Unavailable, grpc_errors
 from banditspec.model_paths import resolve_model_path
 from banditspec.models import load_causal_lm
+from banditspec.own_thread import on_own_thread
 from banditspec.sampling import SamplingParams
 from banditspec.security import ServerSecurity
 from banditspec.serving import DRAIN_SECONDS, run_server
@@ -71,20 +69,11 @@ class TargetServicer(target_pb2_grpc.TargetServiceServicer):
             raise Unavailable("the target model is still loading")
         return self.scheduler
 
-    async def _call(self, fn: Callable[..., Any], *args: Any) -> Any:
-        return await asyncio.wrap_future(self._scheduler().call(fn, *args))
-
     def load(self, config: TargetConfig) -> None:
-        """Load and measure the model on the scheduler's thread, the one thread of this process that runs
-        torch (see `scheduler`), then publish the engine and the scheduler together."""
-        scheduler = Scheduler(on_forward=metrics.record_forward)
-        try:
-            engine, threads = scheduler.call(self._load, config).result()
-        except BaseException:
-            scheduler.close()
-            raise
-        scheduler.attach(engine, threads if threads.switches else None)
-        # Published only once measured: an Info answered meanwhile would carry empty curves.
+        """Load and measure the model (on a thread that exits after, see `scheduler`), then publish the
+        engine and its scheduler together: an Info answered before the curves would carry empty ones."""
+        engine, threads = self._load(config)
+        scheduler = Scheduler(engine, on_forward=metrics.record_forward, threads=threads if threads.switches else None)
         self.engine, self.scheduler = engine, scheduler
 
     def _load(self, config: TargetConfig) -> tuple[TargetEngine, ThreadPlan]:
@@ -147,7 +136,7 @@ class TargetServicer(target_pb2_grpc.TargetServiceServicer):
     async def OpenSession(self, request, context):
         sampling = SamplingParams.from_pb(request.sampling)
         job = OpenJob(request.session_id, context_ids=list(request.context_ids), sampling=sampling, seed=request.seed)
-        await asyncio.wrap_future(self._scheduler().submit(job))
+        await self._scheduler().submit(job)
         return target_pb2.OpenSessionResponse(
             context_length=len(request.context_ids), compute_seconds=job.compute_seconds
         )
@@ -180,7 +169,7 @@ class TargetServicer(target_pb2_grpc.TargetServiceServicer):
             draft_parents=list(request.draft_parents) or None,
             reopen=reopen,
         )
-        await asyncio.wrap_future(self._scheduler().submit(job))
+        await self._scheduler().submit(job)
         result = job.result
         assert isinstance(result, VerifyResult)
         return target_pb2.VerifyResponse(
@@ -205,7 +194,7 @@ class TargetServicer(target_pb2_grpc.TargetServiceServicer):
     @grpc_errors
     async def ReleaseSession(self, request, context):
         self._scheduler().forget(request.session_id)
-        released = await self._call(self._engine().release, request.session_id)
+        released = self._engine().release(request.session_id)  # between forwards: they run on this loop
         return target_pb2.ReleaseSessionResponse(released=released)
 
 
@@ -214,11 +203,13 @@ async def serve(config: TargetConfig) -> None:
     metrics.watch_sessions(lambda: servicer.engine.sessions if servicer.engine is not None else None)
 
     async def load() -> None:
-        await asyncio.to_thread(servicer.load, config)
+        await on_own_thread(servicer.load, config, name="target-loader")
+        assert servicer.engine is not None
+        servicer.engine.warm_up()  # on the loop's thread, which runs every forward from now on
 
     async def close() -> None:
         if servicer.scheduler is not None:
-            await asyncio.to_thread(servicer.scheduler.close)
+            await servicer.scheduler.close()
 
     await run_server(
         name="target",

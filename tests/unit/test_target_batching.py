@@ -4,6 +4,8 @@ fails alone."""
 
 from __future__ import annotations
 
+import asyncio
+
 import pytest
 import torch
 
@@ -128,32 +130,33 @@ def test_a_retried_verify_reopens_a_session_that_moved_on(loaded, tiny_models):
 
 
 def test_scheduler_survives_cancelled_callers_and_drops_released_sessions_jobs(loaded, tiny_models):
-    """A cancelled call's job is dropped, or answered into the void; the worker keeps serving. Releasing a
+    """A cancelled call's job is dropped, or answered into the void; the scheduler keeps serving. Releasing a
     session drops its jobs not yet started, so a late open cannot bring it back."""
-    import time
-
     from services.target.scheduler import Scheduler
 
     engine = TargetEngine(loaded)
     scheduler = Scheduler(engine)
-    try:
-        prompt = prompts(1, tiny_models.vocab_size, seed=7)[0]
-        for _ in range(20):  # cancel at whatever point the worker is
+    prompt = prompts(1, tiny_models.vocab_size, seed=7)[0]
+
+    async def scenario() -> None:
+        for pause in range(20):  # cancel at whatever point the scheduler is
             future = scheduler.submit(OpenJob("c", context_ids=prompt, sampling=GREEDY, seed=0))
+            for _ in range(pause % 4):
+                await asyncio.sleep(0)
             future.cancel()
-        time.sleep(0.2)
+        await asyncio.sleep(0.2)
         scheduler.forget("c")
-        scheduler.call(engine.release, "c").result(timeout=30)
-        assert scheduler.submit(OpenJob("s", context_ids=prompt, sampling=GREEDY, seed=0)).result(timeout=30)
-        job = scheduler.submit(VerifyJob("s", context_length=len(prompt), draft_ids=[4])).result(timeout=30)
+        engine.release("c")
+        assert scheduler.pending() == 0
+        assert await scheduler.submit(OpenJob("s", context_ids=prompt, sampling=GREEDY, seed=0))
+        job = await scheduler.submit(VerifyJob("s", context_length=len(prompt), draft_ids=[4]))
         assert isinstance(job.result, VerifyResult)
 
-        with scheduler._wake:  # the worker waits for this lock: the open is still queued when released
-            late = scheduler.submit(OpenJob("r", context_ids=prompt, sampling=GREEDY, seed=0))
-            scheduler.forget("r")
+        late = scheduler.submit(OpenJob("r", context_ids=prompt, sampling=GREEDY, seed=0))
+        scheduler.forget("r")  # before the loop's next pass, when the open would have run
         with pytest.raises(SessionLost):
-            late.result(timeout=30)
-        scheduler.call(engine.release, "r").result(timeout=30)
+            await late
+        engine.release("r")
         assert "r" not in engine.sessions
 
         # An open or reopening verify that reaches the service only after the release (it came on another
@@ -163,7 +166,10 @@ def test_scheduler_survives_cancelled_callers_and_drops_released_sessions_jobs(l
             VerifyJob("r", context_length=len(prompt), draft_ids=[4], reopen=(prompt, GREEDY, 0)),
         ):
             with pytest.raises(SessionReleased):
-                scheduler.submit(late_job).result(timeout=30)
+                await scheduler.submit(late_job)
         assert "r" not in engine.sessions
-    finally:
-        scheduler.close()
+        await scheduler.close()
+        with pytest.raises(RuntimeError, match="stopped"):
+            scheduler.submit(OpenJob("t", context_ids=prompt, sampling=GREEDY, seed=0))
+
+    asyncio.run(scenario())

@@ -36,10 +36,7 @@ def test_info_is_unavailable_until_the_forwards_are_measured(tiny_models, monkey
     finally:
         finish.set()
         loading.join(120)
-    try:
-        response = asyncio.run(info(servicer, target_pb2.TargetInfoRequest(), None))
-        assert len(response.forward_seconds) >= 1 and response.decode_step_seconds > 0
-        assert len(response.batch_forward_seconds) == len(response.batch_forward_rows) >= 1
-    finally:
-        assert servicer.scheduler is not None
-        servicer.scheduler.close()
+    response = asyncio.run(info(servicer, target_pb2.TargetInfoRequest(), None))
+    assert len(response.forward_seconds) >= 1 and response.decode_step_seconds > 0
+    assert len(response.batch_forward_seconds) == len(response.batch_forward_rows) >= 1
+    assert servicer.scheduler is not None

@@ -335,20 +335,17 @@ def test_the_server_passes_draft_parents_and_refuses_bad_ones(loaded):
     servicer = TargetServicer()
     servicer.engine = TargetEngine(loaded)
     servicer.scheduler = Scheduler(servicer.engine)
-    try:
-        greedy = greedy_continuation(loaded, PROMPT, 4)
-        servicer.engine.open("s", PROMPT, GREEDY, seed=0)
-        draft, parents = tree_around(greedy, loaded.vocab_size)
-        request = target_pb2.VerifyRequest(
-            session_id="s", context_length=len(PROMPT), draft_ids=draft, draft_parents=parents
-        )
-        response = asyncio.run(servicer._verify(request))
-        assert response.accepted == 3 and list(response.token_ids) == greedy[:4]
-        bad = target_pb2.VerifyRequest(session_id="s", context_length=len(PROMPT) + 4, draft_ids=[4], draft_parents=[0])
-        with pytest.raises(InvalidArgument):
-            asyncio.run(servicer._verify(bad))
-    finally:
-        servicer.scheduler.close()
+    greedy = greedy_continuation(loaded, PROMPT, 4)
+    servicer.engine.open("s", PROMPT, GREEDY, seed=0)
+    draft, parents = tree_around(greedy, loaded.vocab_size)
+    request = target_pb2.VerifyRequest(
+        session_id="s", context_length=len(PROMPT), draft_ids=draft, draft_parents=parents
+    )
+    response = asyncio.run(servicer._verify(request))
+    assert response.accepted == 3 and list(response.token_ids) == greedy[:4]
+    bad = target_pb2.VerifyRequest(session_id="s", context_length=len(PROMPT) + 4, draft_ids=[4], draft_parents=[0])
+    with pytest.raises(InvalidArgument):
+        asyncio.run(servicer._verify(bad))
 
 
 def test_a_path_is_kept_after_the_cache_has_grown(loaded):
