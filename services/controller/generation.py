@@ -14,7 +14,7 @@ import statistics
 import time
 import uuid
 from collections.abc import AsyncIterator, Callable
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 
 import numpy as np
 import structlog
@@ -25,7 +25,7 @@ from banditspec.policy_names import COUNTERFACTUAL_POLICIES
 from services.controller import metrics
 from services.controller.arms import TARGET_ONLY_ARM, Arm
 from services.controller.batch_cost import LOAD_COSTS, ForwardModel, Load, charged_seconds, load_ceiling
-from services.controller.clients import DrafterFailed, DraftHost, TargetClient
+from services.controller.clients import DrafterFailed, DraftHost, ProposalSession, TargetClient
 from services.controller.counterfactual import CounterfactualScorer, RoundCosts
 from services.controller.domain import (
     NO_DRAFT,
@@ -174,16 +174,19 @@ class Generation:
         """Draft (unless γ = 0) and verify; None when the drafter failed or the target rejected its draft."""
         start = time.perf_counter()
         proposal = NO_DRAFT
+        scored_later = self._scores_while_verifying()
         if gamma > 0:
             try:
-                proposal = await self._propose(arm, gamma)
+                proposal = await self._propose(arm, gamma, with_alternatives=not (scored_later and self._local(arm)))
             except DrafterFailed as error:
                 self._drop_drafter(arm, str(error))
                 return None
-        side_drafts = await self._side_drafts(arm, gamma)
         verify_start = time.perf_counter()
         try:
-            verdict = await self.target.verify(self.context, proposal)
+            if scored_later:
+                verdict, side_drafts, proposal = await self._verify_and_score(arm, gamma, proposal)
+            else:
+                verdict, side_drafts = await self.target.verify(self.context, proposal), {}
         except DrafterFailed as error:  # the target rejected the draft: nothing was committed
             self._drop_drafter(arm, str(error))
             return None
@@ -192,6 +195,47 @@ class Generation:
         load = self._load_of(proposal, verdict)
         charged = charged_seconds(wall, fed_tokens(proposal), load, end - verify_start, self.round_overhead)
         return Round(index, arm, gamma, proposal, verdict, wall, load, charged, side_drafts)
+
+    def _local(self, arm: Arm) -> bool:
+        session = self.drafts.get(arm.service)
+        return session is not None and session.client.free_to_ask
+
+    def _scores_while_verifying(self) -> bool:
+        """With counterfactual scoring, whether this round asks a host that is free to ask (the controller's
+        own drafters) for drafts to score: that work then runs while the target verifies."""
+        scorer = self.scorer
+        if scorer is None:
+            return False
+        return any(
+            scorer.score_drafters.get(name) and session.client.free_to_ask for name, session in self.drafts.items()
+        )
+
+    async def _verify_and_score(
+        self, arm: Arm, gamma: int, proposal: Proposal
+    ) -> tuple[Verdict, dict[str, Proposal], Proposal]:
+        """The verify is sent first and the drafts to score are drafted during its forward, where they add
+        nothing to the round's wall time; returns the verdict, the side drafts and the proposal with its
+        alternatives."""
+        verifying = asyncio.ensure_future(self.target.verify(self.context, proposal))
+        try:
+            await asyncio.sleep(0)  # the verify's message leaves before the scoring work
+            side_drafts = await self._side_drafts(arm, gamma)
+            if gamma > 0 and self._local(arm):
+                proposal = await self._with_alternatives(arm, self.drafts[arm.service], proposal)
+            return await verifying, side_drafts, proposal
+        except BaseException:
+            verifying.cancel()
+            raise
+
+    async def _with_alternatives(self, arm: Arm, session: ProposalSession, proposal: Proposal) -> Proposal:
+        """The proposal with the drafts of the other drafters its host holds, to score."""
+        scorer = self.scorer
+        assert scorer is not None
+        names = scorer.alternatives_for(arm)
+        if not names:
+            return proposal
+        found = await session.score(self.context, names, scorer.score_num_tokens, scorer.score_tree_tokens)
+        return replace(proposal, alternatives=found.alternatives, alternative_parents=found.alternative_parents)
 
     async def _side_drafts(self, arm: Arm, gamma: int) -> dict[str, Proposal]:
         """With counterfactual scoring: drafts of the hosts that are free to ask (the controller's own
@@ -217,12 +261,12 @@ class Generation:
                 return load
         return Load.of(fed, rows, tokens, forward)  # also rows of other controllers' requests
 
-    async def _propose(self, arm: Arm, gamma: int) -> Proposal:
+    async def _propose(self, arm: Arm, gamma: int, with_alternatives: bool = True) -> Proposal:
         session = self.drafts.get(arm.service)
         if session is None:
             raise DrafterFailed(f"draft service {arm.service!r} is not configured")
         scorer = self.scorer
-        if scorer is None:
+        if scorer is None or not with_alternatives:
             return await session.propose(self.context, arm.drafter, gamma, tree_tokens=arm.tree_tokens)
         return await session.propose(
             self.context, arm.drafter, gamma, scorer.alternatives_for(arm), scorer.score_num_tokens,
