@@ -215,9 +215,12 @@ class TargetSession:
 
         return await self._retrying(attempt)
 
-    async def verify(self, context: list[int], draft: Proposal) -> Verdict:
+    async def verify(
+        self, context: list[int], draft: Proposal, meanwhile: Callable[[], Awaitable[None]] | None = None
+    ) -> Verdict:
         """Verify `draft` after `context` (what the session holds); a lost session is reopened with the
-        full context inside the retried verify, so no other request can evict it in between."""
+        full context inside the retried verify, so no other request can evict it in between. `meanwhile`
+        runs once, after the request is sent and before the answer is read (work the target's forward hides)."""
         request = target_pb2.VerifyRequest(
             session_id=self.session_id,
             context_length=len(context),
@@ -229,8 +232,10 @@ class TargetSession:
         async def attempt(timeout: float, reopen: bool) -> Any:
             if reopen and not request.HasField("reopen"):
                 request.reopen.CopyFrom(self._open_request(context))
+            nonlocal meanwhile
+            once, meanwhile = meanwhile, None
             try:
-                return await self.stream.exchange(request, timeout)
+                return await self.stream.exchange(request, timeout, once)
             except grpc.aio.AioRpcError as error:
                 if error.code() == grpc.StatusCode.INVALID_ARGUMENT and draft.token_ids:
                     raise DraftRejected(f"the target rejected the draft: {error.details()}") from error
@@ -530,7 +535,10 @@ class RoundStream:
         self.stream_timeout = stream_timeout  # what is left of the request when a stream (re)opens
         self.call: grpc.aio.StreamStreamCall | None = None
 
-    async def exchange(self, request: Any, timeout: float) -> Any:
+    async def exchange(
+        self, request: Any, timeout: float, meanwhile: Callable[[], Awaitable[None]] | None = None
+    ) -> Any:
+        """Send `request`, run `meanwhile` (it must not raise: the answer would be left unread), read the answer."""
         if self.call is not None and self.call.done():
             self.call = None  # it ended between rounds (its service went away): a new stream finds out how
         if self.call is None:
@@ -539,6 +547,8 @@ class RoundStream:
         try:
             async with asyncio.timeout(timeout):
                 await call.write(request)
+                if meanwhile is not None:
+                    await meanwhile()
                 response = await call.read()
         except (grpc.aio.AioRpcError, asyncio.CancelledError, TimeoutError):
             self.abandon()

@@ -213,19 +213,23 @@ class Generation:
     async def _verify_and_score(
         self, arm: Arm, gamma: int, proposal: Proposal
     ) -> tuple[Verdict, dict[str, Proposal], Proposal]:
-        """The verify is sent first and the drafts to score are drafted during its forward, where they add
+        """The drafts to score are drafted once the verify is sent, during the target's forward, where they add
         nothing to the round's wall time; returns the verdict, the side drafts and the proposal with its
         alternatives."""
-        verifying = asyncio.ensure_future(self.target.verify(self.context, proposal))
-        try:
-            await asyncio.sleep(0)  # the verify's message leaves before the scoring work
-            side_drafts = await self._side_drafts(arm, gamma)
-            if gamma > 0 and self._local(arm):
-                proposal = await self._with_alternatives(arm, self.drafts[arm.service], proposal)
-            return await verifying, side_drafts, proposal
-        except BaseException:
-            verifying.cancel()
-            raise
+        side_drafts: dict[str, Proposal] = {}
+        scored = proposal
+
+        async def score() -> None:
+            nonlocal side_drafts, scored
+            try:
+                side_drafts = await self._side_drafts(arm, gamma)
+                if gamma > 0 and self._local(arm):
+                    scored = await self._with_alternatives(arm, self.drafts[arm.service], proposal)
+            except Exception:  # scoring is optional; the verify's answer must still be read
+                self.log.exception("drafts to score failed")
+
+        verdict = await self.target.verify(self.context, proposal, meanwhile=score)
+        return verdict, side_drafts, scored
 
     async def _with_alternatives(self, arm: Arm, session: ProposalSession, proposal: Proposal) -> Proposal:
         """The proposal with the drafts of the other drafters its host holds, to score."""
