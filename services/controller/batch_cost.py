@@ -26,14 +26,24 @@ forwards of as many rows as this round's:
 
 plus the round's own time outside the target (drafting, RPCs). The reward then ranks arms as their
 throughput at that load does, and at R = 1 it is the lone round's f(k).
+
+The other rows of that cycle are not copies of the round's own: a drafter proposes a different number of
+tokens each round (often none), and a forward's products run at the next fast size of its total tokens,
+so one drafting row beside seven one-token rows costs about what eight two-token rows do (a step, not a
+slope: benchmarks/RESULTS.md §40). The round's own row keeps its width; the r − 1 others are drawn from
+the widths the arm's recent rounds fed (`RowWidths`, shared by the controller's requests), and the charge
+is the cycle's expected cost over them.
 """
 
 from __future__ import annotations
 
 import math
+from collections import deque
 from dataclasses import dataclass
 
 import numpy as np
+
+from banditspec.verify_lengths import padded_lengths
 
 LOAD_COSTS = ("cycle", "share")  # how a round beside other requests is charged (see above)
 
@@ -48,6 +58,7 @@ class Load:
     running: int = 1
     rows: int = 1
     model: ForwardModel | None = None
+    widths: RowWidths | None = None  # the arms' recent widths, for the cycle's other rows
 
     @classmethod
     def of(cls, own_tokens: int, batch_rows: int, batch_tokens: int, forward_seconds: float) -> Load | None:
@@ -59,24 +70,29 @@ class Load:
     @classmethod
     def cycle(
         cls, own_tokens: int, batch_rows: int, batch_tokens: int, forward_seconds: float, running: int,
-        model: ForwardModel,
+        model: ForwardModel, widths: RowWidths | None = None,
     ) -> Load | None:  # fmt: skip
         """The cycle model; None when no other request was running (a lone round)."""
         if running <= 1:
             return None
         rows = max(1, min(batch_rows, running))
-        return cls(max(0, batch_tokens - own_tokens), forward_seconds, running, rows, model)
+        return cls(max(0, batch_tokens - own_tokens), forward_seconds, running, rows, model, widths)
 
-    def forward(self, tokens: int) -> float:
-        """Target seconds charged to a round feeding `tokens` in this forward."""
+    def forward(self, tokens: int, arm: str | None = None) -> float:
+        """Target seconds charged to a round of `arm` (None: target-only) feeding `tokens` in this forward."""
         if self.model is not None:
-            return self.running / self.rows * self.model.seconds(self.rows * tokens, self.rows)
+            others = self.widths.others(arm, self.rows) if self.widths is not None and arm is not None else None
+            if others is None:  # every row as wide as this one
+                return self.running / self.rows * self.model.seconds(self.rows * tokens, self.rows)
+            totals, chances = others
+            return self.running / self.rows * self.model.expected_seconds(tokens + totals, chances, self.rows)
         return self.forward_seconds * tokens / (self.others + tokens)
 
     def modelled_forward(self, model: ForwardModel, tokens: int) -> float:
-        """As `forward`, from the model alone (for the ceiling)."""
+        """The least a round feeding `tokens` can be charged at this load (for the ceiling): under the cycle
+        model, beside other rows of one token each."""
         if self.model is not None:
-            return self.forward(tokens)
+            return self.running / self.rows * self.model.seconds(tokens + self.rows - 1, self.rows)
         return model.seconds(self.others + tokens, self.rows) * tokens / (self.others + tokens)
 
 
@@ -113,18 +129,29 @@ class ForwardModel:
         points = batched if _separates_rows_from_tokens(batched) else single + batched
         self.plane = _fit_plane(points)
         self._floor = 0.5 * min((seconds for _, _, seconds in points), default=1e-3)  # no forward is nearly free
+        # Several rows run their products at the size the one-row curve says is the cheapest at or above
+        # their total (blocked kernels; the target pads to it): 9 tokens cost what 14-16 do on the AMD EPYC.
+        self.run_at = np.array([0, *padded_lengths(self.one_row)], dtype=np.int64)
 
     def seconds(self, tokens: int, rows: int = 1) -> float:
         if rows <= 1:
             return self.speed * self._one_row(tokens)
-        return self.speed * self._plane(tokens, rows)
+        return self.speed * self._plane(self._run_size(tokens), rows)
+
+    def expected_seconds(self, tokens: np.ndarray, chances: np.ndarray, rows: int) -> float:
+        """The mean of `seconds(n, rows)` over forwards of n = tokens[i] tokens, each with chance chances[i]."""
+        a, b, c = self.plane
+        sizes = np.where(tokens < len(self.run_at), self.run_at[np.minimum(tokens, len(self.run_at) - 1)], tokens)
+        plane = np.maximum(self._floor, a + b * (rows - 1) + c * sizes)
+        return self.speed * float(chances @ plane)
 
     def observe(self, tokens: int, seconds: float, rows: int = 1) -> None:
         """A forward the target reported. Several rows report one forward: it counts once."""
         if rows <= 1 or tokens < 1 or seconds <= 0 or (rows, tokens, seconds) == self._last:
             return
         self._last = (rows, tokens, seconds)
-        self._log_speed += self.weight * (math.log(seconds / self._plane(tokens, rows)) - self._log_speed)
+        modelled = self._plane(self._run_size(tokens), rows)
+        self._log_speed += self.weight * (math.log(seconds / modelled) - self._log_speed)
         self.speed = math.exp(self._log_speed)
 
     def observe_alone(self, tokens: int, seconds: float) -> None:
@@ -134,6 +161,9 @@ class ForwardModel:
         ratio = math.log(seconds / self.one_row[tokens - 1])
         self._log_alone_speed += self.weight * (ratio - self._log_alone_speed)
         self.alone_speed = math.exp(self._log_alone_speed)
+
+    def _run_size(self, tokens: int) -> int:
+        return int(self.run_at[tokens]) if 0 < tokens < len(self.run_at) else tokens
 
     def _plane(self, tokens: int, rows: int) -> float:
         a, b, c = self.plane
@@ -146,6 +176,43 @@ class ForwardModel:
         if tokens <= len(curve):
             return curve[max(1, tokens) - 1]
         return curve[-1] * tokens / len(curve)  # beyond the measured: in proportion to the tokens
+
+
+class RowWidths:
+    """The tokens each arm's recent rounds fed the target (draft + 1), played or scored, over a controller's
+    requests: the widths of the other rows of a cycle in which every running request plays the arm. The
+    distribution of their sum over r − 1 rows is cached and redrawn after `refresh` new widths."""
+
+    def __init__(self, keep: int = 64, refresh: int = 8) -> None:
+        self.keep = keep
+        self.refresh = refresh
+        self._recent: dict[str, deque[int]] = {}
+        self._added: dict[str, int] = {}
+        self._sums: dict[tuple[str, int], tuple[int, np.ndarray, np.ndarray]] = {}
+
+    def observe(self, arm: str, width: int) -> None:
+        self._recent.setdefault(arm, deque(maxlen=self.keep)).append(max(1, width))
+        self._added[arm] = self._added.get(arm, 0) + 1
+
+    def others(self, arm: str, rows: int) -> tuple[np.ndarray, np.ndarray] | None:
+        """(totals, chances): the summed widths of rows − 1 rounds of the arm and their chances; None when
+        the arm has no widths yet."""
+        recent = self._recent.get(arm)
+        if not recent:
+            return None
+        added = self._added[arm]
+        cached = self._sums.get((arm, rows))
+        if cached is not None and added - cached[0] < self.refresh:
+            return cached[1], cached[2]
+        one = np.bincount(np.fromiter(recent, dtype=np.int64)).astype(np.float64)
+        one /= one.sum()
+        total = np.array([1.0])  # zero other rows: a sum of 0 for sure
+        for _ in range(rows - 1):
+            total = np.convolve(total, one)
+        kept = np.flatnonzero(total > 1e-9)
+        chances = total[kept] / total[kept].sum()
+        self._sums[(arm, rows)] = (added, kept, chances)
+        return kept, chances
 
 
 def _design(points: list[tuple[int, int, float]]) -> np.ndarray:
@@ -176,15 +243,20 @@ def _fit_plane(points: list[tuple[int, int, float]]) -> tuple[float, float, floa
 
 
 def charged_seconds(
-    wall: float, own_tokens: int, load: Load | None, target_seconds: float = 0.0, target_overhead: float = 0.0
+    wall: float,
+    own_tokens: int,
+    load: Load | None,
+    target_seconds: float = 0.0,
+    target_overhead: float = 0.0,
+    arm: str | None = None,
 ) -> float:
-    """What a round is charged: alone, its wall time. Under the share model, its wall time less the part of
-    its forward that verified other rows; under the cycle model, its time outside the verify call
-    (`wall - target_seconds`) plus the target's RPC overhead plus its modelled cycle."""
+    """What a round of `arm` (None: target-only) is charged: alone, its wall time. Under the share model,
+    its wall time less the part of its forward that verified other rows; under the cycle model, its time
+    outside the verify call (`wall - target_seconds`) plus the target's RPC overhead plus its modelled cycle."""
     if load is None:
         return wall
     if load.model is not None:
-        return max(1e-6, wall - target_seconds + target_overhead + load.forward(own_tokens))
+        return max(1e-6, wall - target_seconds + target_overhead + load.forward(own_tokens, arm))
     return max(1e-6, wall - load.forward_seconds + load.forward(own_tokens))
 
 

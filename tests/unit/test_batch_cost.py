@@ -6,9 +6,10 @@ load it ranks arms as their throughput does."""
 
 from __future__ import annotations
 
+import numpy as np
 import pytest
 
-from services.controller.batch_cost import ForwardModel, Load, charged_seconds, load_ceiling
+from services.controller.batch_cost import ForwardModel, Load, RowWidths, charged_seconds, load_ceiling
 from services.controller.reward import RewardScale
 
 CURVE = [0.050 + 0.002 * k for k in range(16)]  # f(k) for k = 1..16: flat-ish, as a memory-bound CPU forward
@@ -209,3 +210,77 @@ def test_under_the_cycle_model_the_reward_ranks_arms_as_throughput_does(running)
         assert draft_throughput > one_throughput  # the case is not trivial: the ranking turns with load
     if running == 16:
         assert draft_throughput < one_throughput
+
+
+# the cycle's other rows: drawn from the arm's recent widths ---------------------------------------------
+
+
+def test_the_other_rows_widths_sum_as_independent_draws():
+    widths = RowWidths()
+    assert widths.others("pld/2", rows=4) is None  # no history: every row as wide as the round's own
+    for width in (1, 3) * 10:
+        widths.observe("pld/2", width)
+    totals, chances = widths.others("pld/2", rows=3)  # two other rows, each 1 or 3 tokens, even odds
+    assert dict(zip(totals.tolist(), chances.tolist(), strict=True)) == pytest.approx({2: 0.25, 4: 0.5, 6: 0.25})
+    totals, chances = widths.others("pld/2", rows=1)
+    assert totals.tolist() == [0] and chances.tolist() == [1.0]
+
+
+def stepped(rows: int, tokens: int) -> float:
+    """Products run at the next fast size: 9-16 tokens cost what 16 do, as MKL's kernels on the AMD EPYC."""
+    size = 16 if 9 <= tokens <= 16 else tokens
+    return 0.030 + 0.001 * (rows - 1) + 0.004 * size
+
+
+def stepped_curve() -> list[float]:
+    """One row of 1-16 tokens as the target measures it unpadded: 9-15 tokens slower than 16."""
+    return [1.1 * stepped(1, 16) if 9 <= n <= 15 else stepped(1, n) for n in range(1, 17)]
+
+
+STEPPED = ForwardModel(stepped_curve(), {(r, r * t): stepped(r, r * t) for r, t in (*START_UP_SHAPES, (8, 3))})
+
+
+def test_several_rows_run_at_the_one_row_curves_next_fast_size():
+    """Eight rows of which one drafts two tokens (10 tokens) cost what 16 tokens do, not 10/8 of 8."""
+    assert STEPPED.seconds(10, rows=8) == pytest.approx(STEPPED.seconds(16, rows=8))
+    assert STEPPED.seconds(10, rows=8) > 1.3 * STEPPED.seconds(8, rows=8)
+    assert STEPPED.seconds(8, rows=8) == pytest.approx(stepped(8, 8), rel=0.02)
+
+
+def intermittent_arm(rng, rounds: int, drafts: float, accepted: int) -> list[tuple[int, int]]:
+    """(tokens fed, tokens verified) per round of a γ-2 arm whose drafter proposes in `drafts` of its rounds."""
+    return [(3, 1 + accepted) if rng.random() < drafts else (1, 1) for _ in range(rounds)]
+
+
+@pytest.mark.parametrize(("drafts", "accepted"), [(0.3, 1), (0.9, 2)])
+def test_with_the_arms_widths_the_reward_ranks_intermittent_drafts_as_throughput_does(drafts, accepted):
+    """Eight requests in forwards of eight rows. A drafter that proposes in 30% of its rounds, one token of
+    two accepted, slows nearly every forward to the 16-token size for few tokens: target-only gives more.
+    One that proposes in 90% and is always right pays. Charging each round as if every row were as wide as
+    its own (no widths) ranks the first arm above target-only; drawing the other rows from the arm's widths
+    ranks both as their throughput does."""
+    rng = np.random.default_rng(0)
+    running = rows = 8
+    rounds = intermittent_arm(rng, 4000, drafts, accepted)
+    # Throughput, every request playing the arm: each forward has eight rows drawn from its rounds.
+    forwards = [rounds[i : i + rows] for i in range(0, len(rounds), rows)]
+    drafting = sum(t for f in forwards for _, t in f) / sum(stepped(rows, sum(w for w, _ in f)) for f in forwards)
+    target_only = rows / stepped(rows, rows)
+    widths = RowWidths()
+    for fed, _ in rounds[:64]:
+        widths.observe("pld/2", fed)
+    with_widths = Load.cycle(1, rows, rows, 0.07, running, STEPPED, widths)
+    uniform = Load.cycle(1, rows, rows, 0.07, running, STEPPED)
+    assert with_widths is not None and uniform is not None
+
+    def mean_reward(load: Load) -> float:
+        return float(np.mean([verified / load.forward(fed, "pld/2") for fed, verified in rounds]))
+
+    one_reward = 1 / with_widths.forward(1)
+    assert one_reward == pytest.approx(1 / uniform.forward(1))  # target-only's rows are all one token
+    assert (mean_reward(with_widths) > one_reward) == (drafting > target_only)
+    if drafts < 0.5:
+        assert drafting < target_only  # the case is not trivial: the uniform charge ranks it the other way
+        assert mean_reward(uniform) > 1 / uniform.forward(1)
+    else:
+        assert drafting > target_only
