@@ -348,8 +348,9 @@ def main(argv: list[str] | None = None) -> int:
         "--warm-up-tokens",
         type=int,
         default=16,
-        help="before each N's phases, every client streams one unmeasured request of this many tokens "
-        "(0: none): the first phase at an N otherwise also pays for filling N sessions' buffers and caches",
+        help="before each N's phases, every client streams one unmeasured request of this many tokens, and "
+        "padded generate() runs one unmeasured batch of N as long (0: neither): the first phase at an N "
+        "otherwise also pays for filling N sessions' buffers and caches, or a first batch that wide",
     )
     parser.add_argument(
         "--sittings",
@@ -451,6 +452,8 @@ def main(argv: list[str] | None = None) -> int:
                 batch_prompts = [p for ps in assignments for p in ps]
                 if "padded" in baselines:
                     batches = batches_of(assignments)
+                    if sitting == 0 and args.warm_up_tokens > 0:  # as the stack's phases: a first batch this wide
+                        padded_generate(model, batches[0], args.warm_up_tokens, pad, eos)  # runs slow (RESULTS 40)
                     phases.append(
                         metered(run_padded, model, batches, clients, args.max_new_tokens, pad, eos, references)
                     )

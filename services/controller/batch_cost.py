@@ -27,18 +27,24 @@ forwards of as many rows as this round's:
 plus the round's own time outside the target (drafting, RPCs). The reward then ranks arms as their
 throughput at that load does, and at R = 1 it is the lone round's f(k).
 
-The other rows of that cycle are not copies of the round's own: a drafter proposes a different number of
-tokens each round (often none), and a forward's products run at the next fast size of its total tokens,
-so one drafting row beside seven one-token rows costs about what eight two-token rows do (a step, not a
-slope: benchmarks/RESULTS.md §40). The round's own row keeps its width; the r − 1 others are drawn from
-the widths the arm's recent rounds fed (`RowWidths`, shared by the controller's requests), and the charge
-is the cycle's expected cost over them.
+That cycle holds what the round's own draft costs, but not how: a forward's products run at the next
+fast size of its total tokens (the target pads to it), so on the AMD EPYC one drafting row beside seven
+one-token rows costs what eight rows of two tokens do (a step, not a slope: benchmarks/RESULTS.md §40).
+Copying the round's own width to every row spreads that step over rows that in fact fed one token. So a
+drafting round is charged, in the forward it ran in (r rows, n tokens), the one-token forward plus r times
+its share of what the forward's extra tokens (drafts, prefill chunks) added, the share in proportion to
+its own draft tokens:
+
+    cycle(k) = (R / r) · ( f(r, r) + r · (f(r, n) − f(r, r)) · (k − 1) / (n − r) )
+
+A lone drafter carries the whole step, as every row waits for it; rows that all draft k tokens split it,
+and the charge is the cycle model's f(r, r·k) again, as it is wherever f is linear. A scored arm that did
+not play is charged in the same forward with its own draft in place of the round's.
 """
 
 from __future__ import annotations
 
 import math
-from collections import deque
 from dataclasses import dataclass
 
 import numpy as np
@@ -58,7 +64,6 @@ class Load:
     running: int = 1
     rows: int = 1
     model: ForwardModel | None = None
-    widths: RowWidths | None = None  # the arms' recent widths, for the cycle's other rows
 
     @classmethod
     def of(cls, own_tokens: int, batch_rows: int, batch_tokens: int, forward_seconds: float) -> Load | None:
@@ -70,29 +75,39 @@ class Load:
     @classmethod
     def cycle(
         cls, own_tokens: int, batch_rows: int, batch_tokens: int, forward_seconds: float, running: int,
-        model: ForwardModel, widths: RowWidths | None = None,
+        model: ForwardModel,
     ) -> Load | None:  # fmt: skip
         """The cycle model; None when no other request was running (a lone round)."""
         if running <= 1:
             return None
         rows = max(1, min(batch_rows, running))
-        return cls(max(0, batch_tokens - own_tokens), forward_seconds, running, rows, model, widths)
+        return cls(max(0, batch_tokens - own_tokens), forward_seconds, running, rows, model)
 
-    def forward(self, tokens: int, arm: str | None = None) -> float:
-        """Target seconds charged to a round of `arm` (None: target-only) feeding `tokens` in this forward."""
+    def forward(self, tokens: int) -> float:
+        """Target seconds charged to a round feeding `tokens` in this forward."""
         if self.model is not None:
-            others = self.widths.others(arm, self.rows) if self.widths is not None and arm is not None else None
-            if others is None:  # every row as wide as this one
-                return self.running / self.rows * self.model.seconds(self.rows * tokens, self.rows)
-            totals, chances = others
-            return self.running / self.rows * self.model.expected_seconds(tokens + totals, chances, self.rows)
+            return self.running / self.rows * self._forward_with_share(self.model, tokens)
         return self.forward_seconds * tokens / (self.others + tokens)
+
+    def _forward_with_share(self, model: ForwardModel, tokens: int) -> float:
+        """The one-token forward of this forward's rows, plus every row waiting for this round's share of
+        what the extra tokens added (module doc)."""
+        rows = self.rows
+        one_token = model.seconds(rows, rows)
+        drafted = tokens - 1
+        if drafted <= 0:
+            return one_token
+        total = self.others + tokens
+        added = max(0.0, model.seconds(total, rows) - one_token)
+        return one_token + rows * added * drafted / max(drafted, total - rows)
 
     def modelled_forward(self, model: ForwardModel, tokens: int) -> float:
         """The least a round feeding `tokens` can be charged at this load (for the ceiling): under the cycle
-        model, beside other rows of one token each."""
+        model, a draft whose every token costs the plane's slope, as when the step is already paid."""
         if self.model is not None:
-            return self.running / self.rows * self.model.seconds(tokens + self.rows - 1, self.rows)
+            rows = self.rows
+            linear = model.speed * model.plane[2] * (tokens - 1)
+            return self.running / self.rows * (model.seconds(rows, rows) + rows * linear)
         return model.seconds(self.others + tokens, self.rows) * tokens / (self.others + tokens)
 
 
@@ -138,13 +153,6 @@ class ForwardModel:
             return self.speed * self._one_row(tokens)
         return self.speed * self._plane(self._run_size(tokens), rows)
 
-    def expected_seconds(self, tokens: np.ndarray, chances: np.ndarray, rows: int) -> float:
-        """The mean of `seconds(n, rows)` over forwards of n = tokens[i] tokens, each with chance chances[i]."""
-        a, b, c = self.plane
-        sizes = np.where(tokens < len(self.run_at), self.run_at[np.minimum(tokens, len(self.run_at) - 1)], tokens)
-        plane = np.maximum(self._floor, a + b * (rows - 1) + c * sizes)
-        return self.speed * float(chances @ plane)
-
     def observe(self, tokens: int, seconds: float, rows: int = 1) -> None:
         """A forward the target reported. Several rows report one forward: it counts once."""
         if rows <= 1 or tokens < 1 or seconds <= 0 or (rows, tokens, seconds) == self._last:
@@ -178,43 +186,6 @@ class ForwardModel:
         return curve[-1] * tokens / len(curve)  # beyond the measured: in proportion to the tokens
 
 
-class RowWidths:
-    """The tokens each arm's recent rounds fed the target (draft + 1), played or scored, over a controller's
-    requests: the widths of the other rows of a cycle in which every running request plays the arm. The
-    distribution of their sum over r − 1 rows is cached and redrawn after `refresh` new widths."""
-
-    def __init__(self, keep: int = 64, refresh: int = 8) -> None:
-        self.keep = keep
-        self.refresh = refresh
-        self._recent: dict[str, deque[int]] = {}
-        self._added: dict[str, int] = {}
-        self._sums: dict[tuple[str, int], tuple[int, np.ndarray, np.ndarray]] = {}
-
-    def observe(self, arm: str, width: int) -> None:
-        self._recent.setdefault(arm, deque(maxlen=self.keep)).append(max(1, width))
-        self._added[arm] = self._added.get(arm, 0) + 1
-
-    def others(self, arm: str, rows: int) -> tuple[np.ndarray, np.ndarray] | None:
-        """(totals, chances): the summed widths of rows − 1 rounds of the arm and their chances; None when
-        the arm has no widths yet."""
-        recent = self._recent.get(arm)
-        if not recent:
-            return None
-        added = self._added[arm]
-        cached = self._sums.get((arm, rows))
-        if cached is not None and added - cached[0] < self.refresh:
-            return cached[1], cached[2]
-        one = np.bincount(np.fromiter(recent, dtype=np.int64)).astype(np.float64)
-        one /= one.sum()
-        total = np.array([1.0])  # zero other rows: a sum of 0 for sure
-        for _ in range(rows - 1):
-            total = np.convolve(total, one)
-        kept = np.flatnonzero(total > 1e-9)
-        chances = total[kept] / total[kept].sum()
-        self._sums[(arm, rows)] = (added, kept, chances)
-        return kept, chances
-
-
 def _design(points: list[tuple[int, int, float]]) -> np.ndarray:
     """The plane's inputs per point: 1, rows − 1, tokens."""
     return np.array([[1.0, rows - 1.0, float(tokens)] for rows, tokens, _ in points])
@@ -243,20 +214,15 @@ def _fit_plane(points: list[tuple[int, int, float]]) -> tuple[float, float, floa
 
 
 def charged_seconds(
-    wall: float,
-    own_tokens: int,
-    load: Load | None,
-    target_seconds: float = 0.0,
-    target_overhead: float = 0.0,
-    arm: str | None = None,
+    wall: float, own_tokens: int, load: Load | None, target_seconds: float = 0.0, target_overhead: float = 0.0
 ) -> float:
-    """What a round of `arm` (None: target-only) is charged: alone, its wall time. Under the share model,
-    its wall time less the part of its forward that verified other rows; under the cycle model, its time
-    outside the verify call (`wall - target_seconds`) plus the target's RPC overhead plus its modelled cycle."""
+    """What a round is charged: alone, its wall time. Under the share model, its wall time less the part of
+    its forward that verified other rows; under the cycle model, its time outside the verify call
+    (`wall - target_seconds`) plus the target's RPC overhead plus its modelled cycle."""
     if load is None:
         return wall
     if load.model is not None:
-        return max(1e-6, wall - target_seconds + target_overhead + load.forward(own_tokens, arm))
+        return max(1e-6, wall - target_seconds + target_overhead + load.forward(own_tokens))
     return max(1e-6, wall - load.forward_seconds + load.forward(own_tokens))
 
 

@@ -35,7 +35,6 @@ class Sample(NamedTuple):
     arm: int
     tokens: float
     seconds: float
-    fed: int = 1  # the tokens its round would have fed the target
 
 
 @dataclass
@@ -106,23 +105,21 @@ class RoundCosts:
     load: Load | None = None  # the current round's forward, when other rows shared it
     model: ForwardModel | None = None  # the controller's, for the speed of a lone request's forwards
 
-    def forward(self, tokens: int, arm: str | None = None) -> float:
+    def forward(self, tokens: int) -> float:
         if self.load is not None:
-            return self.load.forward(tokens, arm)
+            return self.load.forward(tokens)
         speed = self.model.alone_speed if self.model is not None else 1.0
         return speed * self.forward_seconds[min(tokens, len(self.forward_seconds)) - 1]
 
-    def seconds(self, drafted: int, drafter: str | None, arm: str | None = None) -> float:
-        """drafter None: a target-only round; `arm` names the round's arm for the cycle's other rows."""
+    def seconds(self, drafted: int, drafter: str | None) -> float:
+        """drafter None: a target-only round."""
         if drafter is None:
             return self.forward(1) + self.target_only_overhead
-        return self.forward(drafted + 1, arm) + self.by_drafter.get(drafter, self.drafted_overhead)
+        return self.forward(drafted + 1) + self.by_drafter.get(drafter, self.drafted_overhead)
 
-    def observe(
-        self, drafted: int, wall: float, drafter: str | None, model_free: bool = True, arm: str | None = None
-    ) -> None:
+    def observe(self, drafted: int, wall: float, drafter: str | None, model_free: bool = True) -> None:
         """Follow the measured overheads, so modelled arms stay comparable with pulled ones."""
-        overhead = max(0.0, wall - self.forward(drafted + 1, arm))
+        overhead = max(0.0, wall - self.forward(drafted + 1))
         if drafter is None:
             self.target_only_overhead += self.weight * (overhead - self.target_only_overhead)
             return
@@ -189,8 +186,7 @@ class CounterfactualScorer:
         self.costs.load = load  # the round's forward, when other rows shared it: model every arm in it
         drafted = len(proposal.token_ids)
         drafter = f"{arm.service}/{arm.drafter}" if gamma > 0 else None
-        model_free = arm.drafter in self.score_drafters.get(arm.service, [])
-        self.costs.observe(drafted, wall, drafter, model_free, arm.name if gamma > 0 else None)
+        self.costs.observe(drafted, wall, drafter, arm.drafter in self.score_drafters.get(arm.service, []))
         samples = []
         if gamma > 0:
             # The pulled draft also decides the drafter's arms it contains: chains of smaller γ (a draft's
@@ -265,8 +261,7 @@ class CounterfactualScorer:
                     decided = matched >= drafted or matched < len(known)  # all accepted, or a mismatch seen
                     accepted = min(matched, drafted)
                 if decided:
-                    seconds = self.costs.seconds(drafted, pending.drafter, arm.name)
-                    samples.append(Sample(index, accepted + 1.0, seconds, drafted + 1))
+                    samples.append(Sample(index, accepted + 1.0, self.costs.seconds(drafted, pending.drafter)))
                 else:
                     waiting.append(index)
             if waiting:

@@ -24,7 +24,7 @@ from banditspec.errors import OutOfRange
 from banditspec.policy_names import COUNTERFACTUAL_POLICIES
 from services.controller import metrics
 from services.controller.arms import TARGET_ONLY_ARM, Arm
-from services.controller.batch_cost import LOAD_COSTS, ForwardModel, Load, RowWidths, charged_seconds, load_ceiling
+from services.controller.batch_cost import LOAD_COSTS, ForwardModel, Load, charged_seconds, load_ceiling
 from services.controller.clients import DrafterFailed, DraftHost, ProposalSession, TargetClient
 from services.controller.counterfactual import CounterfactualScorer, RoundCosts
 from services.controller.domain import (
@@ -85,7 +85,6 @@ class Generation:
         forward_model: ForwardModel | None = None,
         running: Callable[[], int] = lambda: 1,
         load_cost: str = "cycle",
-        row_widths: RowWidths | None = None,
     ) -> None:
         if load_cost not in LOAD_COSTS:
             raise ValueError(f"load_cost must be one of {', '.join(LOAD_COSTS)}, got {load_cost!r}")
@@ -95,7 +94,6 @@ class Generation:
         self.info = target.info
         self.step_estimate = step_estimate
         self.forward_model = forward_model or ForwardModel(self.info.forward_seconds, self.info.batch_forward_seconds)
-        self.row_widths = row_widths if row_widths is not None else RowWidths()
         session_id = uuid.uuid4().hex
         self.target = target.session(session_id, request.sampling, request.seed, deadline)
         self.drafts = {
@@ -195,9 +193,7 @@ class Generation:
         end = time.perf_counter()
         wall = end - start
         load = self._load_of(proposal, verdict)
-        charged = charged_seconds(
-            wall, fed_tokens(proposal), load, end - verify_start, self.round_overhead, arm.name if gamma > 0 else None
-        )
+        charged = charged_seconds(wall, fed_tokens(proposal), load, end - verify_start, self.round_overhead)
         return Round(index, arm, gamma, proposal, verdict, wall, load, charged, side_drafts)
 
     def _local(self, arm: Arm) -> bool:
@@ -264,7 +260,7 @@ class Generation:
         fed = fed_tokens(proposal)
         rows, tokens, forward = verdict.batch_rows, verdict.batch_tokens, verdict.batch_forward_seconds
         if self.load_cost == "cycle":
-            load = Load.cycle(fed, rows, tokens, forward, self.running(), self.forward_model, self.row_widths)
+            load = Load.cycle(fed, rows, tokens, forward, self.running(), self.forward_model)
             if load is not None:
                 return load
         return Load.of(fed, rows, tokens, forward)  # also rows of other controllers' requests
@@ -323,8 +319,6 @@ class Generation:
             self.forward_model.observe(verdict.batch_tokens, verdict.batch_forward_seconds, verdict.batch_rows)
             if verdict.batch_rows <= 1 and self.running() <= 1:
                 self.forward_model.observe_alone(verdict.batch_tokens, verdict.batch_forward_seconds)
-        if played.gamma > 0:
-            self.row_widths.observe(arm.name, played.fed)
         tokens_per_second = verified / played.charged_seconds
         if played.index is not None:
             self.policy.update(played.index, self._normalise(tokens_per_second, played.load))
@@ -347,8 +341,6 @@ class Generation:
             load, played.side_drafts,
         )  # fmt: skip
         for sample in samples:
-            if self.request.arms[sample.arm].gamma > 0:
-                self.row_widths.observe(self.request.arms[sample.arm].name, sample.fed)
             if not self.policy.is_active(sample.arm):
                 continue
             self.policy.observe(sample.arm, self._normalise(sample.tokens / sample.seconds, load))

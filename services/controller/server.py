@@ -22,7 +22,7 @@ from banditspec.verify_lengths import filled_gamma
 from services.controller import metrics
 from services.controller.admission import Admission
 from services.controller.arms import TARGET_ONLY_ARM, Arm
-from services.controller.batch_cost import ForwardModel, RowWidths
+from services.controller.batch_cost import ForwardModel
 from services.controller.clients import DEFAULT_DRAFT_DEADLINE_SECONDS, DraftClient, DraftHost, TargetClient
 from services.controller.domain import Deadline, GenerationRequest
 from services.controller.generation import Generation
@@ -87,7 +87,6 @@ class Controller:
         self.tokenizer: PreTrainedTokenizerBase | None = None
         self.step_estimate: StepTimeEstimate | None = None
         self.forward_model: ForwardModel | None = None  # f(tokens, rows) of a forward, its level from every verify
-        self.row_widths = RowWidths()  # the tokens each arm's rounds feed, over all requests (batch_cost)
         self.arms: list[Arm] = [TARGET_ONLY_ARM]
         self.admission = Admission(config.max_concurrent, config.max_queued)
         self.priors = ArmPriors()
@@ -190,7 +189,7 @@ class Controller:
         deadline = Deadline(context.time_remaining(), self.config.rpc_timeout)
         generation = Generation(
             request, self.target, self.drafts, self.tokenizer, self.step_estimate, deadline, self.forward_model,
-            running=lambda: self.admission.running, load_cost=self.config.load_cost, row_widths=self.row_widths,
+            running=lambda: self.admission.running, load_cost=self.config.load_cost,
         )  # fmt: skip
         generation.load = self.admission.running
         if self.config.warm_start:

@@ -9,7 +9,7 @@ from __future__ import annotations
 import numpy as np
 import pytest
 
-from services.controller.batch_cost import ForwardModel, Load, RowWidths, charged_seconds, load_ceiling
+from services.controller.batch_cost import ForwardModel, Load, charged_seconds, load_ceiling
 from services.controller.reward import RewardScale
 
 CURVE = [0.050 + 0.002 * k for k in range(16)]  # f(k) for k = 1..16: flat-ish, as a memory-bound CPU forward
@@ -212,18 +212,7 @@ def test_under_the_cycle_model_the_reward_ranks_arms_as_throughput_does(running)
         assert draft_throughput < one_throughput
 
 
-# the cycle's other rows: drawn from the arm's recent widths ---------------------------------------------
-
-
-def test_the_other_rows_widths_sum_as_independent_draws():
-    widths = RowWidths()
-    assert widths.others("pld/2", rows=4) is None  # no history: every row as wide as the round's own
-    for width in (1, 3) * 10:
-        widths.observe("pld/2", width)
-    totals, chances = widths.others("pld/2", rows=3)  # two other rows, each 1 or 3 tokens, even odds
-    assert dict(zip(totals.tolist(), chances.tolist(), strict=True)) == pytest.approx({2: 0.25, 4: 0.5, 6: 0.25})
-    totals, chances = widths.others("pld/2", rows=1)
-    assert totals.tolist() == [0] and chances.tolist() == [1.0]
+# a forward's step: one drafting row slows every row --------------------------------------------------
 
 
 def stepped(rows: int, tokens: int) -> float:
@@ -247,40 +236,54 @@ def test_several_rows_run_at_the_one_row_curves_next_fast_size():
     assert STEPPED.seconds(8, rows=8) == pytest.approx(stepped(8, 8), rel=0.02)
 
 
-def intermittent_arm(rng, rounds: int, drafts: float, accepted: int) -> list[tuple[int, int]]:
-    """(tokens fed, tokens verified) per round of a γ-2 arm whose drafter proposes in `drafts` of its rounds."""
-    return [(3, 1 + accepted) if rng.random() < drafts else (1, 1) for _ in range(rounds)]
+def test_rows_that_all_draft_alike_split_the_step_as_the_cycle_model_did():
+    """Every row feeding k tokens: the charge is the cycle of forwards of r·k tokens; a target-only round
+    is charged the one-token forward whatever the others fed."""
+    for rows, k in ((8, 3), (4, 7), (8, 2)):
+        load = Load.cycle(k, rows, rows * k, 0.1, 8, STEPPED)
+        assert load is not None
+        assert load.forward(k) == pytest.approx(8 / rows * STEPPED.seconds(rows * k, rows))
+        assert load.forward(1) == pytest.approx(8 / rows * STEPPED.seconds(rows, rows))
+
+
+def test_where_the_forward_is_linear_the_charge_does_not_depend_on_the_others():
+    for others in (7, 10, 30):
+        load = Load.cycle(4, 8, others + 4, 0.1, 8, LINEAR)
+        assert load is not None and load.forward(4) == pytest.approx(LINEAR.seconds(32, rows=8))
+
+
+@pytest.mark.parametrize(("fed", "accepted"), [(3, 2), (7, 6)])
+def test_a_lone_drafter_among_one_token_rows_drafts_only_where_the_forward_gains(fed, accepted):
+    """Seven target-only rows and one that drafts: it slows the forward to the 16-token size for all eight.
+    Two tokens both accepted make the forward fewer tokens per second, six of six more; the reward must say
+    which. Copying the drafter's width to every row (the cycle model before) says both pay."""
+    rows = 8
+    gains = (rows + accepted) / stepped(rows, rows - 1 + fed) > rows / stepped(rows, rows)
+    load = Load.cycle(fed, rows, rows - 1 + fed, 0.1, rows, STEPPED)
+    assert load is not None
+    assert ((1 + accepted) / load.forward(fed) > 1 / load.forward(1)) == gains
+    assert (1 + accepted) / STEPPED.seconds(rows * fed, rows) > 1 / STEPPED.seconds(rows, rows)  # copied: both
+    assert gains == (accepted == 6)
 
 
 @pytest.mark.parametrize(("drafts", "accepted"), [(0.3, 1), (0.9, 2)])
-def test_with_the_arms_widths_the_reward_ranks_intermittent_drafts_as_throughput_does(drafts, accepted):
-    """Eight requests in forwards of eight rows. A drafter that proposes in 30% of its rounds, one token of
-    two accepted, slows nearly every forward to the 16-token size for few tokens: target-only gives more.
-    One that proposes in 90% and is always right pays. Charging each round as if every row were as wide as
-    its own (no widths) ranks the first arm above target-only; drawing the other rows from the arm's widths
-    ranks both as their throughput does."""
+def test_when_every_request_plays_an_intermittent_arm_the_reward_ranks_it_as_throughput_does(drafts, accepted):
+    """Eight requests in forwards of eight rows, all playing a γ-2 arm whose drafter proposes in `drafts` of
+    its rounds. In 30% of rounds, one token of two accepted, nearly every forward slows to the 16-token
+    size for few tokens: target-only gives more. In 90%, always right, drafting pays."""
     rng = np.random.default_rng(0)
-    running = rows = 8
-    rounds = intermittent_arm(rng, 4000, drafts, accepted)
-    # Throughput, every request playing the arm: each forward has eight rows drawn from its rounds.
+    rows = 8
+    rounds = [(3, 1 + accepted) if rng.random() < drafts else (1, 1) for _ in range(4000)]
     forwards = [rounds[i : i + rows] for i in range(0, len(rounds), rows)]
     drafting = sum(t for f in forwards for _, t in f) / sum(stepped(rows, sum(w for w, _ in f)) for f in forwards)
     target_only = rows / stepped(rows, rows)
-    widths = RowWidths()
-    for fed, _ in rounds[:64]:
-        widths.observe("pld/2", fed)
-    with_widths = Load.cycle(1, rows, rows, 0.07, running, STEPPED, widths)
-    uniform = Load.cycle(1, rows, rows, 0.07, running, STEPPED)
-    assert with_widths is not None and uniform is not None
-
-    def mean_reward(load: Load) -> float:
-        return float(np.mean([verified / load.forward(fed, "pld/2") for fed, verified in rounds]))
-
-    one_reward = 1 / with_widths.forward(1)
-    assert one_reward == pytest.approx(1 / uniform.forward(1))  # target-only's rows are all one token
-    assert (mean_reward(with_widths) > one_reward) == (drafting > target_only)
-    if drafts < 0.5:
-        assert drafting < target_only  # the case is not trivial: the uniform charge ranks it the other way
-        assert mean_reward(uniform) > 1 / uniform.forward(1)
-    else:
-        assert drafting > target_only
+    rewards = []
+    for forward in forwards:
+        fed = sum(w for w, _ in forward)
+        for own, verified in forward:
+            load = Load.cycle(own, rows, fed, 0.1, rows, STEPPED)
+            assert load is not None
+            rewards.append(verified / load.forward(own))
+    one_reward = 1 / STEPPED.seconds(rows, rows)
+    assert (float(np.mean(rewards)) > one_reward) == (drafting > target_only)
+    assert (drafting > target_only) == (drafts > 0.5)

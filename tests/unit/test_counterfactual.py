@@ -54,7 +54,7 @@ def test_a_mismatch_decides_every_arm_of_the_draft_at_once():
     context = [1, 2, 3]
     scorer.add(len(context), "local", "pld", [7, 8, 9, 10, 11, 12])
     context += [7, 8, 5]  # verified: two of the draft's tokens, then another token
-    samples = {arm: (tokens, seconds) for arm, tokens, seconds, _ in scorer.resolve(context)}
+    samples = {arm: (tokens, seconds) for arm, tokens, seconds in scorer.resolve(context)}
     assert samples[1] == (3.0, pytest.approx(costs().seconds(3, "local/pld")))  # pld/3: 2 accepted + 1
     assert samples[2] == (3.0, pytest.approx(costs().seconds(6, "local/pld")))  # pld/6 drafts 6 and pays for them
     assert scorer.pending == []
@@ -67,26 +67,26 @@ def test_a_fully_matching_prefix_waits_for_more_text():
     context += [4, 5]  # all match so far: acceptance of the 4-token draft is not known yet
     assert scorer.resolve(context) == []
     context += [6, 7, 9]
-    assert scorer.resolve(context) == [(3, 5.0, pytest.approx(costs().seconds(4, "local/sfx")), 5)]  # sfx/6 drafted 4
+    assert scorer.resolve(context) == [(3, 5.0, pytest.approx(costs().seconds(4, "local/sfx")))]  # sfx/6 drafted only 4
 
 
 def test_shorter_arm_is_decided_before_the_longer_one():
     scorer = CounterfactualScorer(ARMS, costs())
     scorer.add(0, "local", "pld", [4, 5, 6, 7, 8, 9])
     first = scorer.resolve([4, 5, 6])
-    assert [(arm, tokens) for arm, tokens, *_ in first] == [(1, 4.0)]  # pld/3 fully accepted
-    assert [(arm, tokens) for arm, tokens, *_ in scorer.resolve([4, 5, 6, 7, 0])] == [(2, 5.0)]
+    assert [(arm, tokens) for arm, tokens, _ in first] == [(1, 4.0)]  # pld/3 fully accepted
+    assert [(arm, tokens) for arm, tokens, _ in scorer.resolve([4, 5, 6, 7, 0])] == [(2, 5.0)]
 
 
 def test_empty_draft_costs_a_drafter_call_and_yields_the_bonus_token_only():
     scorer = CounterfactualScorer(ARMS, costs())
     scorer.add(0, "local", "sfx", [])
-    assert scorer.resolve([]) == [(3, 1.0, pytest.approx(costs().seconds(0, "local/sfx")), 1)]
+    assert scorer.resolve([]) == [(3, 1.0, pytest.approx(costs().seconds(0, "local/sfx")))]
 
 
 def test_target_only_is_scored_when_another_arm_is_pulled():
     scorer = CounterfactualScorer(ARMS, costs())
-    assert scorer.target_only_samples(pulled=2) == [(0, 1.0, pytest.approx(0.012), 1)]
+    assert scorer.target_only_samples(pulled=2) == [(0, 1.0, pytest.approx(0.012))]
     assert scorer.target_only_samples(pulled=0) == []
 
 
@@ -95,7 +95,7 @@ def test_arms_of_a_failed_drafter_are_no_longer_scored():
     scorer.add(0, "local", "pld", [4, 5, 6, 7, 8, 9])
     scorer.add(0, "local", "sfx", [4, 5])
     scorer.forget({1, 2})
-    assert [arm for arm, *_ in scorer.resolve([4, 5, 6, 7, 8, 9, 1])] == [3]
+    assert [arm for arm, _, _ in scorer.resolve([4, 5, 6, 7, 8, 9, 1])] == [3]
 
 
 def test_observations_count_as_samples_but_not_rounds():
@@ -161,7 +161,7 @@ def test_trees_score_tree_and_chain_arms_and_chains_score_only_chains():
     tree = Proposal([7, 9, 8, 10, 11, 12], parents=[-1, -1, 0, 1, 2, 0])  # first path 7, 8, 11
     context = [1, 2, 3]
     samples = scorer.after_round(5, large, 6, tree, len(context), 0.02, [*context, 9, 10, 4])
-    scored = {arm: tokens for arm, tokens, *_ in samples}
+    scored = {arm: tokens for arm, tokens, _ in samples}
     assert scored[0] == 1.0  # target-only
     assert scored[1] == 1.0 and scored[2] == 1.0  # pld/3 and pld/6: the first path (7 …) missed
     assert scored[4] == 3.0  # pld/6t4 (nodes 7, 9, 8, 10): 9 and 10 accepted, + 1
@@ -188,4 +188,4 @@ def test_drafts_of_a_host_free_to_ask_are_scored_in_a_target_only_round():
     samples = scorer.after_round(0, TARGET_ONLY_ARM, 0, Proposal([]), 1, 0.012, [1, 4], side_drafts=side)
     assert samples == []  # target-only played: no sample for itself; the side draft is not decided yet
     context = [1, 4, 5, 9]
-    assert scorer.resolve(context) == [(4, 3.0, pytest.approx(costs().seconds(3, "inproc/sfx")), 4)]
+    assert scorer.resolve(context) == [(4, 3.0, pytest.approx(costs().seconds(3, "inproc/sfx")))]
