@@ -24,7 +24,14 @@ from banditspec.errors import OutOfRange
 from banditspec.policy_names import COUNTERFACTUAL_POLICIES
 from services.controller import metrics
 from services.controller.arms import TARGET_ONLY_ARM, Arm
-from services.controller.batch_cost import LOAD_COSTS, ForwardModel, Load, charged_seconds, load_ceiling
+from services.controller.batch_cost import (
+    LOAD_COSTS,
+    ForwardModel,
+    Load,
+    LoadedCharges,
+    charged_seconds,
+    load_ceiling,
+)
 from services.controller.clients import DrafterFailed, DraftHost, ProposalSession, TargetClient
 from services.controller.counterfactual import CounterfactualScorer, RoundCosts
 from services.controller.domain import (
@@ -115,6 +122,7 @@ class Generation:
         self.scorer = self._counterfactual_scorer(
             {name: client.model_free_drafters() for name, client in drafts.items()}
         )
+        self.loaded_charges = LoadedCharges()  # per arm index; the fallback (no index) is target-only
         self.completed = False
         self.load = 1  # requests running when this one started (warm starts are per load)
         self.log = log.bind(request_id=request.request_id)
@@ -312,6 +320,13 @@ class Generation:
         ceiling = load_ceiling(self.forward_model, load, self.max_gamma, self.round_overhead)
         return min(1.0, max(0.0, tokens_per_second / ceiling))
 
+    def _loaded_rate(self, arm: int, tokens: float, seconds: float, load: Load | None) -> float:
+        """Tokens per second for the policy: alone, per the round's own time; under the cycle model, per the
+        arm's mean charge under load (`LoadedCharges`)."""
+        if load is None or load.model is None:
+            return tokens / seconds
+        return tokens / self.loaded_charges.mean_with(arm, seconds)
+
     def _reward(self, played: Round) -> None:
         arm, verdict, wall = played.arm, played.verdict, played.wall_seconds
         drafted, verified = len(played.proposal.token_ids), len(verdict.token_ids)
@@ -321,7 +336,8 @@ class Generation:
                 self.forward_model.observe_alone(verdict.batch_tokens, verdict.batch_forward_seconds)
         tokens_per_second = verified / played.charged_seconds
         if played.index is not None:
-            self.policy.update(played.index, self._normalise(tokens_per_second, played.load))
+            rate = self._loaded_rate(played.index, verified, played.charged_seconds, played.load)
+            self.policy.update(played.index, self._normalise(rate, played.load))
         if arm.gamma == 0 and verdict.batch_rows <= 1:  # its forward to itself: its wall time is a step's
             self.step_estimate.observe(wall)
         tally = self.result.tallies.setdefault(arm.name, ArmTally())
@@ -343,7 +359,8 @@ class Generation:
         for sample in samples:
             if not self.policy.is_active(sample.arm):
                 continue
-            self.policy.observe(sample.arm, self._normalise(sample.tokens / sample.seconds, load))
+            rate = self._loaded_rate(sample.arm, sample.tokens, sample.seconds, load)
+            self.policy.observe(sample.arm, self._normalise(rate, load))
             self.result.tallies.setdefault(self.request.arms[sample.arm].name, ArmTally()).counterfactual += 1
 
     def _drop_drafter(self, arm: Arm, reason: str) -> None:

@@ -9,7 +9,7 @@ from __future__ import annotations
 import numpy as np
 import pytest
 
-from services.controller.batch_cost import ForwardModel, Load, charged_seconds, load_ceiling
+from services.controller.batch_cost import ForwardModel, Load, LoadedCharges, charged_seconds, load_ceiling
 from services.controller.reward import RewardScale
 
 CURVE = [0.050 + 0.002 * k for k in range(16)]  # f(k) for k = 1..16: flat-ish, as a memory-bound CPU forward
@@ -287,3 +287,28 @@ def test_when_every_request_plays_an_intermittent_arm_the_reward_ranks_it_as_thr
     one_reward = 1 / STEPPED.seconds(rows, rows)
     assert (float(np.mean(rewards)) > one_reward) == (drafting > target_only)
     assert (drafting > target_only) == (drafts > 0.5)
+
+
+def test_dividing_by_the_arms_mean_charge_gives_its_throughput_where_a_mean_of_ratios_overstates_it():
+    """Every request plays a γ-2 arm that drafts in a quarter of its rounds, half of its drafts accepted:
+    its rounds that drafted nothing are charged the one-token forward, those that drafted their share of the
+    step. The mean of tokens ÷ charge puts the arm ~10% closer to target-only than its throughput is; tokens
+    ÷ the arm's mean charge gives the throughput."""
+    rng = np.random.default_rng(1)
+    rows = 8
+    rounds = [((3, 1 + int(rng.random() < 0.5)) if rng.random() < 0.25 else (1, 1)) for _ in range(8000)]
+    forwards = [rounds[i : i + rows] for i in range(0, len(rounds), rows)]
+    throughput = sum(t for f in forwards for _, t in f) / sum(stepped(rows, sum(w for w, _ in f)) for f in forwards)
+    relative = throughput / (rows / stepped(rows, rows))
+    charges, ratios, smoothed = LoadedCharges(), [], []
+    for forward in forwards:
+        fed = sum(w for w, _ in forward)
+        for own, verified in forward:
+            load = Load.cycle(own, rows, fed, 0.1, rows, STEPPED)
+            assert load is not None
+            charge = load.forward(own)
+            ratios.append(verified / charge)
+            smoothed.append(verified / charges.mean_with(0, charge))
+    one_token = 1 / STEPPED.seconds(rows, rows)
+    assert float(np.mean(smoothed[rows * 50 :])) / one_token == pytest.approx(relative, rel=0.02)
+    assert float(np.mean(ratios)) / one_token > relative + 0.08
