@@ -82,7 +82,7 @@ class VerifyRequest(_message.Message):
     def __init__(self, session_id: _Optional[str] = ..., context_length: _Optional[int] = ..., draft_ids: _Optional[_Iterable[int]] = ..., draft_probs: _Optional[_Iterable[_Union[_common_pb2.TokenDistribution, _Mapping]]] = ..., reopen: _Optional[_Union[OpenSessionRequest, _Mapping]] = ..., draft_parents: _Optional[_Iterable[int]] = ...) -> None: ...
 
 class VerifyResponse(_message.Message):
-    __slots__ = ("accepted", "token_ids", "context_length", "compute_seconds", "batch_rows", "batch_tokens", "batch_forward_seconds")
+    __slots__ = ("accepted", "token_ids", "context_length", "compute_seconds", "batch_rows", "batch_tokens", "batch_forward_seconds", "batch_prefill_rows", "batch_prefill_tokens")
     ACCEPTED_FIELD_NUMBER: _ClassVar[int]
     TOKEN_IDS_FIELD_NUMBER: _ClassVar[int]
     CONTEXT_LENGTH_FIELD_NUMBER: _ClassVar[int]
@@ -90,6 +90,8 @@ class VerifyResponse(_message.Message):
     BATCH_ROWS_FIELD_NUMBER: _ClassVar[int]
     BATCH_TOKENS_FIELD_NUMBER: _ClassVar[int]
     BATCH_FORWARD_SECONDS_FIELD_NUMBER: _ClassVar[int]
+    BATCH_PREFILL_ROWS_FIELD_NUMBER: _ClassVar[int]
+    BATCH_PREFILL_TOKENS_FIELD_NUMBER: _ClassVar[int]
     accepted: int
     token_ids: _containers.RepeatedScalarFieldContainer[int]
     context_length: int
@@ -97,7 +99,9 @@ class VerifyResponse(_message.Message):
     batch_rows: int
     batch_tokens: int
     batch_forward_seconds: float
-    def __init__(self, accepted: _Optional[int] = ..., token_ids: _Optional[_Iterable[int]] = ..., context_length: _Optional[int] = ..., compute_seconds: _Optional[float] = ..., batch_rows: _Optional[int] = ..., batch_tokens: _Optional[int] = ..., batch_forward_seconds: _Optional[float] = ...) -> None: ...
+    batch_prefill_rows: int
+    batch_prefill_tokens: int
+    def __init__(self, accepted: _Optional[int] = ..., token_ids: _Optional[_Iterable[int]] = ..., context_length: _Optional[int] = ..., compute_seconds: _Optional[float] = ..., batch_rows: _Optional[int] = ..., batch_tokens: _Optional[int] = ..., batch_forward_seconds: _Optional[float] = ..., batch_prefill_rows: _Optional[int] = ..., batch_prefill_tokens: _Optional[int] = ...) -> None: ...
 
 class ReleaseSessionRequest(_message.Message):
     __slots__ = ("session_id",)

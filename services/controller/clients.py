@@ -249,6 +249,8 @@ class TargetSession:
             response.batch_rows,
             response.batch_tokens,
             response.batch_forward_seconds,
+            response.batch_prefill_rows,
+            response.batch_prefill_tokens,
         )
 
     async def release(self) -> None:

@@ -53,6 +53,8 @@ class Verdict:
     batch_rows: int = 1  # the forward that verified the draft: rows and tokens of every session in it
     batch_tokens: int = 0
     batch_forward_seconds: float = 0.0
+    batch_prefill_rows: int = 0  # of the batch, rows that prefilled a prompt's chunk, and their tokens
+    batch_prefill_tokens: int = 0
 
 
 @dataclass(frozen=True)

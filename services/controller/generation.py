@@ -268,7 +268,11 @@ class Generation:
         fed = fed_tokens(proposal)
         rows, tokens, forward = verdict.batch_rows, verdict.batch_tokens, verdict.batch_forward_seconds
         if self.load_cost == "cycle":
-            load = Load.cycle(fed, rows, tokens, forward, self.running(), self.forward_model)
+            # Prompts prefilling beside the round make its draft look nearly free in that forward alone; the
+            # policy, which cannot tell such forwards apart, learns from the rounds it competes with.
+            verifying_rows = max(1, rows - verdict.batch_prefill_rows)
+            verifying_tokens = max(fed, tokens - verdict.batch_prefill_tokens)
+            load = Load.cycle(fed, verifying_rows, verifying_tokens, forward, self.running(), self.forward_model)
             if load is not None:
                 return load
         return Load.of(fed, rows, tokens, forward)  # also rows of other controllers' requests

@@ -36,6 +36,8 @@ class BatchInfo:
     rows: int
     tokens: int  # padding included
     forward_seconds: float
+    prefill_rows: int = 0  # of `rows`, those that prefilled a prompt's chunk
+    prefill_tokens: int = 0
 
 
 @dataclass(frozen=True)
@@ -177,7 +179,8 @@ class TargetEngine:
                 row.job.fail(error)
             return None
         seconds = self._elapsed(start)
-        batch = BatchInfo(len(rows), sum(len(row.tokens) for row in rows), seconds)
+        prefills = [len(row.tokens) for row in rows if not row.verifies]
+        batch = BatchInfo(len(rows), sum(len(row.tokens) for row in rows), seconds, len(prefills), sum(prefills))
         for row, logits in zip(rows, outputs, strict=True):
             row.job.compute_seconds += seconds
             row.job.batch = batch

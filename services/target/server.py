@@ -180,6 +180,8 @@ class TargetServicer(target_pb2_grpc.TargetServiceServicer):
             batch_rows=result.batch.rows,
             batch_tokens=result.batch.tokens,
             batch_forward_seconds=result.batch.forward_seconds,
+            batch_prefill_rows=result.batch.prefill_rows,
+            batch_prefill_tokens=result.batch.prefill_tokens,
         )
 
     @grpc_errors

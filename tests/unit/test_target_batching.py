@@ -72,6 +72,9 @@ def test_a_long_prompt_prefills_in_chunks_beside_other_rounds(loaded, tiny_model
         verify = VerifyJob("short", context_length=len(context), draft_ids=[])
         engine.step([opening, verify])
         assert verify.done and verify.error is None  # the short session's round never waits for the prompt
+        batch = verify.result.batch
+        assert (batch.rows, batch.prefill_rows) == (2, 1)  # the verify's forward says which row prefilled
+        assert batch.prefill_tokens == [8, 6][rounds] == batch.tokens - 1
         rounds += 1
     assert rounds == 2  # 14 prompt tokens in chunks of 8
     alone = TargetEngine(loaded)
