@@ -106,7 +106,7 @@ class Load:
         model, a draft whose every token costs the plane's slope, as when the step is already paid."""
         if self.model is not None:
             rows = self.rows
-            linear = model.speed * model.plane[2] * (tokens - 1)
+            linear = model.token_seconds() * (tokens - 1)
             return self.running / self.rows * (model.seconds(rows, rows) + rows * linear)
         return model.seconds(self.others + tokens, self.rows) * tokens / (self.others + tokens)
 
@@ -152,6 +152,10 @@ class ForwardModel:
         if rows <= 1:
             return self.speed * self._one_row(tokens)
         return self.speed * self._plane(self._run_size(tokens), rows)
+
+    def token_seconds(self) -> float:
+        """What one more token adds to a forward of several rows, past its size's step (the plane's slope)."""
+        return self.speed * self.plane[2]
 
     def observe(self, tokens: int, seconds: float, rows: int = 1) -> None:
         """A forward the target reported. Several rows report one forward: it counts once."""
@@ -232,8 +236,9 @@ class LoadedCharges:
     A bandit averages per-round rewards, tokens ÷ charge, and a mean of ratios is not a ratio of means.
     Under the cycle model a drafting arm's charges are bimodal: its rounds that drafted nothing are charged
     the one-token forward, those that drafted carry their share of the step, several times more. The mean
-    of tokens ÷ charge then overstates the arm's throughput (by 8% for a prompt-lookup arm that drafts in a
-    quarter of its rounds, RESULTS 40), so under load a round's tokens are divided by its arm's mean charge."""
+    of tokens ÷ charge then overstates the arm's throughput (by 9-15 points of target-only's for a γ-2 arm
+    that drafts in 15-35% of its rounds, RESULTS 40), so under load a round's tokens are divided by its
+    arm's mean charge."""
 
     def __init__(self) -> None:
         self._sums: dict[int, tuple[float, int]] = {}
