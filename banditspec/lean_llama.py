@@ -87,6 +87,10 @@ class KVPool:
     def release(self, slot: int) -> None:
         self._returned.append(slot)  # atomic
 
+    def has_free_slot(self) -> bool:
+        """Whether `acquire` would find a slot without growing the pool."""
+        return bool(self._free or self._returned)
+
     def reserve(self, length: int) -> None:
         capacity = self.capacity
         if length <= capacity:
@@ -147,6 +151,16 @@ class LeanCache:
                 buffer = getattr(self, name)
                 buffer[:, :, start : start + len(positions)] = buffer[:, :, source]
         self.length = start + len(positions)
+
+    @torch.inference_mode()
+    def copy_prefix(self, source: LeanCache, length: int) -> None:
+        """Hold the first `length` positions of `source` (another sequence sharing those tokens) and nothing after."""
+        if length > source.length:
+            raise ValueError(f"the source holds {source.length} positions, not {length}")
+        self.reserve(length)
+        for name in ("keys", "values"):
+            getattr(self, name)[:, :, :length] = getattr(source, name)[:, :, :length]
+        self.length = length
 
     def get_seq_length(self) -> int:
         return self.length

@@ -11,6 +11,10 @@ from dataclasses import dataclass
 
 from prometheus_client.parser import text_string_to_metric_families
 
+COUNTERS = {  # the prompt tokens of sessions opened, and those taken from held prefixes
+    "banditspec_target_prompt_tokens": "prompt_tokens",
+    "banditspec_target_prompt_tokens_reused": "reused_tokens",
+}
 HISTOGRAMS = {
     "banditspec_target_forward_seconds": "seconds",
     "banditspec_target_batch_rows": "rows",
@@ -20,12 +24,15 @@ HISTOGRAMS = {
 
 @dataclass(frozen=True)
 class ForwardTotals:
-    """The target's running totals: forwards, and the sums of their seconds, rows and tokens."""
+    """The target's running totals: forwards, the sums of their seconds, rows and tokens, and the prompt
+    tokens of the sessions opened, with those reused from held prefixes."""
 
     forwards: float = 0.0
     seconds: float = 0.0
     rows: float = 0.0
     tokens: float = 0.0
+    prompt_tokens: float = 0.0
+    reused_tokens: float = 0.0
 
 
 def free_port(host: str = "127.0.0.1") -> int:
@@ -37,8 +44,11 @@ def free_port(host: str = "127.0.0.1") -> int:
 def parse_totals(text: str) -> ForwardTotals:
     """Totals from a Prometheus text exposition (zeros before the first forward)."""
     sums: dict[str, float] = {}
+    counts: dict[str, float] = {}
     forwards = 0.0
     for family in text_string_to_metric_families(text):
+        if family.name in COUNTERS:
+            counts[COUNTERS[family.name]] = sum(s.value for s in family.samples if s.name.endswith("_total"))
         field = HISTOGRAMS.get(family.name)
         if field is None:
             continue
@@ -47,7 +57,7 @@ def parse_totals(text: str) -> ForwardTotals:
                 sums[field] = sample.value
             elif sample.name == f"{family.name}_count" and field == "seconds":
                 forwards = sample.value
-    return ForwardTotals(forwards, sums.get("seconds", 0.0), sums.get("rows", 0.0), sums.get("tokens", 0.0))
+    return ForwardTotals(forwards, sums.get("seconds", 0.0), sums.get("rows", 0.0), sums.get("tokens", 0.0), **counts)
 
 
 def scrape(port: int, host: str = "127.0.0.1", timeout: float = 10.0) -> ForwardTotals:
@@ -56,16 +66,19 @@ def scrape(port: int, host: str = "127.0.0.1", timeout: float = 10.0) -> Forward
 
 
 def phase_forwards(before: ForwardTotals, after: ForwardTotals, wall_seconds: float) -> dict[str, float]:
-    """What the target did between two scrapes: forwards, rows and tokens per forward, ms per forward, and
-    busy (the share of the phase's wall time inside forwards). Empty when no forward ran."""
+    """What the target did between two scrapes: forwards, rows and tokens per forward, ms per forward, busy
+    (the share of the phase's wall time inside forwards), and the share of the prompt tokens opened that
+    came from held prefixes. Empty when no forward ran."""
     forwards = after.forwards - before.forwards
     if forwards <= 0:
         return {}
     seconds = after.seconds - before.seconds
+    prompts = after.prompt_tokens - before.prompt_tokens
     return {
         "forwards": forwards,
         "rows_per_forward": (after.rows - before.rows) / forwards,
         "tokens_per_forward": (after.tokens - before.tokens) / forwards,
         "ms_per_forward": 1e3 * seconds / forwards,
         "busy": seconds / wall_seconds if wall_seconds > 0 else 0.0,
+        "prompt_reused": (after.reused_tokens - before.reused_tokens) / prompts if prompts > 0 else 0.0,
     }

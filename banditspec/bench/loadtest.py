@@ -613,18 +613,21 @@ def report(document: dict) -> str:
     if stack_phases:
         lines += ["", "The target's forwards during each stack phase (from its metrics):", ""]
         lines += [
-            "| N | method | forwards | rows per forward | tokens per forward | ms per forward | busy |",
-            "|---:|---|---:|---:|---:|---:|---:|",
+            "| N | method | forwards | rows per forward | tokens per forward | ms per forward | busy | prompt reused |",
+            "|---:|---|---:|---:|---:|---:|---:|---:|",
         ]
         for p in stack_phases:
             t = p.target
             lines.append(
                 f"| {p.clients} | {_label(p, sittings)} | {t['forwards']:.0f} | {t['rows_per_forward']:.2f} | "
-                f"{t['tokens_per_forward']:.1f} | {t['ms_per_forward']:.1f} | {100 * t['busy']:.0f}% |"
+                f"{t['tokens_per_forward']:.1f} | {t['ms_per_forward']:.1f} | {100 * t['busy']:.0f}% | "
+                f"{100 * t.get('prompt_reused', 0.0):.0f}% |"
             )
         lines += [
             "",
-            "busy: the share of the phase's wall time the target spent in forwards (prefill included).",
+            "busy: the share of the phase's wall time the target spent in forwards (prefill included). prompt "
+            "reused: the share of the prompt tokens opened whose keys and values came from a prefix the target "
+            "held (another session's, or a released one's) instead of a forward.",
         ]
     timed = [p for p in phases if p.cpu_seconds]
     if timed:

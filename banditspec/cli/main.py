@@ -127,11 +127,13 @@ def cmd_serve_target(args: argparse.Namespace) -> None:
                 drain_seconds=args.drain_seconds,
                 unix_socket=args.unix_socket,
                 solo_threads=args.solo_threads,
+                prefix_reuse=not args.no_prefix_reuse,
                 **{  # unset: the engine's defaults (the CLI does not import torch to learn them)
                     key: value
                     for key, value in (
                         ("max_batch_tokens", args.max_batch_tokens),
                         ("prefill_chunk", args.prefill_chunk),
+                        ("retained_prefixes", args.retained_prefixes),
                     )
                     if value is not None
                 },
@@ -497,6 +499,15 @@ def build_parser() -> argparse.ArgumentParser:
     )  # fmt: skip
     target.add_argument(
         "--prefill-chunk", type=int, help="prompt tokens per forward while other sessions wait (default 64)",
+    )  # fmt: skip
+    target.add_argument(
+        "--retained-prefixes", type=int,
+        help="released sessions' caches kept while their pool slots are free, for prompts that start like "
+        "them (a conversation's next turn; default 16); 0: none kept (open sessions' prefixes are still shared)",
+    )  # fmt: skip
+    target.add_argument(
+        "--no-prefix-reuse", action="store_true",
+        help="prefill every prompt whole, sharing no prefix with other sessions (for A/B measurements)",
     )  # fmt: skip
     target.add_argument("--threads", type=int, default=0, help="torch CPU threads (0: torch's default)")
     target.add_argument(

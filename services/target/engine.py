@@ -15,6 +15,7 @@ import time
 from dataclasses import dataclass, field
 
 import torch
+from transformers import DynamicCache
 
 from banditspec.errors import InvalidArgument, OutOfRange, OutOfSync, ServiceError
 from banditspec.lean_llama import Feed, LeanCache, LeanLlama, lean_supported
@@ -22,6 +23,7 @@ from banditspec.models import LoadedModel, measure_forwards
 from banditspec.sampling import SamplingParams, probabilities
 from banditspec.token_tree import accept_greedy, accept_sampled, check_parents, feed_mask, feed_positions, is_chain
 from banditspec.verify_lengths import padded_length
+from services.target.prefixes import DEFAULT_RETAINED, PrefixReuse
 from services.target.sessions import SessionStore, TargetSession
 from services.target.verifier import Verdict, verify_greedy, verify_sampled
 
@@ -112,7 +114,11 @@ class TargetEngine:
         max_batch_tokens: int = DEFAULT_MAX_BATCH_TOKENS,
         prefill_chunk: int = DEFAULT_PREFILL_CHUNK,
         lean: bool = True,
+        prefix_reuse: bool = True,
+        retained_prefixes: int = DEFAULT_RETAINED,
     ) -> None:
+        """`prefix_reuse`: a new prompt starts from the keys and values of a held sequence it starts like
+        (`services.target.prefixes`); `retained_prefixes`: released sessions' caches kept for that."""
         if max_batch_tokens < 1 or prefill_chunk < 1:
             raise ValueError("max_batch_tokens and prefill_chunk must be >= 1")
         self.loaded = loaded
@@ -122,6 +128,9 @@ class TargetEngine:
         self.prefill_chunk = prefill_chunk
         self.decoder = (
             LeanLlama(loaded.model, loaded.max_context, pooled=True) if lean and lean_supported(loaded.model) else None
+        )
+        self.prefixes = (
+            PrefixReuse(self.decoder, retained_prefixes) if self.decoder is not None and prefix_reuse else None
         )
 
     def measure_forwards(self) -> list[float]:
@@ -239,12 +248,21 @@ class TargetEngine:
         if not sampling.greedy:
             generator = torch.Generator(device=self.loaded.device)
             generator.manual_seed(seed)
-        cache = self.decoder.new_cache() if self.decoder is not None else self.loaded.new_cache()
+        self.sessions.released.check(job.session_id)  # before a cache is made for it
         # The cache holds the context but its last token, which is fed with the first draft.
+        prompt = list(context_ids[:-1])
+        cache = self._new_cache(prompt)
         session = TargetSession(list(context_ids), cache, sampling, generator)
-        self.sessions.put(job.session_id, session)  # refuses an id released meanwhile
+        self.sessions.put(job.session_id, session)
         job.session = session
-        job.prefill = list(context_ids[:-1])
+        job.prefill = prompt[cache.get_seq_length() :]
+
+    def _new_cache(self, prompt: list[int]) -> DynamicCache | LeanCache:
+        """A cache for a new session, holding already whatever prefix of its prompt another held."""
+        if self.prefixes is not None:
+            live = ((held.context, held.cache) for held in self.sessions.held() if isinstance(held.cache, LeanCache))
+            return self.prefixes.cache_for(prompt, live)
+        return self.decoder.new_cache() if self.decoder is not None else self.loaded.new_cache()
 
     def _verify_feed(self, job: VerifyJob) -> list[int]:
         session = job.session
@@ -385,7 +403,10 @@ class TargetEngine:
         return job.result
 
     def release(self, session_id: str) -> bool:
-        return self.sessions.pop(session_id)
+        session = self.sessions.pop(session_id)
+        if session is not None and self.prefixes is not None and isinstance(session.cache, LeanCache):
+            self.prefixes.retain(session.context, session.cache)
+        return session is not None
 
     def _check_ids(self, ids: list[int], what: str) -> None:
         vocab = self.loaded.vocab_size

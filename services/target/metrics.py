@@ -1,5 +1,5 @@
-"""The target's Prometheus metrics: each forward (its time, rows and tokens), the sessions it holds and
-how many it evicted."""
+"""The target's Prometheus metrics: each forward (its time, rows and tokens), the sessions it holds, how
+many it evicted, and how much of the prompts it opened came from prefixes it held."""
 
 from __future__ import annotations
 
@@ -9,8 +9,7 @@ from prometheus_client import REGISTRY, Histogram
 from prometheus_client.core import CounterMetricFamily, GaugeMetricFamily
 from prometheus_client.registry import Collector
 
-from services.target.engine import BatchInfo
-from services.target.sessions import SessionStore
+from services.target.engine import BatchInfo, TargetEngine
 
 FORWARD_SECONDS = Histogram(
     "banditspec_target_forward_seconds",
@@ -34,20 +33,36 @@ def record_forward(batch: BatchInfo) -> None:
 
 
 class SessionCollector(Collector):
-    """Read at scrape time from the engine's session store (None until the model is loaded)."""
+    """Read at scrape time from the engine (None until the model is loaded)."""
 
-    def __init__(self, store: Callable[[], SessionStore | None]) -> None:
-        self.store = store
+    def __init__(self, engine: Callable[[], TargetEngine | None]) -> None:
+        self.engine = engine
 
     def collect(self) -> Iterator[GaugeMetricFamily | CounterMetricFamily]:
-        store = self.store()
-        if store is None:
+        engine = self.engine()
+        if engine is None:
             return
+        store = engine.sessions
         yield GaugeMetricFamily("banditspec_target_sessions", "Sessions held (each with its KV cache)", len(store))
         yield CounterMetricFamily(
             "banditspec_target_evictions", "Sessions evicted to make room for others", store.evictions
         )
+        if engine.prefixes is None:
+            return
+        stats = engine.prefixes.stats
+        yield CounterMetricFamily(
+            "banditspec_target_prompt_tokens", "Prompt tokens of the sessions opened (their last token excepted)",
+            stats.prompt_tokens,
+        )  # fmt: skip
+        yield CounterMetricFamily(
+            "banditspec_target_prompt_tokens_reused",
+            "Of those, tokens whose keys and values came from a held prefix instead of a forward",
+            stats.reused_tokens,
+        )
+        yield GaugeMetricFamily(
+            "banditspec_target_retained_prefixes", "Released sessions' caches kept for reuse", len(engine.prefixes)
+        )
 
 
-def watch_sessions(store: Callable[[], SessionStore | None]) -> None:
-    REGISTRY.register(SessionCollector(store))
+def watch_engine(engine: Callable[[], TargetEngine | None]) -> None:
+    REGISTRY.register(SessionCollector(engine))

@@ -27,6 +27,7 @@ from services.target.engine import (
     VerifyJob,
     VerifyResult,
 )
+from services.target.prefixes import DEFAULT_RETAINED
 from services.target.scheduler import Scheduler
 from services.target.threads import ThreadPlan
 
@@ -50,6 +51,8 @@ class TargetConfig:
     unix_socket: str | None = None  # also listen here (unix:PATH): lighter than TCP for a co-located controller
     drain_seconds: float = DRAIN_SECONDS  # after SIGTERM, how long in-flight calls may finish
     solo_threads: int = 0  # torch threads of a forward while one session is open (0: the process's)
+    prefix_reuse: bool = True  # new prompts start from held prefixes (services.target.prefixes)
+    retained_prefixes: int = DEFAULT_RETAINED  # released sessions' caches kept for that
 
 
 class TargetServicer(target_pb2_grpc.TargetServiceServicer):
@@ -84,6 +87,8 @@ class TargetServicer(target_pb2_grpc.TargetServiceServicer):
             max_sessions=config.max_sessions,
             max_batch_tokens=config.max_batch_tokens,
             prefill_chunk=config.prefill_chunk,
+            prefix_reuse=config.prefix_reuse,
+            retained_prefixes=config.retained_prefixes,
         )
         threads = ThreadPlan.from_flags(config.solo_threads)
         decoder = engine.decoder
@@ -202,7 +207,7 @@ class TargetServicer(target_pb2_grpc.TargetServiceServicer):
 
 async def serve(config: TargetConfig) -> None:
     servicer = TargetServicer()
-    metrics.watch_sessions(lambda: servicer.engine.sessions if servicer.engine is not None else None)
+    metrics.watch_engine(lambda: servicer.engine)
 
     async def load() -> None:
         await on_own_thread(servicer.load, config, name="target-loader")

@@ -54,7 +54,10 @@ class SessionStore:
         self._sessions.move_to_end(session_id)
         return session
 
-    def pop(self, session_id: str) -> bool:
-        """Release a session (held or not): its id is not opened again."""
+    def held(self) -> list[TargetSession]:
+        return list(self._sessions.values())
+
+    def pop(self, session_id: str) -> TargetSession | None:
+        """Release a session (held or not): its id is not opened again. Returns it if it was held."""
         self.released.add(session_id)
-        return self._sessions.pop(session_id, None) is not None
+        return self._sessions.pop(session_id, None)

@@ -4,15 +4,17 @@ phase's forwards as the difference of two readings."""
 from __future__ import annotations
 
 import pytest
-from prometheus_client import CollectorRegistry, Histogram, generate_latest
+from prometheus_client import CollectorRegistry, Counter, Histogram, generate_latest
 
 from banditspec.bench.forwards import ForwardTotals, parse_totals, phase_forwards
 
 
-def exposition(forwards: list[tuple[float, int, int]]) -> str:
-    """A registry holding the target's three histograms (names as services/target/metrics.py), after
-    these (seconds, rows, tokens) forwards."""
+def exposition(forwards: list[tuple[float, int, int]], prompts: tuple[int, int] = (0, 0)) -> str:
+    """A registry holding the target's three histograms and its prompt counters (names as
+    services/target/metrics.py), after these (seconds, rows, tokens) forwards and (prompt, reused) tokens."""
     registry = CollectorRegistry()
+    Counter("banditspec_target_prompt_tokens", "prompt", registry=registry).inc(prompts[0])
+    Counter("banditspec_target_prompt_tokens_reused", "reused", registry=registry).inc(prompts[1])
     seconds = Histogram("banditspec_target_forward_seconds", "forward time", registry=registry)
     rows = Histogram("banditspec_target_batch_rows", "rows", registry=registry)
     tokens = Histogram("banditspec_target_batch_tokens", "tokens", registry=registry)
@@ -36,12 +38,13 @@ def test_no_forward_yet_reads_as_zeros():
 
 
 def test_a_phase_is_the_difference_of_two_readings():
-    before = parse_totals(exposition([(0.5, 1, 100)]))  # a prefill before the phase
-    after = parse_totals(exposition([(0.5, 1, 100), (0.1, 8, 40), (0.3, 6, 30)]))
+    before = parse_totals(exposition([(0.5, 1, 100)], prompts=(100, 0)))  # a prefill before the phase
+    after = parse_totals(exposition([(0.5, 1, 100), (0.1, 8, 40), (0.3, 6, 30)], prompts=(180, 20)))
     phase = phase_forwards(before, after, wall_seconds=0.5)
     assert phase["forwards"] == 2
     assert phase["rows_per_forward"] == pytest.approx(7.0)
     assert phase["tokens_per_forward"] == pytest.approx(35.0)
     assert phase["ms_per_forward"] == pytest.approx(200.0)
     assert phase["busy"] == pytest.approx(0.8)
+    assert phase["prompt_reused"] == pytest.approx(0.25)  # 20 of the phase's 80 prompt tokens
     assert phase_forwards(after, after, wall_seconds=1.0) == {}
