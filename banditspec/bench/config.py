@@ -8,6 +8,9 @@ from typing import TypedDict
 
 BENCHMARKS_DIR = Path(__file__).resolve().parents[2] / "benchmarks"
 SUFFIX = "sfx=suffix:24:off"  # memory off: earlier runs of a prompt by other methods must not leak its answer
+# Nor its prefill: a released session's cache kept by the target would spare the next method's run of the same
+# prompt its prefill. Sessions open at the same time still share prefixes (a chat's system prompt).
+TARGET_ARGS = ("--retained-prefixes", "0")
 
 
 @dataclass(frozen=True)

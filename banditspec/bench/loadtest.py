@@ -32,7 +32,7 @@ os.environ.setdefault("TRANSFORMERS_NO_ADVISORY_WARNINGS", "1")
 import grpc
 import torch
 
-from banditspec.bench.config import FAMILIES
+from banditspec.bench.config import FAMILIES, TARGET_ARGS
 from banditspec.bench.forwards import ForwardTotals, free_port, phase_forwards, scrape
 from banditspec.bench.machine import StealMeter, machine
 from banditspec.bench.workload import Prompt, load_prompts, render_prompts
@@ -407,7 +407,7 @@ def main(argv: list[str] | None = None) -> int:
         model=str(model_path),
         drafters=args.drafter or list(family.drafters),
         controller_port=0,
-        extra_target_args=[*device_args, *metrics_args, *args.target_arg],
+        extra_target_args=[*TARGET_ARGS, *device_args, *metrics_args, *args.target_arg],
         extra_draft_args=device_args,
         extra_controller_args=[
             *(["--model-free-gammas", args.model_free_gammas] if args.model_free_gammas else []),
@@ -538,7 +538,11 @@ def _sitting(sitting: int, sittings: int) -> str:
 def _sittings_intro(phases: list[Phase], policy: str, sittings: int) -> list[str]:
     if sittings <= 1:
         return []
-    intro = f"Every N's methods ran in {sittings} sittings, every other one in reverse order; pooled:"
+    intro = (
+        f"Every N's methods ran in {sittings} sittings, every other one in reverse order. The target shared "
+        "prompt prefixes among open sessions only (`--retained-prefixes 0`), so no phase found the prompts an "
+        "earlier one sent. Pooled:"
+    )
     return [intro, "", *sittings_table(phases, policy), "", "Each sitting:", ""]
 
 

@@ -31,6 +31,7 @@ from pathlib import Path
 
 import grpc
 
+from banditspec.bench.config import TARGET_ARGS
 from banditspec.cli.launcher import wait_healthy
 from banditspec.v1 import generation_pb2, generation_pb2_grpc
 
@@ -262,7 +263,7 @@ def compare(
         service = ["--device", "cpu"]
         drafter_flags = [f"--drafter={spec}" for spec in drafters]
         # Verify padding off: it follows measured timings, and would give the arms another γ each run.
-        target_argv = ["serve-target", "--model", model, "--verify-padding", "off", *service]
+        target_argv = ["serve-target", "--model", model, "--verify-padding", "off", *TARGET_ARGS, *service]
         with started(topology, "target", target_argv, 50051, workdir) as target:
             proxy_listen = (topology.hosts["b"].gateway, 50060)
             upstream = (topology.hosts["b"].address, 50052)

@@ -9,7 +9,7 @@ from dataclasses import dataclass
 import grpc
 from tqdm import tqdm
 
-from banditspec.bench.config import BenchConfig
+from banditspec.bench.config import TARGET_ARGS, BenchConfig
 from banditspec.bench.machine import StealMeter
 from banditspec.bench.methods import (
     ADAPTIVE,
@@ -61,7 +61,7 @@ def run_dtype(config: BenchConfig, dtype: str, prompts: list[Prompt], log) -> di
         model=str(model_path),
         drafters=config.drafters,
         controller_port=0,
-        extra_target_args=[*device_args, *config.target_args],
+        extra_target_args=[*TARGET_ARGS, *device_args, *config.target_args],
         extra_draft_args=device_args,
         extra_controller_args=config.controller_args,
         log_dir=config.log_dir / dtype,
