@@ -178,8 +178,8 @@ class TargetEngine:
             used += len(row.tokens)
         if not rows:
             return None
-        if len(rows) == 1 and rows[0].verifies and not _tree(rows[0].job):
-            self._pad(rows[0])  # a lone verify runs at the cheapest measured length (CPU kernels)
+        if len(rows) == 1 and rows[0].verifies:
+            self._pad(rows[0])  # a lone verify, chain or tree, runs at the cheapest measured length (CPU kernels)
         start = time.perf_counter()
         try:
             outputs = self._forward(rows)
@@ -309,7 +309,8 @@ class TargetEngine:
             padded_length(self.verify_lengths, len(row.tokens)), self.loaded.max_context - len(session.context) + 1
         )
         row.padding = max(0, length - len(row.tokens))
-        # Causal attention: the padding changes no logit before it, and is cropped from the cache after.
+        # The padding comes after every real token and none sees it (causal attention; in a tree, padding
+        # nodes hang off the root), so it changes no logit before it, and is dropped from the cache after.
         row.tokens = row.tokens + [row.tokens[-1]] * row.padding
 
     def _forward(self, rows: list[_Row]) -> list[torch.Tensor | None]:
@@ -331,6 +332,7 @@ class TargetEngine:
         parents = _tree(row.job)
         if parents is None:
             return Feed(session.cache, row.tokens, "all")
+        parents = parents + [-1] * row.padding
         start = session.cache.length
         mask = feed_mask(parents, start, self.loaded.device)
         return Feed(session.cache, row.tokens, "all", positions=feed_positions(parents, start), mask=mask)
@@ -346,7 +348,7 @@ class TargetEngine:
         session = job.session
         logits = logits[: len(row.tokens) - row.padding]
         if job.draft_parents is not None:
-            verdict = self._settle_tree(job, session, logits)
+            verdict = self._settle_tree(row, session, logits)
         else:
             if session.sampling.greedy:
                 verdict = verify_greedy(logits, job.draft_ids)
@@ -362,8 +364,10 @@ class TargetEngine:
         assert job.batch is not None
         job.finish(VerifyResult(verdict, len(session.context), job.compute_seconds, job.batch))
 
-    def _settle_tree(self, job: VerifyJob, session: TargetSession, logits: torch.Tensor) -> Verdict:
+    def _settle_tree(self, row: _Row, session: TargetSession, logits: torch.Tensor) -> Verdict:
         """The tree's verdict; the cache keeps the root and the accepted path right after the context."""
+        job = row.job
+        assert isinstance(job, VerifyJob)
         parents = job.draft_parents
         assert parents is not None and isinstance(session.cache, LeanCache)
         if session.sampling.greedy:
@@ -371,7 +375,7 @@ class TargetEngine:
         else:
             assert session.generator is not None
             tree = accept_sampled(probabilities(logits, session.sampling), job.draft_ids, parents, session.generator)
-        root = session.cache.length - len(job.draft_ids) - 1  # no padding on a tree row
+        root = session.cache.length - len(job.draft_ids) - 1 - row.padding
         session.cache.keep_path(root, [root, *(root + 1 + node for node in tree.path)])
         return Verdict(tree.accepted, tree.tokens)
 

@@ -276,14 +276,25 @@ def test_tree_and_chain_rows_share_a_forward_with_their_lone_verdicts(loaded, ti
     assert expected["chain"].tokens == greedy["chain"][:2]
 
 
-def test_a_lone_tree_row_is_not_padded(loaded, tiny_models):
+def test_a_lone_tree_row_is_padded_like_a_chain_and_keeps_only_its_path(loaded, tiny_models):
+    """A lone row runs at the cheapest measured length, tree or chain: the cost model prices every lone
+    round at that length. The padding nodes hang off the root, so no node sees them, and they are dropped
+    with the rest of the tree."""
     greedy = greedy_continuation(loaded, PROMPT, 4)
     draft, parents = tree_around(greedy, tiny_models.vocab_size)
-    engine = TargetEngine(loaded, verify_lengths=list(range(2, 40)))  # pad every chain by one token
-    engine.open("t", PROMPT, GREEDY, seed=0)
+    engine, plain = TargetEngine(loaded, verify_lengths=[*range(1, 9), *[14] * 6]), TargetEngine(loaded)
+    for each in (engine, plain):
+        each.open("t", PROMPT, GREEDY, seed=0)
     result = engine.verify("t", len(PROMPT), draft, None, draft_parents=parents)
-    assert result.batch.tokens == len(draft) + 1
-    assert result.verdict.tokens == greedy[:4]
+    unpadded = plain.verify("t", len(PROMPT), draft, None, draft_parents=parents)
+    assert (result.batch.tokens, unpadded.batch.tokens) == (14, len(draft) + 1)  # 9 tokens run as 14
+    assert result.verdict == unpadded.verdict and result.verdict.tokens == greedy[:4]
+    held, reference = engine.sessions.get("t").cache, plain.sessions.get("t").cache
+    assert held.length == reference.length == len(PROMPT) + 3
+    torch.testing.assert_close(held.keys[:, :, : held.length], reference.keys[:, :, : held.length])
+    torch.testing.assert_close(held.values[:, :, : held.length], reference.values[:, :, : held.length])
+    after = engine.verify("t", len(PROMPT) + 4, [], None)  # and the session goes on from there
+    assert after.verdict.tokens == plain.verify("t", len(PROMPT) + 4, [], None).verdict.tokens
 
 
 def test_a_sampled_session_verifies_trees_reproducibly(loaded, tiny_models):
