@@ -33,5 +33,6 @@ def effective_forward_seconds(forward_seconds: list[float], lengths: list[int]) 
 
 def filled_gamma(lengths: list[int], gamma: int) -> int:
     """γ for a model-free drafter: the target verifies padded_length(γ + 1) tokens anyway, so the draft
-    may as well fill them (its extra tokens cost nothing to propose or to verify)."""
+    may as well fill them (its extra tokens cost nothing to propose or to verify). A tree's node budget
+    fills the same way."""
     return padded_length(lengths, gamma + 1) - 1 if gamma > 0 else gamma

@@ -122,6 +122,7 @@ class Controller:
         # Model-free drafts fill the verify positions the target pads to anyway; a draft model pays per token.
         lengths = self.target.info.verify_lengths
         model_free = list(dict.fromkeys(filled_gamma(lengths, gamma) for gamma in self.config.model_free_gammas))
+        trees = list(dict.fromkeys(filled_gamma(lengths, tokens) for tokens in self.config.tree_tokens))  # same rule
         arms = [TARGET_ONLY_ARM]
         timeout = min(5.0, self.config.rpc_timeout)
         for client in self.drafts.values():
@@ -139,7 +140,7 @@ class Controller:
                 if not (client.drafters and client.breaker.may_probe(time.monotonic())):
                     continue  # withdrawn until healthy after the cooldown
                 client.recovered()
-            arms.extend(client.arms(model_free, self.config.model_gammas, self.config.tree_tokens))
+            arms.extend(client.arms(model_free, self.config.model_gammas, trees))
         self.arms = arms
 
     def available_arms(self) -> list[Arm]:
