@@ -106,6 +106,10 @@ class PrefixReuse:
         while len(self._retained) > self.max_retained:
             self._retained.popitem(last=False)
 
+    def clear(self) -> None:
+        """Drop every retained cache (a benchmark's fresh start)."""
+        self._retained.clear()
+
     def _new_cache(self) -> LeanCache:
         # Retained caches give their slots back before the pool would grow for a new one.
         while self._retained and not self.pool.has_free_slot():

@@ -131,3 +131,5 @@ def test_retention_keeps_the_longest_of_a_conversation_and_refuses_short_or_rele
         engine.open(f"x{index}", tokens(12, vocab, seed=40 + index), GREEDY, seed=0)
         engine.release(f"x{index}")
     assert len(engine.prefixes) == 2  # at most `retained_prefixes`
+    engine.prefixes.clear()
+    assert len(engine.prefixes) == 0
