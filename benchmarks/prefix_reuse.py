@@ -42,6 +42,10 @@ def answer(engine: TargetEngine, session_id: str, prompt: list[int], count: int)
     return tokens[:count], opened
 
 
+def reused_so_far(engine: TargetEngine) -> int:
+    return engine.prefixes.stats.reused_tokens if engine.prefixes is not None else 0
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("--turns", type=int, default=3)
@@ -73,11 +77,11 @@ def main() -> None:
                     engine = engines[name]
                     encoded = tokenizer.apply_chat_template(histories[name], add_generation_prompt=True, tokenize=True)
                     prompt = list(encoded["input_ids"] if hasattr(encoded, "keys") else encoded)
-                    reused_before = engine.prefixes.stats.reused_tokens if engine.prefixes else 0
+                    reused_before = reused_so_far(engine)
                     session = f"{repeat}-{chat}-{turn}"
                     tokens, opened = answer(engine, session, prompt, args.answer_tokens)
                     engine.release(session)
-                    reused = (engine.prefixes.stats.reused_tokens if engine.prefixes else 0) - reused_before
+                    reused = reused_so_far(engine) - reused_before
                     times.setdefault((chat, turn, name), []).append(opened)
                     if name == "reuse":
                         shapes[chat, turn] = (len(prompt), reused)
