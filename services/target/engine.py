@@ -7,6 +7,7 @@ prompt. Rows of a Llama target go through `LeanLlama.forward_batch` (the shared 
 most of the arithmetic); other architectures run their rows one after another. Verification and cache
 crop are per row, exactly as for a lone session. A draft may be a token tree (`draft_parents`, Llama
 targets only): its row carries the tree's mask and positions, and only the accepted path stays cached.
+A new session's prompt starts from whatever prefix of it the engine already holds (`prefixes.py`).
 """
 
 from __future__ import annotations
