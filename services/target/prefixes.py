@@ -7,7 +7,7 @@ shared prefix is copied. And released sessions' caches, kept in their pool slots
 free (as vLLM keeps freed KV blocks until they are allocated again): a new session takes such a cache over,
 cropped to the shared prefix, with no copy. Keys and values at a position depend on the tokens up to it only
 (causal attention), so a reused prefix holds what prefilling it would compute, up to the rounding of the
-forward's shape, as for any batched forward (docs/design.md, "Exactness under batching").
+forward's shape, as for any batched forward (docs/design.md, "Exactness" under "Many requests at once").
 """
 
 from __future__ import annotations
