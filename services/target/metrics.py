@@ -60,7 +60,7 @@ class SessionCollector(Collector):
             stats.reused_tokens,
         )
         yield GaugeMetricFamily(
-            "banditspec_target_retained_prefixes", "Released sessions' caches kept for reuse", len(engine.prefixes)
+            "banditspec_target_retained_prefixes", "Released sessions' caches kept for reuse", engine.prefixes.retained
         )
 
 

@@ -17,29 +17,14 @@ from collections.abc import Iterable
 from dataclasses import dataclass
 
 from banditspec.lean_llama import LeanCache, LeanLlama
+from banditspec.tokens import common_prefix_length
 
 MIN_REUSED_TOKENS = 8  # below this a copy saves next to nothing
 DEFAULT_RETAINED = 16  # released sessions' caches kept for reuse, at most (fewer while the pool is full)
 
 
-def common_prefix(a: list[int], b: list[int]) -> int:
-    """The length of the longest common prefix of two token lists, by binary search over slice equality
-    (compared in C, not token by token in Python)."""
-    high = min(len(a), len(b))
-    if high == 0 or a[0] != b[0]:
-        return 0
-    low = 1  # a[:low] == b[:low]
-    while low < high:
-        middle = (low + high + 1) // 2
-        if a[:middle] == b[:middle]:
-            low = middle
-        else:
-            high = middle - 1
-    return low
-
-
 def _extends(tokens: list[int], held: list[int]) -> bool:
-    return len(held) <= len(tokens) and tokens[: len(held)] == held
+    return common_prefix_length(tokens, held) == len(held)
 
 
 @dataclass
@@ -64,7 +49,8 @@ class PrefixReuse:
         self._next_key = 0
         self.stats = PrefixStats()
 
-    def __len__(self) -> int:
+    @property
+    def retained(self) -> int:
         """Released caches held for reuse."""
         return len(self._retained)
 
@@ -74,11 +60,11 @@ class PrefixReuse:
         how much of the prompt it holds."""
         # A comprehension, so that no name of this frame keeps a retained cache alive once it is dropped.
         length, retained_key = max(
-            ((common_prefix(prompt, entry[0]), key) for key, entry in self._retained.items()), default=(0, None)
+            ((common_prefix_length(prompt, entry[0]), key) for key, entry in self._retained.items()), default=(0, None)
         )
         source = None
         for context, held in live:
-            shared = common_prefix(prompt, context[: held.length])
+            shared = common_prefix_length(prompt, context[: held.length])
             if shared > length:  # a retained cache wins ties: it needs no copy
                 length, retained_key, source = shared, None, held
         self.stats.prompt_tokens += len(prompt)

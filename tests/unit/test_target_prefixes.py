@@ -6,15 +6,13 @@ from __future__ import annotations
 
 import pytest
 import torch
-from hypothesis import given
-from hypothesis import strategies as st
 
 from banditspec.errors import SessionReleased
 from banditspec.lean_llama import POOL_SLOTS
 from banditspec.models import load_causal_lm
 from banditspec.sampling import SamplingParams
 from services.target.engine import OpenJob, TargetEngine
-from services.target.prefixes import MIN_REUSED_TOKENS, common_prefix
+from services.target.prefixes import MIN_REUSED_TOKENS
 
 GREEDY = SamplingParams()
 
@@ -50,14 +48,6 @@ def prefilled(engine: TargetEngine, session_id: str, prompt: list[int]) -> int:
     return fed
 
 
-@given(st.lists(st.integers(0, 3), max_size=12), st.lists(st.integers(0, 3), max_size=12))
-def test_common_prefix_is_the_longest_shared_start(a, b):
-    naive = 0
-    while naive < min(len(a), len(b)) and a[naive] == b[naive]:
-        naive += 1
-    assert common_prefix(a, b) == naive
-
-
 def test_a_prompt_starting_like_an_open_session_copies_its_prefix(loaded, tiny_models):
     vocab = tiny_models.vocab_size
     shared = tokens(20, vocab, seed=1)
@@ -89,11 +79,11 @@ def test_a_released_session_cache_is_taken_over_by_the_next_prompt_like_it(loade
     answered = engine.sessions.get("turn-1").context
     slot = engine.sessions.get("turn-1").cache.slot
     assert engine.release("turn-1")
-    assert engine.prefixes is not None and len(engine.prefixes) == 1
+    assert engine.prefixes is not None and engine.prefixes.retained == 1
     follow_up = answered + tokens(5, vocab, seed=5)  # the next turn sends the whole conversation again
     assert prefilled(engine, "turn-2", follow_up) == len(follow_up) - len(answered)  # the last answer token
     assert engine.sessions.get("turn-2").cache.slot == slot  # no copy: the released cache itself
-    assert len(engine.prefixes) == 0
+    assert engine.prefixes.retained == 0
     assert rounds(engine, "turn-2", vocab) == rounds(plain_with(loaded, "turn-2", follow_up), "turn-2", vocab)
 
 
@@ -104,11 +94,11 @@ def test_retained_caches_give_way_before_the_pool_grows(loaded, tiny_models):
     for index in range(3):
         engine.open(f"old{index}", tokens(12, vocab, seed=10 + index), GREEDY, seed=0)
         engine.release(f"old{index}")
-    assert len(engine.prefixes) == 3
+    assert engine.prefixes.retained == 3
     for index in range(POOL_SLOTS):
         engine.open(f"new{index}", tokens(12, vocab, seed=20 + index), GREEDY, seed=0)
     assert engine.decoder.pool.slots == POOL_SLOTS  # the retained caches made room
-    assert len(engine.prefixes) == 0
+    assert engine.prefixes.retained == 0
 
 
 def test_retention_keeps_the_longest_of_a_conversation_and_refuses_short_or_released_ids(loaded, tiny_models):
@@ -118,18 +108,18 @@ def test_retention_keeps_the_longest_of_a_conversation_and_refuses_short_or_rele
     base = tokens(12, vocab, seed=30)
     engine.open("short", tokens(MIN_REUSED_TOKENS - 2, vocab, seed=31), GREEDY, seed=0)
     engine.release("short")
-    assert len(engine.prefixes) == 0  # too short to be worth keeping
+    assert engine.prefixes.retained == 0  # too short to be worth keeping
     engine.open("t1", base, GREEDY, seed=0)
     engine.release("t1")
     engine.open("t2", base + tokens(4, vocab, seed=32), GREEDY, seed=0)  # takes t1's cache over
     engine.release("t2")
-    assert len(engine.prefixes) == 1
+    assert engine.prefixes.retained == 1
     with pytest.raises(SessionReleased):
         engine.open("t2", base, GREEDY, seed=0)
-    assert len(engine.prefixes) == 1  # a refused open takes no cache
+    assert engine.prefixes.retained == 1  # a refused open takes no cache
     for index in range(3):
         engine.open(f"x{index}", tokens(12, vocab, seed=40 + index), GREEDY, seed=0)
         engine.release(f"x{index}")
-    assert len(engine.prefixes) == 2  # at most `retained_prefixes`
+    assert engine.prefixes.retained == 2  # at most `retained_prefixes`
     engine.prefixes.clear()
-    assert len(engine.prefixes) == 0
+    assert engine.prefixes.retained == 0
