@@ -42,6 +42,7 @@ NARROW_SIZES = (*range(1, 17), 20, 24, 28, 32, 40, 48, 56, 64)
 # (one token and a short draft each, from 2 rows up), then rows of 8 tokens up to 128 in all.
 POOL_SLOTS = 8  # a pooled model's first slots; they double when all are taken
 ROW_IN_SLOT_QUERIES = 7  # a row attended alone costs about as much as 7 padded queries per slot (`slot_width`)
+PACKED_BATCH_HINT = 8  # the token count oneDNN lays a packed weight out for; 8 and 64 timed alike for 1-128 tokens
 BATCH_SHAPES = (
     (2, 1), (4, 1), (8, 1), (16, 1), (4, 2), (8, 2), (16, 2), (2, 4),
     (3, 8), (4, 8), (6, 8), (8, 8), (12, 8), (16, 8),
@@ -176,6 +177,28 @@ def narrow_product(inputs: torch.Tensor, weight: torch.Tensor) -> torch.Tensor:
     return torch.mm(weight, inputs.T).T.contiguous()
 
 
+def pack_weight(weight: torch.Tensor) -> torch.Tensor | None:
+    """`weight` reordered once into oneDNN's blocked layout for `packed_product` (what torch's own CPU compiler
+    does for linear layers), or None where this build or CPU has no such kernel (a GPU, no bfloat16 support)."""
+    if weight.device.type != "cpu" or not torch.backends.mkldnn.is_available():
+        return None
+    if weight.dtype == torch.bfloat16 and not torch.ops.mkldnn._is_mkldnn_bf16_supported():
+        return None
+    if weight.dtype not in (torch.float32, torch.bfloat16):
+        return None
+    try:
+        return torch.ops.mkldnn._reorder_linear_weight(weight.detach(), PACKED_BATCH_HINT)
+    except RuntimeError:
+        return None
+
+
+def packed_product(inputs: torch.Tensor, packed: torch.Tensor) -> torch.Tensor:
+    """inputs × weightᵀ through oneDNN with the weight packed by `pack_weight`: on the AMD EPYC bfloat16 runs
+    its dot-product instructions (1-16 tokens 0.5-0.7x the time of the best unpacked product) and float32 its
+    blocked kernel (8-24 tokens 0.6x; RESULTS 46)."""
+    return torch.ops.mkldnn._linear_pointwise(inputs, packed, None, "none", [], "")
+
+
 def narrow_table(ratios: dict[int, float]) -> list[bool]:
     """Per token count up to the largest measured size, whether weight × inputsᵀ won (ratio < 1) at the
     smallest measured size at or above it; one token only where one token was measured."""
@@ -287,6 +310,10 @@ class LeanLlama:
         # narrow[m]: whether m tokens multiply weight × inputsᵀ (`_times`); calibrate_narrow measures it.
         self.narrow = [1 < m <= NARROW_ROWS for m in range(NARROW_ROWS + 1)] if self.device.type == "cpu" else []
         self.padded_to: list[int] = []  # padded_to[m]: the size m tokens multiply at (`padded_sizes`); none: m
+        # packed[m]: whether m tokens multiply a weight packed for oneDNN (`pack_products`); none: not packed.
+        self.packed: list[bool] = []
+        self.packed_weights: dict[int, torch.Tensor] = {}  # id(weight) → its packed copy
+        self.packed_ratios: dict[int, float] = {}  # per size measured, packed ÷ the best unpacked product
         # Half precision on a CPU (RESULTS 28). float32 keeps the folded products (as fast there, and the path the
         # exactness tests hold to generate()); a GPU keeps them too, unmeasured with the fused kernel.
         self.fused = self.half_vectors = self.dtype != torch.float32 and self.device.type == "cpu"
@@ -528,23 +555,53 @@ class LeanLlama:
 
     def _times(self, inputs: torch.Tensor, weight: torch.Tensor, bias: torch.Tensor | None = None) -> torch.Tensor:
         """`F.linear(inputs, weight, bias)`, but the sizes `narrow` marks go as weight × inputsᵀ: the BLAS then
-        streams the weight once instead of repacking it for a matrix product. Which sizes gain depends on the
-        CPU (an AMD EPYC: 2-6 tokens; an Intel Xeon: 8-48, while 2-4 lost), hence `calibrate_narrow`, which also
-        finds the sizes that multiply faster padded with zero rows (`padded_to`)."""
+        streams the weight once instead of repacking it for a matrix product; and the sizes `packed` marks
+        through oneDNN with the weight packed once. Which sizes gain depends on the CPU (an AMD EPYC: 2-6 tokens
+        narrow; an Intel Xeon: 8-48, while 2-4 lost), hence `calibrate_narrow`, which also finds the sizes that
+        multiply faster padded with zero rows (`padded_to`)."""
         rows = inputs.shape[0]
-        if rows == 1 and self.half_vectors:
+        size = self.padded_to[rows] if rows < len(self.padded_to) else rows
+        packed = bool(self.packed) and self.packed[min(size, len(self.packed) - 1)]  # beyond: the largest's way
+        if rows == 1 and self.half_vectors and not packed:
             out = torch.mv(weight, inputs[0])[None]  # half-precision one-row products: ~2x F.linear's speed
             return out if bias is None else out + bias
-        size = self.padded_to[rows] if rows < len(self.padded_to) else rows
-        narrow = size < len(self.narrow) and self.narrow[size]
-        if size == rows and not narrow:
+        narrow = not packed and size < len(self.narrow) and self.narrow[size]
+        if size == rows and not narrow and not packed:
             return F.linear(inputs, weight, bias)
         if size > rows:  # zero rows: each output row depends on its own input row only
             inputs = torch.cat([inputs, inputs.new_zeros(size - rows, inputs.shape[1])])
-        out = narrow_product(inputs, weight) if narrow else F.linear(inputs, weight)
+        if packed:
+            out = packed_product(inputs, self.packed_weights[id(weight)])
+        else:
+            out = narrow_product(inputs, weight) if narrow else F.linear(inputs, weight)
         if size > rows:
             out = out[:rows]
         return out if bias is None else out + bias
+
+    def _weights(self) -> list[torch.Tensor]:
+        """Every weight `_times` multiplies: the layers' projections and MLP, and the output layer's."""
+        return [
+            linear.weight
+            for layer in self.layers
+            for linear in (
+                layer.self_attn.q_proj, layer.self_attn.k_proj, layer.self_attn.v_proj, layer.self_attn.o_proj,
+                layer.mlp.gate_proj, layer.mlp.up_proj, layer.mlp.down_proj,
+            )
+        ] + [self.head_weight]  # fmt: skip
+
+    def pack_products(self, table: list[bool]) -> bool:
+        """Multiply the sizes `table` marks through packed weights (packing every weight once, a copy), or none
+        of them (dropping the copies) where `table` marks nothing. False where this CPU cannot pack."""
+        if not any(table):
+            self.packed, self.packed_weights = [], {}
+            return True
+        if not self.packed_weights:
+            packed = {id(weight): pack_weight(weight) for weight in self._weights()}
+            if any(copy is None for copy in packed.values()):
+                return False
+            self.packed_weights = {key: copy for key, copy in packed.items() if copy is not None}
+        self.packed = list(table)
+        return True
 
     def _attend(
         self, query: torch.Tensor, keys: torch.Tensor, values: torch.Tensor, blocked: torch.Tensor | None
@@ -606,23 +663,16 @@ class LeanLlama:
 
     @torch.inference_mode()
     def calibrate_narrow(self, sizes: tuple[int, ...] = NARROW_SIZES, repeats: int = 3) -> dict[int, float]:
-        """On a CPU, choose per product size which way multiplies: weight × inputsᵀ where it beat `F.linear`
-        (the fastest of `repeats`, interleaved), timed over every layer's weights so that they stream from
-        memory as in a forward (one matrix alone stays in cache and times differently); and per size, the
-        measured size at or above it to pad to (`padded_sizes`). Beyond the largest, `F.linear` unpadded.
+        """On a CPU, choose per product size which way multiplies: weight × inputsᵀ where it beat `F.linear`, and
+        packed weights (`pack_products`) where they beat both (the fastest of `repeats`, interleaved), timed
+        over every layer's weights so that they stream from memory as in a forward (one matrix alone stays in
+        cache and times differently); and per size, the measured size at or above it to pad to
+        (`padded_sizes`). Beyond the largest, `F.linear` unpadded, or packed if packed won there.
         Returns each size's time ratio, narrow ÷ linear; a GPU keeps `F.linear` and measures nothing."""
         if self.device.type != "cpu":
             return {}
-        weights = [
-            linear.weight
-            for layer in self.layers
-            for linear in (
-                layer.self_attn.q_proj, layer.self_attn.k_proj, layer.self_attn.v_proj, layer.self_attn.o_proj,
-                layer.mlp.gate_proj, layer.mlp.up_proj, layer.mlp.down_proj,
-            )
-        ]  # fmt: skip
-        ratios: dict[int, float] = {}
-        fastest: dict[int, float] = {}
+        weights = self._weights()[:-1]  # the layers'; the output layer runs once per forward, on few rows
+        can_pack = self.pack_products([True])
         generator = torch.Generator().manual_seed(0)  # leaves the global random state alone
         widths = {weight.shape[1] for weight in weights}
         inputs = {
@@ -631,20 +681,40 @@ class LeanLlama:
         }
         linear = dict.fromkeys(inputs, float("inf"))
         narrow = dict.fromkeys(inputs, float("inf"))
+        packed = dict.fromkeys(inputs, float("inf"))
         for _ in range(repeats):  # every size once per pass: a burst of noise spoils one pass, not one size
             for size, by_width in inputs.items():
                 start = time.perf_counter()
                 for weight in weights:
-                    F.linear(by_width[weight.shape[1]], weight)
+                    if size == 1 and self.half_vectors:
+                        torch.mv(weight, by_width[weight.shape[1]][0])  # what one row runs unpacked
+                    else:
+                        F.linear(by_width[weight.shape[1]], weight)
                 middle = time.perf_counter()
                 for weight in weights:
                     narrow_product(by_width[weight.shape[1]], weight)
                 linear[size] = min(linear[size], middle - start)
                 narrow[size] = min(narrow[size], time.perf_counter() - middle)
+                if can_pack:
+                    start = time.perf_counter()
+                    for weight in weights:
+                        packed_product(by_width[weight.shape[1]], self.packed_weights[id(weight)])
+                    packed[size] = min(packed[size], time.perf_counter() - start)
+        ratios: dict[int, float] = {}
+        fastest: dict[int, float] = {}
         for size in inputs:
-            ratios[size], fastest[size] = narrow[size] / linear[size], min(narrow[size], linear[size])
+            ratios[size], fastest[size] = narrow[size] / linear[size], min(narrow[size], linear[size], packed[size])
         self.narrow = narrow_table(ratios)
         self.padded_to = padded_sizes(fastest)
+        self.pack_products(
+            [
+                count > 0 and packed[self.padded_to[count]] == fastest[self.padded_to[count]]
+                for count in range(len(self.padded_to))
+            ]
+        )
+        self.packed_ratios = (
+            {size: packed[size] / min(narrow[size], linear[size]) for size in inputs} if can_pack else {}
+        )
         return ratios
 
     @torch.inference_mode()

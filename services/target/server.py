@@ -112,6 +112,7 @@ class TargetServicer(target_pb2_grpc.TargetServiceServicer):
                 f"{rows}×{tokens // rows}": round(t * 1e3, 1) for (rows, tokens), t in self.batch_seconds.items()
             },
             narrow_vs_linear={n: round(ratio, 2) for n, ratio in narrow.items()},
+            packed_vs_unpacked={n: round(ratio, 2) for n, ratio in decoder.packed_ratios.items()} if decoder else {},
         )
         return engine, threads
 

@@ -16,6 +16,8 @@ from banditspec.lean_llama import (
     LeanLlama,
     narrow_product,
     narrow_table,
+    pack_weight,
+    packed_product,
     padded_sizes,
     slot_width,
 )
@@ -24,10 +26,11 @@ from banditspec.models import load_causal_lm
 TOLERANCE = {"atol": 2e-5, "rtol": 2e-5}
 
 
-@pytest.fixture(scope="module", params=["folded", "fused", "narrow", "padded", "pooled"])
+@pytest.fixture(scope="module", params=["folded", "fused", "narrow", "packed", "padded", "pooled"])
 def lean(tiny_models, request):
     """Every path in float32: folded attention (float32's), the fused kernel with one-row products as `mv` (half
-    precision's), every product of 1-64 tokens as weight × inputsᵀ (what `calibrate_narrow` may choose), and
+    precision's), every product of 1-64 tokens as weight × inputsᵀ or through packed weights (what
+    `calibrate_narrow` may choose), and
     caches as slots of one pool, attended as one matrix (a target's); there a test's lone and batched caches
     alternate, so a forward's slots have gaps."""
     loaded = load_causal_lm(tiny_models.target, device="cpu", dtype="float32")
@@ -35,6 +38,8 @@ def lean(tiny_models, request):
     model.fused = model.half_vectors = request.param == "fused"
     if request.param == "narrow":
         model.narrow = [count > 0 for count in range(65)]
+    if request.param == "packed":  # every product through weights packed for oneDNN
+        assert model.pack_products([count > 0 for count in range(65)])
     if request.param == "padded":  # every product padded with zero rows to a multiple of 8
         model.padded_to = [-(-count // 8) * 8 for count in range(65)]
     return model, tiny_models.vocab_size
@@ -143,6 +148,21 @@ def test_calibration_times_every_size_and_sets_the_table(tiny_models):
     assert model.narrow == narrow_table(ratios)
     assert len(model.padded_to) == max(NARROW_SIZES) + 1
     assert all(model.padded_to[count] in NARROW_SIZES and model.padded_to[count] >= count for count in range(1, 65))
+    # packed where packed weights were the fastest of the three ways, and the copies kept only then
+    assert sorted(model.packed_ratios) == sorted(NARROW_SIZES)
+    wins = {size for size, ratio in model.packed_ratios.items() if ratio <= 1.0}
+    assert [count > 0 and model.padded_to[count] in wins for count in range(65)] == (model.packed or [False] * 65)
+    assert bool(model.packed_weights) == bool(wins)
+
+
+def test_a_packed_weight_gives_the_plain_product():
+    generator = torch.Generator().manual_seed(0)
+    weight = torch.randn(48, 16, generator=generator)
+    packed = pack_weight(weight)
+    assert packed is not None  # torch's CPU build has oneDNN
+    for rows in (1, 3, 17):
+        inputs = torch.randn(rows, 16, generator=generator)
+        torch.testing.assert_close(packed_product(inputs, packed), inputs @ weight.T)
 
 
 def test_a_size_pads_to_the_fastest_measured_size_at_or_above_it():

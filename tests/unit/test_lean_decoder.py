@@ -41,13 +41,15 @@ def run_both(loaded, lean: LeanLlama, steps: list[tuple[str, int]], vocab: int) 
         length += count
 
 
-@pytest.fixture(scope="module", params=["folded", "fused", "narrow", "padded"])
+@pytest.fixture(scope="module", params=["folded", "fused", "narrow", "packed", "padded"])
 def tiny(tiny_models, request):
     loaded = load_causal_lm(tiny_models.target, device="cpu", dtype="float32")
     lean = LeanLlama(loaded.model, loaded.max_context)
     lean.fused = lean.half_vectors = request.param == "fused"  # half precision's path, at float32 tolerances
     if request.param == "narrow":  # every product of 1-64 tokens as weight × inputsᵀ
         lean.narrow = [count > 0 for count in range(65)]
+    if request.param == "packed":  # every product through weights packed for oneDNN
+        assert lean.pack_products([count > 0 for count in range(65)])
     if request.param == "padded":  # every product padded with zero rows to a multiple of 8
         lean.padded_to = [-(-count // 8) * 8 for count in range(65)]
     return loaded, lean, tiny_models.vocab_size
