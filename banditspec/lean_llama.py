@@ -662,17 +662,20 @@ class LeanLlama:
         return out
 
     @torch.inference_mode()
-    def calibrate_narrow(self, sizes: tuple[int, ...] = NARROW_SIZES, repeats: int = 3) -> dict[int, float]:
+    def calibrate_narrow(
+        self, sizes: tuple[int, ...] = NARROW_SIZES, repeats: int = 3, pack: bool = True
+    ) -> dict[int, float]:
         """On a CPU, choose per product size which way multiplies: weight × inputsᵀ where it beat `F.linear`, and
         packed weights (`pack_products`) where they beat both (the fastest of `repeats`, interleaved), timed
         over every layer's weights so that they stream from memory as in a forward (one matrix alone stays in
         cache and times differently); and per size, the measured size at or above it to pad to
         (`padded_sizes`). Beyond the largest, `F.linear` unpadded, or packed if packed won there.
-        Returns each size's time ratio, narrow ÷ linear; a GPU keeps `F.linear` and measures nothing."""
+        `pack` False: no packed copies. Returns each size's time ratio, narrow ÷ linear; a GPU keeps `F.linear`
+        and measures nothing."""
         if self.device.type != "cpu":
             return {}
         weights = self._weights()[:-1]  # the layers'; the output layer runs once per forward, on few rows
-        can_pack = self.pack_products([True])
+        can_pack = pack and self.pack_products([True])
         generator = torch.Generator().manual_seed(0)  # leaves the global random state alone
         widths = {weight.shape[1] for weight in weights}
         inputs = {

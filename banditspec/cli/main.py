@@ -128,6 +128,7 @@ def cmd_serve_target(args: argparse.Namespace) -> None:
                 unix_socket=args.unix_socket,
                 solo_threads=args.solo_threads,
                 prefix_reuse=not args.no_prefix_reuse,
+                packed_weights=not args.no_packed_weights,
                 **{  # unset: the engine's defaults (the CLI does not import torch to learn them)
                     key: value
                     for key, value in (
@@ -508,6 +509,11 @@ def build_parser() -> argparse.ArgumentParser:
     target.add_argument(
         "--no-prefix-reuse", action="store_true",
         help="prefill every prompt whole, sharing no prefix with other sessions (for A/B measurements)",
+    )  # fmt: skip
+    target.add_argument(
+        "--no-packed-weights", action="store_true",
+        help="on a CPU, multiply with the model's own weights only: no packed copy for oneDNN (saves the "
+        "weights' memory once more; forwards of 3 or more tokens slower)",
     )  # fmt: skip
     target.add_argument("--threads", type=int, default=0, help="torch CPU threads (0: torch's default)")
     target.add_argument(

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import functools
 from dataclasses import dataclass, field
 
 import numpy as np
@@ -53,6 +54,7 @@ class TargetConfig:
     solo_threads: int = 0  # torch threads of a forward while one session is open (0: the process's)
     prefix_reuse: bool = True  # new prompts start from held prefixes (services.target.prefixes)
     retained_prefixes: int = DEFAULT_RETAINED  # released sessions' caches kept for that
+    packed_weights: bool = True  # a CPU may multiply through weights packed for oneDNN (a second copy of them)
 
 
 class TargetServicer(target_pb2_grpc.TargetServiceServicer):
@@ -93,7 +95,11 @@ class TargetServicer(target_pb2_grpc.TargetServiceServicer):
         threads = ThreadPlan.from_flags(config.solo_threads)
         decoder = engine.decoder
         # Before the curves: they measure the products it chooses. Batched forwards run on the shared threads.
-        narrow = threads.measure(2, decoder.calibrate_narrow) if decoder is not None else {}
+        narrow = (
+            threads.measure(2, functools.partial(decoder.calibrate_narrow, pack=config.packed_weights))
+            if decoder is not None
+            else {}
+        )
         # The one-row curve is a lone session's (solo threads); batched forwards run with several open.
         self.forward_seconds = threads.measure(1, engine.measure_forwards)
         verify_lengths = padded_lengths(self.forward_seconds) if config.verify_padding else []

@@ -155,6 +155,13 @@ def test_calibration_times_every_size_and_sets_the_table(tiny_models):
     assert bool(model.packed_weights) == bool(wins)
 
 
+def test_calibration_without_packing_keeps_no_packed_copies(tiny_models):
+    loaded = load_causal_lm(tiny_models.target, device="cpu", dtype="float32")
+    model = LeanLlama(loaded.model, loaded.max_context)
+    model.calibrate_narrow(sizes=(1, 2, 8), repeats=1, pack=False)
+    assert model.packed == [] and model.packed_weights == {} and model.packed_ratios == {}
+
+
 def test_a_packed_weight_gives_the_plain_product():
     generator = torch.Generator().manual_seed(0)
     weight = torch.randn(48, 16, generator=generator)
