@@ -188,7 +188,7 @@ def pack_weight(weight: torch.Tensor) -> torch.Tensor | None:
         return None
     try:
         return torch.ops.mkldnn._reorder_linear_weight(weight.detach(), PACKED_BATCH_HINT)
-    except RuntimeError:
+    except (RuntimeError, AttributeError):  # a build without the operator, or one that refuses this weight
         return None
 
 
