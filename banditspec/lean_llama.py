@@ -595,12 +595,21 @@ class LeanLlama:
         if not any(table):
             self.packed, self.packed_weights = [], {}
             return True
-        if not self.packed_weights:
-            packed = {id(weight): pack_weight(weight) for weight in self._weights()}
-            if any(copy is None for copy in packed.values()):
-                return False
-            self.packed_weights = {key: copy for key, copy in packed.items() if copy is not None}
+        if not self._pack_weights():
+            return False
         self.packed = list(table)
+        return True
+
+    def _pack_weights(self) -> bool:
+        """A packed copy of every weight `_times` multiplies, unless already made; False where one cannot be."""
+        if not self.packed_weights:
+            packed = {}
+            for weight in self._weights():
+                copy = pack_weight(weight)
+                if copy is None:
+                    return False
+                packed[id(weight)] = copy
+            self.packed_weights = packed
         return True
 
     def _attend(
@@ -675,7 +684,7 @@ class LeanLlama:
         if self.device.type != "cpu":
             return {}
         weights = self._weights()[:-1]  # the layers'; the output layer runs once per forward, on few rows
-        can_pack = pack and self.pack_products([True])
+        can_pack = pack and self._pack_weights()
         generator = torch.Generator().manual_seed(0)  # leaves the global random state alone
         widths = {weight.shape[1] for weight in weights}
         inputs = {
