@@ -11,9 +11,11 @@ from dataclasses import dataclass
 
 from prometheus_client.parser import text_string_to_metric_families
 
-COUNTERS = {  # the prompt tokens of sessions opened, and those taken from held prefixes
+COUNTERS = {  # the prompt tokens of sessions opened and those taken from held prefixes; waits for late rows
     "banditspec_target_prompt_tokens": "prompt_tokens",
     "banditspec_target_prompt_tokens_reused": "reused_tokens",
+    "banditspec_target_gather_seconds": "gather_seconds",
+    "banditspec_target_gathers_expired": "gathers_expired",
 }
 HISTOGRAMS = {
     "banditspec_target_forward_seconds": "seconds",
@@ -33,6 +35,8 @@ class ForwardTotals:
     tokens: float = 0.0
     prompt_tokens: float = 0.0
     reused_tokens: float = 0.0
+    gather_seconds: float = 0.0
+    gathers_expired: float = 0.0
 
 
 def free_port(host: str = "127.0.0.1") -> int:
@@ -67,8 +71,9 @@ def scrape(port: int, host: str = "127.0.0.1", timeout: float = 10.0) -> Forward
 
 def phase_forwards(before: ForwardTotals, after: ForwardTotals, wall_seconds: float) -> dict[str, float]:
     """What the target did between two scrapes: forwards, rows and tokens per forward, ms per forward, busy
-    (the share of the phase's wall time inside forwards), and the share of the prompt tokens opened that
-    came from held prefixes. Empty when no forward ran."""
+    (the share of the phase's wall time inside forwards), the share of the prompt tokens opened that came
+    from held prefixes, the share spent waiting for late rows and how many such waits ran out. Empty when no
+    forward ran."""
     forwards = after.forwards - before.forwards
     if forwards <= 0:
         return {}
@@ -81,4 +86,6 @@ def phase_forwards(before: ForwardTotals, after: ForwardTotals, wall_seconds: fl
         "ms_per_forward": 1e3 * seconds / forwards,
         "busy": seconds / wall_seconds if wall_seconds > 0 else 0.0,
         "prompt_reused": (after.reused_tokens - before.reused_tokens) / prompts if prompts > 0 else 0.0,
+        "gathering": (after.gather_seconds - before.gather_seconds) / wall_seconds if wall_seconds > 0 else 0.0,
+        "gathers_expired": after.gathers_expired - before.gathers_expired,
     }

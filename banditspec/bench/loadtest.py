@@ -617,19 +617,23 @@ def report(document: dict) -> str:
     if stack_phases:
         lines += ["", "The target's forwards during each stack phase (from its metrics):", ""]
         lines += [
-            "| N | method | forwards | rows per forward | tokens per forward | ms per forward | busy | prompt reused |",
-            "|---:|---|---:|---:|---:|---:|---:|---:|",
+            "| N | method | forwards | rows per forward | tokens per forward | ms per forward | busy | waiting for rows "
+            "| waits ran out | prompt reused |",
+            "|---:|---|---:|---:|---:|---:|---:|---:|---:|---:|",
         ]
         for p in stack_phases:
             t = p.target
             lines.append(
                 f"| {p.clients} | {_label(p, sittings)} | {t['forwards']:.0f} | {t['rows_per_forward']:.2f} | "
                 f"{t['tokens_per_forward']:.1f} | {t['ms_per_forward']:.1f} | {100 * t['busy']:.0f}% | "
+                f"{100 * t.get('gathering', 0.0):.1f}% | {t.get('gathers_expired', 0.0):.0f} | "
                 f"{100 * t.get('prompt_reused', 0.0):.0f}% |"
             )
         lines += [
             "",
-            "busy: the share of the phase's wall time the target spent in forwards (prefill included). prompt "
+            "busy: the share of the phase's wall time the target spent in forwards (prefill included). waiting "
+            "for rows: the share it spent holding a forward for sessions whose next round was on its way; waits "
+            "ran out: how many of those ended with a session still missing. prompt "
             "reused: the share of the prompt tokens opened whose keys and values came from a prefix the target "
             "held (another session's, or a released one's) instead of a forward.",
         ]

@@ -5,7 +5,7 @@ from __future__ import annotations
 
 from collections.abc import Callable, Iterator
 
-from prometheus_client import REGISTRY, Histogram
+from prometheus_client import REGISTRY, Counter, Histogram
 from prometheus_client.core import CounterMetricFamily, GaugeMetricFamily
 from prometheus_client.registry import Collector
 
@@ -24,6 +24,18 @@ BATCH_TOKENS = Histogram(
     "Tokens in one forward, padding included",
     buckets=(1, 2, 4, 8, 16, 24, 32, 48, 64, 96, 128, 192, 256, 512),
 )
+GATHER_SECONDS = Counter(
+    "banditspec_target_gather_seconds", "Time forwards waited for sessions whose next round was on its way"
+)
+GATHERS_EXPIRED = Counter(
+    "banditspec_target_gathers_expired", "Waits that ran out with a session still missing (it joins a later forward)"
+)
+
+
+def record_gather(seconds: float, expired: bool) -> None:
+    GATHER_SECONDS.inc(seconds)
+    if expired:
+        GATHERS_EXPIRED.inc()
 
 
 def record_forward(batch: BatchInfo) -> None:

@@ -46,14 +46,17 @@ class Scheduler:
         engine: TargetEngine,
         on_forward: Callable[[BatchInfo], None] | None = None,
         threads: ThreadPlan | None = None,
+        on_gather: Callable[[float, bool], None] | None = None,
     ) -> None:
         self.engine = engine
         self.threads = threads  # None: the thread's torch threads for every forward
         self.on_forward = on_forward  # called after every forward that ran (metrics)
+        self.on_gather = on_gather  # called after every gather: its seconds, and whether it ran out (metrics)
         self._jobs: list[tuple[Job, asyncio.Future]] = []  # submission order: the budget serves the oldest first
         self._loop: asyncio.AbstractEventLoop | None = None
         self._due: asyncio.Handle | None = None  # the next step, at once or when a gather ends
         self._gather_until: float | None = None
+        self._gather_started = 0.0
         self._stopping = False
         self._idle = asyncio.Event()
         self._idle.set()
@@ -86,10 +89,18 @@ class Scheduler:
         others = len(sessions) - (job.session_id in sessions)
         return others == 0 and len(self._jobs) == 1 and self._due is None
 
+    def leaving(self, session_id: str) -> None:
+        """No round of the session is coming back (its request ended): a gather waiting for it stops."""
+        if session_id not in self._returning:
+            return
+        self._returning.discard(session_id)
+        if self._gather_until is not None and isinstance(self._due, asyncio.TimerHandle):
+            self._step_soon()  # step now if it was the last one missing
+
     def forget(self, session_id: str) -> None:
         """The session ended: no round of it is coming back, and its jobs not yet started are dropped (run
         later, an open would bring the released session back)."""
-        self._returning.discard(session_id)
+        self.leaving(session_id)
         dropped = [(job, future) for job, future in self._jobs if job.session_id == session_id and not job.started]
         gone = {id(job) for job, _ in dropped}  # by identity: jobs hold tensors, == would compare them
         self._jobs = [(job, future) for job, future in self._jobs if id(job) not in gone]
@@ -164,9 +175,12 @@ class Scheduler:
         now = time.perf_counter()
         if missing and not self._stopping:
             if self._gather_until is None:
+                self._gather_started = now
                 self._gather_until = now + min(MAX_GATHER_SECONDS, GATHER_SHARE * self._last_step_seconds)
             if now < self._gather_until:
                 return self._gather_until - now
+        if self._gather_until is not None and self.on_gather is not None:
+            self.on_gather(now - self._gather_started, bool(missing))
         self._returning -= missing  # late ones are not waited for again until their next verify
         self._gather_until = None
         return 0.0

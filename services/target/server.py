@@ -78,7 +78,12 @@ class TargetServicer(target_pb2_grpc.TargetServiceServicer):
         """Load and measure the model (on a thread that exits after, see `scheduler`), then publish the
         engine and its scheduler together: an Info answered before the curves would carry empty ones."""
         engine, threads = self._load(config)
-        scheduler = Scheduler(engine, on_forward=metrics.record_forward, threads=threads if threads.switches else None)
+        scheduler = Scheduler(
+            engine,
+            on_forward=metrics.record_forward,
+            threads=threads if threads.switches else None,
+            on_gather=metrics.record_gather,
+        )
         self.engine, self.scheduler = engine, scheduler
 
     def _load(self, config: TargetConfig) -> tuple[TargetEngine, ThreadPlan]:
@@ -202,8 +207,14 @@ class TargetServicer(target_pb2_grpc.TargetServiceServicer):
 
     @grpc_errors
     async def VerifyStream(self, request_iterator, context):
+        sessions: set[str] = set()
         async for request in request_iterator:
+            sessions.add(request.session_id)
             yield await self._verify(request)
+        # The caller closed its stream: its request ended, so no forward need wait for its next round.
+        if self.scheduler is not None:
+            for session_id in sessions:
+                self.scheduler.leaving(session_id)
 
     @grpc_errors
     async def ReleaseSession(self, request, context):

@@ -176,3 +176,46 @@ def test_scheduler_survives_cancelled_callers_and_drops_released_sessions_jobs(l
             scheduler.submit(OpenJob("t", context_ids=prompt, sampling=GREEDY, seed=0))
 
     asyncio.run(scenario())
+
+
+def test_a_forward_waits_for_returning_sessions_until_they_leave(loaded, tiny_models, monkeypatch):
+    """A forward waits a while for sessions whose next round is on its way; a session whose request ended
+    stops that wait at once, and a wait that runs out is reported as such."""
+    from services.target import scheduler as scheduler_module
+
+    monkeypatch.setattr(scheduler_module, "GATHER_SHARE", 1e6)
+    gathers: list[tuple[float, bool]] = []
+    engine = TargetEngine(loaded)
+    scheduler = scheduler_module.Scheduler(
+        engine, on_gather=lambda seconds, expired: gathers.append((seconds, expired))
+    )
+    first, second = prompts(2, tiny_models.vocab_size, seed=3)
+
+    async def scenario() -> None:
+        monkeypatch.setattr(scheduler_module, "MAX_GATHER_SECONDS", 0.0)
+        await asyncio.gather(
+            scheduler.submit(OpenJob("a", context_ids=first, sampling=GREEDY, seed=0)),
+            scheduler.submit(OpenJob("b", context_ids=second, sampling=GREEDY, seed=0)),
+        )
+        await asyncio.gather(
+            scheduler.submit(VerifyJob("a", context_length=len(first), draft_ids=[4])),
+            scheduler.submit(VerifyJob("b", context_length=len(second), draft_ids=[4])),
+        )
+        monkeypatch.setattr(scheduler_module, "MAX_GATHER_SECONDS", 60.0)  # longer than the test may take
+        waiting = scheduler.submit(VerifyJob("a", context_length=len(first) + 1, draft_ids=[5]))
+        await asyncio.sleep(0.05)
+        assert not waiting.done()  # held for b's next round
+        scheduler.leaving("b")  # b's request ended instead
+        job = await asyncio.wait_for(waiting, timeout=30)
+        assert isinstance(job.result, VerifyResult)
+        assert gathers and gathers[-1][1] is False
+
+        monkeypatch.setattr(scheduler_module, "MAX_GATHER_SECONDS", 0.05)
+        again = await scheduler.submit(VerifyJob("a", context_length=job.result.context_length, draft_ids=[6]))
+        assert isinstance(again.result, VerifyResult)
+        await scheduler.submit(VerifyJob("b", context_length=len(second) + 1, draft_ids=[6]))
+        await scheduler.submit(VerifyJob("a", context_length=again.result.context_length, draft_ids=[7]))
+        assert gathers[-1][1] is True  # b had come back once, so a waited for it in vain
+        await scheduler.close()
+
+    asyncio.run(scenario())
