@@ -548,7 +548,10 @@ def _sittings_intro(phases: list[Phase], policy: str, sittings: int) -> list[str
 
 def sittings_table(phases: list[Phase], policy: str) -> list[str]:
     """Per N and method, every sitting's tok/s and all of them pooled (all tokens ÷ all seconds), against
-    padded generate() and the best fixed arm pooled the same way."""
+    padded generate() and the best fixed arm pooled the same way; the policy also against its own mix, the
+    fixed arms' pooled tok/s weighted by its pull shares (what playing those arms in those shares would make
+    if the arms did not interact: below 1, its rows cost each other more than the fixed arms' rows do, or
+    its own work slows the stack)."""
     pooled: dict[tuple[int, str], list[Phase]] = {}
     for p in phases:
         pooled.setdefault((p.clients, p.method), []).append(p)
@@ -558,8 +561,8 @@ def sittings_table(phases: list[Phase], policy: str) -> list[str]:
         return sum(p.tokens for p in group) / seconds if seconds else 0.0
 
     lines = [
-        "| N | method | tok/s per sitting | pooled tok/s | ÷ padded generate() | ÷ best fixed arm |",
-        "|---:|---|---|---:|---:|---:|",
+        "| N | method | tok/s per sitting | pooled tok/s | ÷ padded generate() | ÷ best fixed arm | ÷ its mix |",
+        "|---:|---|---|---:|---:|---:|---:|",
     ]
     for clients in sorted({n for n, _ in pooled}):
         fixed = {m: rate(g) for (n, m), g in pooled.items() if n == clients and m.startswith("fixed:")}
@@ -572,8 +575,23 @@ def sittings_table(phases: list[Phase], policy: str) -> list[str]:
             each = ", ".join(f"{p.tokens_per_second:.1f}" for p in sorted(group, key=lambda p: p.sitting))
             to_padded = f"{value / padded:.2f}" if padded else ""
             to_best = f"{value / best:.2f}" if best and (method == policy or method.startswith("fixed:")) else ""
-            lines.append(f"| {clients} | {method} | {each} | {value:.1f} | {to_padded} | {to_best} |")
+            mix = _mix(group, fixed) if method == policy else None
+            to_mix = f"{value / mix:.2f}" if mix else ""
+            lines.append(f"| {clients} | {method} | {each} | {value:.1f} | {to_padded} | {to_best} | {to_mix} |")
     return lines
+
+
+def _mix(group: list[Phase], fixed: dict[str, float]) -> float | None:
+    """The fixed arms' tok/s weighted by the policy's pull shares (mean over its sittings); None unless every
+    arm it pulled also ran fixed."""
+    shares: dict[str, float] = {}
+    for p in group:
+        for arm, share in p.arm_shares.items():
+            shares[arm] = shares.get(arm, 0.0) + share / len(group)
+    pulled = {arm: share for arm, share in shares.items() if share > 0}
+    if not pulled or any(f"fixed:{arm}" not in fixed for arm in pulled):
+        return None
+    return sum(share * fixed[f"fixed:{arm}"] for arm, share in pulled.items()) / sum(pulled.values())
 
 
 def report(document: dict) -> str:

@@ -1,0 +1,42 @@
+"""The load test's pooled table: each method's sittings pooled as all tokens over all seconds, the policy
+against padded generate(), the best fixed arm, and the fixed arms mixed in its own pull shares."""
+
+from __future__ import annotations
+
+from banditspec.bench.loadtest import Phase, sittings_table
+
+
+def phase(method: str, tokens: int, seconds: float, sitting: int, shares: dict[str, float] | None = None) -> Phase:
+    return Phase(method, 8, 16, tokens, seconds, tokens / seconds, arm_shares=shares or {}, sitting=sitting)
+
+
+def row(lines: list[str], method: str) -> list[str]:
+    (found,) = [line for line in lines if line.startswith(f"| 8 | {method} |")]
+    return [cell.strip() for cell in found.strip("|").split("|")]
+
+
+def test_the_policy_is_compared_with_the_best_fixed_arm_and_with_its_own_mix():
+    shares = {"target-only": 0.25, "inproc/pld/6": 0.75}
+    phases = [
+        phase("ucbspec-cf", 900, 10.0, 0, shares),
+        phase("ucbspec-cf", 1100, 10.0, 1, {"target-only": 0.25, "inproc/pld/6": 0.75, "inproc/sfx/2": 0.0}),
+        phase("fixed:target-only", 1200, 10.0, 0),
+        phase("fixed:target-only", 1200, 10.0, 1),
+        phase("fixed:inproc/pld/6", 800, 10.0, 0),
+        phase("fixed:inproc/pld/6", 1000, 10.0, 1),
+        phase("generate-padded", 500, 10.0, 0),
+        phase("generate-padded", 500, 10.0, 1),
+    ]
+    lines = sittings_table(phases, "ucbspec-cf")
+    policy = row(lines, "ucbspec-cf")
+    assert policy[2:] == ["90.0, 110.0", "100.0", "2.00", "0.83", "1.03"]  # mix: 0.25 * 120 + 0.75 * 90 = 97.5
+    assert row(lines, "fixed:target-only")[5:] == ["1.00", ""]
+    assert row(lines, "fixed:inproc/pld/6")[5] == "0.75"
+
+
+def test_no_mix_when_the_policy_pulled_an_arm_that_never_ran_fixed():
+    phases = [
+        phase("ucbspec-cf", 1000, 10.0, 0, {"target-only": 0.5, "inproc/sfx/2": 0.5}),
+        phase("fixed:target-only", 1200, 10.0, 0),
+    ]
+    assert row(sittings_table(phases, "ucbspec-cf"), "ucbspec-cf")[6] == ""
