@@ -546,6 +546,12 @@ def _sittings_intro(phases: list[Phase], policy: str, sittings: int) -> list[str
     return [intro, "", *sittings_table(phases, policy), "", "Each sitting:", ""]
 
 
+def rate(group: list[Phase]) -> float:
+    """Phases pooled: all their tokens ÷ all their seconds (0 for none)."""
+    seconds = sum(p.seconds for p in group)
+    return sum(p.tokens for p in group) / seconds if seconds else 0.0
+
+
 def sittings_table(phases: list[Phase], policy: str) -> list[str]:
     """Per N and method, every sitting's tok/s and all of them pooled (all tokens ÷ all seconds), against
     padded generate() and the best fixed arm pooled the same way; the policy also against its own mix, the
@@ -555,10 +561,6 @@ def sittings_table(phases: list[Phase], policy: str) -> list[str]:
     pooled: dict[tuple[int, str], list[Phase]] = {}
     for p in phases:
         pooled.setdefault((p.clients, p.method), []).append(p)
-
-    def rate(group: list[Phase]) -> float:
-        seconds = sum(p.seconds for p in group)
-        return sum(p.tokens for p in group) / seconds if seconds else 0.0
 
     lines = [
         "| N | method | tok/s per sitting | pooled tok/s | ÷ padded generate() | ÷ best fixed arm "
@@ -595,17 +597,15 @@ def _held_out_best(phases: list[Phase]) -> float | None:
     sittings = sorted({p.sitting for p in fixed})
     if len(sittings) < 2:
         return None
-    tokens = seconds = 0.0
+    measured: list[Phase] = []
     for sitting in sittings:
         others: dict[str, list[Phase]] = {}
         for p in fixed:
             if p.sitting != sitting:
                 others.setdefault(p.method, []).append(p)
-        chosen = max(others, key=lambda m: sum(p.tokens for p in others[m]) / sum(p.seconds for p in others[m]))
-        measured = [p for p in fixed if p.method == chosen and p.sitting == sitting]
-        tokens += sum(p.tokens for p in measured)
-        seconds += sum(p.seconds for p in measured)
-    return tokens / seconds if seconds else None
+        chosen = max(others, key=lambda method: rate(others[method]))
+        measured += [p for p in fixed if p.method == chosen and p.sitting == sitting]
+    return rate(measured) or None
 
 
 def _mix(group: list[Phase], fixed: dict[str, float]) -> float | None:
