@@ -5,7 +5,7 @@ Per N, N client threads stream N × `--requests-per-client` requests of the work
 time each, taking the next prompt from one queue when a request ends (`--dispatch queue`, as vLLM's
 max-concurrency benchmark does; `per-client` fixes each client's prompts, so clients whose prompts go
 fast leave their rows empty for the rest of the phase). The phase reports aggregate tokens/s (all tokens
-÷ the phase's wall time), time to first token, request latency p50/p99, the arms' pull shares and the
+÷ the phase's wall time, and the same until its first client ran out of requests), time to first token, request latency p50/p99, the arms' pull shares and the
 mean γ pulled, and each service's resident memory. The
 baselines run the same prompts in-process, N at a time: `generate()` on a left-padded static batch (plain
 decoding), and transformers' continuous batching (`generate_batch`), each checked against the target's
@@ -61,6 +61,9 @@ class Request:
     arms: dict[str, int] = field(default_factory=dict)  # arm → pulls
     rewards: dict[str, float] = field(default_factory=dict)  # arm → mean reward (tokens/s) of its pulls
     error: str = ""
+    client: int = 0
+    started: float = 0.0  # seconds from the phase's start (run_clients)
+    rounds: list[tuple[float, int]] = field(default_factory=list)  # (seconds from the phase's start, tokens) per round
 
 
 @dataclass
@@ -88,6 +91,10 @@ class Phase:
     steal: float | None = None  # share of CPU time the hypervisor took during the phase (machine.cpu_ticks)
     target: dict[str, float] = field(default_factory=dict)  # the target's forwards (bench.forwards.phase_forwards)
     sitting: int = 0  # which pass over the N's methods (--sittings)
+    # Until the first client ran out of requests (`all_busy`): the phase without its drain, when rows leave
+    # one by one as requests end on different rounds.
+    all_busy_seconds: float = 0.0
+    all_busy_tokens: int = 0
 
 
 def percentile(values: list[float], q: float) -> float:
@@ -111,20 +118,26 @@ def stream_request(stub, prompt: Prompt, max_new_tokens: int, policy: str, arms:
     request.token_ids.ids.extend(prompt.ids)
     start = time.perf_counter()
     first = None
+    rounds: list[tuple[float, int]] = []
     try:
         for message in stub.GenerateStream(request, timeout=timeout):
             if message.HasField("round"):
+                now = time.perf_counter()
+                rounds.append((now, len(message.round.token_ids)))
                 if first is None and message.round.token_ids:
-                    first = time.perf_counter() - start
+                    first = now - start
                 continue
             final = message.final
             pulls = {arm.arm: arm.pulls for arm in final.stats.arms if arm.pulls}
             rewards = {arm.arm: arm.mean_reward for arm in final.stats.arms if arm.pulls}
             seconds = time.perf_counter() - start
-            return Request(prompt.id, list(final.token_ids), seconds, first or seconds, pulls, rewards)
+            tokens = list(final.token_ids)
+            return Request(prompt.id, tokens, seconds, first or seconds, pulls, rewards, started=start, rounds=rounds)
     except grpc.RpcError as error:
-        return Request(prompt.id, [], time.perf_counter() - start, 0.0, error=f"{error.code().name}: {error.details()}")
-    return Request(prompt.id, [], time.perf_counter() - start, 0.0, error="the stream ended without a result")
+        failed = f"{error.code().name}: {error.details()}"
+        return Request(prompt.id, [], time.perf_counter() - start, 0.0, error=failed, started=start)
+    failed = "the stream ended without a result"
+    return Request(prompt.id, [], time.perf_counter() - start, 0.0, error=failed, started=start)
 
 
 def batches_of(assignments: list[list[Prompt]]) -> list[list[Prompt]]:
@@ -177,7 +190,9 @@ def run_clients(
                     prompt = queues[index].get_nowait()
                 except queue.Empty:
                     return
-                results[index].append(stream_request(stub, prompt, max_new_tokens, policy, arms, timeout))
+                request = stream_request(stub, prompt, max_new_tokens, policy, arms, timeout)
+                request.client = index
+                results[index].append(request)
 
     threads = [threading.Thread(target=client, args=(i,), daemon=True) for i in range(len(assignments))]
     for thread in threads:
@@ -186,7 +201,26 @@ def run_clients(
     start = time.perf_counter()
     for thread in threads:
         thread.join()
-    return [r for rs in results for r in rs], time.perf_counter() - start
+    seconds = time.perf_counter() - start
+    requests = [r for rs in results for r in rs]
+    for r in requests:  # times from the phase's start
+        r.started -= start
+        r.rounds = [(at - start, tokens) for at, tokens in r.rounds]
+    return requests, seconds
+
+
+def all_busy(requests: list[Request]) -> tuple[float, int]:
+    """Seconds from the phase's start until the first client ran out of requests, and the tokens its clients
+    were streamed by then: the phase before its drain, in which rows leave the target's forwards one by one
+    as requests end on different rounds. With two requests per client that drain is a large part of a short
+    phase, and it charges drafting for the spread of its requests' lengths (RESULTS 47)."""
+    ends: dict[int, float] = {}
+    for r in requests:
+        ends[r.client] = max(ends.get(r.client, 0.0), r.started + r.seconds)
+    if not ends:
+        return 0.0, 0
+    until = min(ends.values())
+    return until, sum(tokens for r in requests for at, tokens in r.rounds if at <= until)
 
 
 def stack_phase(method: str, clients: int, requests: list[Request], seconds: float, references: dict) -> Phase:
@@ -208,6 +242,7 @@ def stack_phase(method: str, clients: int, requests: list[Request], seconds: flo
         tokens / seconds if seconds else 0.0,
         errors=len(requests) - len(done),
     )
+    phase.all_busy_seconds, phase.all_busy_tokens = all_busy(requests)
     if done:
         latencies = [r.seconds for r in done]
         phase.ttft_p50 = statistics.median(r.first_token_seconds for r in done)
@@ -552,6 +587,12 @@ def rate(group: list[Phase]) -> float:
     return sum(p.tokens for p in group) / seconds if seconds else 0.0
 
 
+def all_busy_rate(group: list[Phase]) -> float:
+    """Phases pooled until each one's first client ran out of requests (`all_busy`); 0 where not measured."""
+    seconds = sum(p.all_busy_seconds for p in group)
+    return sum(p.all_busy_tokens for p in group) / seconds if seconds else 0.0
+
+
 def sittings_table(phases: list[Phase], policy: str) -> list[str]:
     """Per N and method, every sitting's tok/s and all of them pooled (all tokens ÷ all seconds), against
     padded generate() and the best fixed arm pooled the same way; the policy also against its own mix, the
@@ -564,12 +605,16 @@ def sittings_table(phases: list[Phase], policy: str) -> list[str]:
 
     lines = [
         "| N | method | tok/s per sitting | pooled tok/s | ÷ padded generate() | ÷ best fixed arm "
-        "| ÷ best fixed arm, chosen on the other sittings | ÷ its mix |",
-        "|---:|---|---|---:|---:|---:|---:|---:|",
+        "| ÷ best fixed arm, chosen on the other sittings | ÷ its mix | tok/s while every client was busy "
+        "| ÷ best fixed arm, the same |",
+        "|---:|---|---|---:|---:|---:|---:|---:|---:|---:|",
     ]
     for clients in sorted({n for n, _ in pooled}):
         fixed = {m: rate(g) for (n, m), g in pooled.items() if n == clients and m.startswith("fixed:")}
         best = max(fixed.values(), default=0.0)
+        best_busy = max(
+            (all_busy_rate(g) for (n, m), g in pooled.items() if n == clients and m.startswith("fixed:")), default=0.0
+        )
         padded = rate(pooled.get((clients, "generate-padded"), []))
         for (n, method), group in pooled.items():
             if n != clients:
@@ -582,8 +627,12 @@ def sittings_table(phases: list[Phase], policy: str) -> list[str]:
             to_mix = f"{value / mix:.2f}" if mix else ""
             held_out = _held_out_best([p for p in phases if p.clients == clients]) if method == policy else None
             to_held_out = f"{value / held_out:.2f}" if held_out else ""
+            busy = all_busy_rate(group)
+            busy_cell = f"{busy:.1f}" if busy else ""
+            to_best_busy = f"{busy / best_busy:.2f}" if busy and best_busy and to_best else ""
             lines.append(
-                f"| {clients} | {method} | {each} | {value:.1f} | {to_padded} | {to_best} | {to_held_out} | {to_mix} |"
+                f"| {clients} | {method} | {each} | {value:.1f} | {to_padded} | {to_best} | {to_held_out} | {to_mix} "
+                f"| {busy_cell} | {to_best_busy} |"
             )
     return lines
 
@@ -638,9 +687,9 @@ def report(document: dict) -> str:
         f"arms {', '.join(config['arms'])}.",
         "",
         *_sittings_intro(phases, policy, sittings),
-        "| N | method | requests | tok/s | ÷ N=1 | ÷ padded generate() | TTFT p50 s | latency p50 s | p99 s | "
-        "p99 ÷ p50 | mean γ | errors | ≠ target | CPU steal |",
-        "|---:|---|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|",
+        "| N | method | requests | tok/s | tok/s while every client was busy | ÷ N=1 | ÷ padded generate() "
+        "| TTFT p50 s | latency p50 s | p99 s | p99 ÷ p50 | mean γ | errors | ≠ target | CPU steal |",
+        "|---:|---|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|",
     ]
     padded = {(p.clients, p.sitting): p for p in phases if p.method == "generate-padded"}
     for p in phases:
@@ -648,15 +697,19 @@ def report(document: dict) -> str:
         pad = padded.get((p.clients, p.sitting))
         ratio_pad = f"{p.tokens_per_second / pad.tokens_per_second:.2f}" if pad and pad.tokens_per_second else ""
         spread = f"{p.latency_p99 / p.latency_p50:.2f}" if p.latency_p50 and p.latency_p99 else ""
+        busy = all_busy_rate([p])
         lines.append(
-            f"| {p.clients} | {_label(p, sittings)} | {p.requests} | {p.tokens_per_second:.1f} | {ratio_one} | {ratio_pad} | "
+            f"| {p.clients} | {_label(p, sittings)} | {p.requests} | {p.tokens_per_second:.1f} | "
+            f"{f'{busy:.1f}' if busy else ''} | {ratio_one} | {ratio_pad} | "
             f"{_num(p.ttft_p50)} | {_num(p.latency_p50)} | {_num(p.latency_p99)} | {spread} | {_num(p.mean_gamma)} | "
             f"{p.errors} | {p.mismatches} | {'' if p.steal is None else f'{100 * p.steal:.1f}%'} |"
         )
     lines += [
         "",
-        "CPU steal: the share of CPU time the hypervisor gave these CPUs to other guests during the phase; a "
-        "phase with much of it measured the neighbours too.",
+        "tok/s while every client was busy: the tokens streamed until the phase's first client ran out of "
+        "requests, ÷ that time; it leaves out the phase's drain, in which the target's forwards lose their rows "
+        "one by one as requests end. CPU steal: the share of CPU time the hypervisor gave these CPUs to other "
+        "guests during the phase; a phase with much of it measured the neighbours too.",
     ]
     stack_phases = [p for p in phases if p.target]
     if stack_phases:

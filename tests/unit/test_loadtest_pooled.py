@@ -3,7 +3,7 @@ against padded generate(), the best fixed arm, and the fixed arms mixed in its o
 
 from __future__ import annotations
 
-from banditspec.bench.loadtest import Phase, sittings_table
+from banditspec.bench.loadtest import Phase, Request, all_busy, sittings_table
 
 
 def phase(method: str, tokens: int, seconds: float, sitting: int, shares: dict[str, float] | None = None) -> Phase:
@@ -30,8 +30,8 @@ def test_the_policy_is_compared_with_the_best_fixed_arm_and_with_its_own_mix():
     lines = sittings_table(phases, "ucbspec-cf")
     policy = row(lines, "ucbspec-cf")
     # best out of sample: target-only (chosen on either sitting), 120; mix: 0.25 * 120 + 0.75 * 90 = 97.5
-    assert policy[2:] == ["90.0, 110.0", "100.0", "2.00", "0.83", "0.83", "1.03"]
-    assert row(lines, "fixed:target-only")[5:] == ["1.00", "", ""]
+    assert policy[2:] == ["90.0, 110.0", "100.0", "2.00", "0.83", "0.83", "1.03", "", ""]  # no all-busy times
+    assert row(lines, "fixed:target-only")[5:] == ["1.00", "", "", "", ""]
     assert row(lines, "fixed:inproc/pld/6")[5] == "0.75"
 
 
@@ -56,3 +56,33 @@ def test_the_best_fixed_arm_out_of_sample_is_not_the_luckiest_arm():
     ]
     policy = row(sittings_table(phases, "ucbspec-cf"), "ucbspec-cf")
     assert policy[5:7] == ["0.91", "1.00"]  # 100 / 110 (a, pooled); a chosen on sitting 0 measured 100 in 1
+
+
+def test_all_busy_ends_when_the_first_client_runs_out_of_requests():
+    """Client 0's last request ends at 5 s, client 1's at 7 s: the window is 5 s, and a round streamed after
+    it (client 1's at 6 s) is the drain's."""
+    requests = [
+        Request("a", [1] * 4, 2.0, 0.5, started=0.0, rounds=[(1.0, 2), (2.0, 2)], client=0),
+        Request("b", [1] * 3, 3.0, 0.5, started=2.0, rounds=[(4.0, 1), (5.0, 2)], client=0),
+        Request("c", [1] * 6, 7.0, 0.5, started=0.0, rounds=[(3.0, 3), (6.0, 3)], client=1),
+    ]
+    assert all_busy(requests) == (5.0, 2 + 2 + 1 + 2 + 3)
+    assert all_busy([]) == (0.0, 0)
+
+
+def test_the_policy_is_also_compared_while_every_client_was_busy():
+    """The drain can rank the arms differently: target-only loses to pld/6 over whole phases here, and beats
+    it until the first client ran out."""
+    phases = [
+        phase("ucbspec-cf", 1000, 10.0, 0, {"target-only": 1.0}),
+        phase("fixed:target-only", 1000, 10.0, 0),
+        phase("fixed:inproc/pld/6", 1100, 10.0, 0),
+        phase("generate-padded", 500, 10.0, 0),
+    ]
+    for p, busy_tokens in zip(phases, (900, 960, 800, 0), strict=True):
+        p.all_busy_seconds, p.all_busy_tokens = (8.0, busy_tokens) if busy_tokens else (0.0, 0)
+    lines = sittings_table(phases, "ucbspec-cf")
+    assert row(lines, "ucbspec-cf")[5] == "0.91"  # 100 ÷ 110, whole phases
+    assert row(lines, "ucbspec-cf")[8:] == ["112.5", "0.94"]  # 900 ÷ 8 s, ÷ target-only's 120
+    assert row(lines, "fixed:inproc/pld/6")[8:] == ["100.0", "0.83"]
+    assert row(lines, "generate-padded")[8:] == ["", ""]
