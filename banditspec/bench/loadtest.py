@@ -35,7 +35,7 @@ import torch
 from banditspec.bench.config import FAMILIES, TARGET_ARGS
 from banditspec.bench.forwards import ForwardTotals, free_port, phase_forwards, scrape
 from banditspec.bench.machine import StealMeter, machine
-from banditspec.bench.workload import Prompt, load_prompts, render_prompts
+from banditspec.bench.workload import Prompt, interleaved_by_kind, load_prompts, render_prompts
 from banditspec.channels import open_channel
 from banditspec.cli.launcher import LocalStack
 from banditspec.model_paths import resolve_model_path
@@ -417,7 +417,9 @@ def main(argv: list[str] | None = None) -> int:
     fixed_at = {int(n) for n in args.fixed_at.split(",") if n}
     baselines = {b for b in args.baselines.split(",") if b}
     continuous_at = {int(n) for n in args.continuous_at.split(",") if n} or set(counts)
-    prompts = load_prompts(family.prompts)
+    # A phase takes the first N × requests-per-client prompts: mixed across kinds, as the workload is (in file
+    # order, 8 clients' 16 took only the creative and explanation prompts, where drafting pays least).
+    prompts = interleaved_by_kind(load_prompts(family.prompts))
     render_prompts(prompts, tokenizer)
     used = {p.id: p for n in counts for ps in assign(prompts, n, args.requests_per_client) for p in ps}
 

@@ -38,6 +38,16 @@ def load_prompts(path: Path, kinds: list[str] | None = None, limit: int | None =
     return prompts
 
 
+def interleaved_by_kind(prompts: list[Prompt]) -> list[Prompt]:
+    """Each kind's first prompt (kinds in file order), then each kind's second, ...: so that the first n
+    prompts mix the kinds as the whole workload does, where file order would give n of the first kind."""
+    by_kind: dict[str, list[Prompt]] = defaultdict(list)
+    for p in prompts:
+        by_kind[p.kind].append(p)
+    depth = max((len(group) for group in by_kind.values()), default=0)
+    return [group[i] for i in range(depth) for group in by_kind.values() if i < len(group)]
+
+
 def render_prompts(prompts: list[Prompt], tokenizer) -> None:
     """Fill `ids`: the chat template with the generation prompt, or the raw text; the stack gets the same ids."""
     for p in prompts:
