@@ -347,8 +347,12 @@ def metered(run: Callable[..., Phase], *args: Any) -> Phase:
 # --- the run ------------------------------------------------------------------------------------------------
 
 
-def assign(prompts: list[Prompt], clients: int, per_client: int) -> list[list[Prompt]]:
-    """Client c's requests: consecutive prompts, so N = 1 and N = 8 see the same workload mix."""
+def assign(prompts: list[Prompt], clients: int, per_client: int, per_phase: int = 0) -> list[list[Prompt]]:
+    """Client c's requests: `per_client` consecutive prompts; or with `per_phase`, the workload's first
+    `per_phase` prompts dealt to the clients in turn, so that every N runs the same requests."""
+    if per_phase:
+        phase = [prompts[i % len(prompts)] for i in range(per_phase)]
+        return [phase[c::clients] for c in range(clients)]
     return [[prompts[(c * per_client + r) % len(prompts)] for r in range(per_client)] for c in range(clients)]
 
 
@@ -357,6 +361,13 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--family", choices=sorted(FAMILIES), default="default")
     parser.add_argument("--clients", default=",".join(map(str, DEFAULT_CLIENTS)), help="comma-separated N values")
     parser.add_argument("--requests-per-client", type=int, default=2)
+    parser.add_argument(
+        "--prompts-per-phase",
+        type=int,
+        default=0,
+        help="every N's phases stream these many prompts (the workload's first, kinds mixed) instead of N × "
+        "--requests-per-client, so that tok/s at N and at 1 measure the same requests",
+    )
     parser.add_argument(
         "--dispatch",
         choices=DISPATCH,
@@ -421,7 +432,8 @@ def main(argv: list[str] | None = None) -> int:
     # order, 8 clients' 16 took only the creative and explanation prompts, where drafting pays least).
     prompts = interleaved_by_kind(load_prompts(family.prompts))
     render_prompts(prompts, tokenizer)
-    used = {p.id: p for n in counts for ps in assign(prompts, n, args.requests_per_client) for p in ps}
+    per_phase = args.prompts_per_phase
+    used = {p.id: p for n in counts for ps in assign(prompts, n, args.requests_per_client, per_phase) for p in ps}
 
     model = AutoModelForCausalLM.from_pretrained(str(model_path), dtype=getattr(torch, args.dtype)).eval()
     eos = {tokenizer.eos_token_id} | set(_as_list(model.generation_config.eos_token_id))
@@ -460,7 +472,7 @@ def main(argv: list[str] | None = None) -> int:
             stream_request(stub, prompts[0], 8, args.policy, [], args.timeout)  # warm-up
         forward_ms = target_forward_ms(stack.address("target"))
         for clients in counts:
-            assignments = assign(prompts, clients, args.requests_per_client)
+            assignments = assign(prompts, clients, args.requests_per_client, per_phase)
             if args.warm_up_tokens > 0:
                 warm_up = [[prompts[-1 - c % len(prompts)]] for c in range(clients)]  # the workload's last prompts
                 done, _ = run_clients(
@@ -684,7 +696,7 @@ def report(document: dict) -> str:
         "",
         f"`banditspec loadtest {' '.join(_argv(config))}` at commit {document['machine'].get('git_commit', '?')}: "
         f"{config['family']} family, {config['dtype']} on {config['device']}, {config['max_new_tokens']} new tokens, "
-        f"greedy, {config['requests_per_client']} requests per client"
+        f"greedy, {_requests(config)}"
         f"{' from one queue' if config.get('dispatch', 'per-client') == 'queue' else ', each client its own'}; "
         f"arms {', '.join(config['arms'])}.",
         "",
@@ -781,10 +793,18 @@ def report(document: dict) -> str:
     return "\n".join(lines) + "\n"
 
 
+def _requests(config: dict) -> str:
+    if config.get("prompts_per_phase"):
+        return f"the same {config['prompts_per_phase']} prompts at every N"
+    return f"{config['requests_per_client']} requests per client"
+
+
 def _argv(config: dict) -> list[str]:
     keys = ("family", "clients", "requests_per_client", "max_new_tokens", "dtype", "device", "policy", "fixed_at",
             "model_free_gammas")  # fmt: skip
     flags = [f"--{k.replace('_', '-')} {config[k]}" for k in keys]
+    if config.get("prompts_per_phase"):
+        flags.append(f"--prompts-per-phase {config['prompts_per_phase']}")
     if "warm_up_tokens" in config:  # reports from before the warm-up ran none
         flags.append(f"--warm-up-tokens {config['warm_up_tokens']}")
     if config.get("sittings", 1) > 1:

@@ -25,3 +25,12 @@ def test_clients_with_fewer_prompts_are_skipped_not_padded():
     a, b, c = prompts(3)
     assert queue_order([[a, b], [c]]) == [a, c, b]
     assert queue_order([]) == []
+
+
+def test_a_phase_of_fixed_size_runs_the_same_prompts_at_every_n_in_the_same_order():
+    workload = prompts(10)
+    for clients in (1, 3, 4):
+        assignments = assign(workload, clients, per_client=2, per_phase=7)
+        assert len(assignments) == clients
+        assert [p.id for p in queue_order(assignments)] == [f"p{i}" for i in range(7)]
+    assert [p.id for p in queue_order(assign(workload, 4, per_client=2, per_phase=12))][-2:] == ["p0", "p1"]
