@@ -47,6 +47,8 @@ def test_a_small_load_test_reports_every_phase(tmp_path):
         assert target["forwards"] >= 1 and 1 <= target["rows_per_forward"] <= phase["clients"], phase
         assert target["tokens_per_forward"] >= target["rows_per_forward"] and target["ms_per_forward"] > 0
         assert 0 < target["busy"] <= 1
+        # Until the first client ran out of requests: part of the phase, and the tokens streamed in it.
+        assert 0 < phase["all_busy_seconds"] <= phase["seconds"] and 0 < phase["all_busy_tokens"] <= phase["tokens"]
     report = (out / "loadtest.md").read_text()
     assert (
         "| 2 | ucbspec-cf #2 |" in report
