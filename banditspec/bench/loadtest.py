@@ -4,12 +4,14 @@ transformers' batched baselines, for N = 1, 2, 4, 8, 16.
 Per N, N client threads stream N × `--requests-per-client` requests of the workload (greedy), one at a
 time each, taking the next prompt from one queue when a request ends (`--dispatch queue`, as vLLM's
 max-concurrency benchmark does; `per-client` fixes each client's prompts, so clients whose prompts go
-fast leave their rows empty for the rest of the phase). The phase reports aggregate tokens/s (all tokens
-÷ the phase's wall time, and the same until its first client ran out of requests), time to first token, request latency p50/p99, the arms' pull shares and the
-mean γ pulled, and each service's resident memory. The
-baselines run the same prompts in-process, N at a time: `generate()` on a left-padded static batch (plain
-decoding), and transformers' continuous batching (`generate_batch`), each checked against the target's
-own greedy output. Every stack output is checked against it too: batching must stay lossless.
+fast leave their rows empty for the rest of the phase). A phase takes the workload's first prompts, its
+kinds taking turns (`--prompts-per-phase`: the same ones at every N). The phase reports aggregate tokens/s
+(all tokens ÷ the phase's wall time, and the same until its first client ran out of requests), time to
+first token, request latency p50/p99, the arms' pull shares and the mean γ pulled, and each service's
+resident memory. The baselines run the same prompts in-process, N at a time: `generate()` on a
+left-padded static batch (plain decoding), and transformers' continuous batching (`generate_batch`), each
+checked against the target's own greedy output. Every stack output is checked against it too: batching
+must stay lossless.
 """
 
 from __future__ import annotations
@@ -212,8 +214,8 @@ def run_clients(
 def all_busy(requests: list[Request]) -> tuple[float, int]:
     """Seconds from the phase's start until the first client ran out of requests, and the tokens its clients
     were streamed by then: the phase before its drain, in which rows leave the target's forwards one by one
-    as requests end on different rounds. With two requests per client that drain is a large part of a short
-    phase, and it charges drafting for the spread of its requests' lengths (RESULTS 47)."""
+    as requests end on different rounds. Target-only's fixed-length requests end together and drafting's do
+    not, so the drain weighs on drafting arms only (RESULTS 49)."""
     ends: dict[int, float] = {}
     for r in requests:
         ends[r.client] = max(ends.get(r.client, 0.0), r.started + r.seconds)
