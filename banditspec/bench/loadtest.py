@@ -774,6 +774,10 @@ def report(document: dict) -> str:
     for (clients, sitting), p in sorted(base.items()):
         cells = (f"{p.arm_rewards[a]:.1f}" if a in p.arm_rewards else "" for a in arms)
         lines.append(f"| {clients}{_sitting(sitting, sittings)} | " + " | ".join(cells) + " |")
+    fixed_rewards = _fixed_rewards(phases)
+    if fixed_rewards:
+        lines += ["", "What each fixed arm's rounds measured (the same reward, per sitting):", ""]
+        lines += ["| N | arm | tokens per second of its rounds |", "|---:|---|---|", *fixed_rewards]
     lines += ["", "Peak resident memory per service (MiB, VmHWM) after each N:", ""]
     services = sorted({s for p in base.values() for s in p.rss_mib})
     lines += ["| N | " + " | ".join(services) + " |", "|---:|" + "---:|" * len(services)]
@@ -799,6 +803,22 @@ def _requests(config: dict) -> str:
     if config.get("prompts_per_phase"):
         return f"the same {config['prompts_per_phase']} prompts at every N"
     return f"{config['requests_per_client']} requests per client"
+
+
+def _fixed_rewards(phases: list[Phase]) -> list[str]:
+    """Table rows: per N and fixed arm, the mean reward its rounds measured in each sitting."""
+    measured: dict[tuple[int, str], list[Phase]] = {}
+    for p in phases:
+        if p.method.startswith("fixed:") and p.arm_rewards:
+            measured.setdefault((p.clients, p.method), []).append(p)
+    rows = []
+    for (clients, method), group in sorted(measured.items()):
+        arm = method.removeprefix("fixed:")
+        each = ", ".join(
+            f"{p.arm_rewards[arm]:.1f}" for p in sorted(group, key=lambda p: p.sitting) if arm in p.arm_rewards
+        )
+        rows.append(f"| {clients} | {arm} | {each} |")
+    return rows
 
 
 def _argv(config: dict) -> list[str]:

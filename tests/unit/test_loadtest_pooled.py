@@ -3,7 +3,7 @@ against padded generate(), the best fixed arm, and the fixed arms mixed in its o
 
 from __future__ import annotations
 
-from banditspec.bench.loadtest import Phase, Request, all_busy, sittings_table
+from banditspec.bench.loadtest import Phase, Request, _fixed_rewards, all_busy, sittings_table
 
 
 def phase(method: str, tokens: int, seconds: float, sitting: int, shares: dict[str, float] | None = None) -> Phase:
@@ -86,3 +86,15 @@ def test_the_policy_is_also_compared_while_every_client_was_busy():
     assert row(lines, "ucbspec-cf")[8:] == ["112.5", "0.94"]  # 900 ÷ 8 s, ÷ target-only's 120
     assert row(lines, "fixed:inproc/pld/6")[8:] == ["100.0", "0.83"]
     assert row(lines, "generate-padded")[8:] == ["", ""]
+
+
+def test_each_fixed_arms_reward_is_listed_per_sitting():
+    phases = [
+        phase("fixed:target-only", 1000, 10.0, 1),
+        phase("fixed:target-only", 1000, 10.0, 0),
+        phase("fixed:inproc/sfx/6", 900, 10.0, 0),
+        phase("ucbspec-cf", 1000, 10.0, 0),
+    ]
+    for p, reward in zip(phases, (20.7, 21.3, 19.8, 22.0), strict=True):
+        p.arm_rewards = {p.method.removeprefix("fixed:"): reward}
+    assert _fixed_rewards(phases) == ["| 8 | inproc/sfx/6 | 19.8 |", "| 8 | target-only | 21.3, 20.7 |"]
