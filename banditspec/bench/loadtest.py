@@ -221,8 +221,8 @@ def all_busy(requests: list[Request]) -> tuple[float, int]:
         ends[r.client] = max(ends.get(r.client, 0.0), r.started + r.seconds)
     if not ends:
         return 0.0, 0
-    until = min(ends.values())
-    return until, sum(tokens for r in requests for at, tokens in r.rounds if at <= until)
+    until = min(ends.values())  # a client whose requests failed ran out too; their tokens are not the phase's
+    return until, sum(tokens for r in requests if not r.error for at, tokens in r.rounds if at <= until)
 
 
 def stack_phase(method: str, clients: int, requests: list[Request], seconds: float, references: dict) -> Phase:
@@ -430,8 +430,8 @@ def main(argv: list[str] | None = None) -> int:
     fixed_at = {int(n) for n in args.fixed_at.split(",") if n}
     baselines = {b for b in args.baselines.split(",") if b}
     continuous_at = {int(n) for n in args.continuous_at.split(",") if n} or set(counts)
-    # A phase takes the first N × requests-per-client prompts: mixed across kinds, as the workload is (in file
-    # order, 8 clients' 16 took only the creative and explanation prompts, where drafting pays least).
+    # A phase takes the workload's first prompts: mixed across kinds, as the workload is (in file order,
+    # 8 clients' 16 took only the creative and explanation prompts, whose drafts are rarely accepted).
     prompts = interleaved_by_kind(load_prompts(family.prompts))
     render_prompts(prompts, tokenizer)
     per_phase = args.prompts_per_phase
@@ -597,16 +597,18 @@ def _sittings_intro(phases: list[Phase], policy: str, sittings: int) -> list[str
     return [intro, "", *sittings_table(phases, policy), "", "Each sitting:", ""]
 
 
+def _pooled(tokens: float, seconds: float) -> float:
+    return tokens / seconds if seconds else 0.0
+
+
 def rate(group: list[Phase]) -> float:
     """Phases pooled: all their tokens ÷ all their seconds (0 for none)."""
-    seconds = sum(p.seconds for p in group)
-    return sum(p.tokens for p in group) / seconds if seconds else 0.0
+    return _pooled(sum(p.tokens for p in group), sum(p.seconds for p in group))
 
 
 def all_busy_rate(group: list[Phase]) -> float:
     """Phases pooled until each one's first client ran out of requests (`all_busy`); 0 where not measured."""
-    seconds = sum(p.all_busy_seconds for p in group)
-    return sum(p.all_busy_tokens for p in group) / seconds if seconds else 0.0
+    return _pooled(sum(p.all_busy_tokens for p in group), sum(p.all_busy_seconds for p in group))
 
 
 def sittings_table(phases: list[Phase], policy: str) -> list[str]:
@@ -626,11 +628,10 @@ def sittings_table(phases: list[Phase], policy: str) -> list[str]:
         "|---:|---|---|---:|---:|---:|---:|---:|---:|---:|",
     ]
     for clients in sorted({n for n, _ in pooled}):
-        fixed = {m: rate(g) for (n, m), g in pooled.items() if n == clients and m.startswith("fixed:")}
+        fixed_groups = {m: g for (n, m), g in pooled.items() if n == clients and m.startswith("fixed:")}
+        fixed = {m: rate(g) for m, g in fixed_groups.items()}
         best = max(fixed.values(), default=0.0)
-        best_busy = max(
-            (all_busy_rate(g) for (n, m), g in pooled.items() if n == clients and m.startswith("fixed:")), default=0.0
-        )
+        best_busy = max(map(all_busy_rate, fixed_groups.values()), default=0.0)
         padded = rate(pooled.get((clients, "generate-padded"), []))
         for (n, method), group in pooled.items():
             if n != clients:
