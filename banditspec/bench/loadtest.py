@@ -1,17 +1,17 @@
 """`banditspec loadtest`: N concurrent streaming clients against a local stack, side by side with
 transformers' batched baselines, for N = 1, 2, 4, 8, 16.
 
-Per N, N client threads stream N × `--requests-per-client` requests of the workload (greedy), one at a
-time each, taking the next prompt from one queue when a request ends (`--dispatch queue`, as vLLM's
-max-concurrency benchmark does; `per-client` fixes each client's prompts, so clients whose prompts go
-fast leave their rows empty for the rest of the phase). A phase takes the workload's first prompts, its
-kinds taking turns (`--prompts-per-phase`: the same ones at every N). The phase reports aggregate tokens/s
-(all tokens ÷ the phase's wall time, and the same until its first client ran out of requests), time to
-first token, request latency p50/p99, the arms' pull shares and the mean γ pulled, and each service's
-resident memory. The baselines run the same prompts in-process, N at a time: `generate()` on a
-left-padded static batch (plain decoding), and transformers' continuous batching (`generate_batch`), each
-checked against the target's own greedy output. Every stack output is checked against it too: batching
-must stay lossless.
+Per N, N client threads stream the same requests of the workload (greedy), one at a time each: its first
+`--prompts-per-phase` prompts, kinds taking turns (by default the largest N × `--requests-per-client`;
+0: each N its own N × `--requests-per-client`). Clients take the next prompt from one queue when a request
+ends (`--dispatch queue`, as vLLM's max-concurrency benchmark does; `per-client` fixes each client's
+prompts, so clients whose prompts go fast leave their rows empty for the rest of the phase). The phase
+reports aggregate tokens/s (all tokens ÷ the phase's wall time, and the same until its first client ran
+out of requests), time to first token, request latency p50/p99, the arms' pull shares and the mean γ
+pulled, and each service's resident memory. The baselines run the same prompts in-process, N at a time:
+`generate()` on a left-padded static batch (plain decoding), and transformers' continuous batching
+(`generate_batch`), each checked against the target's own greedy output. Every stack output is checked
+against it too: batching must stay lossless.
 """
 
 from __future__ import annotations
@@ -358,6 +358,15 @@ def assign(prompts: list[Prompt], clients: int, per_client: int, per_phase: int 
     return [[prompts[(c * per_client + r) % len(prompts)] for r in range(per_client)] for c in range(clients)]
 
 
+def like_for_like(counts: list[int], per_client: int, per_phase: int | None) -> int:
+    """Prompts per phase: as asked, else the largest N's share, streamed at every N. Each N taking its own
+    N × per-client prompts makes one client's phase a few prompts of one or two kinds, and tok/s at N ÷ at
+    one client a ratio of different requests (RESULTS 49)."""
+    if per_phase is not None:
+        return per_phase
+    return max(counts, default=1) * per_client
+
+
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(prog="banditspec loadtest", description=__doc__.split("\n\n")[0])
     parser.add_argument("--family", choices=sorted(FAMILIES), default="default")
@@ -366,9 +375,10 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument(
         "--prompts-per-phase",
         type=int,
-        default=0,
-        help="every N's phases stream these many prompts (the workload's first, kinds mixed) instead of N × "
-        "--requests-per-client, so that tok/s at N and at 1 measure the same requests",
+        default=None,
+        help="every N's phases stream these many prompts (the workload's first, kinds mixed), so that tok/s at "
+        "N and at 1 measure the same requests; default: the largest N × --requests-per-client; 0: each N "
+        "streams N × --requests-per-client",
     )
     parser.add_argument(
         "--dispatch",
@@ -434,7 +444,7 @@ def main(argv: list[str] | None = None) -> int:
     # 8 clients' 16 took only the creative and explanation prompts, whose drafts are rarely accepted).
     prompts = interleaved_by_kind(load_prompts(family.prompts))
     render_prompts(prompts, tokenizer)
-    per_phase = args.prompts_per_phase
+    per_phase = args.prompts_per_phase = like_for_like(counts, args.requests_per_client, args.prompts_per_phase)
     used = {p.id: p for n in counts for ps in assign(prompts, n, args.requests_per_client, per_phase) for p in ps}
 
     model = AutoModelForCausalLM.from_pretrained(str(model_path), dtype=getattr(torch, args.dtype)).eval()
@@ -826,7 +836,7 @@ def _argv(config: dict) -> list[str]:
     keys = ("family", "clients", "requests_per_client", "max_new_tokens", "dtype", "device", "policy", "fixed_at",
             "model_free_gammas")  # fmt: skip
     flags = [f"--{k.replace('_', '-')} {config[k]}" for k in keys]
-    if config.get("prompts_per_phase"):
+    if config.get("prompts_per_phase") is not None:  # 0: each N its own N × requests per client
         flags.append(f"--prompts-per-phase {config['prompts_per_phase']}")
     if "warm_up_tokens" in config:  # reports from before the warm-up ran none
         flags.append(f"--warm-up-tokens {config['warm_up_tokens']}")

@@ -32,7 +32,7 @@ def test_a_small_load_test_reports_every_phase(tmp_path):
     for phase in phases:
         assert phase["errors"] == 0 and phase["mismatches"] == 0, phase
         assert phase["tokens"] > 0 and phase["tokens_per_second"] > 0
-        assert phase["requests"] == phase["clients"]  # one request per client, taken from the queue
+        assert phase["requests"] == 2  # the largest N's one request per client, at every N
         assert phase["steal"] is None or 0 <= phase["steal"] <= 1
     if Path("/proc/stat").exists():  # Linux: every phase's CPU steal is measured
         assert all(phase["steal"] is not None for phase in phases)

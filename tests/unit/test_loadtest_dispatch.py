@@ -3,7 +3,7 @@ order, so both run the same prompts and no client idles while prompts are left."
 
 from __future__ import annotations
 
-from banditspec.bench.loadtest import assign, batches_of, queue_order
+from banditspec.bench.loadtest import assign, batches_of, like_for_like, queue_order
 from banditspec.bench.workload import Prompt
 
 
@@ -34,3 +34,12 @@ def test_a_phase_of_fixed_size_runs_the_same_prompts_at_every_n_in_the_same_orde
         assert len(assignments) == clients
         assert [p.id for p in queue_order(assignments)] == [f"p{i}" for i in range(7)]
     assert [p.id for p in queue_order(assign(workload, 4, per_client=2, per_phase=12))][-2:] == ["p0", "p1"]
+
+
+def test_by_default_every_n_runs_the_largest_ns_prompts():
+    assert like_for_like([1, 2, 4, 8, 16], per_client=2, per_phase=None) == 32
+    assert like_for_like([8, 1], per_client=3, per_phase=None) == 24
+    assert like_for_like([1, 8], per_client=2, per_phase=5) == 5  # as asked
+    assert like_for_like([1, 8], per_client=2, per_phase=0) == 0  # each N its own N × per-client prompts
+    one, eight = (queue_order(assign(prompts(40), n, 2, like_for_like([1, 8], 2, None))) for n in (1, 8))
+    assert one == eight and len(one) == 16
