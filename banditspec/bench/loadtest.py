@@ -444,7 +444,7 @@ def main(argv: list[str] | None = None) -> int:
     # 8 clients' 16 took only the creative and explanation prompts, whose drafts are rarely accepted).
     prompts = interleaved_by_kind(load_prompts(family.prompts))
     render_prompts(prompts, tokenizer)
-    per_phase = args.prompts_per_phase = like_for_like(counts, args.requests_per_client, args.prompts_per_phase)
+    per_phase = like_for_like(counts, args.requests_per_client, args.prompts_per_phase)
     used = {p.id: p for n in counts for ps in assign(prompts, n, args.requests_per_client, per_phase) for p in ps}
 
     model = AutoModelForCausalLM.from_pretrained(str(model_path), dtype=getattr(torch, args.dtype)).eval()
@@ -529,7 +529,7 @@ def main(argv: list[str] | None = None) -> int:
 
     document = {
         "machine": measured_machine,
-        "config": vars(args) | {"arms": arms, "prompts": len(prompts)},
+        "config": vars(args) | {"prompts_per_phase": per_phase, "arms": arms, "prompts": len(prompts)},
         "phases": [asdict(p) for p in phases],
         "target_forward_ms": forward_ms,
         "warm_ups": warm_ups,
