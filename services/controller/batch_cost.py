@@ -12,8 +12,9 @@ load: with B tokens of other rows and f(n, r) the measured cost of a forward of 
     ceiling(B) = max over k = 1..L+1 of  k / (o + f(B + k, r) · k / (B + k))
 
 which at B = 0 is the lone-round ceiling of `reward.RewardScale`. f is `ForwardModel`: the target's
-start-up measurements (one row of n ≤ 16 tokens; batched forwards of short and 8-token rows), whose level
-follows the forwards the target reports with each verify.
+start-up measurements (one row of n ≤ 16 tokens; batched forwards of short and 8-token rows), slowed as
+the forwards the target reports with each verify say: its fixed part and its tokens each by their own
+factor.
 
 That share still misses what a draft costs the others: a round also waits for the forwards of the rows
 before it, and that wait, though charged to it as a fixed cost, grows with everyone's drafts. Measured at
@@ -115,23 +116,33 @@ class ForwardModel:
     """f(n, r): seconds of a forward carrying n tokens in r rows; one per controller, shared by its requests.
 
     It answers for rounds beside other requests (a lone round is charged its wall time). One row:
-    ρ · the curve the target measured at start-up (its kinks are the kernels'). Several rows: a plane
-    ρ · (a + b·(r − 1) + c·n), fitted once to the batched forwards measured at start-up (relative least
-    squares, so small forwards count as much as large ones). ρ is the machine's speed now against its
-    speed at start-up, following the batched forwards the target reports with each verify.
+    α · the curve the target measured at start-up (its kinks are the kernels'). Several rows:
+    α · (a + b·(r − 1)) + β · c · n, the plane a + b·(r − 1) + c·n fitted once to the batched forwards
+    measured at start-up (relative least squares, so small forwards count as much as large ones).
 
-    The shape stays the one measured at start-up, and only the level follows the load. Updating each size
-    from the forwards of that size instead lets the sizes the load visits (short rows) grow with its
-    contexts and the machine's slow-down while those it does not visit (a long draft in every row) keep
-    their start-up times, so under load a long draft looks ever cheaper (benchmarks/RESULTS.md §33)."""
+    α and β are how much slower than at start-up a forward's fixed part and its tokens run now, fitted to
+    the batched forwards the target reports with each verify (least squares of the relative error, older
+    forwards fading; the start-up forwards are the prior, fading alike). They differ because under load
+    every row attends over a long context and a token's cost grows with it: a drafted token cost more
+    than the start-up slope says (benchmarks/RESULTS.md §49-50). Where the forwards seen do not tell a
+    token's cost from a row's (every row feeding one token), a tie between α and β holds them together,
+    and the model scales as one level.
+
+    The shape stays a plane: updating each size from the forwards of that size instead lets the sizes the
+    load visits (short rows) grow with its contexts and the machine's slow-down while those it does not
+    visit (a long draft in every row) keep their start-up times, so under load a long draft looks ever
+    cheaper (benchmarks/RESULTS.md §33)."""
+
+    MEMORY = 50  # forwards: each older one weighs 1 − 1/MEMORY as much
+    TIE = 0.1  # the cost of α and β apart, in reported forwards' weight per unit difference squared
 
     def __init__(
         self, one_row: list[float], batches: dict[tuple[int, int], float] | None = None, weight: float = 0.1
     ) -> None:
         self.one_row = [seconds for seconds in one_row if seconds > 0]
         self.weight = weight
-        self.speed = 1.0  # ρ: reported ÷ modelled, a moving average of the ratio's logarithm
-        self._log_speed = 0.0
+        self.speed = 1.0  # α: of the fixed part (a + b·(r − 1)) and of one row's curve
+        self.token_speed = 1.0  # β: of the tokens (c·n)
         # A lone request's forwards (one row, one session open) run on the threads the one-row curve was
         # measured on: their own ratio, for the rounds of a request with the target to itself.
         self.alone_speed = 1.0
@@ -147,24 +158,44 @@ class ForwardModel:
         # Several rows run their products at the size the one-row curve says is the cheapest at or above
         # their total (blocked kernels; the target pads to it): 9 tokens cost what 14-16 do on the AMD EPYC.
         self.run_at = np.array([0, *padded_lengths(self.one_row)], dtype=np.int64)
+        # Least squares of α, β: Σ w·x·xᵀ and Σ w·x over forwards, x = (fixed part, tokens' part) ÷ seconds.
+        self._gram = np.zeros((2, 2))
+        self._moments = np.zeros(2)
 
     def seconds(self, tokens: int, rows: int = 1) -> float:
         if rows <= 1:
             return self.speed * self._one_row(tokens)
-        return self.speed * self._plane(self._run_size(tokens), rows)
+        fixed, per_tokens = self._parts(tokens, rows)
+        return max(self.speed * self._floor, self.speed * fixed + self.token_speed * per_tokens)
 
     def token_seconds(self) -> float:
         """What one more token adds to a forward of several rows, past its size's step (the plane's slope)."""
-        return self.speed * self.plane[2]
+        return self.token_speed * self.plane[2]
 
-    def observe(self, tokens: int, seconds: float, rows: int = 1) -> None:
-        """A forward the target reported. Several rows report one forward: it counts once."""
-        if rows <= 1 or tokens < 1 or seconds <= 0 or (rows, tokens, seconds) == self._last:
+    def observe(self, tokens: int, seconds: float, rows: int = 1, prefill_rows: int = 0) -> None:
+        """A forward the target reported. Several rows report one forward: it counts once. One with a
+        prompt's chunk in it says little of what a drafted token costs (a chunk's tokens attend mostly to
+        each other, and many run cheaper per token than a few): it is left out."""
+        if rows <= 1 or prefill_rows or tokens < 1 or seconds <= 0 or (rows, tokens, seconds) == self._last:
             return
         self._last = (rows, tokens, seconds)
-        modelled = self._plane(self._run_size(tokens), rows)
-        self._log_speed += self.weight * (math.log(seconds / modelled) - self._log_speed)
-        self.speed = math.exp(self._log_speed)
+        self._gram *= 1 - 1 / self.MEMORY
+        self._moments *= 1 - 1 / self.MEMORY
+        self._add(self._parts(tokens, rows), seconds, 1.0)
+        tie = self.TIE * np.array([[1.0, -1.0], [-1.0, 1.0]])
+        settle = 1e-6 * np.eye(2)  # solvable before any forward, and pulled to 1 where nothing says otherwise
+        fit = np.linalg.solve(self._gram + tie + settle, self._moments + settle @ np.ones(2))
+        self.speed, self.token_speed = (float(np.clip(value, 0.2, 5.0)) for value in fit)
+
+    def _add(self, parts: tuple[float, float], seconds: float, weight: float) -> None:
+        x = np.array(parts) / seconds
+        self._gram += weight * np.outer(x, x)
+        self._moments += weight * x
+
+    def _parts(self, tokens: int, rows: int) -> tuple[float, float]:
+        """The plane's fixed part and its tokens' part for a forward of `tokens` in `rows` rows."""
+        a, b, c = self.plane
+        return a + b * (rows - 1), c * self._run_size(tokens)
 
     def observe_alone(self, tokens: int, seconds: float) -> None:
         """A one-row forward of a lone request; prefills past the measured curve say nothing of it."""

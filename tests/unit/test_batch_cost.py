@@ -1,8 +1,8 @@
 """A round's share of a batched forward: the charges of a forward's rows add up to it, a lone round is
 charged its wall time, the load ceiling is the lone-round ceiling at no load and shrinks long drafts'
-worth as the load grows, and the forward model keeps the shape measured at start-up while its level
-follows the forwards the target reports. The cycle model: a lone request is not charged by it, and under
-load it ranks arms as their throughput does."""
+worth as the load grows, and the forward model keeps the plane measured at start-up while the slow-downs
+of its fixed part and of its tokens follow the forwards the target reports. The cycle model: a lone
+request is not charged by it, and under load it ranks arms as their throughput does."""
 
 from __future__ import annotations
 
@@ -67,9 +67,11 @@ def test_one_row_is_the_curve_measured_at_start_up_at_the_speed_of_now():
     assert [model.seconds(n) for n in range(1, 17)] == [plane(1, n) for n in range(1, 17)]
     assert model.seconds(32) == pytest.approx(plane(1, 16) * 2)  # beyond it, in proportion to the tokens
     model.observe(16, 1.5 * plane(8, 16), rows=8)
+    slowed = model.speed
+    assert 1 < slowed < 1.5  # one forward moves it, against the start-up forwards' weight
     model.observe(16, 1.2 * plane(1, 16), rows=1)  # a one-row forward ran on other threads: not a speed
-    assert model.speed == pytest.approx(1.5**0.1)
-    assert model.seconds(4) == pytest.approx(1.5**0.1 * plane(1, 4))
+    assert model.speed == slowed
+    assert model.seconds(4) == pytest.approx(slowed * plane(1, 4))
 
 
 def test_a_lone_requests_forwards_set_their_own_speed():
@@ -121,6 +123,44 @@ def test_the_level_follows_the_load_and_the_shape_stays():
         assert model.seconds(tokens, rows=8) == pytest.approx(1.6 * plane(8, tokens), rel=0.01)
     long_draft, one_token = model.seconds(56, rows=8), model.seconds(8, rows=8)
     assert long_draft / one_token == pytest.approx(plane(8, 56) / plane(8, 8), rel=1e-6)
+
+
+def loaded(rows: int, tokens: int, fixed_speed: float = 1.3, token_speed: float = 1.8) -> float:
+    """A forward under load: every row attends over a long context, so a token costs more than its fixed
+    part's slow-down says."""
+    return fixed_speed * (0.030 + 0.006 * (rows - 1)) + token_speed * 0.004 * tokens
+
+
+def test_a_drafted_tokens_cost_follows_the_load():
+    """Rows that draft now and then (as a policy's arms do) tell a token's cost from a row's: the model
+    learns that tokens slowed 1.8× while the fixed part slowed 1.3×, and prices a drafting forward so."""
+    model, noise = measured(), np.random.default_rng(0)
+    for _ in range(200):
+        rows = int(noise.integers(6, 9))
+        tokens = rows + int(noise.choice([0, 0, 0, 5, 6, 12]))
+        model.observe(tokens, loaded(rows, tokens) * float(np.exp(noise.normal(0, 0.05))), rows=rows)
+    assert model.token_speed == pytest.approx(1.8, rel=0.1)
+    assert model.speed == pytest.approx(1.3, rel=0.1)
+    for rows, tokens in ((8, 8), (8, 14), (8, 20)):  # the sizes seen
+        assert model.seconds(tokens, rows) == pytest.approx(loaded(rows, tokens), rel=0.03)
+    assert model.token_seconds() == pytest.approx(1.8 * 0.004, rel=0.1)
+
+
+def test_where_no_row_drafts_a_token_and_a_row_slow_alike():
+    """Every row feeding one token: the forwards cannot tell a token's cost from a row's, and the tie keeps
+    the start-up shape, scaled to the level the forwards show."""
+    model = measured()
+    for step in range(100):
+        rows = 4 + step % 5
+        model.observe(rows, loaded(rows, rows), rows=rows)
+    assert model.token_speed == pytest.approx(model.speed, rel=0.1)
+    assert model.seconds(8, rows=8) == pytest.approx(loaded(8, 8), rel=0.03)
+
+
+def test_a_forward_with_a_prompts_chunk_says_nothing_of_the_tokens_cost():
+    model = measured()
+    model.observe(200, 0.5 * plane(8, 200), rows=8, prefill_rows=1)  # a chunk runs cheap per token
+    assert (model.speed, model.token_speed) == (1.0, 1.0)
 
 
 def test_a_forward_reported_by_every_row_counts_once():
