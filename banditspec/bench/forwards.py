@@ -1,7 +1,8 @@
 """The target's forwards during a load-test phase, from its Prometheus metrics: how many ran, how many rows
 and tokens each carried, how long each took, and how much of the phase the target spent in them. They say
 where a phase's throughput went: rows that missed a forward, forwards slowed by what ran beside them, or a
-target left waiting."""
+target left waiting. The controller's metrics add how much slower than at start-up its forward model finds
+them, per part: the price it puts on a drafted token under load."""
 
 from __future__ import annotations
 
@@ -37,6 +38,9 @@ class ForwardTotals:
     reused_tokens: float = 0.0
     gather_seconds: float = 0.0
     gathers_expired: float = 0.0
+
+
+SLOWDOWN = "banditspec_forward_slowdown"  # the controller's gauge, one sample per part
 
 
 def free_port(host: str = "127.0.0.1") -> int:
@@ -89,3 +93,19 @@ def phase_forwards(before: ForwardTotals, after: ForwardTotals, wall_seconds: fl
         "gathering": (after.gather_seconds - before.gather_seconds) / wall_seconds if wall_seconds > 0 else 0.0,
         "gathers_expired": after.gathers_expired - before.gathers_expired,
     }
+
+
+def parse_slowdown(text: str) -> dict[str, float]:
+    """The controller's forward slow-downs by part ("fixed", "tokens"); empty where it exports none."""
+    return {
+        sample.labels["part"]: sample.value
+        for family in text_string_to_metric_families(text)
+        if family.name == SLOWDOWN
+        for sample in family.samples
+        if "part" in sample.labels
+    }
+
+
+def scrape_slowdown(port: int, host: str = "127.0.0.1", timeout: float = 10.0) -> dict[str, float]:
+    with urllib.request.urlopen(f"http://{host}:{port}/metrics", timeout=timeout) as response:
+        return parse_slowdown(response.read().decode())

@@ -35,7 +35,7 @@ import grpc
 import torch
 
 from banditspec.bench.config import FAMILIES, TARGET_ARGS
-from banditspec.bench.forwards import ForwardTotals, free_port, phase_forwards, scrape
+from banditspec.bench.forwards import ForwardTotals, free_port, phase_forwards, scrape, scrape_slowdown
 from banditspec.bench.machine import StealMeter, machine
 from banditspec.bench.workload import Prompt, interleaved_by_kind, load_prompts, render_prompts
 from banditspec.channels import open_channel
@@ -92,6 +92,7 @@ class Phase:
     note: str = ""
     steal: float | None = None  # share of CPU time the hypervisor took during the phase (machine.cpu_ticks)
     target: dict[str, float] = field(default_factory=dict)  # the target's forwards (bench.forwards.phase_forwards)
+    slowdown: dict[str, float] = field(default_factory=dict)  # the controller's forward model at the phase's end
     sitting: int = 0  # which pass over the N's methods (--sittings)
     # Until the first client ran out of requests (`all_busy`): the phase without its drain, when rows leave
     # one by one as requests end on different rounds.
@@ -463,6 +464,9 @@ def main(argv: list[str] | None = None) -> int:
     given_port = _flag_int(args.target_arg, "--metrics-port")
     metrics_port = given_port or free_port()  # the target's metrics say how full and how long its forwards were
     metrics_args = [] if given_port else [f"--metrics-port={metrics_port}"]
+    given_controller_port = _flag_int(args.controller_arg, "--metrics-port")
+    controller_metrics_port = given_controller_port or free_port()  # its forward model's slow-downs
+    controller_metrics_args = [] if given_controller_port else [f"--metrics-port={controller_metrics_port}"]
     measured_machine = machine(args.device)  # the commit that runs, not the one checked out at the end
     with LocalStack(
         model=str(model_path),
@@ -472,6 +476,7 @@ def main(argv: list[str] | None = None) -> int:
         extra_draft_args=device_args,
         extra_controller_args=[
             *(["--model-free-gammas", args.model_free_gammas] if args.model_free_gammas else []),
+            *controller_metrics_args,
             *args.controller_arg,
         ],
         log_dir=out / "logs",
@@ -506,6 +511,7 @@ def main(argv: list[str] | None = None) -> int:
                     phase.steal, phase.sitting = steal.fraction, sitting
                     if before is not None and after is not None:
                         phase.target = phase_forwards(before, after, seconds)
+                    phase.slowdown = _scrape_slowdown(controller_metrics_port)
                     phase.rss_mib = resident_mib(stack)
                     phase.cpu_seconds = {k: v - cpu_before.get(k, 0.0) for k, v in cpu_seconds(stack).items()}
                     phases.append(phase)
@@ -562,6 +568,14 @@ def _flag_int(args: list[str], flag: str) -> int | None:
         if arg == flag and index + 1 < len(args):
             return int(args[index + 1])
     return None
+
+
+def _scrape_slowdown(port: int) -> dict[str, float]:
+    """The controller's forward slow-downs; empty if its metrics cannot be read."""
+    try:
+        return scrape_slowdown(port)
+    except OSError:
+        return {}
 
 
 def _scrape(port: int) -> ForwardTotals | None:
@@ -743,16 +757,17 @@ def report(document: dict) -> str:
         lines += ["", "The target's forwards during each stack phase (from its metrics):", ""]
         lines += [
             "| N | method | forwards | rows per forward | tokens per forward | ms per forward | busy | waiting for rows "
-            "| waits ran out | prompt reused |",
-            "|---:|---|---:|---:|---:|---:|---:|---:|---:|---:|",
+            "| waits ran out | prompt reused | slow-down: fixed / tokens |",
+            "|---:|---|---:|---:|---:|---:|---:|---:|---:|---:|---|",
         ]
         for p in stack_phases:
-            t = p.target
+            t, slow = p.target, p.slowdown
+            slowdown = f"{slow['fixed']:.2f} / {slow['tokens']:.2f}" if {"fixed", "tokens"} <= set(slow) else ""
             lines.append(
                 f"| {p.clients} | {_label(p, sittings)} | {t['forwards']:.0f} | {t['rows_per_forward']:.2f} | "
                 f"{t['tokens_per_forward']:.1f} | {t['ms_per_forward']:.1f} | {100 * t['busy']:.0f}% | "
                 f"{100 * t.get('gathering', 0.0):.1f}% | {t.get('gathers_expired', 0.0):.0f} | "
-                f"{100 * t.get('prompt_reused', 0.0):.0f}% |"
+                f"{100 * t.get('prompt_reused', 0.0):.0f}% | {slowdown} |"
             )
         lines += [
             "",
@@ -760,7 +775,9 @@ def report(document: dict) -> str:
             "for rows: the share it spent holding a forward for sessions whose next round was on its way; waits "
             "ran out: how many of those ended with a session still missing. prompt "
             "reused: the share of the prompt tokens opened whose keys and values came from a prefix the target "
-            "held (another session's, or a released one's) instead of a forward.",
+            "held (another session's, or a released one's) instead of a forward. slow-down: how much slower than "
+            "at start-up the controller's forward model found batched forwards at the phase's end, their fixed "
+            "part (a forward and its rows) and their tokens; it prices a drafted token by the second.",
         ]
     timed = [p for p in phases if p.cpu_seconds]
     if timed:

@@ -338,6 +338,7 @@ class Generation:
             self.forward_model.observe(
                 verdict.batch_tokens, verdict.batch_forward_seconds, verdict.batch_rows, verdict.batch_prefill_rows
             )
+            metrics.record_forward_slowdown(self.forward_model.speed, self.forward_model.token_speed)
             if verdict.batch_rows <= 1 and self.running() <= 1:
                 self.forward_model.observe_alone(verdict.batch_tokens, verdict.batch_forward_seconds)
         tokens_per_second = verified / played.charged_seconds

@@ -40,6 +40,12 @@ TIME_TO_FIRST_TOKEN = Histogram(
     "From the request's start to its first verified token",
     buckets=(0.01, 0.025, 0.05, 0.1, 0.2, 0.4, 0.8, 1.5, 3.0, 6.0, 12.0, 30.0),
 )
+FORWARD_SLOWDOWN = Gauge(
+    "banditspec_forward_slowdown",
+    "How much slower than at start-up the target's batched forwards run now, as the controller's forward model "
+    "fits them: part=fixed (a forward and its rows), part=tokens (each token fed)",
+    ["part"],
+)
 REQUEST_SECONDS = Histogram(
     "banditspec_request_seconds",
     "Wall time of a finished request",
@@ -60,6 +66,11 @@ def record_round(arm: Arm, drafted: int, accepted: int, emitted: int, seconds: f
         ACCEPTED_PER_POSITION.labels(*labels, str(position)).inc()
     GENERATED_TOKENS.labels(*labels).inc(emitted)
     ROUND_SECONDS.labels(*labels).observe(seconds)
+
+
+def record_forward_slowdown(fixed: float, tokens: float) -> None:
+    FORWARD_SLOWDOWN.labels("fixed").set(fixed)
+    FORWARD_SLOWDOWN.labels("tokens").set(tokens)
 
 
 def record_request(finish_reason: str, seconds: float, first_token_seconds: float | None) -> None:

@@ -86,7 +86,7 @@ class Controller:
                 raise SystemExit(f"controller: {error}") from error
         self.tokenizer: PreTrainedTokenizerBase | None = None
         self.step_estimate: StepTimeEstimate | None = None
-        self.forward_model: ForwardModel | None = None  # f(tokens, rows) of a forward, its level from every verify
+        self.forward_model: ForwardModel | None = None  # f(tokens, rows) of a forward, slowed as verifies report
         self.arms: list[Arm] = [TARGET_ONLY_ARM]
         self.admission = Admission(config.max_concurrent, config.max_queued)
         self.priors = ArmPriors()
@@ -111,6 +111,7 @@ class Controller:
         # One target step plus about a millisecond of RPC, until target-only rounds refine it.
         self.step_estimate = StepTimeEstimate(info.decode_step_seconds + 0.001)
         self.forward_model = ForwardModel(info.forward_seconds, info.batch_forward_seconds)
+        metrics.record_forward_slowdown(self.forward_model.speed, self.forward_model.token_speed)
         await self.refresh_arms()
         self._refresher = asyncio.create_task(self._refresh_forever())
         log.info(

@@ -47,6 +47,7 @@ def test_a_small_load_test_reports_every_phase(tmp_path):
         assert target["forwards"] >= 1 and 1 <= target["rows_per_forward"] <= phase["clients"], phase
         assert target["tokens_per_forward"] >= target["rows_per_forward"] and target["ms_per_forward"] > 0
         assert 0 < target["busy"] <= 1
+        assert 0.2 <= phase["slowdown"]["fixed"] <= 5 and 0.2 <= phase["slowdown"]["tokens"] <= 5  # the controller's
         # Until the first client ran out of requests: part of the phase, and the tokens streamed in it.
         assert 0 < phase["all_busy_seconds"] <= phase["seconds"] and 0 < phase["all_busy_tokens"] <= phase["tokens"]
     report = (out / "loadtest.md").read_text()
@@ -57,4 +58,5 @@ def test_a_small_load_test_reports_every_phase(tmp_path):
         and "CPU steal" in report
     )
     assert "The target's forwards during each stack phase" in report and "CPU seconds each service" in report
+    assert "slow-down: fixed / tokens" in report
     assert (out / "loadtest.png").read_bytes().startswith(PNG_MAGIC)

@@ -118,6 +118,8 @@ def test_every_service_is_scraped_during_and_after_a_request(metrics_stack):
     assert total(controller, "banditspec_time_to_first_token_seconds_count") >= 1
     assert total(controller, "banditspec_request_seconds_count") >= 1
     assert total(controller, "banditspec_requests_total") >= 1
+    slowdowns = {labels["part"]: value for labels, value in controller["banditspec_forward_slowdown"]}
+    assert set(slowdowns) == {"fixed", "tokens"} and all(0.2 <= value <= 5 for value in slowdowns.values())
     assert {labels["finish_reason"] for labels, _ in controller["banditspec_requests_total"]} <= {
         "length",
         "eos",

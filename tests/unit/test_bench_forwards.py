@@ -1,12 +1,12 @@
-"""The load test's view of the target's forwards: totals read from a real Prometheus exposition, and a
-phase's forwards as the difference of two readings."""
+"""The load test's view of the target's forwards: totals read from a real Prometheus exposition, a
+phase's forwards as the difference of two readings, and the controller's forward slow-downs."""
 
 from __future__ import annotations
 
 import pytest
-from prometheus_client import CollectorRegistry, Counter, Histogram, generate_latest
+from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram, generate_latest
 
-from banditspec.bench.forwards import ForwardTotals, parse_totals, phase_forwards
+from banditspec.bench.forwards import SLOWDOWN, ForwardTotals, parse_slowdown, parse_totals, phase_forwards
 
 
 def exposition(forwards: list[tuple[float, int, int]], prompts: tuple[int, int] = (0, 0)) -> str:
@@ -48,3 +48,12 @@ def test_a_phase_is_the_difference_of_two_readings():
     assert phase["busy"] == pytest.approx(0.8)
     assert phase["prompt_reused"] == pytest.approx(0.25)  # 20 of the phase's 80 prompt tokens
     assert phase_forwards(after, after, wall_seconds=1.0) == {}
+
+
+def test_the_controllers_slowdowns_are_read_by_part():
+    registry = CollectorRegistry()
+    gauge = Gauge(SLOWDOWN, "slow-down", ["part"], registry=registry)
+    assert parse_slowdown(generate_latest(registry).decode()) == {}
+    gauge.labels("fixed").set(1.3)
+    gauge.labels("tokens").set(1.8)
+    assert parse_slowdown(generate_latest(registry).decode()) == {"fixed": 1.3, "tokens": 1.8}
