@@ -121,8 +121,8 @@ class ForwardModel:
     measured at start-up (relative least squares, so small forwards count as much as large ones).
 
     α and β are how much slower than at start-up a forward's fixed part and its tokens run now, fitted to
-    the batched forwards the target reports with each verify (least squares of the relative error, older
-    forwards fading; the start-up forwards are the prior, fading alike). They differ because under load
+    the batched forwards the target reports with each verify (least squares of the relative error, each
+    older forward weighing a little less; both 1 before the first). They differ because under load
     every row attends over a long context and a token's cost grows with it: a drafted token cost more
     than the start-up slope says (benchmarks/RESULTS.md §49-50). Where the forwards seen do not tell a
     token's cost from a row's (every row feeding one token), a tie between α and β holds them together,
@@ -181,16 +181,13 @@ class ForwardModel:
         self._last = (rows, tokens, seconds)
         self._gram *= 1 - 1 / self.MEMORY
         self._moments *= 1 - 1 / self.MEMORY
-        self._add(self._parts(tokens, rows), seconds, 1.0)
+        x = np.array(self._parts(tokens, rows)) / seconds
+        self._gram += np.outer(x, x)
+        self._moments += x
         tie = self.TIE * np.array([[1.0, -1.0], [-1.0, 1.0]])
         settle = 1e-6 * np.eye(2)  # solvable before any forward, and pulled to 1 where nothing says otherwise
         fit = np.linalg.solve(self._gram + tie + settle, self._moments + settle @ np.ones(2))
         self.speed, self.token_speed = (float(np.clip(value, 0.2, 5.0)) for value in fit)
-
-    def _add(self, parts: tuple[float, float], seconds: float, weight: float) -> None:
-        x = np.array(parts) / seconds
-        self._gram += weight * np.outer(x, x)
-        self._moments += weight * x
 
     def _parts(self, tokens: int, rows: int) -> tuple[float, float]:
         """The plane's fixed part and its tokens' part for a forward of `tokens` in `rows` rows."""
