@@ -8,6 +8,8 @@ from __future__ import annotations
 
 import numpy as np
 import pytest
+from hypothesis import given
+from hypothesis import strategies as st
 
 from services.controller.batch_cost import ForwardModel, Load, LoadedCharges, charged_seconds, load_ceiling
 from services.controller.reward import RewardScale
@@ -155,6 +157,21 @@ def test_where_no_row_drafts_a_token_and_a_row_slow_alike():
         model.observe(rows, loaded(rows, rows), rows=rows)
     assert model.token_speed == pytest.approx(model.speed, rel=0.1)
     assert model.seconds(8, rows=8) == pytest.approx(loaded(8, 8), rel=0.03)
+
+
+FORWARDS = st.lists(
+    st.tuples(st.integers(2, 32), st.integers(1, 256), st.floats(1e-5, 10.0, allow_nan=False)), max_size=60
+)
+
+
+@given(FORWARDS)
+def test_whatever_the_target_reports_the_slowdowns_stay_finite_and_bounded(forwards):
+    """Timing noise, a stall or a forward far off the plane never makes a token free, negative or endless."""
+    model = measured()
+    for rows, tokens, seconds in forwards:
+        model.observe(max(rows, tokens), seconds, rows=rows)
+        assert 0.2 <= model.speed <= 5 and 0.2 <= model.token_speed <= 5
+        assert 0 < model.seconds(8, rows=8) < model.seconds(64, rows=8) < float("inf")
 
 
 def test_a_forward_with_a_prompts_chunk_says_nothing_of_the_tokens_cost():
