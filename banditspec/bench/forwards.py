@@ -68,9 +68,14 @@ def parse_totals(text: str) -> ForwardTotals:
     return ForwardTotals(forwards, sums.get("seconds", 0.0), sums.get("rows", 0.0), sums.get("tokens", 0.0), **counts)
 
 
-def scrape(port: int, host: str = "127.0.0.1", timeout: float = 10.0) -> ForwardTotals:
+def metrics_text(port: int, host: str = "127.0.0.1", timeout: float = 10.0) -> str:
+    """A service's Prometheus exposition."""
     with urllib.request.urlopen(f"http://{host}:{port}/metrics", timeout=timeout) as response:
-        return parse_totals(response.read().decode())
+        return response.read().decode()
+
+
+def scrape(port: int, host: str = "127.0.0.1", timeout: float = 10.0) -> ForwardTotals:
+    return parse_totals(metrics_text(port, host, timeout))
 
 
 def phase_forwards(before: ForwardTotals, after: ForwardTotals, wall_seconds: float) -> dict[str, float]:
@@ -107,5 +112,4 @@ def parse_slowdown(text: str) -> dict[str, float]:
 
 
 def scrape_slowdown(port: int, host: str = "127.0.0.1", timeout: float = 10.0) -> dict[str, float]:
-    with urllib.request.urlopen(f"http://{host}:{port}/metrics", timeout=timeout) as response:
-        return parse_slowdown(response.read().decode())
+    return parse_slowdown(metrics_text(port, host, timeout))

@@ -461,12 +461,8 @@ def main(argv: list[str] | None = None) -> int:
     phases: list[Phase] = []
     warm_ups: dict[int, dict[str, int]] = {}  # N → the unmeasured requests before its phases
     device_args = ["--dtype", args.dtype, "--device", args.device]
-    given_port = _flag_int(args.target_arg, "--metrics-port")
-    metrics_port = given_port or free_port()  # the target's metrics say how full and how long its forwards were
-    metrics_args = [] if given_port else [f"--metrics-port={metrics_port}"]
-    given_controller_port = _flag_int(args.controller_arg, "--metrics-port")
-    controller_metrics_port = given_controller_port or free_port()  # its forward model's slow-downs
-    controller_metrics_args = [] if given_controller_port else [f"--metrics-port={controller_metrics_port}"]
+    metrics_port, metrics_args = _metrics_port(args.target_arg)  # how full and how long its forwards were
+    controller_metrics_port, controller_metrics_args = _metrics_port(args.controller_arg)  # its slow-downs
     measured_machine = machine(args.device)  # the commit that runs, not the one checked out at the end
     with LocalStack(
         model=str(model_path),
@@ -568,6 +564,12 @@ def _flag_int(args: list[str], flag: str) -> int | None:
         if arg == flag and index + 1 < len(args):
             return int(args[index + 1])
     return None
+
+
+def _metrics_port(pass_through: list[str]) -> tuple[int, list[str]]:
+    """A service's metrics port: the one its pass-through arguments give, else a free one, with the flag."""
+    given = _flag_int(pass_through, "--metrics-port")
+    return (given, []) if given else (port := free_port(), [f"--metrics-port={port}"])
 
 
 def _scrape_slowdown(port: int) -> dict[str, float]:

@@ -172,12 +172,12 @@ class ForwardModel:
         """What one more token adds to a forward of several rows, past its size's step (the plane's slope)."""
         return self.token_speed * self.plane[2]
 
-    def observe(self, tokens: int, seconds: float, rows: int = 1, prefill_rows: int = 0) -> None:
-        """A forward the target reported. Several rows report one forward: it counts once. One with a
-        prompt's chunk in it says little of what a drafted token costs (a chunk's tokens attend mostly to
-        each other, and many run cheaper per token than a few): it is left out."""
+    def observe(self, tokens: int, seconds: float, rows: int = 1, prefill_rows: int = 0) -> bool:
+        """A forward the target reported; whether it moved the slow-downs. Several rows report one forward:
+        it counts once. One with a prompt's chunk in it says little of what a drafted token costs (a chunk's
+        tokens attend mostly to each other, and many run cheaper per token than a few): it is left out."""
         if rows <= 1 or prefill_rows or tokens < 1 or seconds <= 0 or (rows, tokens, seconds) == self._last:
-            return
+            return False
         self._last = (rows, tokens, seconds)
         self._gram *= 1 - 1 / self.MEMORY
         self._moments *= 1 - 1 / self.MEMORY
@@ -188,6 +188,7 @@ class ForwardModel:
         settle = 1e-6 * np.eye(2)  # solvable before any forward, and pulled to 1 where nothing says otherwise
         fit = np.linalg.solve(self._gram + tie + settle, self._moments + settle @ np.ones(2))
         self.speed, self.token_speed = (float(np.clip(value, 0.2, 5.0)) for value in fit)
+        return True
 
     def _parts(self, tokens: int, rows: int) -> tuple[float, float]:
         """The plane's fixed part and its tokens' part for a forward of `tokens` in `rows` rows."""

@@ -335,10 +335,10 @@ class Generation:
         arm, verdict, wall = played.arm, played.verdict, played.wall_seconds
         drafted, verified = len(played.proposal.token_ids), len(verdict.token_ids)
         if verdict.batch_tokens:
-            self.forward_model.observe(
-                verdict.batch_tokens, verdict.batch_forward_seconds, verdict.batch_rows, verdict.batch_prefill_rows
-            )
-            metrics.record_forward_slowdown(self.forward_model.speed, self.forward_model.token_speed)
+            model = self.forward_model
+            rows, prefill_rows = verdict.batch_rows, verdict.batch_prefill_rows
+            if model.observe(verdict.batch_tokens, verdict.batch_forward_seconds, rows, prefill_rows):
+                metrics.record_forward_slowdown(model.speed, model.token_speed)  # once per forward, not per row
             if verdict.batch_rows <= 1 and self.running() <= 1:
                 self.forward_model.observe_alone(verdict.batch_tokens, verdict.batch_forward_seconds)
         tokens_per_second = verified / played.charged_seconds
