@@ -13,7 +13,7 @@ load: with B tokens of other rows and f(n, r) the measured cost of a forward of 
 
 which at B = 0 is the lone-round ceiling of `reward.RewardScale`. f is `ForwardModel`: the target's
 start-up measurements (one row of n ≤ 16 tokens; batched forwards of short and 8-token rows), slowed as
-the forwards the target reports with each verify say: its fixed part and its tokens each by their own
+the forwards the target reports with each verify say: its rows and its drafted tokens each by their own
 factor.
 
 That share still misses what a draft costs the others: a round also waits for the forwards of the rows
@@ -117,16 +117,18 @@ class ForwardModel:
 
     It answers for rounds beside other requests (a lone round is charged its wall time). One row:
     α · the curve the target measured at start-up (its kinks are the kernels'). Several rows:
-    α · (a + b·(r − 1)) + β · c · n, the plane a + b·(r − 1) + c·n fitted once to the batched forwards
-    measured at start-up (relative least squares, so small forwards count as much as large ones).
+    α · (a + b·(r − 1) + c·r) + β · c · (n − r), the plane a + b·(r − 1) + c·n fitted once to the batched
+    forwards measured at start-up (relative least squares, so small forwards count as much as large ones),
+    split into its rows' part (a forward of one token per row) and its drafted tokens' part.
 
-    α and β are how much slower than at start-up a forward's fixed part and its tokens run now, fitted to
-    the batched forwards the target reports with each verify (least squares of the relative error, each
-    older forward weighing a little less; both 1 before the first). They differ because under load
-    every row attends over a long context and a token's cost grows with it: a drafted token cost more
-    than the start-up slope says (benchmarks/RESULTS.md §49-50). Where the forwards seen do not tell a
-    token's cost from a row's (every row feeding one token), a tie between α and β holds them together,
-    and the model scales as one level.
+    α and β are how much slower than at start-up those two parts run now, fitted to the batched forwards
+    the target reports with each verify (least squares of the relative error, each older forward weighing a
+    little less; both 1 before the first). They differ because under load every row attends over a long
+    context, so a row costs more than at start-up, while a drafted token's products cost about what they
+    did. Fitted to all of a forward's tokens, β took up the rows' growth (1.7-1.9 at 8 clients), charging a
+    drafted token twice its cost in the forwards (benchmarks/RESULTS.md §52). Where the forwards seen do
+    not tell a drafted token's cost from a row's (no row drafts), a tie between α and β holds them
+    together, and the model scales as one level.
 
     The shape stays a plane: updating each size from the forwards of that size instead lets the sizes the
     load visits (short rows) grow with its contexts and the machine's slow-down while those it does not
@@ -141,8 +143,8 @@ class ForwardModel:
     ) -> None:
         self.one_row = [seconds for seconds in one_row if seconds > 0]
         self.weight = weight
-        self.speed = 1.0  # α: of the fixed part (a + b·(r − 1)) and of one row's curve
-        self.token_speed = 1.0  # β: of the tokens (c·n)
+        self.speed = 1.0  # α: of the rows' part (a + b·(r − 1) + c·r) and of one row's curve
+        self.token_speed = 1.0  # β: of the drafted tokens' part (c·(n − r))
         # A lone request's forwards (one row, one session open) run on the threads the one-row curve was
         # measured on: their own ratio, for the rounds of a request with the target to itself.
         self.alone_speed = 1.0
@@ -158,7 +160,7 @@ class ForwardModel:
         # Several rows run their products at the size the one-row curve says is the cheapest at or above
         # their total (blocked kernels; the target pads to it): 9 tokens cost what 14-16 do on the AMD EPYC.
         self.run_at = np.array([0, *padded_lengths(self.one_row)], dtype=np.int64)
-        # Least squares of α, β: Σ w·x·xᵀ and Σ w·x over forwards, x = (fixed part, tokens' part) ÷ seconds.
+        # Least squares of α, β: Σ w·x·xᵀ and Σ w·x over forwards, x = (rows' part, drafted tokens' part) ÷ seconds.
         self._gram = np.zeros((2, 2))
         self._moments = np.zeros(2)
 
@@ -169,7 +171,8 @@ class ForwardModel:
         return max(self.speed * self._floor, self.speed * fixed + self.token_speed * per_tokens)
 
     def token_seconds(self) -> float:
-        """What one more token adds to a forward of several rows, past its size's step (the plane's slope)."""
+        """What one more drafted token adds to a forward of several rows, past its size's step (the plane's
+        slope)."""
         return self.token_speed * self.plane[2]
 
     def observe(self, tokens: int, seconds: float, rows: int = 1, prefill_rows: int = 0) -> bool:
@@ -191,9 +194,11 @@ class ForwardModel:
         return True
 
     def _parts(self, tokens: int, rows: int) -> tuple[float, float]:
-        """The plane's fixed part and its tokens' part for a forward of `tokens` in `rows` rows."""
+        """The plane for a forward of `tokens` in `rows` rows, as its rows' part (the forward of one token per
+        row) and its drafted tokens' part (what the tokens beyond one per row add)."""
         a, b, c = self.plane
-        return a + b * (rows - 1), c * self._run_size(tokens)
+        one_each = self._run_size(rows)
+        return a + b * (rows - 1) + c * one_each, c * max(0, self._run_size(tokens) - one_each)
 
     def observe_alone(self, tokens: int, seconds: float) -> None:
         """A one-row forward of a lone request; prefills past the measured curve say nothing of it."""

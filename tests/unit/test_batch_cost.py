@@ -127,25 +127,43 @@ def test_the_level_follows_the_load_and_the_shape_stays():
     assert long_draft / one_token == pytest.approx(plane(8, 56) / plane(8, 8), rel=1e-6)
 
 
-def loaded(rows: int, tokens: int, fixed_speed: float = 1.3, token_speed: float = 1.8) -> float:
-    """A forward under load: every row attends over a long context, so a token costs more than its fixed
-    part's slow-down says."""
-    return fixed_speed * (0.030 + 0.006 * (rows - 1)) + token_speed * 0.004 * tokens
+def loaded(rows: int, tokens: int, rows_speed: float = 1.3, token_speed: float = 1.8) -> float:
+    """A forward under load: its rows (one token each) slowed by `rows_speed`, the tokens drafted beyond
+    them by `token_speed`."""
+    return rows_speed * (0.030 + 0.006 * (rows - 1) + 0.004 * rows) + token_speed * 0.004 * (tokens - rows)
 
 
-def test_a_drafted_tokens_cost_follows_the_load():
-    """Rows that draft now and then (as a policy's arms do) tell a token's cost from a row's: the model
-    learns that tokens slowed 1.8× while the fixed part slowed 1.3×, and prices a drafting forward so."""
-    model, noise = measured(), np.random.default_rng(0)
+def observe_drafting(model: ForwardModel, truth, seed: int = 0) -> None:
+    """200 forwards of 6-8 rows that draft now and then (as a policy's arms do), with 5% timing noise."""
+    noise = np.random.default_rng(seed)
     for _ in range(200):
         rows = int(noise.integers(6, 9))
         tokens = rows + int(noise.choice([0, 0, 0, 5, 6, 12]))
-        model.observe(tokens, loaded(rows, tokens) * float(np.exp(noise.normal(0, 0.05))), rows=rows)
+        model.observe(tokens, truth(rows, tokens) * float(np.exp(noise.normal(0, 0.05))), rows=rows)
+
+
+def test_a_drafted_tokens_cost_follows_the_load():
+    """Rows that draft now and then tell a drafted token's cost from a row's: the model learns that drafted
+    tokens slowed 1.8× while the rows slowed 1.3×, and prices a drafting forward so."""
+    model = measured()
+    observe_drafting(model, loaded)
     assert model.token_speed == pytest.approx(1.8, rel=0.1)
     assert model.speed == pytest.approx(1.3, rel=0.1)
     for rows, tokens in ((8, 8), (8, 14), (8, 20)):  # the sizes seen
         assert model.seconds(tokens, rows) == pytest.approx(loaded(rows, tokens), rel=0.03)
     assert model.token_seconds() == pytest.approx(1.8 * 0.004, rel=0.1)
+
+
+def test_rows_grown_costly_do_not_make_a_drafted_token_dear():
+    """Under load each row attends over a long context and costs 1.8× its start-up time, while a drafted
+    token's products cost what they did: the rows' slow-down takes the growth, and a drafted token is
+    priced at its start-up cost, not at the rows' (RESULTS 52)."""
+    model = measured()
+    observe_drafting(model, lambda rows, tokens: loaded(rows, tokens, rows_speed=1.8, token_speed=1.0))
+    assert model.speed == pytest.approx(1.8, rel=0.1)
+    assert model.token_seconds() == pytest.approx(0.004, rel=0.15)
+    added = model.seconds(14, rows=8) - model.seconds(8, rows=8)
+    assert added == pytest.approx(6 * 0.004, rel=0.15)
 
 
 def test_where_no_row_drafts_a_token_and_a_row_slow_alike():
