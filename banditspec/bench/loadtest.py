@@ -779,7 +779,8 @@ def report(document: dict) -> str:
             "reused: the share of the prompt tokens opened whose keys and values came from a prefix the target "
             "held (another session's, or a released one's) instead of a forward. slow-down: how much slower than "
             "at start-up the controller's forward model found batched forwards at the phase's end, their fixed "
-            "part (a forward and its rows) and their tokens; it prices a drafted token by the second.",
+            "part (a forward of one token per row) and the tokens drafted beyond it; it prices a drafted token "
+            "by the second.",
         ]
     timed = [p for p in phases if p.cpu_seconds]
     if timed:

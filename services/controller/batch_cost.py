@@ -123,12 +123,12 @@ class ForwardModel:
 
     α and β are how much slower than at start-up those two parts run now, fitted to the batched forwards
     the target reports with each verify (least squares of the relative error, each older forward weighing a
-    little less; both 1 before the first). They differ because under load every row attends over a long
-    context, so a row costs more than at start-up, while a drafted token's products cost about what they
-    did. Fitted to all of a forward's tokens, β took up the rows' growth (1.7-1.9 at 8 clients), charging a
-    drafted token twice its cost in the forwards (benchmarks/RESULTS.md §52). Where the forwards seen do
-    not tell a drafted token's cost from a row's (no row drafts), a tie between α and β holds them
-    together, and the model scales as one level.
+    little less; both 1 before the first). They differ because under load a drafted token costs more than
+    the start-up slope says (a drafting row beside one-token rows widens every slot's queries or is attended
+    alone, and every row attends over a long context): β came to 1.5-2.4 at 8 clients, α to 0.9-1.2
+    (benchmarks/RESULTS.md §49-52). β prices what a draft adds to a forward; the rows' part, what a
+    target-only round pays, follows α. Where the forwards seen do not tell a drafted token's cost from a
+    row's (no row drafts), a tie between α and β holds them together, and the model scales as one level.
 
     The shape stays a plane: updating each size from the forwards of that size instead lets the sizes the
     load visits (short rows) grow with its contexts and the machine's slow-down while those it does not

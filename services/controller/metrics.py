@@ -43,7 +43,7 @@ TIME_TO_FIRST_TOKEN = Histogram(
 FORWARD_SLOWDOWN = Gauge(
     "banditspec_forward_slowdown",
     "How much slower than at start-up the target's batched forwards run now, as the controller's forward model "
-    "fits them: part=fixed (a forward and its rows), part=tokens (each token fed)",
+    "fits them: part=fixed (a forward of one token per row), part=tokens (each token drafted beyond one per row)",
     ["part"],
 )
 REQUEST_SECONDS = Histogram(

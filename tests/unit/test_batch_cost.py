@@ -155,9 +155,9 @@ def test_a_drafted_tokens_cost_follows_the_load():
 
 
 def test_rows_grown_costly_do_not_make_a_drafted_token_dear():
-    """Under load each row attends over a long context and costs 1.8× its start-up time, while a drafted
-    token's products cost what they did: the rows' slow-down takes the growth, and a drafted token is
-    priced at its start-up cost, not at the rows' (RESULTS 52)."""
+    """Where rows grow costly (each attends over a longer context than at start-up: 1.8× its time) while a
+    drafted token costs what it did, the rows' slow-down takes the growth, and a drafted token is priced at
+    its start-up cost, not at the rows'."""
     model = measured()
     observe_drafting(model, lambda rows, tokens: loaded(rows, tokens, rows_speed=1.8, token_speed=1.0))
     assert model.speed == pytest.approx(1.8, rel=0.1)
