@@ -126,7 +126,7 @@ class ForwardModel:
     little less; both 1 before the first). They differ because under load a drafted token costs more than
     the start-up slope says (a drafting row beside one-token rows widens every slot's queries or is attended
     alone, and every row attends over a long context): β came to 1.4-2.2 at 8 clients, α to 0.9-1.4
-    (benchmarks/RESULTS.md §49-52). β prices what a draft adds to a forward; the rows' part, what a
+    (benchmarks/RESULTS.md §52). β prices what a draft adds to a forward; the rows' part, what a
     target-only round pays, follows α. Where the forwards seen do not tell a drafted token's cost from a
     row's (no row drafts), a tie between α and β holds them together, and the model scales as one level.
 
