@@ -167,8 +167,8 @@ class ForwardModel:
     def seconds(self, tokens: int, rows: int = 1) -> float:
         if rows <= 1:
             return self.speed * self._one_row(tokens)
-        fixed, per_tokens = self._parts(tokens, rows)
-        return max(self.speed * self._floor, self.speed * fixed + self.token_speed * per_tokens)
+        rows_part, drafted_part = self._parts(tokens, rows)
+        return max(self.speed * self._floor, self.speed * rows_part + self.token_speed * drafted_part)
 
     def token_seconds(self) -> float:
         """What one more drafted token adds to a forward of several rows, past its size's step (the plane's

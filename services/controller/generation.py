@@ -339,8 +339,8 @@ class Generation:
             rows, prefill_rows = verdict.batch_rows, verdict.batch_prefill_rows
             if model.observe(verdict.batch_tokens, verdict.batch_forward_seconds, rows, prefill_rows):
                 metrics.record_forward_slowdown(model.speed, model.token_speed)  # once per forward, not per row
-            if verdict.batch_rows <= 1 and self.running() <= 1:
-                self.forward_model.observe_alone(verdict.batch_tokens, verdict.batch_forward_seconds)
+            if rows <= 1 and self.running() <= 1:
+                model.observe_alone(verdict.batch_tokens, verdict.batch_forward_seconds)
         tokens_per_second = verified / played.charged_seconds
         if played.index is not None:
             rate = self._loaded_rate(played.index, verified, played.charged_seconds, played.load)
