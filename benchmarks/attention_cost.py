@@ -42,9 +42,9 @@ def forward_ms(lean: LeanLlama, contexts: list[int], tokens: int, repeats: int) 
 
 def kernels(
     layers: int, rows: int, kv_heads: int, groups: int, width: int, dim: int, end: int
-) -> tuple[dict[str, Callable[[int], torch.Tensor]], torch.Tensor]:
-    """Per kernel, layer → attention output [rows · kv_heads, groups · width, dim]; and the query-may-not-look
-    mask. Queries are folded per key head as `LeanLlama._attend_slots` folds them."""
+) -> dict[str, Callable[[int], torch.Tensor]]:
+    """Per kernel, layer → attention output [rows · kv_heads, groups · width, dim]. Queries are folded per key
+    head as `LeanLlama._attend_slots` folds them."""
     capacity = 2 * end
     keys = torch.randn(layers, rows, kv_heads, capacity, dim)
     values = torch.randn(layers, rows, kv_heads, capacity, dim)
@@ -75,7 +75,7 @@ def kernels(
         )  # fmt: skip
         return out.reshape(rows * kv_heads, groups * width, dim)
 
-    return {"bmm": bmm, "keys_first": keys_first, "sdpa": sdpa}, blocked
+    return {"bmm": bmm, "keys_first": keys_first, "sdpa": sdpa}
 
 
 def main() -> None:
@@ -89,14 +89,13 @@ def main() -> None:
     model = AutoModelForCausalLM.from_pretrained(ensure_default_model(), dtype=torch.float32).eval()
     lean = LeanLlama(model, 2048, pooled=True)
     lean.calibrate_narrow()
-    config = model.config
     print(f"float32, {args.threads} thread(s), {args.rows} rows × {args.tokens} tokens\n")
     print("| context | forward ms | attention alone, ms: bmm (the target's) | keys_first | sdpa |")
     print("|---:|---:|---:|---:|---:|")
     with torch.inference_mode():
         for context in CONTEXTS:
             forward = forward_ms(lean, [context] * args.rows, args.tokens, args.repeats)
-            by_kernel, _ = kernels(
+            by_kernel = kernels(
                 len(lean.layers), args.rows, lean.kv_heads, lean.heads // lean.kv_heads, args.tokens,
                 lean.head_dim, context + args.tokens,
             )  # fmt: skip
@@ -104,7 +103,7 @@ def main() -> None:
             for _ in range(args.repeats):  # interleaved: a burst of noise spoils one pass, not one kernel
                 for name, kernel in by_kernel.items():
                     start = time.perf_counter()
-                    for layer in range(config.num_hidden_layers):
+                    for layer in range(len(lean.layers)):
                         kernel(layer)
                     best[name] = min(best[name], 1e3 * (time.perf_counter() - start))
             reference = by_kernel["bmm"](0)
