@@ -43,6 +43,10 @@ NARROW_SIZES = (*range(1, 17), 20, 24, 28, 32, 40, 48, 56, 64)
 POOL_SLOTS = 8  # a pooled model's first slots; they double when all are taken
 ROW_IN_SLOT_QUERIES = 7  # a row attended alone costs about as much as 7 padded queries per slot (`slot_width`)
 PACKED_BATCH_HINT = 8  # the token count oneDNN lays a packed weight out for; 8 and 64 timed alike for 1-128 tokens
+# The token counts `calibrate_narrow` packs float32 weights for through MKL (`mkl_pack`), each a copy of the weights
+# kept only where it wins; a count below one pads up to it. On the Intel Xeon 8 and 16 tokens took 0.85x and
+# 0.80x oneDNN's packed time (RESULTS 55).
+MKL_PACK_SIZES = (8, 16, 24)
 BATCH_SHAPES = (
     (2, 1), (4, 1), (8, 1), (16, 1), (4, 2), (8, 2), (16, 2), (2, 4),
     (3, 8), (4, 8), (6, 8), (8, 8), (12, 8), (16, 8),
@@ -192,6 +196,23 @@ def pack_weight(weight: torch.Tensor) -> torch.Tensor | None:
         return None
 
 
+def mkl_pack(weight: torch.Tensor, size: int) -> torch.Tensor | None:
+    """`weight` packed once by MKL for products of exactly `size` tokens (`mkl_product`), or None where this
+    build, device or dtype has no such kernel (MKL packs float32 only)."""
+    if weight.device.type != "cpu" or weight.dtype != torch.float32 or not torch.backends.mkl.is_available():
+        return None
+    try:
+        return torch.ops.mkl._mkl_reorder_linear_weight(weight.detach(), size)
+    except (RuntimeError, AttributeError):  # a build without the operator
+        return None
+
+
+def mkl_product(inputs: torch.Tensor, packed: torch.Tensor, weight: torch.Tensor, size: int) -> torch.Tensor:
+    """inputs × weightᵀ through MKL's packed matrix product; `inputs` must have the `size` rows the weight was
+    packed for (other sizes run `F.linear` on `weight`)."""
+    return torch.ops.mkl._mkl_linear(inputs, packed, weight, None, size)
+
+
 def packed_product(inputs: torch.Tensor, packed: torch.Tensor) -> torch.Tensor:
     """inputs × weightᵀ through oneDNN with the weight packed by `pack_weight`: on the AMD EPYC bfloat16 runs
     its dot-product instructions (1-16 tokens 0.5-0.7x the time of the best unpacked product) and float32 its
@@ -314,6 +335,8 @@ class LeanLlama:
         self.packed: list[bool] = []
         self.packed_weights: dict[int, torch.Tensor] = {}  # id(weight) → its packed copy
         self.packed_ratios: dict[int, float] = {}  # per size measured, packed ÷ the best unpacked product
+        self.mkl_packs: dict[int, dict[int, torch.Tensor]] = {}  # size → id(weight) → its MKL pack (`mkl_pack`)
+        self.mkl_ratios: dict[int, float] = {}  # per size packed through MKL, its time ÷ the best other way's
         # Half precision on a CPU (RESULTS 28). float32 keeps the folded products (as fast there, and the path the
         # exactness tests hold to generate()); a GPU keeps them too, unmeasured with the fused kernel.
         self.fused = self.half_vectors = self.dtype != torch.float32 and self.device.type == "cpu"
@@ -555,8 +578,9 @@ class LeanLlama:
 
     def _times(self, inputs: torch.Tensor, weight: torch.Tensor, bias: torch.Tensor | None = None) -> torch.Tensor:
         """`F.linear(inputs, weight, bias)`, but the sizes `narrow` marks go as weight × inputsᵀ: the BLAS then
-        streams the weight once instead of repacking it for a matrix product; and the sizes `packed` marks
-        through oneDNN with the weight packed once. Which sizes gain depends on the CPU (an AMD EPYC: 2-6 tokens
+        streams the weight once instead of repacking it for a matrix product; the sizes `packed` marks
+        through oneDNN with the weight packed once; and the sizes `mkl_packs` holds through MKL's packs for
+        them. Which sizes gain depends on the CPU (an AMD EPYC: 2-6 tokens
         narrow; an Intel Xeon: 8-48, while 2-4 lost), hence `calibrate_narrow`, which also finds the sizes that
         multiply faster padded with zero rows (`padded_to`)."""
         rows = inputs.shape[0]
@@ -564,6 +588,13 @@ class LeanLlama:
         packed = bool(self.packed) and self.packed[min(size, len(self.packed) - 1)]  # beyond: the largest's way
         if rows == 1 and self.half_vectors and not packed:
             out = torch.mv(weight, inputs[0])[None]  # half-precision one-row products: ~2x F.linear's speed
+            return out if bias is None else out + bias
+        by_mkl = self.mkl_packs.get(size)
+        if by_mkl is not None:
+            if size > rows:
+                inputs = torch.cat([inputs, inputs.new_zeros(size - rows, inputs.shape[1])])
+            out = mkl_product(inputs, by_mkl[id(weight)], weight, size)
+            out = out[:rows] if size > rows else out
             return out if bias is None else out + bias
         narrow = not packed and size < len(self.narrow) and self.narrow[size]
         if size == rows and not narrow and not packed:
@@ -599,6 +630,46 @@ class LeanLlama:
             return False
         self.packed = list(table)
         return True
+
+    def pack_mkl(self, sizes: list[int]) -> bool:
+        """Multiply through MKL packs made for `sizes`, every count up to the largest padded to the next of them
+        (what `calibrate_narrow` may choose); False, changing nothing, where this CPU or dtype cannot."""
+        packs: dict[int, dict[int, torch.Tensor]] = {}
+        for size in sorted(sizes):
+            packs[size] = {}
+            for weight in self._weights():
+                copy = mkl_pack(weight, size)
+                if copy is None:
+                    return False
+                packs[size][id(weight)] = copy
+        self.mkl_packs = packs
+        self.padded_to = [0] + [min(size for size in packs if size >= count) for count in range(1, max(packs) + 1)]
+        return True
+
+    def _calibrate_mkl(
+        self, sizes: list[int], inputs: dict[int, dict[int, torch.Tensor]], repeats: int, fastest: dict[int, float]
+    ) -> None:
+        """Per size, pack every weight through MKL and time it (the fastest of `repeats`) against `fastest`, the
+        best of the other ways, which it then updates; the packs that win are kept (`mkl_packs`). One size's
+        packs at a time: each is a copy of the weights."""
+        self.mkl_packs, self.mkl_ratios = {}, {}
+        weights = self._weights()
+        for size in sizes:
+            packs = {}
+            for weight in weights:
+                copy = mkl_pack(weight, size)
+                if copy is None:
+                    return
+                packs[id(weight)] = copy
+            seconds = float("inf")
+            for _ in range(repeats):
+                start = time.perf_counter()
+                for weight in weights[:-1]:  # the layers', as the other ways were timed
+                    mkl_product(inputs[size][weight.shape[1]], packs[id(weight)], weight, size)
+                seconds = min(seconds, time.perf_counter() - start)
+            self.mkl_ratios[size] = seconds / fastest[size]
+            if seconds < fastest[size]:
+                self.mkl_packs[size], fastest[size] = packs, seconds
 
     def _pack_weights(self) -> bool:
         """A packed copy of every weight `_times` multiplies, unless already made; False where one cannot be."""
@@ -677,7 +748,8 @@ class LeanLlama:
         """On a CPU, choose per product size which way multiplies: weight × inputsᵀ where it beat `F.linear`, and
         packed weights (`pack_products`) where they beat both (the fastest of `repeats`, interleaved), timed
         over every layer's weights so that they stream from memory as in a forward (one matrix alone stays in
-        cache and times differently); and per size, the measured size at or above it to pad to
+        cache and times differently); in float32, MKL's packed product at MKL_PACK_SIZES, kept where it beats
+        all three (`_calibrate_mkl`); and per size, the measured size at or above it to pad to
         (`padded_sizes`). Beyond the largest, `F.linear` unpadded, or packed if packed won there.
         `pack` False: no packed copies. Returns each size's time ratio, narrow ÷ linear; a GPU keeps `F.linear`
         and measures nothing."""
@@ -716,8 +788,13 @@ class LeanLlama:
         fastest: dict[int, float] = {}
         for size in inputs:
             ratios[size], fastest[size] = narrow[size] / linear[size], min(narrow[size], linear[size], packed[size])
+        self._calibrate_mkl(
+            [size for size in MKL_PACK_SIZES if size in inputs] if pack else [], inputs, repeats, fastest
+        )
         self.narrow = narrow_table(ratios)
         self.padded_to = padded_sizes(fastest)
+        # An MKL pack is kept only where some count runs at its size.
+        self.mkl_packs = {size: packs for size, packs in self.mkl_packs.items() if size in self.padded_to}
         self.pack_products(
             [
                 count > 0 and packed[self.padded_to[count]] == fastest[self.padded_to[count]]

@@ -512,8 +512,8 @@ def build_parser() -> argparse.ArgumentParser:
     )  # fmt: skip
     target.add_argument(
         "--no-packed-weights", action="store_true",
-        help="on a CPU, multiply with the model's own weights only: no packed copy for oneDNN (saves the "
-        "weights' memory once more; forwards of 3 or more tokens slower)",
+        help="on a CPU, multiply with the model's own weights only: no copies packed for oneDNN or MKL (saves "
+        "the weights' memory once per copy kept; forwards of 3 or more tokens slower)",
     )  # fmt: skip
     target.add_argument("--threads", type=int, default=0, help="torch CPU threads (0: torch's default)")
     target.add_argument(

@@ -54,7 +54,7 @@ class TargetConfig:
     solo_threads: int = 0  # torch threads of a forward while one session is open (0: the process's)
     prefix_reuse: bool = True  # new prompts start from held prefixes (services.target.prefixes)
     retained_prefixes: int = DEFAULT_RETAINED  # released sessions' caches kept for that
-    packed_weights: bool = True  # a CPU may multiply through weights packed for oneDNN (a second copy of them)
+    packed_weights: bool = True  # a CPU may multiply through weights packed for oneDNN or MKL (copies of them)
 
 
 class TargetServicer(target_pb2_grpc.TargetServiceServicer):
@@ -124,6 +124,7 @@ class TargetServicer(target_pb2_grpc.TargetServiceServicer):
             },
             narrow_vs_linear={n: round(ratio, 2) for n, ratio in narrow.items()},
             packed_vs_unpacked={n: round(ratio, 2) for n, ratio in decoder.packed_ratios.items()} if decoder else {},
+            mkl_vs_best_other={n: round(ratio, 2) for n, ratio in decoder.mkl_ratios.items()} if decoder else {},
         )
         return engine, threads
 

@@ -10,10 +10,13 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 
 from banditspec.lean_llama import (
+    MKL_PACK_SIZES,
     NARROW_SIZES,
     Feed,
     LeanCache,
     LeanLlama,
+    mkl_pack,
+    mkl_product,
     narrow_product,
     narrow_table,
     pack_weight,
@@ -26,12 +29,11 @@ from banditspec.models import load_causal_lm
 TOLERANCE = {"atol": 2e-5, "rtol": 2e-5}
 
 
-@pytest.fixture(scope="module", params=["folded", "fused", "narrow", "packed", "padded", "pooled"])
+@pytest.fixture(scope="module", params=["folded", "fused", "narrow", "packed", "mkl", "padded", "pooled"])
 def lean(tiny_models, request):
     """Every path in float32: folded attention (float32's), the fused kernel with one-row products as `mv` (half
     precision's), every product of 1-64 tokens as weight × inputsᵀ or through packed weights (what
-    `calibrate_narrow` may choose), and
-    caches as slots of one pool, attended as one matrix (a target's); there a test's lone and batched caches
+    `calibrate_narrow` may choose), every product padded to a size MKL packed the weights for, and caches as slots of one pool, attended as one matrix (a target's); there a test's lone and batched caches
     alternate, so a forward's slots have gaps."""
     loaded = load_causal_lm(tiny_models.target, device="cpu", dtype="float32")
     model = LeanLlama(loaded.model, loaded.max_context, pooled=request.param == "pooled")
@@ -40,6 +42,8 @@ def lean(tiny_models, request):
         model.narrow = [count > 0 for count in range(65)]
     if request.param == "packed":  # every product through weights packed for oneDNN
         assert model.pack_products([count > 0 for count in range(65)])
+    if request.param == "mkl":  # every product through weights packed by MKL for 4, 8, 16 or 64 tokens
+        assert model.pack_mkl([4, 8, 16, 64])
     if request.param == "padded":  # every product padded with zero rows to a multiple of 8
         model.padded_to = [-(-count // 8) * 8 for count in range(65)]
     return model, tiny_models.vocab_size
@@ -148,11 +152,16 @@ def test_calibration_times_every_size_and_sets_the_table(tiny_models):
     assert model.narrow == narrow_table(ratios)
     assert len(model.padded_to) == max(NARROW_SIZES) + 1
     assert all(model.padded_to[count] in NARROW_SIZES and model.padded_to[count] >= count for count in range(1, 65))
-    # packed where packed weights were the fastest of the three ways, and the copies kept only then
+    # an MKL pack per size it was timed at, kept where it was that size's fastest way and some count runs there
+    assert sorted(model.mkl_ratios) == [size for size in MKL_PACK_SIZES if size in NARROW_SIZES]
+    won = {size for size, ratio in model.mkl_ratios.items() if ratio < 1.0 and size in model.padded_to}
+    assert set(model.mkl_packs) == won
+    # packed for oneDNN where that was the fastest way (MKL's packs not faster), and the copies kept only then
     assert sorted(model.packed_ratios) == sorted(NARROW_SIZES)
     wins = {size for size, ratio in model.packed_ratios.items() if ratio <= 1.0}
-    assert [count > 0 and model.padded_to[count] in wins for count in range(65)] == (model.packed or [False] * 65)
-    assert bool(model.packed_weights) == bool(wins)
+    marked = [count > 0 and model.padded_to[count] in wins - set(model.mkl_packs) for count in range(65)]
+    assert marked == (model.packed or [False] * 65)
+    assert bool(model.packed_weights) == any(marked)
 
 
 def test_calibration_without_packing_keeps_no_packed_copies(tiny_models):
@@ -160,6 +169,7 @@ def test_calibration_without_packing_keeps_no_packed_copies(tiny_models):
     model = LeanLlama(loaded.model, loaded.max_context)
     model.calibrate_narrow(sizes=(1, 2, 8), repeats=1, pack=False)
     assert model.packed == [] and model.packed_weights == {} and model.packed_ratios == {}
+    assert model.mkl_packs == {} and model.mkl_ratios == {}
 
 
 def test_a_packed_weight_gives_the_plain_product():
@@ -170,6 +180,16 @@ def test_a_packed_weight_gives_the_plain_product():
     for rows in (1, 3, 17):
         inputs = torch.randn(rows, 16, generator=generator)
         torch.testing.assert_close(packed_product(inputs, packed), inputs @ weight.T)
+
+
+def test_an_mkl_pack_gives_the_plain_product():
+    generator = torch.Generator().manual_seed(0)
+    weight = torch.randn(96, 64, generator=generator)
+    for size in (1, 3, 8, 24):
+        packed = mkl_pack(weight, size)
+        assert packed is not None  # torch's CPU build has MKL
+        inputs = torch.randn(size, 64, generator=generator)
+        torch.testing.assert_close(mkl_product(inputs, packed, weight, size), inputs @ weight.T)
 
 
 def test_a_size_pads_to_the_fastest_measured_size_at_or_above_it():

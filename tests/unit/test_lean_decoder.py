@@ -41,7 +41,7 @@ def run_both(loaded, lean: LeanLlama, steps: list[tuple[str, int]], vocab: int) 
         length += count
 
 
-@pytest.fixture(scope="module", params=["folded", "fused", "narrow", "packed", "padded"])
+@pytest.fixture(scope="module", params=["folded", "fused", "narrow", "packed", "mkl", "padded"])
 def tiny(tiny_models, request):
     loaded = load_causal_lm(tiny_models.target, device="cpu", dtype="float32")
     lean = LeanLlama(loaded.model, loaded.max_context)
@@ -50,6 +50,8 @@ def tiny(tiny_models, request):
         lean.narrow = [count > 0 for count in range(65)]
     if request.param == "packed":  # every product through weights packed for oneDNN
         assert lean.pack_products([count > 0 for count in range(65)])
+    if request.param == "mkl":  # every product through weights packed by MKL for 4, 8, 16 or 64 tokens
+        assert lean.pack_mkl([4, 8, 16, 64])
     if request.param == "padded":  # every product padded with zero rows to a multiple of 8
         lean.padded_to = [-(-count // 8) * 8 for count in range(65)]
     return loaded, lean, tiny_models.vocab_size
