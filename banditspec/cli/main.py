@@ -513,7 +513,7 @@ def build_parser() -> argparse.ArgumentParser:
     target.add_argument(
         "--no-packed-weights", action="store_true",
         help="on a CPU, multiply with the model's own weights only: no copies packed for oneDNN or MKL (saves "
-        "the weights' memory once per copy kept; forwards of 3 or more tokens slower)",
+        "the weights' memory once per copy kept; forwards of several tokens slower)",
     )  # fmt: skip
     target.add_argument("--threads", type=int, default=0, help="torch CPU threads (0: torch's default)")
     target.add_argument(
