@@ -590,18 +590,14 @@ class LeanLlama:
             out = torch.mv(weight, inputs[0])[None]  # half-precision one-row products: ~2x F.linear's speed
             return out if bias is None else out + bias
         by_mkl = self.mkl_packs.get(size)
-        if by_mkl is not None:
-            if size > rows:
-                inputs = torch.cat([inputs, inputs.new_zeros(size - rows, inputs.shape[1])])
-            out = mkl_product(inputs, by_mkl[id(weight)], weight, size)
-            out = out[:rows] if size > rows else out
-            return out if bias is None else out + bias
-        narrow = not packed and size < len(self.narrow) and self.narrow[size]
-        if size == rows and not narrow and not packed:
+        narrow = by_mkl is None and not packed and size < len(self.narrow) and self.narrow[size]
+        if size == rows and by_mkl is None and not narrow and not packed:
             return F.linear(inputs, weight, bias)
         if size > rows:  # zero rows: each output row depends on its own input row only
             inputs = torch.cat([inputs, inputs.new_zeros(size - rows, inputs.shape[1])])
-        if packed:
+        if by_mkl is not None:
+            out = mkl_product(inputs, by_mkl[id(weight)], weight, size)
+        elif packed:
             out = packed_product(inputs, self.packed_weights[id(weight)])
         else:
             out = narrow_product(inputs, weight) if narrow else F.linear(inputs, weight)
@@ -636,15 +632,24 @@ class LeanLlama:
         (what `calibrate_narrow` may choose); False, changing nothing, where this CPU or dtype cannot."""
         packs: dict[int, dict[int, torch.Tensor]] = {}
         for size in sorted(sizes):
-            packs[size] = {}
-            for weight in self._weights():
-                copy = mkl_pack(weight, size)
-                if copy is None:
-                    return False
-                packs[size][id(weight)] = copy
+            by_weight = self._mkl_packs_for(size)
+            if by_weight is None:
+                return False
+            packs[size] = by_weight
         self.mkl_packs = packs
         self.padded_to = [0] + [min(size for size in packs if size >= count) for count in range(1, max(packs) + 1)]
         return True
+
+    def _mkl_packs_for(self, size: int) -> dict[int, torch.Tensor] | None:
+        """id(weight) → its MKL pack for `size` tokens, for every weight `_times` multiplies; None where one
+        cannot be made."""
+        packs = {}
+        for weight in self._weights():
+            copy = mkl_pack(weight, size)
+            if copy is None:
+                return None
+            packs[id(weight)] = copy
+        return packs
 
     def _calibrate_mkl(
         self, sizes: list[int], inputs: dict[int, dict[int, torch.Tensor]], repeats: int, fastest: dict[int, float]
@@ -655,12 +660,9 @@ class LeanLlama:
         self.mkl_packs, self.mkl_ratios = {}, {}
         weights = self._weights()
         for size in sizes:
-            packs = {}
-            for weight in weights:
-                copy = mkl_pack(weight, size)
-                if copy is None:
-                    return
-                packs[id(weight)] = copy
+            packs = self._mkl_packs_for(size)
+            if packs is None:
+                return
             seconds = float("inf")
             for _ in range(repeats):
                 start = time.perf_counter()

@@ -33,8 +33,9 @@ TOLERANCE = {"atol": 2e-5, "rtol": 2e-5}
 def lean(tiny_models, request):
     """Every path in float32: folded attention (float32's), the fused kernel with one-row products as `mv` (half
     precision's), every product of 1-64 tokens as weight × inputsᵀ or through packed weights (what
-    `calibrate_narrow` may choose), every product padded to a size MKL packed the weights for, and caches as slots of one pool, attended as one matrix (a target's); there a test's lone and batched caches
-    alternate, so a forward's slots have gaps."""
+    `calibrate_narrow` may choose), every product padded to a size MKL packed the weights for, and caches as
+    slots of one pool, attended as one matrix (a target's); there a test's lone and batched caches alternate,
+    so a forward's slots have gaps."""
     loaded = load_causal_lm(tiny_models.target, device="cpu", dtype="float32")
     model = LeanLlama(loaded.model, loaded.max_context, pooled=request.param == "pooled")
     model.fused = model.half_vectors = request.param == "fused"
